@@ -1,0 +1,250 @@
+"""The public plugin API: everything an upstream adapter may import.
+
+An adapter teaches GenieHive one kind of upstream server. A plugin module exposes
+`ADAPTER = AdapterSpec(kind=..., api_version=1, factory=..., operations={...})`; the factory
+is called once per upstream with an `UpstreamContext` (which carries the injected
+`httpx.AsyncClient`; adapters never make their own) and returns an `Adapter`.
+
+Rule: adapters read upstream payloads through pure `parse_*` functions so that every dialect
+is testable on recorded fixtures without a network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httpx
+
+from geniehive.models import OPERATIONS, Asset, Observed
+
+API_VERSION = 1
+
+__all__ = [
+    "API_VERSION",
+    "OPERATIONS",
+    "Adapter",
+    "AdapterSpec",
+    "Asset",
+    "Observed",
+    "OpenAICompatibleAdapter",
+    "ProbeResult",
+    "UpstreamContext",
+    "UpstreamError",
+    "UpstreamRequest",
+    "openai_error_message",
+]
+
+# The OpenAI path of each operation (transcription also serves translations).
+OPENAI_PATHS: Mapping[str, str] = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+    "transcription": "/v1/audio/transcriptions",
+    "translation": "/v1/audio/translations",
+    "speech": "/v1/audio/speech",
+    "image": "/v1/images/generations",
+}
+
+
+class UpstreamError(Exception):
+    """An upstream answered something an adapter could not use (bad status, bad payload)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamContext:
+    """What an adapter factory receives for one upstream."""
+
+    upstream_id: str
+    base_url: str
+    client: httpx.AsyncClient
+    timeout_s: float = 5.0
+    configured_assets: tuple[Asset, ...] = ()
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe's verdict. `ok` False with a short `reason` ("connect refused", "HTTP 503")."""
+
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """How to send one client request upstream.
+
+    For JSON operations `body` is the JSON object to send. For multipart operations
+    (transcription, translation) `fields` are the form fields to send before the file part,
+    and `file_field` is the name under which the uploaded file is sent.
+    """
+
+    method: str
+    path: str
+    body: Mapping[str, Any] | None = None
+    fields: tuple[tuple[str, str], ...] = ()
+    file_field: str = "file"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def openai_error_message(status: int, body: bytes) -> str:
+    """The message of an error body in the OpenAI shape (or a few common variants)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        text = body.decode("utf-8", "replace").strip()
+        return text[:500] if text else f"upstream answered HTTP {status}"
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        if isinstance(error, str):
+            return error
+        detail = data.get("detail")
+        if isinstance(detail, str):
+            return detail
+        if isinstance(data.get("message"), str):
+            return data["message"]
+    return f"upstream answered HTTP {status}"
+
+
+class Adapter:
+    """Base adapter. Subclasses override what their upstream does differently."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, ctx: UpstreamContext) -> None:
+        self.ctx = ctx
+        self.client = ctx.client
+
+    def url(self, path: str) -> str:
+        return self.ctx.base_url.rstrip("/") + path
+
+    async def discover(self) -> list[Asset]:
+        """The models the upstream serves now. Raises UpstreamError or httpx.HTTPError."""
+        return list(self.ctx.configured_assets)
+
+    async def probe(self) -> ProbeResult:
+        """A liveness check that spends no tokens."""
+        raise NotImplementedError
+
+    async def observe(self) -> Observed | None:
+        """Load metrics (optional)."""
+        return None
+
+    def build_request(
+        self,
+        operation: str,
+        model: str,
+        body: Mapping[str, Any] | None = None,
+        fields: Sequence[tuple[str, str]] = (),
+    ) -> UpstreamRequest:
+        """How to send a request: OpenAI passthrough with `model` rewritten by default."""
+        path = OPENAI_PATHS[operation]
+        if body is not None:
+            if body.get("model") != model:
+                body = {**body, "model": model}
+            return UpstreamRequest("POST", path, body=body, headers=self.ctx.auth_headers)
+        rewritten = tuple((k, model if k == "model" else v) for k, v in fields)
+        if not any(k == "model" for k, _ in fields):
+            rewritten = (("model", model), *rewritten)
+        return UpstreamRequest("POST", path, fields=rewritten, headers=self.ctx.auth_headers)
+
+    def thinking_off(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Return the body with model "thinking" turned off in this upstream's terms.
+
+        Called only when the client expressed no choice. Default: the
+        `chat_template_kwargs.enable_thinking = false` form llama.cpp and vLLM honour.
+        """
+        kwargs = dict(body.get("chat_template_kwargs") or {})
+        kwargs.setdefault("enable_thinking", False)
+        return {**body, "chat_template_kwargs": kwargs}
+
+    def parse_error(self, status: int, body: bytes) -> str:
+        """The human message of an upstream error answer."""
+        return openai_error_message(status, body)
+
+    def translate_response(
+        self, operation: str, status: int, content_type: str, body: bytes, request: UpstreamRequest
+    ) -> tuple[int, str, bytes]:
+        """Turn a non-streamed upstream answer into the OpenAI answer (default: as is)."""
+        return status, content_type, body
+
+    async def load(self, model: str) -> None:
+        raise NotImplementedError(f"{self.kind} adapter cannot load models")
+
+    async def unload(self, model: str) -> None:
+        raise NotImplementedError(f"{self.kind} adapter cannot unload models")
+
+
+def parse_openai_models(payload: Any) -> list[Asset]:
+    """Assets from an OpenAI `/v1/models` list. Raises UpstreamError on a foreign shape."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise UpstreamError("expected an OpenAI model list with a 'data' array")
+    assets = []
+    for item in payload["data"]:
+        if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]:
+            context = item.get("max_model_len") or item.get("context_length")
+            assets.append(
+                Asset(
+                    asset_id=item["id"],
+                    loaded=True,
+                    context_length=context if isinstance(context, int) else None,
+                )
+            )
+    return assets
+
+
+class OpenAICompatibleAdapter(Adapter):
+    """Any OpenAI-compatible server: `/v1/models` lists what it serves and probes it."""
+
+    kind = "openai"
+    models_path = "/v1/models"
+
+    async def _get_json(self, path: str) -> Any:
+        response = await self.client.get(
+            self.url(path), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
+        )
+        if response.status_code != 200:
+            raise UpstreamError(f"GET {path} answered HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise UpstreamError(f"GET {path} answered a body that is not JSON") from exc
+
+    async def discover(self) -> list[Asset]:
+        return parse_openai_models(await self._get_json(self.models_path))
+
+    async def probe(self) -> ProbeResult:
+        try:
+            response = await self.client.get(
+                self.url(self.models_path),
+                headers=self.ctx.auth_headers,
+                timeout=self.ctx.timeout_s,
+            )
+        except httpx.TimeoutException:
+            return ProbeResult(False, "timed out")
+        except httpx.HTTPError as exc:
+            return ProbeResult(False, f"unreachable: {type(exc).__name__}")
+        if response.status_code >= 500:
+            return ProbeResult(False, f"HTTP {response.status_code}")
+        return ProbeResult(True, f"HTTP {response.status_code}")
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSpec:
+    """What a plugin module exposes as `ADAPTER`."""
+
+    kind: str
+    api_version: int
+    factory: Callable[[UpstreamContext], Adapter]
+    operations: frozenset[str] | set[str] | tuple[str, ...] = frozenset()
+    default_port: int | None = None
+    description: str = ""

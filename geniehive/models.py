@@ -1,0 +1,205 @@
+"""Value types shared by every layer: hosts, services, assets, roles, samples, snapshots.
+
+Rule: everything here is immutable and pure. A `Snapshot` is built once per registry write
+and then only read; its indexes are computed at construction so the request path never scans.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+OPERATIONS = ("chat", "completion", "embeddings", "transcription", "speech", "image")
+AVAILABILITIES = ("available", "draining", "paused", "offline", "quarantined")
+HEALTHS = ("unknown", "healthy", "unhealthy", "down")
+SYSTEM_PROMPT_POSITIONS = ("prepend", "append", "replace")
+STRATEGIES = ("scored", "round_robin", "least_loaded")
+LOCAL_HOST_ID = "local"
+
+ID_RE = re.compile(r"^[A-Za-z0-9._:/\-]{1,128}$")
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty() -> Mapping[str, Any]:
+    return EMPTY
+
+
+def valid_id(value: object) -> bool:
+    """True for a host or service id: 1-128 letters, digits and `. _ : / -`."""
+    return isinstance(value, str) and ID_RE.match(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A request policy (SPEC §6). `None` fields inherit from the lower precedence level."""
+
+    system_prompt: str | None = None
+    system_prompt_position: str = "prepend"
+    body_defaults: Mapping[str, Any] = field(default_factory=_empty)
+    body_overrides: Mapping[str, Any] = field(default_factory=_empty)
+    strip_reasoning: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A model a service can serve, as the upstream names it."""
+
+    asset_id: str
+    loaded: bool | None = None
+    context_length: int | None = None
+    family: str | None = None
+    aliases: tuple[str, ...] = ()
+    size_bytes: int | None = None
+    vram_bytes: int | None = None
+    expires_at: str | None = None
+    policy: Policy | None = None
+
+    @property
+    def family_key(self) -> str:
+        """The text family matching looks in: the family, else the asset id."""
+        return (self.family or self.asset_id).lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Load a node or an adapter reported for a service (all optional)."""
+
+    queue_depth: int | None = None
+    in_flight: int | None = None
+    slots_total: int | None = None
+    slots_busy: int | None = None
+    kv_cache_usage: float | None = None
+    p50_latency_ms: float | None = None
+    tokens_per_sec: float | None = None
+    vram_used_bytes: int | None = None
+    loaded_model_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    availability: str = "available"
+    accept_requests: bool = True
+    health: str = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One callable server on a host for one operation."""
+
+    service_id: str
+    host_id: str
+    operation: str
+    adapter: str
+    base_url: str
+    assets: tuple[Asset, ...] = ()
+    state: ServiceState = ServiceState()
+    observed: Observed = Observed()
+    upstream_id: str | None = None
+    timeout_s: float = 5.0
+    api_key: str | None = field(default=None, repr=False)
+
+    def asset(self, asset_id: str) -> Asset | None:
+        for asset in self.assets:
+            if asset.asset_id == asset_id:
+                return asset
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    host_id: str
+    address: str
+    display_name: str | None = None
+    labels: Mapping[str, Any] = field(default_factory=_empty)
+    capabilities: Mapping[str, Any] = field(default_factory=_empty)
+    resources: Mapping[str, Any] = field(default_factory=_empty)
+    metrics: Mapping[str, Any] = field(default_factory=_empty)
+    last_heartbeat: float | None = None  # wall-clock seconds
+    registered_at: float | None = None
+    is_local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPolicy:
+    strategy: str | None = None
+    preferred_families: tuple[str, ...] = ()
+    min_context: int | None = None
+    prefer_loaded: bool = True
+    require_loaded: bool = False
+    allowed_trust_tiers: tuple[str, ...] = ()
+    denied_trust_tiers: tuple[str, ...] = ()
+    allowed_device_classes: tuple[str, ...] = ()
+    denied_device_classes: tuple[str, ...] = ()
+    allowed_workload_classes: tuple[str, ...] = ()
+    denied_workload_classes: tuple[str, ...] = ()
+    fallback_roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    role_id: str
+    operation: str
+    display_name: str | None = None
+    description: str | None = None
+    policy: Policy = Policy()
+    routing: RoutingPolicy = RoutingPolicy()
+    benchmark_workloads: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BenchmarkSample:
+    benchmark_id: str
+    service_id: str
+    asset_id: str | None
+    workload: str
+    observed_at: str
+    results: Mapping[str, Any] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of the registry, with the lookup indexes built once."""
+
+    version: int
+    hosts: Mapping[str, Host]
+    services: Mapping[str, Service]
+    roles: Mapping[str, Role]
+    benchmarks: tuple[BenchmarkSample, ...] = ()
+    # name -> service ids, per operation: service ids, asset ids and aliases.
+    by_name: Mapping[tuple[str, str], tuple[str, ...]] = field(init=False, repr=False)
+    by_operation: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
+    known_names: frozenset[str] = field(init=False, repr=False)
+    samples_by_service: Mapping[str, tuple[BenchmarkSample, ...]] = field(
+        init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        by_name: dict[tuple[str, str], list[str]] = {}
+        by_operation: dict[str, list[str]] = {}
+        names: set[str] = set(self.roles)
+        for service_id in sorted(self.services):
+            service = self.services[service_id]
+            by_operation.setdefault(service.operation, []).append(service_id)
+            keys = [service_id]
+            for asset in service.assets:
+                keys.append(asset.asset_id)
+                keys.extend(asset.aliases)
+            for key in dict.fromkeys(keys):
+                by_name.setdefault((service.operation, key), []).append(service_id)
+                names.add(key)
+        samples: dict[str, list[BenchmarkSample]] = {}
+        for sample in self.benchmarks:
+            samples.setdefault(sample.service_id, []).append(sample)
+        object.__setattr__(self, "by_name", {k: tuple(v) for k, v in by_name.items()})
+        object.__setattr__(self, "by_operation", {k: tuple(v) for k, v in by_operation.items()})
+        object.__setattr__(self, "known_names", frozenset(names))
+        object.__setattr__(
+            self, "samples_by_service", {k: tuple(v) for k, v in samples.items()}
+        )
+
+
+EMPTY_SNAPSHOT = Snapshot(version=0, hosts={}, services={}, roles={})
