@@ -1,0 +1,415 @@
+"""The registry: schema migrations, durability, snapshot publication and its write rules.
+
+Each test opens a real SQLite file under `tmp_path`; the database is inspected with a separate
+plain connection after the registry is closed, so the claims are about what is on disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from geniehive import registry as registry_module
+from geniehive import wire
+from geniehive.models import (
+    LOCAL_HOST_ID,
+    Asset,
+    BenchmarkSample,
+    Host,
+    Observed,
+    Policy,
+    Role,
+    RoutingPolicy,
+    Service,
+    ServiceState,
+)
+from geniehive.registry import (
+    SCHEMA_VERSION,
+    Registry,
+    RegistryError,
+    ServiceConflict,
+    StoredKey,
+    UnknownHost,
+    UnknownKey,
+    UnknownService,
+    open_registry,
+)
+
+DEADLINE_S = 10
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "nested" / "registry.db"
+
+
+@asynccontextmanager
+async def opened(path: Path) -> AsyncIterator[Registry]:
+    with trio.fail_after(DEADLINE_S):
+        async with open_registry(path) as registry:
+            yield registry
+
+
+def raw(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def dump(path: Path) -> str:
+    db = sqlite3.connect(path)
+    try:
+        return "\n".join(db.iterdump())
+    finally:
+        db.close()
+
+
+def host(host_id: str, *, beat: float = 100.0, **changes: Any) -> Host:
+    return Host(
+        host_id=host_id, address=f"{host_id}.lan", last_heartbeat=beat, registered_at=beat,
+        **changes,
+    )  # fmt: skip
+
+
+def service(host_id: str, name: str, operation: str = "chat", **changes: Any) -> Service:
+    return Service(
+        service_id=f"{name}/{operation}", host_id=host_id, operation=operation,
+        adapter="ollama", base_url=f"http://{host_id}.lan:11434", upstream_id=name, **changes,
+    )  # fmt: skip
+
+
+RICH_ASSET = Asset(
+    asset_id="qwen3:8b",
+    loaded=True,
+    context_length=32768,
+    family="qwen3",
+    aliases=("qwen", "small-chat"),
+    size_bytes=5_000_000_000,
+    policy=Policy(
+        system_prompt="Be brief.",
+        system_prompt_position="append",
+        body_defaults={"temperature": 0.2, "options": {"num_ctx": 8192}},
+        body_overrides={"think": False},
+        strip_reasoning=True,
+    ),
+)
+ROLE = Role(
+    role_id="coder",
+    operation="chat",
+    display_name="Coder",
+    policy=Policy(system_prompt="You write code."),
+    routing=RoutingPolicy(
+        strategy="scored",
+        preferred_families=("qwen3",),
+        min_context=8192,
+        fallback_roles=("general",),
+    ),
+    benchmark_workloads=("chat.short_reasoning",),
+)
+SAMPLE = BenchmarkSample(
+    benchmark_id="b1", service_id="gpu1/chat", asset_id="qwen3:8b",
+    workload="chat.short_reasoning", observed_at="2025-01-01T00:00:00Z",
+    results={"pass_rate": 1.0, "p50_latency_ms": 120.5},
+)  # fmt: skip
+KEY = StoredKey(
+    key_id="k1", name="laptop", salt="00ff", hash="abcd", scopes=("inference", "read"),
+    models=("qwen*",), created_at=1700000000.0,
+)  # fmt: skip
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+async def test_a_fresh_file_is_created_migrated_and_in_wal_mode(db_path: Path) -> None:
+    async with opened(db_path):
+        pass
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
+    tables = {name for (name,) in raw(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"hosts", "services", "roles", "benchmark_samples", "api_keys"}
+
+
+async def test_reopening_applies_only_migrations_not_yet_applied(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [service("gpu1", "gpu1")])
+    async with opened(db_path):  # no migration left: reopening must not fail or change data
+        pass
+    assert raw(db_path, "PRAGMA user_version") == [(1,)]
+    # A second migration is an appended entry; only it runs on the next open.
+    extra = ("CREATE TABLE notes (note TEXT)", "INSERT INTO notes VALUES ('from v2')")
+    monkeypatch.setattr(registry_module, "MIGRATIONS", (*registry_module.MIGRATIONS, extra))
+    monkeypatch.setattr(registry_module, "SCHEMA_VERSION", 2)
+    async with opened(db_path) as registry:
+        assert list(registry.snapshot.services) == ["gpu1/chat"]
+    async with opened(db_path):
+        pass
+    assert raw(db_path, "PRAGMA user_version") == [(2,)]
+    assert raw(db_path, "SELECT note FROM notes") == [("from v2",)]
+
+
+async def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
+    async with opened(db_path):
+        pass
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(RegistryError, match="schema version 99 is newer"):
+        async with opened(db_path):
+            pass
+
+
+# --- durability ----------------------------------------------------------------------------
+
+
+async def test_everything_survives_close_and_reopen(db_path: Path) -> None:
+    gpu1 = host("gpu1", labels={"trust": "home"}, resources={"vram_gb": 24}, metrics={"gpu": 3})
+    chat = service(
+        "gpu1", "gpu1", assets=(RICH_ASSET,), api_key="secret",
+        state=ServiceState(health="healthy"), observed=Observed(queue_depth=2, in_flight=1),
+    )  # fmt: skip
+    async with opened(db_path) as registry:
+        await registry.register_host(gpu1, [chat, service("gpu1", "gpu1", "embeddings")])
+        await registry.replace_roles({"coder": ROLE})
+        await registry.upsert_samples([SAMPLE])
+        await registry.put_api_key(KEY)
+        before = registry.snapshot
+    async with opened(db_path) as registry:
+        after = registry.snapshot
+        assert await registry.list_api_keys() == [KEY]
+    assert after.hosts == before.hosts
+    # The api key is a config secret: it is never written, so it comes back empty.
+    assert after.services == {
+        "gpu1/chat": replace(chat, api_key=None),
+        "gpu1/embeddings": service("gpu1", "gpu1", "embeddings"),
+    }
+    assert after.roles == {"coder": ROLE}
+    assert after.benchmarks == (SAMPLE,)
+    assert "secret" not in dump(db_path)
+
+
+async def test_a_failed_write_rolls_back_and_publishes_nothing(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def write_then_fail(db: sqlite3.Connection, statements: Any) -> None:
+        with registry_module._transaction(db):
+            for sql, params in statements:
+                db.execute(sql, params)
+            raise sqlite3.OperationalError("disk I/O error")
+
+    async with opened(db_path) as registry:
+        before = registry.snapshot
+        monkeypatch.setattr(registry_module, "_write", write_then_fail)
+        with pytest.raises(RegistryError, match="disk I/O error"):
+            await registry.register_host(host("gpu1"), [service("gpu1", "gpu1")])
+        assert registry.snapshot is before
+    assert raw(db_path, "SELECT count(*) FROM hosts") == [(0,)]
+    assert raw(db_path, "SELECT count(*) FROM services") == [(0,)]
+
+
+# --- publication ---------------------------------------------------------------------------
+
+
+async def test_writes_run_off_the_event_loop_and_publish_after_commit(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int, int]] = []  # (thread, version during write, rows visible)
+    real_write = registry_module._write
+
+    def recording_write(db: sqlite3.Connection, statements: Any) -> None:
+        real_write(db, statements)
+        committed = raw(db_path, "SELECT count(*) FROM hosts")[0][0]
+        seen.append((threading.get_ident(), registry.snapshot.version, committed))
+
+    monkeypatch.setattr(registry_module, "_write", recording_write)
+    async with opened(db_path) as registry:
+        start = registry.snapshot.version
+        await registry.register_host(host("gpu1"), [])
+        assert registry.snapshot.version == start + 1
+        assert "gpu1" in registry.snapshot.hosts
+    [(thread, version_during, committed)] = seen
+    assert thread != threading.get_ident()
+    # Another connection already saw the row while the old snapshot was still published.
+    assert (version_during, committed) == (start, 1)
+
+
+async def test_the_version_moves_once_per_write_that_changes_something(db_path: Path) -> None:
+    async with opened(db_path) as registry:
+        versions = [registry.snapshot.version]
+
+        async def step(write: Any) -> None:
+            await write
+            versions.append(registry.snapshot.version)
+
+        await step(registry.register_host(host("gpu1"), [service("gpu1", "gpu1")]))
+        await step(registry.set_service_assets("gpu1/chat", [RICH_ASSET]))
+        await step(registry.set_service_assets("gpu1/chat", [RICH_ASSET]))  # unchanged
+        await step(registry.set_availability("gpu1/chat", "draining"))
+        await step(registry.set_availability("gpu1/chat", "draining"))  # unchanged
+        await step(registry.heartbeat("gpu1", 200.0, {"load": 1}, None))
+        await step(registry.replace_roles({"coder": ROLE}))
+        await step(registry.replace_roles({"coder": ROLE}))  # unchanged
+        await step(registry.forget_stale(50.0))  # nobody stale
+    first = versions[0]
+    offsets = [version - first for version in versions]
+    assert offsets == [0, 1, 2, 2, 3, 3, 4, 5, 5, 5]
+
+
+# --- write rules ---------------------------------------------------------------------------
+
+
+async def test_a_conflicting_register_writes_nothing(db_path: Path) -> None:
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [service("gpu1", "shared")])
+        before = registry.snapshot
+        taken = replace(service("gpu1", "shared"), host_id="gpu2")
+        with pytest.raises(ServiceConflict) as caught:
+            await registry.register_host(host("gpu2"), [service("gpu2", "mine"), taken])
+        assert (caught.value.service_id, caught.value.owner_host_id) == ("shared/chat", "gpu1")
+        assert registry.snapshot is before
+    assert raw(db_path, "SELECT host_id FROM hosts") == [("gpu1",)]
+
+
+async def test_heartbeat_needs_a_known_host_and_replaces_services_only_when_given(
+    db_path: Path,
+) -> None:
+    async with opened(db_path) as registry:
+        with pytest.raises(UnknownHost) as caught:
+            await registry.heartbeat("ghost", 1.0, {}, [])
+        assert caught.value.host_id == "ghost"
+        await registry.register_host(host("gpu1"), [service("gpu1", "a"), service("gpu1", "b")])
+        await registry.heartbeat("gpu1", 300.0, {"gpu_util": 0.5}, None)
+        assert sorted(registry.snapshot.services) == ["a/chat", "b/chat"]
+        await registry.heartbeat("gpu1", 310.0, {}, [service("gpu1", "c")])
+        snapshot = registry.snapshot
+    assert sorted(snapshot.services) == ["c/chat"]
+    assert snapshot.hosts["gpu1"].last_heartbeat == 310.0
+    assert snapshot.hosts["gpu1"].registered_at == 100.0
+    assert raw(db_path, "SELECT service_id FROM services") == [("c/chat",)]
+
+
+async def test_a_drain_outlives_heartbeats_and_restarts(db_path: Path) -> None:
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [service("gpu1", "a")])
+        await registry.set_availability("a/chat", "draining")
+        await registry.heartbeat("gpu1", 200.0, {}, [service("gpu1", "a"), service("gpu1", "b")])
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [service("gpu1", "a"), service("gpu1", "b")])
+        states = {sid: s.state.availability for sid, s in registry.snapshot.services.items()}
+    assert states == {"a/chat": "draining", "b/chat": "available"}
+
+
+async def test_availability_rejects_unknown_services_and_values(db_path: Path) -> None:
+    async with opened(db_path) as registry:
+        with pytest.raises(UnknownService) as caught:
+            await registry.set_availability("nope/chat", "draining")
+        assert caught.value.service_id == "nope/chat"
+        with pytest.raises(UnknownService):
+            await registry.set_service_assets("nope/chat", [])
+        await registry.register_host(host("gpu1"), [service("gpu1", "a")])
+        with pytest.raises(ValueError, match="availability must be one of"):
+            await registry.set_availability("a/chat", "sleeping")
+
+
+async def test_forgetting_a_host_cascades_to_its_services(db_path: Path) -> None:
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [service("gpu1", "a"), service("gpu1", "b")])
+        await registry.register_host(host("gpu2"), [service("gpu2", "c")])
+        await registry.forget_host("gpu1")
+        assert sorted(registry.snapshot.services) == ["c/chat"]
+        with pytest.raises(UnknownHost):
+            await registry.forget_host("gpu1")
+    assert raw(db_path, "SELECT service_id, host_id FROM services") == [("c/chat", "gpu2")]
+
+
+async def test_forget_stale_spares_the_local_host(db_path: Path) -> None:
+    local = host(LOCAL_HOST_ID, beat=0.0)
+    async with opened(db_path) as registry:
+        await registry.sync_local(local, [service(LOCAL_HOST_ID, "box")])
+        await registry.register_host(host("old2", beat=10.0), [service("old2", "x")])
+        await registry.register_host(host("old1", beat=20.0), [])
+        await registry.register_host(host("fresh", beat=500.0), [])
+        assert await registry.forget_stale(100.0) == ["old1", "old2"]
+        snapshot = registry.snapshot
+    assert sorted(snapshot.hosts) == ["fresh", LOCAL_HOST_ID]
+    assert snapshot.hosts[LOCAL_HOST_ID].is_local is True
+    assert sorted(snapshot.services) == ["box/chat"]
+
+
+async def test_sync_local_replaces_the_local_services_exactly(db_path: Path) -> None:
+    local = host(LOCAL_HOST_ID)
+    async with opened(db_path) as registry:
+        await registry.sync_local(local, [service(LOCAL_HOST_ID, "a"), service(LOCAL_HOST_ID, "b")])
+    async with opened(db_path) as registry:
+        await registry.sync_local(local, [service(LOCAL_HOST_ID, "b", api_key="k")])
+        snapshot = registry.snapshot
+    assert list(snapshot.services) == ["b/chat"]
+    assert snapshot.services["b/chat"].api_key == "k"
+    assert snapshot.hosts[LOCAL_HOST_ID].is_local is True
+
+
+async def test_the_snapshot_finds_services_by_id_asset_and_alias(db_path: Path) -> None:
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [service("gpu1", "gpu1")])
+        await registry.set_service_assets("gpu1/chat", [RICH_ASSET])
+        by_name = registry.snapshot.by_name
+    for name in ("gpu1/chat", "qwen3:8b", "qwen", "small-chat"):
+        assert by_name[("chat", name)] == ("gpu1/chat",)
+    assert ("embeddings", "qwen") not in by_name
+
+
+async def test_api_keys_are_stored_disabled_and_deleted(db_path: Path) -> None:
+    other = replace(KEY, key_id="k0", name="ci", scopes=("admin",), models=())
+    async with opened(db_path) as registry:
+        await registry.put_api_key(KEY)
+        await registry.put_api_key(other)
+        await registry.set_api_key_disabled("k1", True)
+        await registry.delete_api_key("k0")
+        with pytest.raises(UnknownKey) as caught:
+            await registry.delete_api_key("k0")
+        assert caught.value.key_id == "k0"
+        with pytest.raises(UnknownKey):
+            await registry.set_api_key_disabled("k0", False)
+    async with opened(db_path) as registry:
+        assert await registry.list_api_keys() == [replace(KEY, disabled=True)]
+        assert dict(registry.api_keys) == {"k1": replace(KEY, disabled=True)}
+
+
+def test_encoded_services_never_carry_the_api_key() -> None:
+    chat = service("gpu1", "gpu1", assets=(RICH_ASSET,), api_key="secret")
+    encoded = wire.encode_service(chat)
+    assert "api_key" not in encoded
+    assert wire.decode_service(encoded) == replace(chat, api_key=None)
+    assert wire.decode_role(wire.encode_role(ROLE)) == ROLE
+
+
+async def test_roles_are_replaced_as_a_whole_and_must_be_filed_under_their_id(
+    db_path: Path,
+) -> None:
+    general = Role(role_id="general", operation="chat")
+    async with opened(db_path) as registry:
+        await registry.replace_roles({"coder": ROLE, "general": general})
+        await registry.replace_roles({"general": general})
+        with pytest.raises(ValueError, match="role 'coder' is filed under 'writer'"):
+            await registry.replace_roles({"writer": ROLE})
+    async with opened(db_path) as registry:
+        assert registry.snapshot.roles == {"general": general}
+
+
+async def test_an_unopenable_path_is_a_registry_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RegistryError, match="cannot open registry"):
+        async with opened(blocker / "registry.db"):
+            pass
