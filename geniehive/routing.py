@@ -1,0 +1,989 @@
+"""Route resolution: which services may serve a request, in which order, and why (SPEC §5).
+
+Rule: pure. Every function reads an immutable `Snapshot` plus a `RoutingContext` (the time,
+probe verdicts, breakers, gateway measurements and round-robin counters) and returns values.
+Nothing here advances a counter: the relay increments `rr_counters[decision.rr_key]` once per
+routed request, so listing, resolving and explaining may call `resolve` as often as they like.
+
+Resolution of a requested name for an operation:
+  1. direct: a service id, asset id or alias of a service of that operation; every such
+     service is in the pool. `role/<id>` always names the role.
+  2. role: a bare role id that is not a direct name. A role (or a direct name) of another
+     operation is `wrong_operation`; a name never seen is `model_not_found`.
+  3. gates: each service is checked in a fixed order and the first failing gate is recorded:
+     host_stale, probe_down, node_unhealthy, breaker_open (health.routable), availability,
+     not_accepting; for roles also trust_tier, device_class, workload_class, model_family,
+     min_context, require_loaded. Direct pools pass the health gates only.
+  4. fallbacks: when a role keeps no candidate, its `fallback_roles` are tried depth-first
+     (`fallback_order`), each once, same operation only. The decision keeps `role_id` = the
+     requested role (its prompt policy applies) and names the one used in `fallback_role_id`.
+  5. narrowing into tiers: key (not loaded when `prefer_loaded`, family rank). The best tier is
+     the pool (`Candidate.pool`); the other tiers follow it as failover, best first.
+  6. strategy orders each tier: scored, round_robin (pool rotated by the counter) or
+     least_loaded.
+
+Fallbacks at request time: a decision carries `fallbacks`, the fallback roles it has not
+tried, in depth-first order. When every candidate of a decision fails, the relay calls
+`next_fallback(snapshot, decision, ctx)`, which returns the decision of the next fallback role
+with candidates (its own `fallbacks` are the rest) or None when they are exhausted;
+`fallback_decisions` yields those decisions one by one, each computed only when asked.
+
+Choices the spec leaves open (documented here, tested in tests/unit/test_routing.py):
+  - a service is judged on the asset it would be sent (`Candidate.upstream_model`): that
+    asset's `loaded` and family rank place it in a tier and feed its score;
+  - role asset gates narrow the usable assets: host `allowed_model_families` keeps assets whose
+    family or id contains one of them (a service with none left, or with no assets, fails);
+    `min_context` keeps assets with unknown or large enough context (a service with no assets
+    passes); `require_loaded` keeps loaded ones. The upstream model is picked among the rest;
+  - unknown latency or tokens/s earn no points; a sample's unknown TTFT earns no band;
+  - the benchmark blend of `scored` averages the quality of the service's samples for the
+    role's `benchmark_workloads` (samples of another asset than the one sent are ignored);
+  - scores are rounded to 6 places so equal inputs tie exactly; an unknown strategy is scored;
+  - a host missing from the snapshot is stale unless it is the local host.
+Route matching (`match`, POST /v1/cluster/routes/match) lives at the end of this module.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from geniehive.health import routable
+from geniehive.models import (
+    LOCAL_HOST_ID,
+    OPERATIONS,
+    STRATEGIES,
+    Asset,
+    BenchmarkSample,
+    Host,
+    Role,
+    RoutingPolicy,
+    Service,
+    Snapshot,
+)
+
+ROLE_PREFIX = "role/"
+BLOCKED_AVAILABILITY = frozenset({"draining", "paused", "offline", "quarantined"})
+MEASURED_MIN_SAMPLES = 5  # gateway measurements replace the node's from this many requests on
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRuntime:
+    """Live numbers the gateway keeps per service."""
+
+    probe: str = "unknown"  # prober verdict: unknown | healthy | down
+    breaker: str = "closed"  # closed | open | half_open, already evaluated at `now`
+    trial_taken: bool = False  # a half-open trial is already in flight
+    in_flight: int = 0
+    samples: int = 0  # measured requests
+    p50_latency_ms: float | None = None
+    ttft_ms: float | None = None
+    tokens_per_sec: float | None = None
+    error_rate: float = 0.0
+
+
+NO_RUNTIME = ServiceRuntime()
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingContext:
+    now: float  # wall-clock seconds, for host staleness
+    stale_after_s: float = 15.0
+    default_strategy: str = "scored"
+    runtime: Mapping[str, ServiceRuntime] = field(default_factory=dict)
+    rr_counters: Mapping[str, int] = field(default_factory=dict)
+
+    def runtime_of(self, service_id: str) -> ServiceRuntime:
+        return self.runtime.get(service_id, NO_RUNTIME)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    service_id: str
+    host_id: str
+    upstream_model: str
+    score: float | None
+    breakdown: Mapping[str, float]
+    family_rank: int = 0  # index in the role's preferred_families; len() when none matches
+    loaded: bool = False  # the asset sent is loaded
+    load: int = 0  # gateway in-flight + reported queue depth
+    latency_ms: float | None = None  # the latency the score used
+    pool: bool = True  # False: a lower tier, kept only as failover
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusion:
+    service_id: str
+    gate: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    name: str
+    operation: str
+    match: str  # direct | role | none (known, wrong operation) | unknown
+    role_id: str | None = None
+    fallback_role_id: str | None = None
+    route_label: str = ""  # direct | role:<id> | role:<id>;fallback:<id> ("" on a 404/400)
+    candidates: tuple[Candidate, ...] = ()  # ordered; the first is tried first
+    excluded: tuple[Exclusion, ...] = ()
+    strategy: str = ""
+    rr_key: str | None = None
+    error: str | None = None  # model_not_found | wrong_operation | no_healthy_upstream
+    message: str = ""
+    close_matches: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()  # fallback roles not tried yet, depth-first
+    earlier: tuple[RouteDecision, ...] = ()  # fallback-walk decisions that kept no candidate
+
+    @property
+    def chosen(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def resolve(
+    snapshot: Snapshot, name: str, operation: str, ctx: RoutingContext, *, stream: bool = False
+) -> RouteDecision:
+    """The route decision for `name` and `operation` now. Never raises for a bad name."""
+    if name.startswith(ROLE_PREFIX):
+        role = snapshot.roles.get(name[len(ROLE_PREFIX) :])
+        if role is None:
+            return _not_found(name, operation, snapshot.roles, name[len(ROLE_PREFIX) :])
+        return _resolve_role(snapshot, name, role, operation, ctx, stream)
+    ids = snapshot.by_name.get((operation, name))
+    if ids:
+        return _resolve_direct(snapshot, name, operation, ids, ctx, stream)
+    role = snapshot.roles.get(name)
+    if role is not None:
+        return _resolve_role(snapshot, name, role, operation, ctx, stream)
+    others = [op for op in OPERATIONS if (op, name) in snapshot.by_name]
+    if others:
+        message = f"model '{name}' serves {', '.join(others)}, not {operation}"
+        return RouteDecision(name, operation, "none", error="wrong_operation", message=message)
+    return _not_found(name, operation, snapshot.known_names, name)
+
+
+def next_fallback(
+    snapshot: Snapshot, decision: RouteDecision, ctx: RoutingContext, *, stream: bool = False
+) -> RouteDecision | None:
+    """The decision of the next fallback role with candidates, or None when none is left.
+
+    For the relay, once every candidate of `decision` failed at request time.
+    """
+    original = snapshot.roles.get(decision.role_id or "")
+    if original is None or not decision.fallbacks:
+        return None
+    found, _ = _walk(snapshot, decision.name, original, decision.fallbacks, ctx, stream)
+    return found
+
+
+def fallback_decisions(
+    snapshot: Snapshot, decision: RouteDecision, ctx: RoutingContext, *, stream: bool = False
+) -> Iterator[RouteDecision]:
+    """Each further fallback decision with candidates, in order, computed only when asked."""
+    current = next_fallback(snapshot, decision, ctx, stream=stream)
+    while current is not None:
+        yield current
+        current = next_fallback(snapshot, current, ctx, stream=stream)
+
+
+def fallback_order(snapshot: Snapshot, role_id: str) -> tuple[str, ...]:
+    """The fallback roles of `role_id`, depth-first, each once, same operation only.
+
+    A fallback of another operation is skipped with its own fallbacks; unknown ids are skipped.
+    """
+    root = snapshot.roles.get(role_id)
+    if root is None:
+        return ()
+    seen = {role_id}
+    order: list[str] = []
+
+    def visit(role: Role) -> None:
+        for fallback_id in role.routing.fallback_roles:
+            if fallback_id in seen:
+                continue
+            seen.add(fallback_id)
+            fallback = snapshot.roles.get(fallback_id)
+            if fallback is None or fallback.operation != root.operation:
+                continue
+            order.append(fallback_id)
+            visit(fallback)
+
+    visit(root)
+    return tuple(order)
+
+
+def _not_found(name: str, operation: str, known: Iterable[str], probe: str) -> RouteDecision:
+    near = close_matches(probe, known)
+    message = f"model '{name}' not found"
+    if near:
+        message += f"; close matches: {', '.join(near)}"
+    return RouteDecision(
+        name, operation, "unknown", error="model_not_found", message=message, close_matches=near
+    )
+
+
+def _resolve_direct(
+    snapshot: Snapshot,
+    name: str,
+    operation: str,
+    ids: Sequence[str],
+    ctx: RoutingContext,
+    stream: bool,
+) -> RouteDecision:
+    found: list[Candidate] = []
+    excluded: list[Exclusion] = []
+    for service_id in ids:
+        service = snapshot.services[service_id]
+        exclusion = exclusion_gate(snapshot, service, ctx)
+        if exclusion is not None:
+            excluded.append(exclusion)
+            continue
+        asset = _direct_asset(service, name)
+        found.append(_candidate(snapshot, service, asset, name, None, ctx, stream))
+    strategy = _strategy(None, ctx)
+    rr_key = f"model:{name}"
+    ordered = rank_candidates(
+        found, strategy, prefer_loaded=False, rr_counter=ctx.rr_counters.get(rr_key, 0)
+    )
+    decision = RouteDecision(
+        name,
+        operation,
+        "direct",
+        route_label="direct",
+        candidates=ordered,
+        excluded=tuple(excluded),
+        strategy=strategy,
+        rr_key=rr_key,
+    )
+    if ordered:
+        return decision
+    message = _unroutable_message(f"model '{name}'", operation, decision.excluded, ())
+    return replace(decision, error="no_healthy_upstream", message=message)
+
+
+def _resolve_role(
+    snapshot: Snapshot, name: str, role: Role, operation: str, ctx: RoutingContext, stream: bool
+) -> RouteDecision:
+    if role.operation != operation:
+        message = f"role '{role.role_id}' is a {role.operation} role, not {operation}"
+        return RouteDecision(
+            name,
+            operation,
+            "none",
+            role_id=role.role_id,
+            error="wrong_operation",
+            message=message,
+        )
+    order = fallback_order(snapshot, role.role_id)
+    first = _role_decision(snapshot, name, role, role, ctx, stream, order)
+    if first.candidates:
+        return first
+    found, empty = _walk(snapshot, name, role, order, ctx, stream)
+    if found is not None:
+        return replace(found, earlier=(first, *found.earlier))
+    tried = tuple(d.fallback_role_id or "" for d in empty)
+    message = _unroutable_message(f"role '{role.role_id}'", operation, first.excluded, tried)
+    return replace(first, error="no_healthy_upstream", message=message, fallbacks=(), earlier=empty)
+
+
+def _walk(
+    snapshot: Snapshot,
+    name: str,
+    original: Role,
+    order: tuple[str, ...],
+    ctx: RoutingContext,
+    stream: bool,
+) -> tuple[RouteDecision | None, tuple[RouteDecision, ...]]:
+    """The first fallback in `order` with candidates, and the decisions of those without."""
+    empty: list[RouteDecision] = []
+    for index, fallback_id in enumerate(order):
+        fallback = snapshot.roles.get(fallback_id)
+        if fallback is None or fallback.operation != original.operation:
+            continue  # the snapshot changed since the order was computed
+        rest = order[index + 1 :]
+        decision = _role_decision(snapshot, name, original, fallback, ctx, stream, rest)
+        if decision.candidates:
+            return replace(decision, earlier=tuple(empty)), tuple(empty)
+        empty.append(decision)
+    return None, tuple(empty)
+
+
+def _role_decision(
+    snapshot: Snapshot,
+    name: str,
+    original: Role,
+    role: Role,
+    ctx: RoutingContext,
+    stream: bool,
+    fallbacks: tuple[str, ...],
+) -> RouteDecision:
+    """The decision of one role's own gates, narrowing and strategy (no fallback walk)."""
+    found: list[Candidate] = []
+    excluded: list[Exclusion] = []
+    for service_id in snapshot.by_operation.get(role.operation, ()):
+        service = snapshot.services[service_id]
+        exclusion, assets = _role_gates(snapshot, service, role.routing, ctx)
+        if exclusion is not None:
+            excluded.append(exclusion)
+            continue
+        asset = _pick_asset(assets, role.routing.preferred_families)
+        found.append(_candidate(snapshot, service, asset, name, role, ctx, stream))
+    strategy = _strategy(role, ctx)
+    rr_key = f"role:{role.role_id}"
+    ordered = rank_candidates(
+        found,
+        strategy,
+        prefer_loaded=role.routing.prefer_loaded,
+        rr_counter=ctx.rr_counters.get(rr_key, 0),
+    )
+    fallback_id = None if role is original else role.role_id
+    label = f"role:{original.role_id}" + (f";fallback:{fallback_id}" if fallback_id else "")
+    return RouteDecision(
+        name,
+        role.operation,
+        "role",
+        original.role_id,
+        fallback_id,
+        label,
+        ordered,
+        tuple(excluded),
+        strategy,
+        rr_key,
+        fallbacks=fallbacks,
+    )
+
+
+def _strategy(role: Role | None, ctx: RoutingContext) -> str:
+    strategy = (role.routing.strategy if role else None) or ctx.default_strategy
+    return strategy if strategy in STRATEGIES else "scored"
+
+
+def _unroutable_message(
+    what: str, operation: str, excluded: Sequence[Exclusion], tried: Sequence[str]
+) -> str:
+    if excluded:
+        reasons = ", ".join(f"{e.service_id} ({e.gate})" for e in excluded)
+    else:
+        reasons = f"no {operation} services registered"
+    message = f"no routable service for {what}: {reasons}"
+    if tried:
+        message += f"; fallback roles tried: {', '.join(tried)}"
+    return message
+
+
+# ---------------------------------------------------------------- gates
+
+
+def is_stale(host: Host, now: float, stale_after_s: float) -> bool:
+    """Whether a host missed its heartbeats at `now`; the local host is never stale."""
+    if host.is_local or host.host_id == LOCAL_HOST_ID:
+        return False
+    seen = host.last_heartbeat if host.last_heartbeat is not None else host.registered_at
+    return seen is None or now - seen > stale_after_s
+
+
+def exclusion_gate(snapshot: Snapshot, service: Service, ctx: RoutingContext) -> Exclusion | None:
+    """The first health or availability gate `service` fails now, or None.
+
+    Every candidate passes these, direct or role; listings use them to count routable services.
+    """
+    service_id = service.service_id
+    host = snapshot.hosts.get(service.host_id)
+    if host is None:
+        stale = service.host_id != LOCAL_HOST_ID
+    else:
+        stale = is_stale(host, ctx.now, ctx.stale_after_s)
+    runtime = ctx.runtime_of(service_id)
+    ok, gate = routable(
+        runtime.probe, service.state.health, stale, runtime.breaker, runtime.trial_taken
+    )
+    if not ok:
+        details = {
+            "host_stale": f"no heartbeat from host '{service.host_id}' for over "
+            f"{ctx.stale_after_s:g}s",
+            "probe_down": "the health probe fails",
+            "node_unhealthy": f"the node reports it {service.state.health}",
+            "breaker_open": f"circuit breaker {runtime.breaker}",
+        }
+        return Exclusion(service_id, gate, details.get(gate, gate))
+    if service.state.availability in BLOCKED_AVAILABILITY:
+        return Exclusion(service_id, "availability", service.state.availability)
+    if not service.state.accept_requests:
+        return Exclusion(service_id, "not_accepting", "the service accepts no requests")
+    return None
+
+
+def _role_gates(
+    snapshot: Snapshot, service: Service, routing: RoutingPolicy, ctx: RoutingContext
+) -> tuple[Exclusion | None, tuple[Asset, ...]]:
+    """The first gate `service` fails for a role, or None and the assets it may serve."""
+    exclusion = exclusion_gate(snapshot, service, ctx)
+    if exclusion is not None:
+        return exclusion, ()
+    host = snapshot.hosts.get(service.host_id)
+    labels: Mapping[str, Any] = host.labels if host else {}
+    label_gates = (
+        ("trust_tier", "trust_tier", routing.allowed_trust_tiers, routing.denied_trust_tiers),
+        (
+            "device_class",
+            "device_class",
+            routing.allowed_device_classes,
+            routing.denied_device_classes,
+        ),
+        (
+            "workload_class",
+            "workload_classes",
+            routing.allowed_workload_classes,
+            routing.denied_workload_classes,
+        ),
+    )
+    for gate, key, allowed, denied in label_gates:
+        detail = _label_gate(key, labels.get(key), allowed, denied)
+        if detail is not None:
+            return Exclusion(service.service_id, gate, detail), ()
+    return _asset_gates(service, routing, _as_strings(labels.get("allowed_model_families")))
+
+
+def _label_gate(
+    key: str, value: object, allowed: Sequence[str], denied: Sequence[str]
+) -> str | None:
+    """Why a host label fails an allow or deny list; a list label passes when any item does."""
+    values = _as_strings(value)
+    shown = ", ".join(values) or "unset"
+    if allowed and not any(v in allowed for v in values):
+        return f"{key} {shown} not in {', '.join(allowed)}"
+    for v in values:
+        if v in denied:
+            return f"{key} {v} is denied"
+    return None
+
+
+def _asset_gates(
+    service: Service, routing: RoutingPolicy, host_families: Sequence[str]
+) -> tuple[Exclusion | None, tuple[Asset, ...]]:
+    service_id = service.service_id
+    assets = service.assets
+    if host_families:
+        assets = tuple(a for a in assets if any(family_matches(a, f) for f in host_families))
+        if not assets:
+            detail = f"host serves only {', '.join(host_families)}"
+            return Exclusion(service_id, "model_family", detail), ()
+    minimum = routing.min_context
+    if minimum is not None and assets:
+        assets = tuple(a for a in assets if a.context_length is None or a.context_length >= minimum)
+        if not assets:
+            return Exclusion(service_id, "min_context", f"no asset with {minimum} context"), ()
+    if routing.require_loaded:
+        assets = tuple(a for a in assets if a.loaded is True)
+        if not assets:
+            return Exclusion(service_id, "require_loaded", "no loaded asset"), ()
+    return None, assets
+
+
+def _as_strings(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    return (str(value),)
+
+
+def family_matches(asset: Asset, family: str) -> bool:
+    """A family matches an asset when it is a substring of the asset's family or id."""
+    needle = family.lower()
+    return needle in (asset.family or "").lower() or needle in asset.asset_id.lower()
+
+
+def family_rank(asset: Asset | None, families: Sequence[str]) -> int:
+    """The index of the first preferred family `asset` matches; len(families) when none."""
+    if asset is not None:
+        for index, family in enumerate(families):
+            if family_matches(asset, family):
+                return index
+    return len(families)
+
+
+# ---------------------------------------------------------------- candidates
+
+
+def _direct_asset(service: Service, name: str) -> Asset | None:
+    asset = service.asset(name)
+    if asset is not None:
+        return asset
+    for asset in service.assets:
+        if name in asset.aliases:
+            return asset
+    return _pick_asset(service.assets, ())
+
+
+def _pick_asset(assets: Sequence[Asset], families: Sequence[str]) -> Asset | None:
+    """The loaded asset of the best family, else the first loaded, else the first asset."""
+    loaded = [a for a in assets if a.loaded is True]
+    if loaded and families:
+        best = min(loaded, key=lambda a: family_rank(a, families))
+        if family_rank(best, families) < len(families):
+            return best
+    if loaded:
+        return loaded[0]
+    return assets[0] if assets else None
+
+
+def _candidate(
+    snapshot: Snapshot,
+    service: Service,
+    asset: Asset | None,
+    name: str,
+    role: Role | None,
+    ctx: RoutingContext,
+    stream: bool,
+) -> Candidate:
+    runtime = ctx.runtime_of(service.service_id)
+    loaded = asset is not None and asset.loaded is True
+    score, parts = runtime_score(service, runtime, stream=stream, loaded=loaded)
+    upstream = asset.asset_id if asset is not None else name
+    families: tuple[str, ...] = ()
+    if role is not None:
+        families = role.routing.preferred_families
+        samples = snapshot.samples_by_service.get(service.service_id, ())
+        bench = role_benchmark(samples, role.benchmark_workloads, upstream)
+        if bench is not None:
+            score = round(0.6 * score + 0.4 * bench, 6)
+            parts = {**parts, "benchmark": bench}
+    latency, _ = _measures(service, runtime, stream)
+    return Candidate(
+        service.service_id,
+        service.host_id,
+        upstream,
+        score,
+        {**parts, "score": score},
+        family_rank(asset, families),
+        loaded,
+        _load(service, runtime),
+        latency,
+    )
+
+
+def rank_candidates(
+    candidates: Sequence[Candidate], strategy: str, *, prefer_loaded: bool, rr_counter: int = 0
+) -> tuple[Candidate, ...]:
+    """Candidates in trial order: the pool (best tier) by strategy, then the lower tiers.
+
+    A tier is (not loaded when `prefer_loaded`, family rank); lower tiers stay as failover.
+    Round robin rotates the pool by `rr_counter`; lower tiers keep id order.
+    """
+    tiers: dict[tuple[int, int], list[Candidate]] = {}
+    for candidate in candidates:
+        cold = 1 if prefer_loaded and not candidate.loaded else 0
+        tiers.setdefault((cold, candidate.family_rank), []).append(candidate)
+    ordered: list[Candidate] = []
+    for index, key in enumerate(sorted(tiers)):
+        tier = _order_tier(tiers[key], strategy, rr_counter if index == 0 else 0)
+        ordered.extend(replace(c, pool=index == 0) for c in tier)
+    return tuple(ordered)
+
+
+def _order_tier(tier: list[Candidate], strategy: str, rr_counter: int) -> list[Candidate]:
+    if strategy == "round_robin":
+        by_id = sorted(tier, key=lambda c: c.service_id)
+        shift = rr_counter % len(by_id)
+        return by_id[shift:] + by_id[:shift]
+    if strategy == "least_loaded":
+        return sorted(
+            tier,
+            key=lambda c: (
+                c.load,
+                math.inf if c.latency_ms is None else c.latency_ms,
+                c.service_id,
+            ),
+        )
+    return sorted(tier, key=lambda c: (-(c.score or 0.0), c.family_rank, c.service_id))
+
+
+# ---------------------------------------------------------------- scores
+
+
+def runtime_score(
+    service: Service, runtime: ServiceRuntime, *, stream: bool = False, loaded: bool | None = None
+) -> tuple[float, dict[str, float]]:
+    """The `scored` runtime score in [0, 1] and its parts (SPEC §5).
+
+    `loaded` is the sent asset's state; None means "any asset of the service is loaded".
+    """
+    if loaded is None:
+        loaded = any(a.loaded is True for a in service.assets)
+    latency, tokens_per_sec = _measures(service, runtime, stream)
+    parts = {
+        "loaded": 0.35 if loaded else 0.0,
+        "latency": _latency_points(latency),
+        "throughput": _throughput_points(tokens_per_sec),
+        # 0.0 - x keeps a zero penalty at 0.0 rather than -0.0 in the breakdown
+        "queue": 0.0 - min(0.15, 0.03 * _load(service, runtime)),
+        "errors": 0.0 - 0.3 * min(1.0, max(0.0, runtime.error_rate)),
+    }
+    score = round(min(1.0, max(0.0, sum(parts.values()))), 6)
+    return score, {**parts, "runtime": score}
+
+
+def _measures(
+    service: Service, runtime: ServiceRuntime, stream: bool
+) -> tuple[float | None, float | None]:
+    """Latency (TTFT for streams) and tokens/s: the gateway's once it has enough samples."""
+    latency: float | None = None
+    tokens_per_sec: float | None = None
+    if runtime.samples >= MEASURED_MIN_SAMPLES:
+        latency = runtime.ttft_ms if stream and runtime.ttft_ms is not None else None
+        latency = runtime.p50_latency_ms if latency is None else latency
+        tokens_per_sec = runtime.tokens_per_sec
+    if latency is None:
+        latency = service.observed.p50_latency_ms
+    if tokens_per_sec is None:
+        tokens_per_sec = service.observed.tokens_per_sec
+    return latency, tokens_per_sec
+
+
+def _load(service: Service, runtime: ServiceRuntime) -> int:
+    return max(0, runtime.in_flight) + max(0, service.observed.queue_depth or 0)
+
+
+def _latency_points(latency_ms: float | None) -> float:
+    if latency_ms is None:
+        return 0.0
+    if latency_ms <= 1500:
+        return 0.30
+    return 0.18 if latency_ms <= 4000 else 0.05
+
+
+def _throughput_points(tokens_per_sec: float | None) -> float:
+    if tokens_per_sec is None:
+        return 0.0
+    if tokens_per_sec >= 20:
+        return 0.20
+    return 0.10 if tokens_per_sec >= 8 else 0.0
+
+
+def benchmark_quality(results: Mapping[str, Any]) -> float:
+    """A sample's quality in [0, 1]: 0.65 correctness + 0.35 speed, or speed alone.
+
+    Correctness is the best of the rate fields; speed never adds on top of a full score.
+    """
+    rates = [
+        min(1.0, max(0.0, value))
+        for key in ("quality_score", "pass_rate", "completion_rate", "tool_success_rate")
+        if (value := _number(results.get(key))) is not None
+    ]
+    tokens_per_sec = _number(results.get("tokens_per_sec"))
+    ttft = _number(results.get("ttft_ms"))
+    speed = min(0.5, max(0.0, tokens_per_sec) / 80) if tokens_per_sec is not None else 0.0
+    if ttft is not None:
+        speed += 0.5 if ttft <= 500 else 0.4 if ttft <= 1000 else 0.25 if ttft <= 2500 else 0.1
+    speed = min(1.0, speed)
+    quality = 0.65 * max(rates) + 0.35 * speed if rates else speed
+    return round(min(1.0, max(0.0, quality)), 6)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def role_benchmark(
+    samples: Sequence[BenchmarkSample], workloads: Sequence[str], asset_id: str | None
+) -> float | None:
+    """Mean quality of the samples of `workloads` for `asset_id`; None without any."""
+    qualities = [
+        benchmark_quality(s.results)
+        for s in samples
+        if s.workload in workloads and (s.asset_id is None or s.asset_id == asset_id)
+    ]
+    return round(sum(qualities) / len(qualities), 6) if qualities else None
+
+
+def close_matches(name: str, known_names: Iterable[str], *, limit: int = 5) -> tuple[str, ...]:
+    """Known names that look like `name`: those containing it first, then similar ones."""
+    lowered: dict[str, str] = {}
+    for known in sorted(known_names):
+        lowered.setdefault(known.lower(), known)
+    needle = name.lower()
+    hits = [k for k in lowered if len(needle) >= 3 and needle in k and k != needle]
+    hits += difflib.get_close_matches(needle, list(lowered), n=limit, cutoff=0.6)
+    return tuple(lowered[k] for k in dict.fromkeys(hits))[:limit]
+
+
+def explain(decision: RouteDecision) -> dict[str, Any]:
+    """The decision as JSON for `routes/resolve` and `geniehive route`."""
+    return {
+        "model": decision.name,
+        "operation": decision.operation,
+        "match": decision.match,
+        "role": decision.role_id,
+        "fallback_role": decision.fallback_role_id,
+        "route": decision.route_label,
+        "strategy": decision.strategy or None,
+        "error": decision.error,
+        "message": decision.message,
+        "close_matches": list(decision.close_matches),
+        "candidates": [
+            {
+                "service_id": c.service_id,
+                "host_id": c.host_id,
+                "upstream_model": c.upstream_model,
+                "score": c.score,
+                "breakdown": dict(c.breakdown),
+                "family_rank": c.family_rank,
+                "loaded": c.loaded,
+                "pool": c.pool,
+            }
+            for c in decision.candidates
+        ],
+        "excluded": [
+            {"service_id": e.service_id, "gate": e.gate, "detail": e.detail}
+            for e in decision.excluded
+        ],
+        "fallbacks_remaining": list(decision.fallbacks),
+        "fallbacks_without_candidates": [
+            {"role": d.fallback_role_id, "excluded": [[e.service_id, e.gate] for e in d.excluded]}
+            for d in decision.earlier
+            if d.fallback_role_id is not None
+        ],
+    }
+
+
+# ---------------------------------------------------------------- route matching
+# Choices the spec leaves open: text overlap uses the task texts only (workload names feed the
+# benchmark overlap with them); a service's text takes its host's label values, not the keys;
+# only services passing `exclusion_gate` are suggested; `kind` wins over `modality`.
+
+TOKEN_RE = re.compile(r"[a-z0-9]+")
+MODALITIES: Mapping[str, tuple[str, ...]] = {
+    "text": ("chat", "completion"),
+    "embedding": ("embeddings",),
+    "embeddings": ("embeddings",),
+    "audio": ("transcription", "speech"),
+    "image": ("image",),
+}
+
+
+def tokens(text: str) -> frozenset[str]:
+    """Lower-cased runs of [a-z0-9]."""
+    return frozenset(TOKEN_RE.findall(text.lower()))
+
+
+def text_overlap(query: frozenset[str], candidate: frozenset[str]) -> float:
+    """The share of the query's tokens found in the candidate's (0 if either is empty)."""
+    if not query or not candidate:
+        return 0.0
+    return len(query & candidate) / len(query)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchQuery:
+    tasks: tuple[str, ...] = ()
+    workloads: tuple[str, ...] = ()
+    kind: str | None = None
+    modality: str | None = None
+    include_direct_services: bool = True
+    limit: int = 10
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        if self.kind is not None:
+            return (self.kind,)
+        if self.modality is not None:
+            return MODALITIES[self.modality]
+        return OPERATIONS
+
+
+def parse_match_query(body: Mapping[str, Any]) -> MatchQuery:
+    """The routes/match body as a query. Raises ValueError naming the bad field."""
+
+    def texts(one: str, many: str) -> tuple[str, ...]:
+        single, several = body.get(one), body.get(many, [])
+        if single is not None and not isinstance(single, str):
+            raise ValueError(f"{one}: expected a string")
+        if not isinstance(several, list) or not all(isinstance(s, str) for s in several):
+            raise ValueError(f"{many}: expected a list of strings")
+        return tuple(dict.fromkeys(([single] if single else []) + several))
+
+    unknown = set(body) - {
+        "task",
+        "tasks",
+        "workload",
+        "workloads",
+        "kind",
+        "modality",
+        "include_direct_services",
+        "limit",
+    }
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]}: unknown field")
+    kind, modality = body.get("kind"), body.get("modality")
+    if kind is not None and kind not in OPERATIONS:
+        raise ValueError(f"kind: expected one of {', '.join(OPERATIONS)}")
+    if modality is not None and modality not in MODALITIES:
+        raise ValueError(f"modality: expected one of {', '.join(MODALITIES)}")
+    include = body.get("include_direct_services", True)
+    if not isinstance(include, bool):
+        raise ValueError("include_direct_services: expected a boolean")
+    limit = body.get("limit", 10)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError("limit: expected a non-negative integer")
+    return MatchQuery(
+        texts("task", "tasks"), texts("workload", "workloads"), kind, modality, include, limit
+    )
+
+
+def match(
+    snapshot: Snapshot, query: MatchQuery | Mapping[str, Any], ctx: RoutingContext
+) -> dict[str, Any]:
+    """The routes/match answer: roles and services scored for the query, best first.
+
+    Raises ValueError (naming the field) for a malformed query mapping.
+    """
+    q = query if isinstance(query, MatchQuery) else parse_match_query(query)
+    task_tokens = tokens(" ".join(q.tasks))
+    work_tokens = tokens(" ".join(q.tasks + q.workloads))
+    scored: list[tuple[float, int, str, dict[str, Any]]] = []
+    for role_id in sorted(snapshot.roles):
+        role = snapshot.roles[role_id]
+        if role.operation in q.operations:
+            entry = _match_role(snapshot, role, q, task_tokens, work_tokens, ctx)
+            scored.append((entry["score"], 0, role_id, entry))
+    if q.include_direct_services:
+        for service_id in sorted(snapshot.services):
+            service = snapshot.services[service_id]
+            if service.operation in q.operations and not exclusion_gate(snapshot, service, ctx):
+                entry = _match_service(snapshot, service, q, task_tokens, work_tokens, ctx)
+                scored.append((entry["score"], 1, service_id, entry))
+    scored.sort(key=lambda item: (-item[0], item[1], item[2]))
+    return {
+        "tasks": list(q.tasks),
+        "workloads": list(q.workloads),
+        "kind": q.kind,
+        "candidates": [entry for *_, entry in scored[: q.limit]],
+    }
+
+
+def _match_role(
+    snapshot: Snapshot,
+    role: Role,
+    q: MatchQuery,
+    task_tokens: frozenset[str],
+    work_tokens: frozenset[str],
+    ctx: RoutingContext,
+) -> dict[str, Any]:
+    role_text = [
+        role.role_id,
+        role.display_name or "",
+        role.description or "",
+        role.policy.system_prompt or "",
+        *role.routing.preferred_families,
+    ]
+    text = text_overlap(task_tokens, tokens(" ".join(role_text)))
+    decision = resolve(snapshot, ROLE_PREFIX + role.role_id, role.operation, ctx)
+    chosen = decision.chosen
+    family = runtime = bench = 0.0
+    reasons = _term_reasons(task_tokens, tokens(" ".join(role_text)))
+    if chosen is None:
+        reasons.append("no routable service now")
+    else:
+        service = snapshot.services[chosen.service_id]
+        reasons.append(f"resolves to {chosen.service_id}")
+        families = role.routing.preferred_families
+        if any(family_matches(a, f) for a in service.assets for f in families):
+            family = 1.0
+            reasons.append("serves a preferred family")
+        runtime = chosen.breakdown["runtime"]
+        bench = _match_benchmark(snapshot, service, q, work_tokens, reasons)
+    score = 0.25 * text + 0.12 * family + 0.13 * 0.0 + 0.25 * runtime + 0.25 * bench
+    signals = {
+        "text": text,
+        "family": family,
+        "guardrail": 0.0,
+        "runtime": runtime,
+        "benchmark": bench,
+    }
+    return _match_entry("role", role.role_id, role.operation, score, reasons, signals)
+
+
+def _match_service(
+    snapshot: Snapshot,
+    service: Service,
+    q: MatchQuery,
+    task_tokens: frozenset[str],
+    work_tokens: frozenset[str],
+    ctx: RoutingContext,
+) -> dict[str, Any]:
+    host = snapshot.hosts.get(service.host_id)
+    labels = host.labels.values() if host else ()
+    words = [service.service_id, service.host_id, service.adapter]
+    words += [text for value in labels for text in _as_strings(value)]  # label values, not keys
+    words += [a.asset_id for a in service.assets]
+    service_text = tokens(" ".join(words))
+    text = text_overlap(task_tokens, service_text)
+    reasons = _term_reasons(task_tokens, service_text)
+    loaded = [a.asset_id for a in service.assets if a.loaded is True]
+    if loaded:
+        reasons.append(f"loaded: {', '.join(loaded)}")
+    runtime, _ = runtime_score(service, ctx.runtime_of(service.service_id))
+    bench = _match_benchmark(snapshot, service, q, work_tokens, reasons)
+    score = 0.20 * text + 0.45 * runtime + 0.35 * bench
+    signals = {"text": text, "runtime": runtime, "benchmark": bench}
+    return _match_entry("service", service.service_id, service.operation, score, reasons, signals)
+
+
+def _match_benchmark(
+    snapshot: Snapshot,
+    service: Service,
+    q: MatchQuery,
+    work_tokens: frozenset[str],
+    reasons: list[str],
+) -> float:
+    """0.55 best workload overlap + 0.45 best quality among the overlapping samples."""
+    best_overlap = best_quality = 0.0
+    best_workload = None
+    for sample in snapshot.samples_by_service.get(service.service_id, ()):
+        overlap = (
+            1.0
+            if sample.workload in q.workloads
+            else text_overlap(work_tokens, tokens(sample.workload))
+        )
+        best_overlap = max(best_overlap, overlap)
+        if overlap > 0 or not work_tokens:
+            quality = benchmark_quality(sample.results)
+            if best_workload is None or quality > best_quality:
+                best_quality, best_workload = quality, sample.workload
+    if best_workload is not None:
+        reasons.append(f"benchmark {best_workload} quality {round(best_quality, 4)}")
+    return 0.55 * best_overlap + 0.45 * best_quality
+
+
+def _term_reasons(query: frozenset[str], candidate: frozenset[str]) -> list[str]:
+    shared = sorted(query & candidate)
+    return [f"matches task terms: {', '.join(shared)}"] if shared else []
+
+
+def _match_entry(
+    kind: str,
+    candidate_id: str,
+    operation: str,
+    score: float,
+    reasons: list[str],
+    signals: Mapping[str, float],
+) -> dict[str, Any]:
+    return {
+        "candidate_type": kind,
+        "candidate_id": candidate_id,
+        "operation": operation,
+        "score": round(score, 4),
+        "reasons": reasons,
+        "signals": {key: round(value, 4) for key, value in signals.items()},
+    }

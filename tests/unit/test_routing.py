@@ -1,0 +1,749 @@
+"""Route resolution: direct pools, roles, every gate, fallbacks, narrowing, strategies, scores."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from geniehive import routing
+from geniehive.models import (
+    Asset,
+    BenchmarkSample,
+    Host,
+    Observed,
+    Role,
+    RoutingPolicy,
+    Service,
+    ServiceState,
+    Snapshot,
+)
+from geniehive.routing import (
+    Candidate,
+    Exclusion,
+    RouteDecision,
+    RoutingContext,
+    ServiceRuntime,
+    benchmark_quality,
+    close_matches,
+    fallback_decisions,
+    fallback_order,
+    is_stale,
+    next_fallback,
+    rank_candidates,
+    resolve,
+    runtime_score,
+)
+
+NOW = 1000.0
+
+
+def asset(asset_id: str, loaded: bool | None = True, **fields: object) -> Asset:
+    return Asset(asset_id, loaded=loaded, **fields)  # type: ignore[arg-type]
+
+
+def service(
+    service_id: str, *assets: Asset, host: str = "h1", op: str = "chat", **fields: object
+) -> Service:
+    return Service(service_id, host, op, "openai", "http://10.0.0.1:8000", assets=assets, **fields)  # type: ignore[arg-type]
+
+
+def role(role_id: str, op: str = "chat", **routing_fields: object) -> Role:
+    workloads = routing_fields.pop("benchmark_workloads", ())
+    return Role(
+        role_id,
+        op,
+        routing=RoutingPolicy(**routing_fields),  # type: ignore[arg-type]
+        benchmark_workloads=workloads,
+    )  # type: ignore[arg-type]
+
+
+def snapshot(
+    services: list[Service],
+    roles: list[Role] = (),
+    hosts: list[Host] = (),
+    benchmarks: tuple[BenchmarkSample, ...] = (),
+) -> Snapshot:
+    by_id = {h.host_id: h for h in hosts}
+    for s in services:
+        by_id.setdefault(s.host_id, Host(s.host_id, "10.0.0.1", last_heartbeat=NOW - 1))
+    return Snapshot(
+        1, by_id, {s.service_id: s for s in services}, {r.role_id: r for r in roles}, benchmarks
+    )
+
+
+def ctx(**fields: object) -> RoutingContext:
+    fields.setdefault("stale_after_s", 15.0)
+    return RoutingContext(now=NOW, **fields)  # type: ignore[arg-type]
+
+
+def order(decision: RouteDecision) -> list[str]:
+    return [c.service_id for c in decision.candidates]
+
+
+def pool(decision: RouteDecision) -> list[bool]:
+    return [c.pool for c in decision.candidates]
+
+
+def test_module_is_pure() -> None:
+    tree = ast.parse(Path(routing.__file__).read_text())
+    imported = {
+        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert imported.isdisjoint({"trio", "httpx", "quart", "sqlite3", "time", "random"})
+
+
+# ---------------------------------------------------------------- direct names
+
+
+def test_direct_asset_pool_holds_every_service_serving_it() -> None:
+    snap = snapshot(
+        [
+            service("a", asset("qwen3:8b")),
+            service("b", asset("qwen3:8b")),
+            service("c", asset("llama3")),
+        ]
+    )
+    decision = resolve(snap, "qwen3:8b", "chat", ctx())
+    assert (decision.match, decision.route_label, decision.error) == ("direct", "direct", None)
+    assert order(decision) == ["a", "b"]
+    assert [c.upstream_model for c in decision.candidates] == ["qwen3:8b", "qwen3:8b"]
+    assert (decision.strategy, decision.rr_key) == ("scored", "model:qwen3:8b")
+
+
+def test_direct_alias_sends_the_aliased_asset() -> None:
+    snap = snapshot([service("a", asset("llama3"), asset("qwen3:8b", aliases=("qwen",)))])
+    assert resolve(snap, "qwen", "chat", ctx()).chosen.upstream_model == "qwen3:8b"
+
+
+def test_direct_service_id_sends_its_first_loaded_asset() -> None:
+    snap = snapshot([service("a", asset("cold", loaded=False), asset("warm"), asset("warm2"))])
+    assert resolve(snap, "a", "chat", ctx()).chosen.upstream_model == "warm"
+
+
+def test_direct_candidates_pass_the_health_gates_and_list_the_excluded() -> None:
+    snap = snapshot([service("a", asset("m")), service("b", asset("m"))])
+    decision = resolve(snap, "m", "chat", ctx(runtime={"a": ServiceRuntime(probe="down")}))
+    assert order(decision) == ["b"]
+    assert decision.excluded == (Exclusion("a", "probe_down", "the health probe fails"),)
+
+
+def test_direct_pool_with_every_service_excluded_is_no_healthy_upstream() -> None:
+    draining = ServiceState(availability="draining")
+    snap = snapshot(
+        [
+            service("a", asset("m"), state=draining),
+            service("b", asset("m"), state=ServiceState(accept_requests=False)),
+        ]
+    )
+    decision = resolve(snap, "m", "chat", ctx())
+    assert decision.error == "no_healthy_upstream"
+    assert decision.message == (
+        "no routable service for model 'm': a (availability), b (not_accepting)"
+    )
+
+
+def test_role_prefix_always_means_the_role_even_when_an_asset_shares_its_name() -> None:
+    snap = snapshot(
+        [service("a", asset("writer")), service("b", asset("other"))],
+        [role("writer", preferred_families=("other",))],
+    )
+    assert resolve(snap, "writer", "chat", ctx()).match == "direct"
+    decision = resolve(snap, "role/writer", "chat", ctx())
+    assert (decision.match, decision.role_id, decision.route_label) == (
+        "role",
+        "writer",
+        "role:writer",
+    )
+    assert decision.chosen.service_id == "b"
+
+
+def test_bare_role_id_resolves_to_the_role() -> None:
+    snap = snapshot([service("a", asset("m"))], [role("helper")])
+    decision = resolve(snap, "helper", "chat", ctx())
+    assert (decision.match, decision.role_id, decision.rr_key) == ("role", "helper", "role:helper")
+    assert order(decision) == ["a"]
+
+
+def test_role_of_another_operation_is_wrong_operation() -> None:
+    snap = snapshot(
+        [service("e", asset("nomic"), op="embeddings")], [role("embedder", "embeddings")]
+    )
+    decision = resolve(snap, "embedder", "chat", ctx())
+    assert (decision.match, decision.error, decision.role_id) == (
+        "none",
+        "wrong_operation",
+        "embedder",
+    )
+    assert decision.message == "role 'embedder' is a embeddings role, not chat"
+
+
+def test_direct_name_of_another_operation_is_wrong_operation() -> None:
+    snap = snapshot([service("e", asset("nomic"), op="embeddings")])
+    decision = resolve(snap, "nomic", "chat", ctx())
+    assert (decision.error, decision.message) == (
+        "wrong_operation",
+        "model 'nomic' serves embeddings, not chat",
+    )
+
+
+def test_unknown_name_is_model_not_found_with_close_matches() -> None:
+    snap = snapshot([service("svc-a", asset("qwen3:8b", aliases=("qwen3",)))], [role("general")])
+    decision = resolve(snap, "qwen3:8", "chat", ctx())
+    assert decision.error == "model_not_found"
+    assert decision.match == "unknown"
+    assert decision.close_matches == ("qwen3:8b", "qwen3")
+    assert decision.message == "model 'qwen3:8' not found; close matches: qwen3:8b, qwen3"
+    assert resolve(snap, "role/generl", "chat", ctx()).close_matches == ("general",)
+    assert resolve(snap, "zzz", "chat", ctx()).message == "model 'zzz' not found"
+
+
+def test_close_matches_ignore_case_and_keep_known_spelling() -> None:
+    assert close_matches("QWEN3", {"Qwen3-8B", "llama"}) == ("Qwen3-8B",)
+
+
+# ---------------------------------------------------------------- gates, one each
+
+
+GATE_CASES = {
+    "host_stale": (
+        {},
+        {"last_heartbeat": NOW - 16},
+        {},
+        {},
+        Exclusion("s", "host_stale", "no heartbeat from host 'h1' for over 15s"),
+    ),
+    "probe_down": (
+        {},
+        {},
+        {},
+        {"probe": "down"},
+        Exclusion("s", "probe_down", "the health probe fails"),
+    ),
+    "node_unhealthy": (
+        {},
+        {},
+        {"state": ServiceState(health="unhealthy")},
+        {},
+        Exclusion("s", "node_unhealthy", "the node reports it unhealthy"),
+    ),
+    "breaker_open": (
+        {},
+        {},
+        {},
+        {"breaker": "open"},
+        Exclusion("s", "breaker_open", "circuit breaker open"),
+    ),
+    "breaker_half_open_trial_taken": (
+        {},
+        {},
+        {},
+        {"breaker": "half_open", "trial_taken": True},
+        Exclusion("s", "breaker_open", "circuit breaker half_open"),
+    ),
+    "availability": (
+        {},
+        {},
+        {"state": ServiceState(availability="quarantined")},
+        {},
+        Exclusion("s", "availability", "quarantined"),
+    ),
+    "not_accepting": (
+        {},
+        {},
+        {"state": ServiceState(accept_requests=False)},
+        {},
+        Exclusion("s", "not_accepting", "the service accepts no requests"),
+    ),
+    "trust_tier_allow_without_label": (
+        {"allowed_trust_tiers": ("trusted",)},
+        {},
+        {},
+        {},
+        Exclusion("s", "trust_tier", "trust_tier unset not in trusted"),
+    ),
+    "trust_tier_deny": (
+        {"denied_trust_tiers": ("public",)},
+        {"labels": {"trust_tier": "public"}},
+        {},
+        {},
+        Exclusion("s", "trust_tier", "trust_tier public is denied"),
+    ),
+    "device_class_allow": (
+        {"allowed_device_classes": ("gpu_server",)},
+        {"labels": {"device_class": "laptop"}},
+        {},
+        {},
+        Exclusion("s", "device_class", "device_class laptop not in gpu_server"),
+    ),
+    "workload_class_allow_needs_one_match": (
+        {"allowed_workload_classes": ("interactive",)},
+        {"labels": {"workload_classes": ["batch", "bulk"]}},
+        {},
+        {},
+        Exclusion("s", "workload_class", "workload_classes batch, bulk not in interactive"),
+    ),
+    "workload_class_deny_on_any_match": (
+        {"denied_workload_classes": ("bulk",)},
+        {"labels": {"workload_classes": ["interactive", "bulk"]}},
+        {},
+        {},
+        Exclusion("s", "workload_class", "workload_classes bulk is denied"),
+    ),
+    "model_family": (
+        {},
+        {"labels": {"allowed_model_families": ["llama"]}},
+        {},
+        {},
+        Exclusion("s", "model_family", "host serves only llama"),
+    ),
+    "min_context": (
+        {"min_context": 8192},
+        {},
+        {},
+        {},
+        Exclusion("s", "min_context", "no asset with 8192 context"),
+    ),
+    "require_loaded": (
+        {"require_loaded": True},
+        {},
+        {"loaded": False},
+        {},
+        Exclusion("s", "require_loaded", "no loaded asset"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", GATE_CASES, ids=list(GATE_CASES))
+def test_each_gate_excludes_a_role_candidate(case: str) -> None:
+    routing_fields, host_fields, service_fields, runtime_fields, expected = GATE_CASES[case]
+    service_fields = dict(service_fields)
+    loaded = service_fields.pop("loaded", True)
+    host_fields = {"last_heartbeat": NOW - 1, **host_fields}
+    snap = snapshot(
+        [service("s", asset("qwen3:8b", loaded=loaded, context_length=4096), **service_fields)],
+        [role("r", **routing_fields)],
+        [Host("h1", "10.0.0.1", **host_fields)],
+    )
+    decision = resolve(snap, "r", "chat", ctx(runtime={"s": ServiceRuntime(**runtime_fields)}))
+    assert decision.candidates == ()
+    assert decision.excluded == (expected,)
+    assert decision.error == "no_healthy_upstream"
+
+
+@pytest.mark.parametrize(
+    ("routing_fields", "labels", "breaker"),
+    [
+        ({"allowed_trust_tiers": ("trusted",)}, {"trust_tier": "trusted"}, "closed"),
+        (
+            {"allowed_workload_classes": ("batch",)},
+            {"workload_classes": ["bulk", "batch"]},
+            "closed",
+        ),
+        ({"denied_device_classes": ("laptop",)}, {}, "closed"),
+        ({}, {"allowed_model_families": ["QWEN"]}, "closed"),
+        ({"min_context": 8192}, {}, "closed"),  # unknown context passes
+        ({}, {}, "half_open"),  # a half-open breaker with its trial free admits one
+    ],
+)
+def test_gates_let_matching_services_through(
+    routing_fields: dict, labels: dict, breaker: str
+) -> None:
+    snap = snapshot(
+        [service("s", asset("qwen3:8b"))],
+        [role("r", **routing_fields)],
+        [Host("h1", "10.0.0.1", labels=labels, last_heartbeat=NOW - 1)],
+    )
+    decision = resolve(snap, "r", "chat", ctx(runtime={"s": ServiceRuntime(breaker=breaker)}))
+    assert (order(decision), decision.excluded) == (["s"], ())
+
+
+def test_only_the_first_failing_gate_is_recorded() -> None:
+    snap = snapshot(
+        [service("s", asset("m"), state=ServiceState(availability="draining"))],
+        [role("r", allowed_trust_tiers=("trusted",))],
+        [Host("h1", "10.0.0.1", last_heartbeat=NOW - 100)],
+    )
+    decision = resolve(snap, "r", "chat", ctx())
+    assert [(e.service_id, e.gate) for e in decision.excluded] == [("s", "host_stale")]
+
+
+def test_asset_gates_narrow_the_asset_that_is_sent() -> None:
+    snap = snapshot(
+        [
+            service(
+                "s",
+                asset("tiny", context_length=2048),
+                asset("big", loaded=False, context_length=32768),
+                asset("huge", context_length=131072),
+            )
+        ],
+        [role("r", min_context=8192)],
+        [
+            Host(
+                "h1", "10.0.0.1", labels={"allowed_model_families": ["big"]}, last_heartbeat=NOW - 1
+            )
+        ],
+    )
+    assert resolve(snap, "r", "chat", ctx()).chosen.upstream_model == "big"
+
+
+def test_staleness_is_judged_from_ctx_now() -> None:
+    host = Host("h1", "10.0.0.1", last_heartbeat=985.0)
+    assert is_stale(host, 1000.0, 15.0) is False
+    assert is_stale(host, 1000.5, 15.0) is True
+    assert is_stale(Host("local", "127.0.0.1", is_local=True), 1e9, 15.0) is False
+    assert is_stale(Host("h2", "10.0.0.2"), 1000.0, 15.0) is True  # never heard from
+    snap = snapshot([service("s", asset("m"))], hosts=[host])
+    assert order(resolve(snap, "m", "chat", RoutingContext(now=1000.0, stale_after_s=15))) == ["s"]
+    late = resolve(snap, "m", "chat", RoutingContext(now=1000.5, stale_after_s=15))
+    assert [e.gate for e in late.excluded] == ["host_stale"]
+
+
+def test_no_healthy_upstream_message_names_each_service_and_gate() -> None:
+    snap = snapshot(
+        [service("svc-a", asset("m")), service("svc-b", asset("m"), host="h2")],
+        [role("x")],
+        [Host("h1", "10.0.0.1", last_heartbeat=NOW), Host("h2", "10.0.0.2", last_heartbeat=0)],
+    )
+    decision = resolve(snap, "x", "chat", ctx(runtime={"svc-a": ServiceRuntime(probe="down")}))
+    assert decision.error == "no_healthy_upstream"
+    assert decision.message == (
+        "no routable service for role 'x': svc-a (probe_down), svc-b (host_stale)"
+    )
+    empty = resolve(snapshot([], [role("y", "speech")]), "y", "speech", ctx())
+    assert empty.message == "no routable service for role 'y': no speech services registered"
+
+
+# ---------------------------------------------------------------- fallbacks
+
+
+def fallback_snapshot() -> Snapshot:
+    """Roles a -> [b, c], b -> [d, a]; only d and c have candidates (by device class)."""
+    return snapshot(
+        [service("s-gpu", asset("m")), service("s-cpu", asset("m"), host="h2")],
+        [
+            role("a", allowed_trust_tiers=("secret",), fallback_roles=("b", "c")),
+            role("b", allowed_device_classes=("tpu",), fallback_roles=("d", "a")),
+            role("c", allowed_device_classes=("cpu",)),
+            role("d", allowed_device_classes=("gpu",), strategy="least_loaded"),
+        ],
+        [
+            Host("h1", "10.0.0.1", labels={"device_class": "gpu"}, last_heartbeat=NOW),
+            Host("h2", "10.0.0.2", labels={"device_class": "cpu"}, last_heartbeat=NOW),
+        ],
+    )
+
+
+def test_fallback_roles_are_walked_depth_first_each_once() -> None:
+    snap = fallback_snapshot()
+    assert fallback_order(snap, "a") == ("b", "d", "c")
+    decision = resolve(snap, "a", "chat", ctx())
+    assert (decision.role_id, decision.fallback_role_id) == ("a", "d")
+    assert decision.route_label == "role:a;fallback:d"
+    assert (order(decision), decision.strategy, decision.rr_key) == (
+        ["s-gpu"],
+        "least_loaded",
+        "role:d",
+    )
+    assert decision.fallbacks == ("c",)
+    assert [(d.role_id, d.fallback_role_id) for d in decision.earlier] == [("a", None), ("a", "b")]
+    assert [e.gate for e in decision.earlier[0].excluded] == ["trust_tier", "trust_tier"]
+
+
+def test_next_fallback_continues_after_request_time_failure() -> None:
+    snap = fallback_snapshot()
+    first = resolve(snap, "a", "chat", ctx())
+    second = next_fallback(snap, first, ctx())
+    assert (second.fallback_role_id, order(second), second.fallbacks) == ("c", ["s-cpu"], ())
+    assert second.route_label == "role:a;fallback:c"
+    assert next_fallback(snap, second, ctx()) is None
+    chain = fallback_decisions(snap, first, ctx())
+    assert [d.fallback_role_id for d in chain] == ["c"]
+
+
+def test_a_role_with_candidates_keeps_its_fallbacks_for_request_time() -> None:
+    snap = snapshot([service("s", asset("m"))], [role("a", fallback_roles=("b",)), role("b")])
+    decision = resolve(snap, "a", "chat", ctx())
+    assert (decision.fallback_role_id, decision.fallbacks) == (None, ("b",))
+    assert next_fallback(snap, decision, ctx()).route_label == "role:a;fallback:b"
+
+
+def test_fallback_cycle_without_candidates_terminates_visiting_each_once() -> None:
+    snap = snapshot(
+        [service("s", asset("m"))],
+        [
+            role("a", allowed_trust_tiers=("x",), fallback_roles=("b",)),
+            role("b", allowed_trust_tiers=("y",), fallback_roles=("a",)),
+        ],
+    )
+    assert fallback_order(snap, "a") == ("b",)
+    decision = resolve(snap, "a", "chat", ctx())
+    assert decision.error == "no_healthy_upstream"
+    assert (decision.role_id, decision.fallback_role_id, decision.fallbacks) == ("a", None, ())
+    assert [d.fallback_role_id for d in decision.earlier] == ["b"]
+    assert decision.message == (
+        "no routable service for role 'a': s (trust_tier); fallback roles tried: b"
+    )
+
+
+def test_fallbacks_of_another_operation_are_skipped() -> None:
+    snap = snapshot(
+        [service("s", asset("m")), service("e", asset("emb"), op="embeddings")],
+        [
+            role("a", allowed_trust_tiers=("x",), fallback_roles=("emb", "c")),
+            role("emb", "embeddings", fallback_roles=("c2",)),
+            role("c"),
+            role("c2"),
+        ],
+    )
+    assert fallback_order(snap, "a") == ("c",)
+    assert resolve(snap, "a", "chat", ctx()).route_label == "role:a;fallback:c"
+
+
+# ---------------------------------------------------------------- narrowing
+
+
+def test_preferred_families_keep_lower_families_out_of_the_pool_as_failover() -> None:
+    snap = snapshot(
+        [
+            service("s-llama", asset("llama3.1:8b")),
+            service("s-mistral", asset("mistral:7b")),
+            service("s-qwen-b", asset("x", family="Qwen3")),
+            service("s-qwen-a", asset("qwen3:8b")),
+        ],
+        [role("r", preferred_families=("qwen3", "llama"), strategy="round_robin")],
+    )
+    decision = resolve(snap, "r", "chat", ctx(rr_counters={"role:r": 1}))
+    assert order(decision) == ["s-qwen-b", "s-qwen-a", "s-llama", "s-mistral"]
+    assert pool(decision) == [True, True, False, False]
+    assert [c.family_rank for c in decision.candidates] == [0, 0, 1, 2]
+
+
+def test_prefer_loaded_keeps_cold_services_as_failover_only() -> None:
+    services = [service("cold", asset("m", loaded=False)), service("warm", asset("m"))]
+    snap = snapshot(services, [role("r", strategy="round_robin")])
+    decision = resolve(snap, "r", "chat", ctx())
+    assert (order(decision), pool(decision)) == (["warm", "cold"], [True, False])
+    relaxed = snapshot(services, [role("r", strategy="round_robin", prefer_loaded=False)])
+    decision = resolve(relaxed, "r", "chat", ctx())
+    assert (order(decision), pool(decision)) == (["cold", "warm"], [True, True])
+
+
+def test_require_loaded_excludes_cold_services() -> None:
+    snap = snapshot(
+        [service("cold", asset("m", loaded=False)), service("warm", asset("m"))],
+        [role("r", require_loaded=True)],
+    )
+    decision = resolve(snap, "r", "chat", ctx())
+    assert order(decision) == ["warm"]
+    assert decision.excluded == (Exclusion("cold", "require_loaded", "no loaded asset"),)
+
+
+def test_prefer_loaded_ranks_before_families() -> None:
+    snap = snapshot(
+        [service("cold-qwen", asset("qwen3", loaded=False)), service("warm-llama", asset("llama"))],
+        [role("r", preferred_families=("qwen3", "llama"))],
+    )
+    decision = resolve(snap, "r", "chat", ctx())
+    assert order(decision) == ["warm-llama", "cold-qwen"]
+
+
+# ---------------------------------------------------------------- upstream model id
+
+
+def test_upstream_model_is_the_loaded_asset_of_the_best_family() -> None:
+    snap = snapshot(
+        [service("s", asset("llama3"), asset("qwen3:4b", loaded=False), asset("qwen3:8b"))],
+        [role("r", preferred_families=("qwen3", "llama"))],
+    )
+    assert resolve(snap, "r", "chat", ctx()).chosen.upstream_model == "qwen3:8b"
+
+
+@pytest.mark.parametrize(
+    ("assets", "expected"),
+    [
+        ((asset("a", loaded=False), asset("b"), asset("c")), "b"),  # first loaded
+        ((asset("a", loaded=False), asset("b", loaded=None)), "a"),  # first asset
+        ((), "r"),  # no asset: the requested name
+    ],
+)
+def test_upstream_model_falls_back_to_first_loaded_then_first_asset(
+    assets: tuple[Asset, ...], expected: str
+) -> None:
+    snap = snapshot([service("s", *assets)], [role("r", preferred_families=("qwen3",))])
+    assert resolve(snap, "r", "chat", ctx()).chosen.upstream_model == expected
+
+
+# ---------------------------------------------------------------- strategies and scores
+
+
+def test_runtime_score_parts_follow_the_formula() -> None:
+    svc = service(
+        "s", asset("m"), observed=Observed(queue_depth=2, p50_latency_ms=1500, tokens_per_sec=22)
+    )
+    score, parts = runtime_score(svc, ServiceRuntime(in_flight=1, error_rate=0.1))
+    assert parts == {
+        "loaded": 0.35,
+        "latency": 0.30,
+        "throughput": 0.20,
+        "queue": -0.09,
+        "errors": -0.03,
+        "runtime": 0.73,
+    }
+    assert score == 0.73
+
+
+@pytest.mark.parametrize(
+    ("p50", "tps", "expected"),
+    [(1500, 20, 0.85), (1501, 19.9, 0.63), (4000, 8, 0.63), (4001, 7.9, 0.4), (None, None, 0.35)],
+)
+def test_runtime_score_bands(p50: float | None, tps: float | None, expected: float) -> None:
+    svc = service("s", asset("m"), observed=Observed(p50_latency_ms=p50, tokens_per_sec=tps))
+    assert runtime_score(svc, ServiceRuntime())[0] == expected
+
+
+def test_runtime_score_caps_the_queue_penalty_and_clamps_at_zero() -> None:
+    svc = service("s", asset("m", loaded=False), observed=Observed(queue_depth=50))
+    score, parts = runtime_score(svc, ServiceRuntime(error_rate=1.0))
+    assert (parts["queue"], parts["errors"], score) == (-0.15, -0.3, 0.0)
+
+
+def test_gateway_measurements_replace_the_nodes_from_five_samples() -> None:
+    svc = service("s", asset("m"), observed=Observed(p50_latency_ms=5000, tokens_per_sec=5))
+    measured = ServiceRuntime(samples=5, p50_latency_ms=3000, ttft_ms=400, tokens_per_sec=30)
+    assert runtime_score(svc, measured)[1]["latency"] == 0.18
+    assert runtime_score(svc, measured, stream=True)[1]["latency"] == 0.30
+    assert runtime_score(svc, measured)[1]["throughput"] == 0.20
+    few = ServiceRuntime(samples=4, p50_latency_ms=300, ttft_ms=100, tokens_per_sec=30)
+    assert runtime_score(svc, few, stream=True)[0] == 0.4  # 0.35 + 0.05 + 0
+
+
+def test_scored_orders_by_score_then_service_id() -> None:
+    fast = Observed(p50_latency_ms=800, tokens_per_sec=40)
+    snap = snapshot(
+        [
+            service("b", asset("m"), observed=fast),
+            service("a", asset("m"), observed=fast),
+            service("c", asset("m"), observed=Observed(p50_latency_ms=3000)),
+        ],
+        [role("r")],
+    )
+    decision = resolve(snap, "r", "chat", ctx())
+    assert order(decision) == ["a", "b", "c"]
+    assert [c.score for c in decision.candidates] == [0.85, 0.85, 0.53]
+
+
+def test_scored_blends_the_benchmark_of_the_roles_workloads() -> None:
+    samples = (
+        BenchmarkSample("1", "b", "m", "chat.short_reasoning", "t", {"pass_rate": 1.0}),
+        BenchmarkSample("2", "b", "other", "chat.short_reasoning", "t", {"pass_rate": 0.0}),
+        BenchmarkSample("3", "b", "m", "chat.concise_support", "t", {"pass_rate": 0.0}),
+    )
+    snap = snapshot(
+        [service("a", asset("m")), service("b", asset("m"))],
+        [role("r", benchmark_workloads=("chat.short_reasoning",))],
+        benchmarks=samples,
+    )
+    decision = resolve(snap, "r", "chat", ctx())
+    assert order(decision) == ["b", "a"]
+    assert decision.chosen.breakdown["benchmark"] == 0.65
+    assert decision.chosen.score == 0.47  # 0.6 * 0.35 + 0.4 * 0.65
+    assert decision.candidates[1].score == 0.35
+
+
+def test_least_loaded_orders_by_load_then_latency_then_id() -> None:
+    snap = snapshot(
+        [
+            service("a", asset("m"), observed=Observed(queue_depth=1, p50_latency_ms=100)),
+            service("b", asset("m"), observed=Observed(p50_latency_ms=900)),
+            service("c", asset("m"), observed=Observed(p50_latency_ms=200)),
+            service("d", asset("m"), observed=Observed(p50_latency_ms=200)),
+        ],
+        [role("r", strategy="least_loaded")],
+    )
+    decision = resolve(snap, "r", "chat", ctx(runtime={"c": ServiceRuntime(in_flight=1)}))
+    assert order(decision) == ["d", "b", "a", "c"]
+    assert [c.load for c in decision.candidates] == [0, 0, 1, 1]
+
+
+def test_role_strategy_overrides_the_default_and_unknown_means_scored() -> None:
+    snap = snapshot([service("a", asset("m"))], [role("r", strategy="round_robin"), role("q")])
+    least = ctx(default_strategy="least_loaded")
+    assert resolve(snap, "r", "chat", least).strategy == "round_robin"
+    assert resolve(snap, "q", "chat", least).strategy == "least_loaded"
+    assert resolve(snap, "q", "chat", ctx(default_strategy="loaded_first")).strategy == "scored"
+
+
+def test_round_robin_advances_once_per_routed_request() -> None:
+    snap = snapshot(
+        [service(s, asset("m")) for s in ("s3", "s1", "s4", "s2")],
+        [role("r", strategy="round_robin")],
+    )
+    counters: dict[str, int] = {}
+    extra_calls = [0, 2, 1, 0, 2, 2, 1, 0]
+    chosen = []
+    for extra in extra_calls:
+        for _ in range(extra):  # listing and explaining resolve too, and must not advance
+            resolve(snap, "r", "chat", ctx(rr_counters=dict(counters)))
+        decision = resolve(snap, "r", "chat", ctx(rr_counters=dict(counters)))
+        chosen.append(decision.chosen.service_id)
+        counters[decision.rr_key] = counters.get(decision.rr_key, 0) + 1
+    assert chosen == ["s1", "s2", "s3", "s4", "s1", "s2", "s3", "s4"]
+    assert counters == {"role:r": 8}
+
+
+def test_round_robin_failover_order_follows_the_rotation() -> None:
+    snap = snapshot([service(s, asset("m")) for s in ("a", "b", "c")])
+    decision = resolve(
+        snap, "m", "chat", ctx(default_strategy="round_robin", rr_counters={"model:m": 5})
+    )
+    assert order(decision) == ["c", "a", "b"]
+
+
+def test_rank_candidates_puts_the_pool_first() -> None:
+    def cand(sid: str, loaded: bool, rank: int, score: float) -> Candidate:
+        return Candidate(sid, "h", "m", score, {}, family_rank=rank, loaded=loaded)
+
+    ranked = rank_candidates(
+        [cand("x", False, 0, 0.9), cand("y", True, 1, 0.5), cand("z", True, 0, 0.1)],
+        "scored",
+        prefer_loaded=True,
+    )
+    assert [(c.service_id, c.pool) for c in ranked] == [("z", True), ("y", False), ("x", False)]
+
+
+# ---------------------------------------------------------------- benchmark quality
+
+
+def test_benchmark_quality_weighs_correctness_and_speed() -> None:
+    # correctness 0.9; speed 30/80 + 0.4 (TTFT <= 1000 ms) = 0.775
+    sample = {"quality_score": 0.9, "tokens_per_sec": 30, "ttft_ms": 900}
+    assert benchmark_quality(sample) == 0.85625
+    assert benchmark_quality({"tokens_per_sec": 80, "ttft_ms": 3000}) == 0.6  # speed alone
+    assert benchmark_quality({"pass_rate": 0.5, "completion_rate": 0.8}) == 0.52
+    assert benchmark_quality({}) == 0.0
+
+
+def test_benchmark_quality_is_never_above_one() -> None:
+    # The original summed pass_rate and speed bonuses and reached 1.6 before clamping.
+    best = {"pass_rate": 1.0, "quality_score": 1.7, "tokens_per_sec": 500, "ttft_ms": 10}
+    assert benchmark_quality(best) == 1.0
+    slow = {"pass_rate": 1.0, "tokens_per_sec": 8, "ttft_ms": 5000}
+    assert benchmark_quality(slow) == 0.72  # 0.65 + 0.35 * (0.1 + 0.1): speed still counts
+    assert benchmark_quality({"pass_rate": True, "tokens_per_sec": "fast"}) == 0.0
+
+
+def test_a_service_whose_host_is_missing_is_stale_unless_local() -> None:
+    services = [
+        service("ghost-svc", asset("m"), host="ghost"),
+        service("own", asset("m"), host="local"),
+    ]
+    snap = Snapshot(1, {}, {s.service_id: s for s in services}, {})
+    decision = resolve(snap, "m", "chat", ctx())
+    assert order(decision) == ["own"]
+    assert [(e.service_id, e.gate) for e in decision.excluded] == [("ghost-svc", "host_stale")]
