@@ -1,0 +1,1 @@
+"""GenieHive test suite."""
