@@ -1,0 +1,107 @@
+"""The Quart app: probes, the model listing and the operator API; the ASGI composition.
+
+Rule: the only module (with api_* modules) that touches `quart.request`. Every error under
+`/v1` leaves in the OpenAI shape; nothing answers a plain-text 500 or a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from geniehive import catalog
+from geniehive.errors import GenieHiveError, NotFound, render_error
+from geniehive.proxy import ProxyApp
+
+log = logging.getLogger("geniehive.app")
+
+TASKS = ("registry", "plugins", "launcher", "heartbeats", "discovery", "prober", "proxy")
+
+
+def create_app(gateway: Any) -> QuartTrio:
+    app = QuartTrio("geniehive")
+    app.config["RESPONSE_TIMEOUT"] = None  # long streams must never be cut (see PITFALLS 1)
+    app.config["BODY_TIMEOUT"] = None
+    app.config["MAX_CONTENT_LENGTH"] = gateway.config.server.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["gateway"] = gateway
+
+    @app.errorhandler(GenieHiveError)
+    async def on_error(exc: GenieHiveError) -> Response:
+        return error_response(exc.error_object(), exc.http_status)
+
+    @app.errorhandler(HTTPException)
+    async def on_http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        type_ = "invalid_request_error" if status < 500 else "server_error"
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+            status, f"http_{status}"
+        )
+        return error_response(render_error(exc.description or exc.name, type_, code), status)
+
+    @app.errorhandler(Exception)
+    async def on_crash(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(render_error("internal error", "server_error", "internal_error"), 500)
+
+    @app.after_request
+    async def request_id(response: Response) -> Response:
+        response.headers["X-Request-Id"] = request.headers.get("X-Request-Id") or _new_id()
+        return response
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Any:
+        pending = [t for t in TASKS if t not in gateway.started]
+        body = {"status": "ready" if not pending else "starting", "pending": pending}
+        return jsonify(body), (200 if gateway.ready else 503)
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        gateway.auth.authorize(request.headers, "inference")
+        entries = catalog.model_entries(
+            gateway.snapshot, gateway.routing_context(), gateway.created
+        )
+        return jsonify({"object": "list", "data": list(entries.values())})
+
+    @app.get("/v1/models/<path:model_id>")
+    async def get_model(model_id: str) -> Response:
+        gateway.auth.authorize(request.headers, "inference")
+        snapshot = gateway.snapshot
+        ctx = gateway.routing_context()
+        if model_id.startswith("role/") and model_id[5:] in snapshot.roles:
+            return jsonify(catalog.role_entry(snapshot, model_id[5:], ctx, gateway.created))
+        entries = catalog.model_entries(snapshot, ctx, gateway.created)
+        if model_id not in entries:
+            raise NotFound(f"no model or role named '{model_id}'", param="model")
+        return jsonify(entries[model_id])
+
+    for register in gateway.route_modules:
+        register(app, gateway)
+    return app
+
+
+def error_response(error: dict[str, Any], status: int) -> Response:
+    response = jsonify({"error": error})
+    response.status_code = status
+    return response
+
+
+def _new_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def create_asgi(gateway: Any) -> ProxyApp:
+    """The ASGI app hypercorn serves: the lean proxy routes in front of the Quart app."""
+    gateway.created = int(time.time())
+    return ProxyApp(gateway, create_app(gateway))

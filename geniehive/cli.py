@@ -1,0 +1,142 @@
+"""The `geniehive` command: argument parsing and wiring only.
+
+Exit codes: 0 ok, 1 runtime or HTTP failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8800"
+DEFAULT_CONFIG = "conf/geniehive.toml"
+
+log = logging.getLogger("geniehive")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # httpx logs every request at INFO with full upstream URLs (PITFALLS 20).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("GENIEHIVE_URL", DEFAULT_URL))
+    parser.add_argument("--api-key", default=os.environ.get("GENIEHIVE_API_KEY"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geniehive", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the control daemon and gateway")
+    serve.add_argument("--config", default=DEFAULT_CONFIG, type=Path)
+    node = sub.add_parser("node", help="run the node agent on a GPU host")
+    node.add_argument("--config", default="conf/node.toml", type=Path)
+    check = sub.add_parser("check-config", help="validate control, node and role files")
+    check.add_argument("files", nargs="+", type=Path)
+    for name, text in (("status", "hosts, services and roles"),):
+        _client_args(sub.add_parser(name, help=text))
+    route = sub.add_parser("route", help="explain how a model or role name resolves now")
+    route.add_argument("model")
+    route.add_argument("--kind", default="chat")
+    _client_args(route)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 1
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from geniehive.config import check_files
+
+    problems = check_files(args.files, os.environ)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 2
+    print(f"ok: {len(args.files)} file(s) valid")
+    return 0
+
+
+def load_control_or_exit(path: Path) -> Any:
+    from geniehive.config import ConfigError, is_loopback_bind, load_control
+
+    try:
+        config = load_control(path.resolve(), os.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not config.auth_keys:
+        exposed = [b for b in (*config.server.bind, *config.nodes.bind) if not is_loopback_bind(b)]
+        if exposed:
+            print(
+                f"{path}: refusing to start in open mode (no [[auth.keys]]) on a non-loopback "
+                f"address: {', '.join(exposed)}. Configure at least one key, or bind to "
+                "127.0.0.1.",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from geniehive.config import ConfigError
+    from geniehive.daemon import serve_control
+
+    config = load_control_or_exit(args.config)
+    setup_logging(config.logging.level, config.logging.format)
+    started = time.monotonic()
+    try:
+        trio.run(serve_control, config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 2
+    log.info("stopped after %.1f s", time.monotonic() - started)
+    return 0
+
+
+COMMANDS: dict[str, Any] = {
+    "serve": cmd_serve,
+    "check-config": cmd_check_config,
+}

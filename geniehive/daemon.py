@@ -1,0 +1,189 @@
+"""The task tree of `geniehive serve` (SPEC §1).
+
+    serve_control(config)
+      registry      opened, migrated, snapshot built           (started: snapshot ready)
+      plugins       loaded and validated; a bad one aborts start-up naming its file
+      launcher      managed upstream processes (§11), ready when their probe passes
+      heartbeats    expires hosts whose heartbeats stopped; forgets them later
+      discovery     started after its first pass over every upstream
+      prober        started after its first pass
+      proxy         hypercorn serving the ASGI app on every bind
+
+Rule: every long-lived task is started with `nursery.start` and reports started only once it
+is ready; `/readyz` answers 200 after the last one. The first SIGTERM/SIGINT stops accepting
+and lets in-flight requests and streams finish for `server.shutdown_grace_s`; a second stops
+at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from geniehive.adapters.loader import PluginError, load_adapters
+from geniehive.app import create_asgi
+from geniehive.config import ConfigError, ControlConfig
+from geniehive.discovery import local_host, local_services, run_discovery
+from geniehive.gateway import Gateway
+from geniehive.prober import run_prober
+from geniehive.registry import open_registry
+
+log = logging.getLogger("geniehive.daemon")
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE toward the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            return soft
+    return soft
+
+
+def check_upstream_adapters(config: Any, specs: Any) -> None:
+    """Each upstream must name a loaded adapter that serves its operations."""
+    problems = []
+    for index, upstream in enumerate(config.upstreams):
+        spec = specs.get(upstream.adapter)
+        if spec is None:
+            known = ", ".join(sorted(specs))
+            problems.append(
+                f"upstreams[{index}].adapter: unknown adapter '{upstream.adapter}' "
+                f"(known: {known})"
+            )
+            continue
+        for op in upstream.operations:
+            if spec.operations and op not in spec.operations:
+                problems.append(
+                    f"upstreams[{index}].operations: adapter '{upstream.adapter}' "
+                    f"does not serve '{op}'"
+                )
+    if problems:
+        raise ConfigError(problems)
+
+
+def make_client(config: ControlConfig) -> httpx.AsyncClient:
+    """The upstream client: long reads allowed (timeouts are ours), a pool sized for streams."""
+    routing = config.routing
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(
+            connect=routing.connect_timeout_s, read=None, write=60.0,
+            pool=routing.first_byte_timeout_s,
+        ),
+        limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512,
+                            keepalive_expiry=30.0),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def hypercorn_config(binds: Sequence[str], config: ControlConfig) -> HyperConfig:
+    hc = HyperConfig()
+    hc.bind = list(binds)
+    hc.graceful_timeout = config.server.shutdown_grace_s
+    hc.keep_alive_timeout = 75
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("geniehive.http")
+    hc.h11_max_incomplete_size = 64 * 1024
+    hc.websocket_max_message_size = 1024 * 1024
+    hc.backlog = 1024
+    tls = config.server.tls
+    if tls is not None:
+        hc.certfile = str(tls.certfile)
+        hc.keyfile = str(tls.keyfile)
+        if tls.ca_certs:
+            hc.ca_certs = str(tls.ca_certs)
+    return hc
+
+
+async def serve_proxy(
+    asgi: Any, hc: HyperConfig, shutdown: trio.Event, *, task_status: Any
+) -> None:
+    await hypercorn_serve(asgi, hc, shutdown_trigger=shutdown.wait, task_status=task_status)
+
+
+async def watch_signals(
+    shutdown: trio.Event, cancel: trio.CancelScope, *, task_status: Any
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            if not shutdown.is_set():
+                log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
+                shutdown.set()
+            else:
+                log.info("second signal: stopping now")
+                cancel.cancel()
+                return
+
+
+async def serve_control(
+    config: ControlConfig,
+    *,
+    shutdown: trio.Event | None = None,
+    handle_signals: bool = True,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the control daemon until shut down; reports started with the bound URLs."""
+    shutdown = shutdown or trio.Event()
+    raise_open_files_limit()
+    async with open_registry(config.registry.path) as registry:
+        try:
+            specs = load_adapters(config.plugins.paths, config.plugins.entry_points)
+        except PluginError as exc:
+            raise ConfigError([f"plugins: {exc}"]) from None
+        check_upstream_adapters(config, specs)
+        await registry.sync_local(local_host(config.local_labels),
+                                  local_services(config.upstreams))
+        await registry.replace_roles(config.roles)
+        async with make_client(config) as client:
+            gateway = Gateway(config, registry, specs, client)
+            gateway.started.update({"registry", "plugins"})
+            await _run_tree(gateway, shutdown, handle_signals, task_status)
+
+
+async def _run_tree(
+    gateway: Gateway, shutdown: trio.Event, handle_signals: bool, task_status: Any
+) -> None:
+    config = gateway.config
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            await nursery.start(watch_signals, shutdown, nursery.cancel_scope)
+        for start in gateway.startup_tasks:  # launcher, heartbeats (added by later modules)
+            await nursery.start(start, gateway)
+        gateway.started.update({"launcher", "heartbeats"})
+        await nursery.start(run_discovery, gateway)
+        await nursery.start(run_prober, gateway)
+        asgi = create_asgi(gateway)
+        binds = await nursery.start(
+            serve_proxy, asgi, hypercorn_config(config.server.bind, config), shutdown
+        )
+        gateway.started.add("proxy")
+        gateway.ready = True
+        for url in binds:
+            log.info("GenieHive listening on %s", url)
+        task_status.started(binds)
+        await shutdown.wait()
+        gateway.ready = False
+        # hypercorn drains in-flight requests for shutdown_grace_s, then returns; the
+        # other tasks are cancelled once it has.
+        await _wait_proxy_drained(nursery, gateway)
+
+
+async def _wait_proxy_drained(nursery: trio.Nursery, gateway: Gateway) -> None:
+    with trio.move_on_after(gateway.config.server.shutdown_grace_s + 5):
+        while any(t.name.endswith("serve_proxy") for t in nursery.child_tasks):
+            await trio.sleep(0.05)
+    nursery.cancel_scope.cancel()

@@ -1,0 +1,119 @@
+"""Upstream model discovery (SPEC §9) for the upstreams of the control file.
+
+Rule: each pass asks every upstream's adapter what it serves, bounded by the upstream's
+`timeout_s`, merges that with the configured assets and writes it to the registry, which
+publishes a new snapshot only when something changed. An unreachable upstream keeps its last
+known assets (shown not loaded) so that its names stay known.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import trio
+
+from geniehive.adapters import UpstreamError
+from geniehive.config import UpstreamConfig
+from geniehive.models import LOCAL_HOST_ID, Asset, Host, Observed, Service
+from geniehive.supervise import run_every
+
+log = logging.getLogger("geniehive.discovery")
+
+
+def merge_assets(configured: Sequence[Asset], discovered: Sequence[Asset]) -> tuple[Asset, ...]:
+    """Configured aliases, family, context and policy are kept; `loaded` comes from discovery.
+
+    Configured assets that discovery did not report are kept, not loaded.
+    """
+    found = {a.asset_id: a for a in discovered}
+    merged: list[Asset] = []
+    for asset in configured:
+        seen = found.pop(asset.asset_id, None)
+        if seen is None:
+            merged.append(replace(asset, loaded=False if asset.loaded is None else asset.loaded))
+            continue
+        merged.append(
+            replace(
+                seen,
+                aliases=asset.aliases or seen.aliases,
+                family=asset.family or seen.family,
+                context_length=asset.context_length or seen.context_length,
+                policy=asset.policy or seen.policy,
+            )
+        )
+    merged.extend(found.values())
+    return tuple(merged)
+
+
+def local_host(labels: Any) -> Host:
+    return Host(host_id=LOCAL_HOST_ID, address="127.0.0.1", display_name="control plane",
+                labels=labels, is_local=True)
+
+
+def local_services(upstreams: Sequence[UpstreamConfig]) -> list[Service]:
+    """The control file's upstreams as services `<upstream id>/<operation>` of the local host."""
+    return [
+        Service(
+            service_id=f"{u.id}/{operation}",
+            host_id=LOCAL_HOST_ID,
+            operation=operation,
+            adapter=u.adapter,
+            base_url=u.base_url,
+            assets=tuple(u.assets),
+            upstream_id=u.id,
+            timeout_s=u.timeout_s,
+            api_key=u.api_key,
+        )
+        for u in upstreams
+        for operation in u.operations
+    ]
+
+
+async def discover_upstream(gateway: Any, upstream: UpstreamConfig) -> None:
+    """One upstream's discovery: its assets and load written to each of its services."""
+    services = [
+        s for s in gateway.snapshot.services.values()
+        if s.host_id == LOCAL_HOST_ID and s.upstream_id == upstream.id
+    ]
+    if not services:
+        return
+    adapter = gateway.adapter_for(services[0])
+    observed: Observed | None = None
+    with trio.move_on_after(upstream.timeout_s) as scope:
+        try:
+            discovered = await adapter.discover()
+            observed = await adapter.observe()
+        except (httpx.HTTPError, UpstreamError) as exc:
+            gateway.count_failure("discovery", upstream.id)
+            log.info("discovery of %s failed: %s", upstream.id, exc or type(exc).__name__)
+            discovered = None
+    if scope.cancelled_caught:
+        gateway.count_failure("discovery", upstream.id)
+        log.info("discovery of %s timed out after %.1f s", upstream.id, upstream.timeout_s)
+        discovered = None
+    for service in services:
+        if discovered is None:
+            assets = tuple(replace(a, loaded=False) for a in service.assets) or tuple(
+                upstream.assets
+            )
+        else:
+            assets = merge_assets(upstream.assets, discovered)
+        await gateway.registry.set_service_assets(service.service_id, assets, observed)
+
+
+async def discover_all(gateway: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        for upstream in gateway.config.upstreams:
+            nursery.start_soon(discover_upstream, gateway, upstream)
+
+
+async def run_discovery(gateway: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Discovery task: started after its first pass over every upstream."""
+    await discover_all(gateway)
+    gateway.started.add("discovery")
+    task_status.started()
+    await run_every("discovery", gateway.config.discovery.interval_s, lambda: discover_all(gateway))

@@ -1,0 +1,138 @@
+"""The exception tree of the client API; each error knows its HTTP status and OpenAI shape.
+
+    GenieHiveError                      500 server_error / internal_error
+    ├── InvalidRequest                  400 invalid_request_error / invalid_request
+    │   ├── WrongOperation              400 ... / wrong_operation
+    │   ├── ModelNotFound               404 ... / model_not_found
+    │   ├── NotFound                    404 ... / not_found
+    │   └── RequestTooLarge             413 ... / request_too_large
+    ├── AuthenticationFailed            401 authentication_error / invalid_api_key
+    ├── PermissionDenied                403 permission_error / insufficient_scope
+    ├── Conflict                        409 invalid_request_error / conflict
+    ├── RateLimited                     429 rate_limit_error / rate_limited
+    ├── UpstreamStatus                  the upstream's 4xx, code upstream_<status>
+    ├── UpstreamFailed                  502 server_error / upstream_error
+    ├── UpstreamTimeout                 504 server_error / upstream_timeout
+    └── NoHealthyUpstream               503 server_error / no_healthy_upstream
+
+Routes raise; one handler renders `{"error": {message, type, param, code}}`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+
+class GenieHiveError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    @property
+    def http_status(self) -> int:
+        return self.status
+
+    def error_object(self) -> dict[str, Any]:
+        return render_error(self.message, self.type, self.code, self.param)
+
+    def body(self) -> bytes:
+        return json.dumps({"error": self.error_object()}).encode()
+
+
+def render_error(
+    message: str, type_: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI error object."""
+    return {"message": message, "type": type_, "param": param, "code": code}
+
+
+class InvalidRequest(GenieHiveError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class WrongOperation(InvalidRequest):
+    code = "wrong_operation"
+
+
+class ModelNotFound(InvalidRequest):
+    status = 404
+    code = "model_not_found"
+
+
+class NotFound(InvalidRequest):
+    status = 404
+    code = "not_found"
+
+
+class UnknownHostError(NotFound):
+    code = "unknown_host"
+
+
+class RequestTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class AuthenticationFailed(GenieHiveError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GenieHiveError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_scope"
+
+
+class Conflict(GenieHiveError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class RateLimited(GenieHiveError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class UpstreamStatus(GenieHiveError):
+    """An upstream 4xx, passed on with its status and message."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, upstream_status: int, message: str) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+    @property
+    def http_status(self) -> int:
+        return self.upstream_status
+
+    def error_object(self) -> dict[str, Any]:
+        type_ = "rate_limit_error" if self.upstream_status == 429 else self.type
+        return render_error(self.message, type_, f"upstream_{self.upstream_status}", self.param)
+
+
+class UpstreamFailed(GenieHiveError):
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamTimeout(GenieHiveError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class NoHealthyUpstream(GenieHiveError):
+    status = 503
+    code = "no_healthy_upstream"

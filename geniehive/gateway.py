@@ -1,0 +1,151 @@
+"""The gateway's shared state: config, registry snapshot, adapters, live counters, auth.
+
+Rule: the request path reads `gateway.snapshot` (an immutable registry snapshot) and the live
+counters; it never waits on SQLite. Adapters are built once per (service, base URL, kind)
+and reused until the service changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from geniehive import routing
+from geniehive.adapters import Adapter, AdapterSpec, UpstreamContext
+from geniehive.adapters.loader import build_adapter
+from geniehive.auth import Authenticator
+from geniehive.config import ControlConfig
+from geniehive.errors import ModelNotFound, NoHealthyUpstream, WrongOperation
+from geniehive.live import LiveState
+from geniehive.models import Policy, Service, Snapshot
+from geniehive.registry import Registry
+
+
+class _RuntimeView(Mapping[str, routing.ServiceRuntime]):
+    """Live numbers computed on demand, so a decision costs only what it looks at."""
+
+    def __init__(self, live: LiveState, now: float) -> None:
+        self.live = live
+        self.now = now
+
+    def __getitem__(self, service_id: str) -> routing.ServiceRuntime:
+        return self.live.runtime(service_id, self.now)
+
+    def get(self, service_id: str, default: Any = None) -> routing.ServiceRuntime:  # type: ignore[override]
+        return self.live.runtime(service_id, self.now)
+
+    def __contains__(self, service_id: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.live.services)
+
+    def __len__(self) -> int:
+        return len(self.live.services)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: ControlConfig,
+        registry: Registry,
+        specs: Mapping[str, AdapterSpec],
+        client: httpx.AsyncClient,
+        monotonic: Any = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.specs = specs
+        self.client = client
+        self.live = LiveState(open_s=config.breaker.open_s, failures=config.breaker.failures)
+        self.auth = Authenticator(
+            (k.name, k.key, k.scopes, k.models) for k in config.auth_keys
+        )
+        self.ready = False
+        self.started: set[str] = set()
+        self.created = int(time.time())
+        # Long-lived tasks other modules add to the tree (heartbeat listener, launcher) and
+        # their Quart route registrations.
+        self.startup_tasks: list[Any] = []
+        self.route_modules: list[Any] = []
+        self.failure_counts: dict[tuple[str, str], int] = {}
+        self._adapters: dict[str, tuple[tuple[Any, ...], Adapter]] = {}
+        self._monotonic = monotonic
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.registry.snapshot
+
+    def count_failure(self, kind: str, subject: str) -> None:
+        """Count a discovery or probe failure (exported by /metrics)."""
+        key = (kind, subject)
+        self.failure_counts[key] = self.failure_counts.get(key, 0) + 1
+
+    # -- adapters -----------------------------------------------------------------------
+    def adapter_for(self, service: Service) -> Adapter:
+        key = (service.adapter, service.base_url, service.api_key, service.timeout_s)
+        cached = self._adapters.get(service.service_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        ctx = UpstreamContext(
+            upstream_id=service.upstream_id or service.service_id,
+            base_url=service.base_url,
+            client=self.client,
+            timeout_s=service.timeout_s,
+            configured_assets=service.assets,
+            api_key=service.api_key,
+        )
+        adapter = build_adapter(self.specs, service.adapter, ctx)
+        self._adapters[service.service_id] = (key, adapter)
+        return adapter
+
+    # -- routing ------------------------------------------------------------------------
+    def routing_context(self) -> routing.RoutingContext:
+        return routing.RoutingContext(
+            now=time.time(),
+            stale_after_s=self.config.nodes.stale_after_s,
+            default_strategy=self.config.routing.strategy,
+            runtime=_RuntimeView(self.live, self._monotonic()),
+            rr_counters=self.live.rr_counters,
+        )
+
+    def resolve(self, name: str, operation: str, *, stream: bool = False) -> routing.RouteDecision:
+        return routing.resolve(self.snapshot, name, operation, self.routing_context(), stream=stream)
+
+    def decision_chain(
+        self, decision: routing.RouteDecision, *, stream: bool
+    ) -> Iterator[routing.RouteDecision]:
+        """The decision, then each fallback role's, for failover at request time."""
+        yield decision
+        yield from routing.fallback_decisions(
+            self.snapshot, decision, self.routing_context(), stream=stream
+        )
+
+    def role_policy(self, decision: routing.RouteDecision) -> Policy | None:
+        if decision.role_id is None:
+            return None
+        role = self.snapshot.roles.get(decision.role_id)
+        return role.policy if role else None
+
+    @staticmethod
+    def raise_for_decision(decision: routing.RouteDecision) -> None:
+        if decision.error is None:
+            return
+        if decision.error == "model_not_found":
+            raise ModelNotFound(decision.message, param="model")
+        if decision.error == "wrong_operation":
+            raise WrongOperation(decision.message, param="model")
+        raise NoHealthyUpstream(decision.message)
+
+    @staticmethod
+    def route_headers(inbound: Any, outcome: Any) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"x-request-id", inbound.request_id.encode()),
+            (b"x-geniehive-service", (outcome.service_id or "").encode()),
+            (b"x-geniehive-model", (outcome.upstream_model or "").encode()),
+            (b"x-geniehive-route", outcome.route.encode()),
+            (b"x-geniehive-attempts", str(outcome.attempts).encode()),
+        ]

@@ -1,0 +1,70 @@
+"""The health prober (SPEC §10): an adapter-specific probe of every service, with hysteresis.
+
+Rule: one probe per upstream server (services sharing a base URL and adapter share it), each
+bounded by `prober.timeout_s`; probes never generate tokens. Verdicts live in the gateway's
+live state; every transition is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+import trio
+
+from geniehive import health
+from geniehive.adapters import ProbeResult
+from geniehive.supervise import run_every
+
+log = logging.getLogger("geniehive.prober")
+
+
+async def probe_service_group(gateway: Any, service_ids: list[str]) -> None:
+    snapshot = gateway.snapshot
+    service = snapshot.services.get(service_ids[0])
+    if service is None:
+        return
+    cfg = gateway.config.prober
+    result = ProbeResult(False, f"no answer within {cfg.timeout_s:g} s")
+    with trio.move_on_after(cfg.timeout_s):
+        try:
+            result = await gateway.adapter_for(service).probe()
+        except httpx.HTTPError as exc:
+            result = ProbeResult(False, f"unreachable: {type(exc).__name__}")
+    if not result.ok:
+        gateway.count_failure("probe", service.service_id)
+    for service_id in service_ids:
+        live = gateway.live.get(service_id)
+        before = live.probe
+        live.probe = health.next_probe_state(
+            before, result.ok, result.reason, time.time(),
+            down_after=cfg.down_after, up_after=cfg.up_after,
+        )
+        if live.probe.verdict != before.verdict:
+            log.info(
+                "health service=%s %s -> %s (%s)",
+                service_id, before.verdict, live.probe.verdict, result.reason,
+            )
+
+
+def probe_groups(snapshot: Any) -> list[list[str]]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for service_id, service in sorted(snapshot.services.items()):
+        groups.setdefault((service.adapter, service.base_url), []).append(service_id)
+    return list(groups.values())
+
+
+async def probe_all(gateway: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        for group in probe_groups(gateway.snapshot):
+            nursery.start_soon(probe_service_group, gateway, group)
+
+
+async def run_prober(gateway: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Prober task: started after its first pass."""
+    await probe_all(gateway)
+    gateway.started.add("prober")
+    task_status.started()
+    await run_every("prober", gateway.config.prober.interval_s, lambda: probe_all(gateway))

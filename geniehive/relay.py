@@ -1,0 +1,517 @@
+"""Forwarding (SPEC §7): failover over a route's candidates, then its fallbacks; relaying.
+
+Outcomes of one attempt:
+
+    Delivered            the client received a whole answer (or a stream that ended)
+    Failed(kind)         retryable before the first byte: connect, timeout, protocol, 5xx, 429
+    UpstreamStatus       an upstream 4xx: raised at once, never retried
+
+Rule: before the first byte reaches the client, a retryable failure moves on to the next
+candidate, up to `routing.max_attempts` tries in all; then the error is raised (502 or 504).
+After the first byte nothing is retried: a failure ends the stream with one SSE error event.
+Every upstream call has a connect timeout (httpx), a time-to-headers timeout and an idle-chunk
+timeout (both `trio.fail_after`, since httpx's read timeout covers both).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import trio
+
+from geniehive import policy as policy_mod
+from geniehive.adapters import Adapter, UpstreamRequest
+from geniehive.errors import (
+    NoHealthyUpstream,
+    UpstreamFailed,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from geniehive.models import Policy, Service
+from geniehive.sse import SSEStripper, contains_reasoning, encode_error_event, strip_reasoning
+
+log = logging.getLogger("geniehive.relay")
+
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+JSON_OPERATIONS = frozenset({"chat", "completion", "embeddings"})
+MAX_ERROR_BODY = 64 * 1024
+
+StartFn = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
+BodyFn = Callable[[bytes, bool], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Upload:
+    """A multipart upload, spooled by the proxy: form fields plus one file."""
+
+    fields: list[tuple[str, str]]
+    file_field: str
+    filename: str
+    content_type: str
+    file: Any  # a seekable binary file object
+    size: int
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One parsed client request."""
+
+    endpoint: str  # an adapters.OPENAI_PATHS key: chat, completion, embeddings, transcription...
+    operation: str
+    model: str
+    stream: bool = False
+    body: dict[str, Any] | None = None
+    upload: Upload | None = None
+    request_id: str = ""
+
+
+@dataclass(slots=True)
+class Writer:
+    """Where the answer goes: `start(status, headers)` once, then `body(chunk, more)`."""
+
+    start: StartFn
+    body: BodyFn
+    started: bool = False
+    bytes_out: int = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int = 0
+    service_id: str | None = None
+    upstream_model: str | None = None
+    route: str = "direct"
+    attempts: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+class _Failed(Exception):
+    """A retryable failure of one attempt (internal)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # connect | timeout | protocol | status
+        self.message = message
+
+
+def encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def floats_to_base64(vector: list[float]) -> str:
+    """Little-endian float32, as the OpenAI API encodes `encoding_format: base64`."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+class Relay:
+    """Sends one inbound request through the hive; owned by the gateway."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gw = gateway
+
+    # -- shaping ------------------------------------------------------------------------
+    def shape_body(
+        self,
+        inbound: Inbound,
+        service: Service,
+        adapter: Adapter,
+        model: str,
+        role_policy: Policy | None,
+    ) -> tuple[dict[str, Any], bool]:
+        """The body to send upstream and whether reasoning is stripped from the answer."""
+        assert inbound.body is not None
+        asset = service.asset(model)
+        effective = policy_mod.effective_policy(asset.policy if asset else None, role_policy)
+        body = inbound.body
+        if inbound.operation in ("chat", "completion"):
+            body = policy_mod.apply_policy(body, inbound.operation, effective)
+            if policy_mod.wants_thinking_off(
+                model, inbound.operation
+            ) and not policy_mod.client_chose_thinking(body):
+                body = adapter.thinking_off(body)
+        elif effective.body_defaults or effective.body_overrides:
+            body = policy_mod.apply_policy(body, inbound.operation, effective)
+        if inbound.operation == "embeddings" and body.get("encoding_format") == "base64":
+            # Ask for floats and encode ourselves: upstreams that ignore or reject base64
+            # then behave alike (SPEC §4).
+            body = {k: v for k, v in body.items() if k != "encoding_format"}
+        strip = effective.strip_reasoning is not False
+        return body, strip
+
+    # -- the attempt loop ---------------------------------------------------------------
+    async def run(self, inbound: Inbound, writer: Writer, outcome: Outcome) -> None:
+        """Route and forward, filling `outcome`.
+
+        Raises a GenieHiveError when nothing was sent to the client.
+        """
+        gw = self.gw
+        decision = gw.resolve(inbound.model, inbound.operation, stream=inbound.stream)
+        if decision.route_label:
+            outcome.route = decision.route_label
+        gw.raise_for_decision(decision)
+        gw.live.advance_round_robin(decision.rr_key)
+        role_policy = gw.role_policy(decision)
+        max_attempts = gw.config.routing.max_attempts
+        timeouts = 0
+        for current in gw.decision_chain(decision, stream=inbound.stream):
+            outcome.route = current.route_label
+            for candidate in current.candidates:
+                if outcome.attempts >= max_attempts:
+                    break
+                service = gw.snapshot.services.get(candidate.service_id)
+                if service is None:
+                    continue
+                outcome.attempts += 1
+                outcome.service_id = service.service_id
+                outcome.upstream_model = candidate.upstream_model
+                more = outcome.attempts < max_attempts
+                try:
+                    await self.attempt(
+                        inbound, writer, service, candidate.upstream_model, role_policy,
+                        outcome, more_candidates=more,
+                    )
+                    return
+                except _Failed as failed:
+                    timeouts += failed.kind == "timeout"
+                    outcome.failures.append(f"{service.service_id}: {failed.message}")
+                    log.warning(
+                        "request %s: attempt %d on %s failed: %s",
+                        inbound.request_id, outcome.attempts, service.service_id, failed.message,
+                    )
+            if outcome.attempts >= max_attempts:
+                break
+        if not outcome.failures:
+            raise NoHealthyUpstream(f"no routable service for '{inbound.model}' now")
+        summary = "; ".join(outcome.failures)
+        if timeouts == len(outcome.failures):
+            raise UpstreamTimeout(f"every upstream timed out: {summary}")
+        raise UpstreamFailed(f"every upstream failed: {summary}")
+
+    async def attempt(
+        self,
+        inbound: Inbound,
+        writer: Writer,
+        service: Service,
+        model: str,
+        role_policy: Policy | None,
+        outcome: Outcome,
+        *,
+        more_candidates: bool,
+    ) -> None:
+        gw = self.gw
+        adapter = gw.adapter_for(service)
+        strip = False
+        if inbound.body is not None:
+            body, strip = self.shape_body(inbound, service, adapter, model, role_policy)
+            request = adapter.build_request(inbound.endpoint, model, body=body)
+        else:
+            assert inbound.upload is not None
+            request = adapter.build_request(inbound.endpoint, model, fields=inbound.upload.fields)
+        started = trio.current_time()
+        gw.live.attempt_started(service.service_id, started)
+        settled = False
+        try:
+            response = await self._send(adapter, request, inbound)
+            try:
+                await self._check_status(adapter, response, more_candidates)
+                outcome.status = response.status_code
+                headers = gw.route_headers(inbound, outcome)
+                if inbound.stream and response.headers.get("content-type", "").startswith(
+                    "text/event-stream"
+                ):
+                    ok, ttft, tps = await self._relay_stream(response, writer, headers, strip)
+                elif inbound.operation in JSON_OPERATIONS:
+                    ok, ttft, tps = await self._relay_json(
+                        adapter, inbound, request, response, writer, headers, strip, started
+                    )
+                else:
+                    ok, ttft, tps = await self._relay_passthrough(
+                        adapter, inbound, request, response, writer, headers
+                    )
+            finally:
+                with trio.CancelScope(shield=True):
+                    await response.aclose()
+        except UpstreamStatus:
+            settled = True
+            gw.live.attempt_abandoned(service.service_id)
+            raise
+        except _Failed:
+            settled = True
+            gw.live.attempt_failed(service.service_id, trio.current_time())
+            raise
+        finally:
+            if not settled and "ok" not in locals():
+                # Cancelled (client gone) or an unexpected error: not the upstream's fault.
+                gw.live.attempt_abandoned(service.service_id)
+        now = trio.current_time()
+        if ok:
+            gw.live.attempt_succeeded(
+                service.service_id, now, latency_ms=(now - started) * 1000,
+                ttft_ms=ttft, tokens_per_sec=tps,
+            )
+        else:
+            gw.live.attempt_failed(service.service_id, now)
+
+    async def _send(
+        self, adapter: Adapter, request: UpstreamRequest, inbound: Inbound
+    ) -> httpx.Response:
+        gw = self.gw
+        headers = dict(request.headers)
+        if inbound.request_id:
+            headers["x-request-id"] = inbound.request_id
+        if request.body is not None:
+            headers["content-type"] = "application/json"
+            content: Any = encode_json(request.body)
+        else:
+            assert inbound.upload is not None
+            boundary, length, content = encode_multipart(request, inbound.upload)
+            headers["content-type"] = f"multipart/form-data; boundary={boundary}"
+            headers["content-length"] = str(length)
+        upstream = gw.client.build_request(
+            request.method, adapter.url(request.path), content=content, headers=headers
+        )
+        try:
+            with trio.fail_after(gw.config.routing.first_byte_timeout_s):
+                return await gw.client.send(upstream, stream=True)
+        except trio.TooSlowError:
+            raise _Failed("timeout", "no response headers in time") from None
+        except httpx.TimeoutException:
+            raise _Failed("timeout", "connect timed out") from None
+        except httpx.ConnectError as exc:
+            raise _Failed("connect", f"connection failed ({exc or 'refused'})") from None
+        except httpx.HTTPError as exc:
+            raise _Failed("protocol", f"bad answer ({type(exc).__name__}: {exc})") from None
+
+    async def _read_all(self, response: httpx.Response, limit: int | None = None) -> bytes:
+        idle = self.gw.config.routing.idle_stream_timeout_s
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in _timed(response.aiter_raw(), idle):
+            parts.append(chunk)
+            size += len(chunk)
+            if limit is not None and size >= limit:
+                break
+        return b"".join(parts)
+
+    async def _check_status(
+        self, adapter: Adapter, response: httpx.Response, more_candidates: bool
+    ) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        try:
+            body = await self._read_all(response, MAX_ERROR_BODY)
+        except (trio.TooSlowError, httpx.HTTPError):
+            body = b""
+        message = adapter.parse_error(status, body)
+        if status in RETRY_STATUSES or status > 500 or (status == 429 and more_candidates):
+            raise _Failed("status", f"HTTP {status}: {message}")
+        raise UpstreamStatus(status, message)
+
+    async def _relay_stream(
+        self,
+        response: httpx.Response,
+        writer: Writer,
+        headers: list[tuple[bytes, bytes]],
+        strip: bool,
+    ) -> tuple[bool, float | None, float | None]:
+        idle = self.gw.config.routing.idle_stream_timeout_s
+        stripper = SSEStripper(strip=strip)
+        started = trio.current_time()
+        first: float | None = None
+        await writer.start(200, [(b"content-type", b"text/event-stream"), *STREAM_HEADERS, *headers])
+        try:
+            async for chunk in _timed(response.aiter_raw(), idle):
+                if first is None:
+                    first = trio.current_time()
+                out = stripper.feed(chunk)
+                if out:
+                    await writer.body(out, True)
+            await writer.body(stripper.flush(), False)
+        except (trio.TooSlowError, httpx.HTTPError) as exc:
+            reason = "stalled" if isinstance(exc, trio.TooSlowError) else "broke off"
+            await writer.body(
+                encode_error_event(
+                    {
+                        "message": f"the upstream {reason} mid-stream",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "upstream_timeout" if reason == "stalled" else "upstream_error",
+                    }
+                ),
+                False,
+            )
+            return False, None, None
+        end = trio.current_time()
+        ttft = (first - started) * 1000 if first is not None else None
+        return True, ttft, _tokens_per_sec(stripper.usage, stripper.events, first, end)
+
+    async def _relay_json(
+        self,
+        adapter: Adapter,
+        inbound: Inbound,
+        request: UpstreamRequest,
+        response: httpx.Response,
+        writer: Writer,
+        headers: list[tuple[bytes, bytes]],
+        strip: bool,
+        started: float,
+    ) -> tuple[bool, float | None, float | None]:
+        try:
+            raw = await self._read_all(response)
+        except trio.TooSlowError:
+            raise _Failed("timeout", "the upstream stalled while answering") from None
+        except httpx.HTTPError as exc:
+            raise _Failed("protocol", f"the answer broke off ({type(exc).__name__})") from None
+        status, content_type, raw = adapter.translate_response(
+            inbound.endpoint, response.status_code, response.headers.get("content-type", ""),
+            raw, request,
+        )
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise _Failed("protocol", "the upstream answered a body that is not JSON") from None
+        changed = False
+        if strip and isinstance(data, dict) and contains_reasoning(raw):
+            stripped = strip_reasoning(data)
+            changed = stripped is not data
+            data = stripped
+        if inbound.operation == "embeddings" and inbound.body and inbound.body.get(
+            "encoding_format"
+        ) == "base64":
+            changed |= _encode_embeddings(data)
+        if changed:
+            raw = encode_json(data)
+        await writer.start(
+            status,
+            [(b"content-type", b"application/json"),
+             (b"content-length", str(len(raw)).encode()), *headers],
+        )
+        await writer.body(raw, False)
+        end = trio.current_time()
+        usage = data.get("usage") if isinstance(data, dict) else None
+        return True, None, _tokens_per_sec(usage, 0, started, end)
+
+    async def _relay_passthrough(
+        self,
+        adapter: Adapter,
+        inbound: Inbound,
+        request: UpstreamRequest,
+        response: httpx.Response,
+        writer: Writer,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[bool, float | None, float | None]:
+        content_type = response.headers.get("content-type", "application/octet-stream")
+        if inbound.upload is not None:
+            # Small answers (transcripts) may need dialect translation: read them whole.
+            try:
+                raw = await self._read_all(response)
+            except trio.TooSlowError:
+                raise _Failed("timeout", "the upstream stalled while answering") from None
+            except httpx.HTTPError as exc:
+                raise _Failed("protocol", f"the answer broke off ({type(exc).__name__})") from None
+            status, content_type, raw = adapter.translate_response(
+                inbound.endpoint, response.status_code, content_type, raw, request
+            )
+            await writer.start(
+                status,
+                [(b"content-type", content_type.encode()),
+                 (b"content-length", str(len(raw)).encode()), *headers],
+            )
+            await writer.body(raw, False)
+            return True, None, None
+        idle = self.gw.config.routing.idle_stream_timeout_s
+        await writer.start(
+            response.status_code, [(b"content-type", content_type.encode()), *headers]
+        )
+        try:
+            async for chunk in _timed(response.aiter_raw(), idle):
+                await writer.body(chunk, True)
+        except (trio.TooSlowError, httpx.HTTPError):
+            await writer.body(b"", False)
+            return False, None, None
+        await writer.body(b"", False)
+        return True, None, None
+
+
+STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
+
+
+async def _timed(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
+    """Yield chunks, raising trio.TooSlowError when a gap exceeds `idle_s`."""
+    iterator = chunks.__aiter__()
+    while True:
+        with trio.fail_after(idle_s):
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+        yield chunk
+
+
+def _tokens_per_sec(
+    usage: Any, events: int, start: float | None, end: float
+) -> float | None:
+    if start is None or end <= start:
+        return None
+    tokens = None
+    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+        tokens = usage["completion_tokens"]
+    elif events:
+        tokens = events
+    if not tokens:
+        return None
+    return tokens / (end - start)
+
+
+def _encode_embeddings(data: Any) -> bool:
+    changed = False
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        for item in data["data"]:
+            if isinstance(item, dict) and isinstance(item.get("embedding"), list):
+                item["embedding"] = floats_to_base64(item["embedding"])
+                changed = True
+    return changed
+
+
+def encode_multipart(
+    request: UpstreamRequest, upload: Upload
+) -> tuple[str, int, AsyncIterator[bytes]]:
+    """A multipart body streamed from the spooled upload, with its exact length."""
+    boundary = "geniehive" + trio.lowlevel.current_task().name.__hash__().__format__("x")[-8:]
+    boundary = f"----{boundary}{id(upload):x}"
+    head = bytearray()
+    for name, value in request.fields:
+        head += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
+        ).encode()
+        head += value.encode() + b"\r\n"
+    head += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(request.file_field)}"; '
+        f'filename="{_quote(upload.filename)}"\r\nContent-Type: {upload.content_type}\r\n\r\n'
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    length = len(head) + upload.size + len(tail)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield bytes(head)
+        upload.file.seek(0)
+        while True:
+            block = upload.file.read(256 * 1024)
+            if not block:
+                break
+            yield block
+        yield tail
+
+    return boundary, length, body()
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "").replace("\n", "")
