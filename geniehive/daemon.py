@@ -134,10 +134,15 @@ async def serve_control(
     *,
     shutdown: trio.Event | None = None,
     handle_signals: bool = True,
+    on_gateway: Any = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the control daemon until shut down; reports started with the bound URLs."""
-    shutdown = shutdown or trio.Event()
+    """Run the control daemon until shut down; reports started with the bound URLs.
+
+    `on_gateway`, when given, is called with the gateway once it exists (for tests and
+    embedding). Raises ConfigError for an unknown adapter or a broken plugin.
+    """
+    shutdown = trio.Event() if shutdown is None else shutdown
     raise_open_files_limit()
     async with open_registry(config.registry.path) as registry:
         try:
@@ -151,6 +156,8 @@ async def serve_control(
         async with make_client(config) as client:
             gateway = Gateway(config, registry, specs, client)
             gateway.started.update({"registry", "plugins"})
+            if on_gateway is not None:
+                on_gateway(gateway)
             await _run_tree(gateway, shutdown, handle_signals, task_status)
 
 

@@ -19,6 +19,7 @@ import base64
 import json
 import logging
 import struct
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -293,11 +294,12 @@ class Relay:
         idle = self.gw.config.routing.idle_stream_timeout_s
         parts: list[bytes] = []
         size = 0
-        async for chunk in _timed(response.aiter_raw(), idle):
-            parts.append(chunk)
-            size += len(chunk)
-            if limit is not None and size >= limit:
-                break
+        async with aclosing(_timed(response.aiter_raw(), idle)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if limit is not None and size >= limit:
+                    break
         return b"".join(parts)
 
     async def _check_status(
@@ -328,12 +330,13 @@ class Relay:
         first: float | None = None
         await writer.start(200, [(b"content-type", b"text/event-stream"), *STREAM_HEADERS, *headers])
         try:
-            async for chunk in _timed(response.aiter_raw(), idle):
-                if first is None:
-                    first = trio.current_time()
-                out = stripper.feed(chunk)
-                if out:
-                    await writer.body(out, True)
+            async with aclosing(_timed(response.aiter_raw(), idle)) as chunks:
+                async for chunk in chunks:
+                    if first is None:
+                        first = trio.current_time()
+                    out = stripper.feed(chunk)
+                    if out:
+                        await writer.body(out, True)
             await writer.body(stripper.flush(), False)
         except (trio.TooSlowError, httpx.HTTPError) as exc:
             reason = "stalled" if isinstance(exc, trio.TooSlowError) else "broke off"
@@ -432,8 +435,9 @@ class Relay:
             response.status_code, [(b"content-type", content_type.encode()), *headers]
         )
         try:
-            async for chunk in _timed(response.aiter_raw(), idle):
-                await writer.body(chunk, True)
+            async with aclosing(_timed(response.aiter_raw(), idle)) as chunks:
+                async for chunk in chunks:
+                    await writer.body(chunk, True)
         except (trio.TooSlowError, httpx.HTTPError):
             await writer.body(b"", False)
             return False, None, None
@@ -445,15 +449,23 @@ STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")
 
 
 async def _timed(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
-    """Yield chunks, raising trio.TooSlowError when a gap exceeds `idle_s`."""
+    """Yield chunks, raising trio.TooSlowError when a gap exceeds `idle_s`.
+
+    Use it under `contextlib.aclosing` so that the wrapped httpx iterator is closed at once
+    when the relay stops early (cancellation, a client gone), not at garbage collection.
+    """
     iterator = chunks.__aiter__()
-    while True:
-        with trio.fail_after(idle_s):
-            try:
-                chunk = await iterator.__anext__()
-            except StopAsyncIteration:
-                return
-        yield chunk
+    try:
+        while True:
+            with trio.fail_after(idle_s):
+                try:
+                    chunk = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+            yield chunk
+    finally:
+        with trio.CancelScope(shield=True):
+            await iterator.aclose()  # type: ignore[attr-defined]
 
 
 def _tokens_per_sec(

@@ -83,7 +83,9 @@ class UpstreamRequest:
 
     For JSON operations `body` is the JSON object to send. For multipart operations
     (transcription, translation) `fields` are the form fields to send before the file part,
-    and `file_field` is the name under which the uploaded file is sent.
+    and `file_field` is the name under which the uploaded file is sent. `notes` are private
+    to the adapter: never sent, they carry what `build_request` decided (say, the format the
+    client asked for) to `translate_response`, since one adapter serves concurrent requests.
     """
 
     method: str
@@ -92,6 +94,7 @@ class UpstreamRequest:
     fields: tuple[tuple[str, str], ...] = ()
     file_field: str = "file"
     headers: Mapping[str, str] = field(default_factory=dict)
+    notes: Mapping[str, str] = field(default_factory=dict)
 
 
 def openai_error_message(status: int, body: bytes) -> str:

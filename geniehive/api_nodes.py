@@ -1,0 +1,331 @@
+"""The node endpoints and the heartbeat listener (SPEC §8).
+
+    POST /v1/nodes/register    upsert a host and replace its services
+    POST /v1/nodes/heartbeat   record a heartbeat and replace the host's services
+
+Rule: both answer 200 only after the registry call returns, and the registry publishes the
+new snapshot before it returns, so the next request sees the write. A malformed payload is a
+400 naming the field; nothing a node sends produces a 500. The handlers are plain functions
+of (gateway, headers, body) so that the same code serves the routes on the client port (a
+Quart app, when `nodes.bind` is empty) and on the node port (a small ASGI app served by its
+own hypercorn, optionally with mTLS, when `nodes.bind` is set; then the client port does not
+serve them).
+
+The listener also expires hosts: each tick it forgets the hosts not heard from for
+`nodes.forget_after_s` and logs each host going stale or coming back online once per
+transition. Staleness itself is not stored: routing judges it at decision time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import replace
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from geniehive import nodewire, routing
+from geniehive.errors import (
+    Conflict,
+    GenieHiveError,
+    InvalidRequest,
+    NotFound,
+    RequestTooLarge,
+    UnknownHostError,
+    render_error,
+)
+from geniehive.models import Host, Snapshot
+from geniehive.registry import ServiceConflict, UnknownHost
+from geniehive.supervise import run_every
+from geniehive.wire import encode_host
+
+log = logging.getLogger("geniehive.nodes")
+
+REGISTER_PATH = "/v1/nodes/register"
+HEARTBEAT_PATH = "/v1/nodes/heartbeat"
+# A node with hundreds of models sends tens of kilobytes; this leaves ample room.
+NODE_MAX_BODY_BYTES = 4 * 1024 * 1024
+# Past the cap the rest is read and dropped, up to this much, so keep-alive survives the 413.
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+
+Headers = Mapping[str, str]
+Handler = Callable[[Any, Headers, bytes], Awaitable[dict[str, Any]]]
+
+
+# --- the handlers ---------------------------------------------------------------------------
+
+
+def body_limit(gateway: Any) -> int:
+    return min(gateway.config.server.max_body_bytes, NODE_MAX_BODY_BYTES)
+
+
+def parse_json(body: bytes) -> Any:
+    """The decoded body. Raises InvalidRequest (bad JSON, NaN/Infinity, too deep)."""
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(body, parse_constant=no_constants)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("body: expected a JSON object") from None
+
+
+def _known_adapters(gateway: Any) -> dict[str, frozenset[str]]:
+    return {kind: frozenset(spec.operations) for kind, spec in gateway.specs.items()}
+
+
+def _conflict(exc: ServiceConflict) -> Conflict:
+    return Conflict(
+        f"service '{exc.service_id}' belongs to host '{exc.owner_host_id}'",
+        param="services",
+    )
+
+
+def _answer(gateway: Any, host_id: str) -> dict[str, Any]:
+    host = gateway.snapshot.hosts.get(host_id)
+    return {"status": "ok", "host": encode_host(host) if host is not None else {"host_id": host_id}}
+
+
+async def handle_register(gateway: Any, headers: Headers, body: bytes) -> dict[str, Any]:
+    """Register a host. Raises the GenieHiveError to answer (401/403/400/409)."""
+    gateway.auth.authorize(headers, "node")
+    host, services = nodewire.parse_register(parse_json(body), adapters=_known_adapters(gateway))
+    now = time.time()
+    known = host.host_id in gateway.snapshot.hosts
+    try:
+        await gateway.registry.register_host(
+            replace(host, last_heartbeat=now, registered_at=now), services
+        )
+    except ServiceConflict as exc:
+        raise _conflict(exc) from None
+    log.info("node %s %s at %s with %d services", host.host_id,
+             "re-registered" if known else "registered", host.address, len(services))
+    return _answer(gateway, host.host_id)
+
+
+async def handle_heartbeat(gateway: Any, headers: Headers, body: bytes) -> dict[str, Any]:
+    """Record a heartbeat. Raises the GenieHiveError to answer (401/403/400/404/409)."""
+    gateway.auth.authorize(headers, "node")
+    host_id, metrics, services = nodewire.parse_heartbeat(
+        parse_json(body), adapters=_known_adapters(gateway)
+    )
+    try:
+        await gateway.registry.heartbeat(host_id, time.time(), metrics, services)
+    except UnknownHost:
+        raise UnknownHostError(
+            f"unknown host '{host_id}': register first", param="host_id"
+        ) from None
+    except ServiceConflict as exc:
+        raise _conflict(exc) from None
+    return _answer(gateway, host_id)
+
+
+ROUTES: dict[str, Handler] = {REGISTER_PATH: handle_register, HEARTBEAT_PATH: handle_heartbeat}
+
+
+# --- on the client port (Quart) -------------------------------------------------------------
+
+
+def register_routes(app: Any, gateway: Any) -> None:
+    """Add the node endpoints to the client app, unless `nodes.bind` gives them their own port."""
+    if gateway.config.nodes.bind:
+        return
+    from quart import jsonify, request
+
+    async def read_body() -> bytes:
+        # Counted here: Quart's own limit misses chunked bodies (PITFALLS 3).
+        limit, data = body_limit(gateway), bytearray()
+        async for chunk in request.body:
+            data.extend(chunk)
+            if len(data) > limit:
+                raise RequestTooLarge(f"body: larger than {limit} bytes")
+        return bytes(data)
+
+    async def nodes_register() -> Any:
+        return jsonify(await handle_register(gateway, request.headers, await read_body()))
+
+    async def nodes_heartbeat() -> Any:
+        return jsonify(await handle_heartbeat(gateway, request.headers, await read_body()))
+
+    app.add_url_rule(REGISTER_PATH, view_func=nodes_register, methods=["POST"])
+    app.add_url_rule(HEARTBEAT_PATH, view_func=nodes_heartbeat, methods=["POST"])
+
+
+# --- on the node port (raw ASGI) ------------------------------------------------------------
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class NodeApp:
+    """The ASGI app of the node port: the two node endpoints and `/healthz`, nothing else."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] == "http":
+            status, payload = await self.respond(scope, receive)
+            await _send_json(send, status, payload)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def respond(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        path, method = scope["path"].rstrip("/") or "/", scope["method"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body = await _read_body(receive, body_limit(self.gateway))
+            if path == "/healthz" and method in ("GET", "HEAD"):
+                return 200, {"status": "ok"}
+            handler = ROUTES.get(path)
+            if handler is None:
+                raise NotFound(f"no node endpoint at {path}")
+            if method != "POST":
+                error = render_error(f"{path} takes POST", "invalid_request_error",
+                                     "method_not_allowed")
+                return 405, {"error": error}
+            return 200, await handler(self.gateway, headers, body)
+        except GenieHiveError as exc:
+            return exc.http_status, {"error": exc.error_object()}
+        except Exception:
+            log.exception("node endpoint %s %s failed", method, path)
+            return 500, {"error": render_error("internal error", "server_error", "internal_error")}
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body, counting bytes. Raises RequestTooLarge after draining the rest."""
+    data = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        data.extend(message.get("body", b""))
+        if len(data) > limit:
+            drained = len(data)
+            while message.get("more_body", False) and drained < DRAIN_LIMIT_BYTES:
+                message = await receive()
+                drained += len(message.get("body", b""))
+            raise RequestTooLarge(f"body: larger than {limit} bytes")
+        if not message.get("more_body", False):
+            break
+    return bytes(data)
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def node_hypercorn_config(config: Any) -> HyperConfig:
+    """Hypercorn settings for the node port: `nodes.bind`, with mTLS from `nodes.tls`."""
+    nodes = config.nodes
+    hc = HyperConfig()
+    hc.bind = list(nodes.bind)
+    hc.graceful_timeout = 5
+    hc.keep_alive_timeout = 75
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("geniehive.http")
+    hc.h11_max_incomplete_size = 64 * 1024
+    if nodes.tls is not None:
+        hc.certfile = str(nodes.tls.certfile)
+        hc.keyfile = str(nodes.tls.keyfile)
+        if nodes.tls.ca_certs is not None:
+            hc.ca_certs = str(nodes.tls.ca_certs)
+        if nodes.tls.require_client_cert:
+            hc.verify_mode = ssl.CERT_REQUIRED
+    return hc
+
+
+# --- the listener ---------------------------------------------------------------------------
+
+
+def next_host_states(
+    hosts: Mapping[str, Host], previous: Mapping[str, bool], now: float, stale_after_s: float
+) -> tuple[dict[str, bool], list[tuple[str, bool]]]:
+    """(host id -> stale, the hosts whose staleness changed). Local hosts are left out."""
+    states = {
+        host_id: routing.is_stale(host, now, stale_after_s)
+        for host_id, host in hosts.items()
+        if not host.is_local
+    }
+    changes = [(h, stale) for h, stale in sorted(states.items()) if previous.get(h) != stale]
+    return states, changes
+
+
+def _log_change(snapshot: Snapshot, host_id: str, stale: bool, now: float) -> None:
+    if not stale:
+        log.info("host %s online", host_id)
+        return
+    host = snapshot.hosts[host_id]
+    seen = host.last_heartbeat if host.last_heartbeat is not None else host.registered_at
+    age = "ever" if seen is None else f"{now - seen:.0f} s"
+    log.warning("host %s stale: no heartbeat for %s; its services leave routing", host_id, age)
+
+
+async def expire_hosts(gateway: Any, states: dict[str, bool], now: float) -> None:
+    """One tick: forget long-silent hosts, then log staleness transitions."""
+    nodes = gateway.config.nodes
+    hosts = gateway.snapshot.hosts.values()
+    # Checked on the snapshot first so a quiet tick never takes the registry's write lock.
+    if any(not h.is_local and routing.is_stale(h, now, nodes.forget_after_s) for h in hosts):
+        for host_id in await gateway.registry.forget_stale(now - nodes.forget_after_s):
+            log.warning("host %s forgotten: no heartbeat for %g s", host_id, nodes.forget_after_s)
+    snapshot = gateway.snapshot
+    new, changes = next_host_states(snapshot.hosts, states, now, nodes.stale_after_s)
+    for host_id, stale in changes:
+        _log_change(snapshot, host_id, stale, now)
+    states.clear()
+    states.update(new)
+
+
+async def serve_node_port(gateway: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve only the node endpoints on `nodes.bind`; reports started with the bound URLs."""
+    await hypercorn_serve(
+        NodeApp(gateway), node_hypercorn_config(gateway.config), task_status=task_status
+    )
+
+
+async def run_heartbeat_listener(
+    gateway: Any,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    wall_clock: Callable[[], float] = time.time,
+) -> None:
+    """The heartbeat listener task; reports started (with the node port's URLs, if any)
+    once the node endpoints are served and the expiry loop runs."""
+    nodes = gateway.config.nodes
+    states: dict[str, bool] = {}
+    await expire_hosts(gateway, states, wall_clock())
+    async with trio.open_nursery() as nursery:
+        urls: list[str] = []
+        if nodes.bind:
+            urls = await nursery.start(serve_node_port, gateway)
+            for url in urls:
+                log.info("node endpoints listening on %s", url)
+        tick = min(nodes.stale_after_s / 3, 1.0)
+        nursery.start_soon(
+            run_every, "heartbeat expiry", tick, lambda: expire_hosts(gateway, states, wall_clock())
+        )
+        task_status.started(urls)

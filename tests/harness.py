@@ -1,0 +1,193 @@
+"""Test harness: a gateway in-process or as a real process, fake upstreams, config files.
+
+In-process (app tests): `gateway_in_process(nursery, tmp_path, toml)` starts `serve_control`
+in the test's nursery on 127.0.0.1:0 and returns its base URL and a stop function.
+
+As processes (e2e): `spawn_gateway` and `spawn_fake` start `python -m geniehive serve` and
+`python -m tests.fakes.upstream` and wait, under the caller's deadline, for the line that
+says they are listening.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from geniehive.config import load_control
+
+REPO = Path(__file__).resolve().parent.parent
+LISTEN_RE = re.compile(rb"GenieHive listening on (http://[0-9.]+:\d+)")
+
+
+def write_config(tmp_path: Path, body: str, *, name: str = "geniehive.toml",
+                 roles: bool = True) -> Path:
+    """A control file in tmp_path: 127.0.0.1:0, its registry beside it, plus `body`."""
+    head = textwrap.dedent(
+        f"""
+        [server]
+        bind = ["127.0.0.1:0"]
+        shutdown_grace_s = 5
+
+        [registry]
+        path = "state/geniehive.sqlite3"
+
+        [roles]
+        catalogs = [{'"' + str(REPO / "conf" / "roles" / "*.toml") + '"' if roles else ""}]
+        """
+    )
+    text = head + textwrap.dedent(body)
+    if "[prober]" not in text:
+        text += "\n[prober]\ninterval_s = 0.2\ntimeout_s = 1\n"
+    if "[discovery]" not in text:
+        text += "\n[discovery]\ninterval_s = 0.2\n"
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def upstream_toml(upstream_id: str, port: int, operations: list[str],
+                  adapter: str = "openai", extra: str = "") -> str:
+    ops = ", ".join(f'"{o}"' for o in operations)
+    return textwrap.dedent(
+        f"""
+        [[upstreams]]
+        id = "{upstream_id}"
+        adapter = "{adapter}"
+        base_url = "http://127.0.0.1:{port}"
+        operations = [{ops}]
+        timeout_s = 2
+        """
+    ) + textwrap.dedent(extra)
+
+
+@dataclass
+class InProcess:
+    url: str
+    shutdown: trio.Event
+    done: trio.Event
+    gateway: Any = None
+
+    async def stop(self) -> None:
+        self.shutdown.set()
+        await self.done.wait()
+
+
+async def gateway_in_process(
+    nursery: trio.Nursery, config_path: Path, environ: dict[str, str] | None = None
+) -> InProcess:
+    from geniehive import daemon
+
+    config = load_control(config_path, environ or {})
+    shutdown = trio.Event()
+    done = trio.Event()
+    holder: dict[str, Any] = {}
+
+    async def run(*, task_status: Any) -> None:
+        try:
+            await daemon.serve_control(
+                config, shutdown=shutdown, handle_signals=False, task_status=task_status,
+                on_gateway=lambda g: holder.setdefault("gateway", g),
+            )
+        finally:
+            done.set()
+
+    binds = await nursery.start(run)
+    return InProcess(binds[0], shutdown, done, holder.get("gateway"))
+
+
+@dataclass
+class Proc:
+    process: trio.Process
+    url: str
+    output: bytearray = field(default_factory=bytearray)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+async def _spawn(nursery: trio.Nursery, argv: list[str], pattern: re.Pattern[bytes],
+                 env: dict[str, str] | None, merge: bool) -> Proc:
+    process = await trio.lowlevel.open_process(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge else None,
+        env=_env(env), cwd=str(REPO),
+    )
+    assert process.stdout is not None
+    output = bytearray()
+    found = trio.Event()
+    result: dict[str, str] = {}
+
+    async def pump() -> None:
+        async for chunk in process.stdout:
+            output.extend(chunk)
+            if not found.is_set():
+                match = pattern.search(output)
+                if match:
+                    result["url"] = match.group(1).decode()
+                    found.set()
+        found.set()
+
+    nursery.start_soon(pump)
+    await found.wait()
+    if "url" not in result:
+        await process.wait()
+        raise RuntimeError(f"{argv} exited {process.returncode} before listening:\n"
+                           + output.decode("utf-8", "replace"))
+    return Proc(process, result["url"], output)
+
+
+async def spawn_gateway(nursery: trio.Nursery, config: Path,
+                        env: dict[str, str] | None = None) -> Proc:
+    argv = [sys.executable, "-m", "geniehive", "serve", "--config", str(config)]
+    return await _spawn(nursery, argv, LISTEN_RE, env, merge=True)
+
+
+async def spawn_fake(nursery: trio.Nursery, *models: str, port: int = 0,
+                     module: str = "tests.fakes.upstream", extra: list[str] | None = None
+                     ) -> Proc:
+    argv = [sys.executable, "-m", module, "--port", str(port)]
+    for model in models:
+        argv += ["--model", model]
+    argv += extra or []
+    proc = await _spawn(nursery, argv, re.compile(rb"LISTENING (\d+)"), None, merge=False)
+    proc.url = f"http://127.0.0.1:{proc.url}"
+    return proc
+
+
+async def stop(proc: Proc, sig: int = signal.SIGTERM) -> int:
+    """Signal a process and wait for its exit status."""
+    if proc.process.returncode is None:
+        proc.process.send_signal(sig)
+    return await proc.process.wait()
+
+
+async def wait_ready(client: Any, url: str) -> None:
+    """Poll /readyz until it answers 200 (the caller holds the deadline)."""
+    while True:
+        try:
+            response = await client.get(f"{url}/readyz")
+            if response.status_code == 200:
+                return
+        except Exception:
+            pass
+        await trio.sleep(0.05)
