@@ -35,6 +35,7 @@ from geniehive.discovery import local_host, local_services, run_discovery
 from geniehive.gateway import Gateway
 from geniehive.prober import run_prober
 from geniehive.registry import open_registry
+from geniehive.sdnotify import notify, run_watchdog
 
 log = logging.getLogger("geniehive.daemon")
 
@@ -166,6 +167,7 @@ async def _run_tree(
 ) -> None:
     config = gateway.config
     async with trio.open_nursery() as nursery:
+        await nursery.start(run_watchdog)
         if handle_signals:
             await nursery.start(watch_signals, shutdown, nursery.cancel_scope)
         for start in gateway.startup_tasks:  # launcher, heartbeats (added by later modules)
@@ -182,8 +184,10 @@ async def _run_tree(
         for url in binds:
             log.info("GenieHive listening on %s", url)
         task_status.started(binds)
+        await notify("READY=1")
         await shutdown.wait()
         gateway.ready = False
+        await notify("STOPPING=1")
         # hypercorn drains in-flight requests for shutdown_grace_s, then returns; the
         # other tasks are cancelled once it has.
         await _wait_proxy_drained(nursery, gateway)
