@@ -104,4 +104,7 @@ def _new_id() -> str:
 def create_asgi(gateway: Any) -> ProxyApp:
     """The ASGI app hypercorn serves: the lean proxy routes in front of the Quart app."""
     gateway.created = int(time.time())
-    return ProxyApp(gateway, create_app(gateway))
+    proxy = ProxyApp(gateway, create_app(gateway))
+    for register in gateway.websocket_modules:
+        register(proxy, gateway)
+    return proxy

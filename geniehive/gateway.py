@@ -71,6 +71,7 @@ class Gateway:
         # their Quart route registrations.
         self.startup_tasks: list[Any] = []
         self.route_modules: list[Any] = []
+        self.websocket_modules: list[Any] = []
         self.failure_counts: dict[tuple[str, str], int] = {}
         self._adapters: dict[str, tuple[tuple[Any, ...], Adapter]] = {}
         self._monotonic = monotonic

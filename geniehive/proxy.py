@@ -57,12 +57,19 @@ class ProxyApp:
         self.gw = gateway
         self.fallback = fallback
         self.relay = Relay(gateway)
+        # path -> ASGI app for websocket routes served beside the proxy (websocket chat).
+        self.websockets: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             route = ROUTES.get(scope["path"].rstrip("/") or "/")
             if route is not None:
                 await self.handle(scope, receive, send, *route)
+                return
+        elif scope["type"] == "websocket":
+            handler = self.websockets.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
                 return
         await self.fallback(scope, receive, send)
 
