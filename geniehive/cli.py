@@ -136,7 +136,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def supervise_node(run_node: Any, config: Any) -> None:
+    """Run the node agent under systemd's eyes until SIGTERM/SIGINT, then stop cleanly."""
+    import signal
+
+    import trio
+
+    from geniehive.sdnotify import notify, run_watchdog
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_watchdog)
+        await nursery.start(run_node, config)
+        await notify("READY=1")
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s: stopping the node agent", signal.Signals(signum).name)
+                break
+        await notify("STOPPING=1")
+        nursery.cancel_scope.cancel()
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    import trio
+
+    from geniehive.config import ConfigError, load_node
+    from geniehive.node import run_node
+
+    try:
+        config = load_node(args.config.resolve(), os.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{args.config}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.logging.level, config.logging.format)
+    try:
+        trio.run(supervise_node, run_node, config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
 COMMANDS: dict[str, Any] = {
+    "node": cmd_node,
     "serve": cmd_serve,
     "check-config": cmd_check_config,
 }

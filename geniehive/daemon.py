@@ -29,6 +29,8 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from geniehive.adapters.loader import PluginError, load_adapters
+from geniehive.api_nodes import register_routes as register_node_routes
+from geniehive.api_nodes import run_heartbeat_listener
 from geniehive.app import create_asgi
 from geniehive.config import ConfigError, ControlConfig
 from geniehive.discovery import local_host, local_services, run_discovery
@@ -156,6 +158,8 @@ async def serve_control(
         await registry.replace_roles(config.roles)
         async with make_client(config) as client:
             gateway = Gateway(config, registry, specs, client)
+            gateway.startup_tasks.append(run_heartbeat_listener)
+            gateway.route_modules.append(register_node_routes)
             gateway.started.update({"registry", "plugins"})
             if on_gateway is not None:
                 on_gateway(gateway)

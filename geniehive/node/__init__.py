@@ -1,0 +1,11 @@
+"""The node agent that runs on each GPU host (`geniehive node`, SPEC §8).
+
+`run_node(config, *, task_status)` discovers the host's upstreams, registers with the control
+plane and heartbeats until cancelled. It never proxies client traffic.
+"""
+
+from __future__ import annotations
+
+from geniehive.node.agent import run_node
+
+__all__ = ["run_node"]

@@ -1,0 +1,326 @@
+"""The node agent (`geniehive node`, SPEC §8): measure the local upstreams, register,
+heartbeat.
+
+Each step discovers every upstream afresh through its adapter (discover + observe, and a
+probe for `state.health`, each bounded by the upstream's `timeout_s`), reads the GPUs, then
+registers (first time, or after the control plane answered 404 `unknown_host`) or
+heartbeats; a heartbeat always carries the services, an empty list meaning none now.
+
+Rule: the agent never stops for the control plane. While it is unreachable (or answers 5xx)
+the agent backs off exponentially with jitter up to 60 s; a refused key (401/403) or a
+rejected payload (400/409) is retried on the same slow backoff. Each of these is logged once
+per change of state, never once per attempt. `run_node` reports started after the first
+attempt, successful or not, so a node may start before its control plane.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+
+from geniehive.adapters import Adapter, ProbeResult, UpstreamContext, UpstreamError
+from geniehive.adapters.loader import PluginError, build_adapter, load_adapters
+from geniehive.config import ConfigError, ControlLink, NodeConfig, UpstreamConfig
+from geniehive.discovery import merge_assets
+from geniehive.launcher import run_launcher
+from geniehive.models import Asset, Host, Service
+from geniehive.node import gpu, inventory
+from geniehive.nodewire import render_heartbeat, render_register
+
+log = logging.getLogger("geniehive.node")
+
+MAX_DELAY_S = 60.0
+FIRST_DELAY_S = 1.0
+GPU_TIMEOUT_S = 5.0
+
+# What one POST to the control plane came to.
+OK, UNKNOWN_HOST, REFUSED, REJECTED, UNREACHABLE = (
+    "ok", "unknown_host", "refused", "rejected", "unreachable",
+)
+
+
+def next_delay(attempt: int, rng: random.Random) -> float:
+    """Seconds to wait after the `attempt`-th failure in a row (1, 2, ...): exponential from
+    1 s, capped at 60 s, with jitter in the upper half so nodes spread out but never spin."""
+    ceiling = min(MAX_DELAY_S, FIRST_DELAY_S * 2.0 ** min(max(attempt, 1) - 1, 16))
+    return ceiling / 2 + rng.random() * ceiling / 2
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """One fresh look at the node."""
+
+    services: list[Service]
+    metrics: dict[str, Any]
+    gpus: list[dict[str, Any]] | None
+
+
+def control_client(link: ControlLink) -> httpx.AsyncClient:
+    """The client for the control plane, presenting our certificate when mTLS is set."""
+    verify: ssl.SSLContext | bool = True
+    if link.tls is not None:
+        cafile = str(link.tls.ca_certs) if link.tls.ca_certs is not None else None
+        verify = ssl.create_default_context(cafile=cafile)
+        verify.load_cert_chain(str(link.tls.certfile), str(link.tls.keyfile))
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=5.0), verify=verify, trust_env=False
+    )
+
+
+def upstream_client() -> httpx.AsyncClient:
+    # Each adapter call passes the upstream's own timeout_s; this is only the fallback.
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=5.0),
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+        trust_env=False,
+    )
+
+
+class NodeAgent:
+    """The agent's state between steps: its adapters, last-known assets and link state."""
+
+    def __init__(self, config: NodeConfig, specs: Any, upstreams: httpx.AsyncClient,
+                 control: httpx.AsyncClient, rng: random.Random) -> None:
+        self.config = config
+        self.control = control
+        self.rng = rng
+        self.adapters: dict[str, Adapter] = {
+            u.id: build_adapter(specs, u.adapter, UpstreamContext(
+                upstream_id=u.id, base_url=u.base_url, client=upstreams, timeout_s=u.timeout_s,
+                configured_assets=u.assets, api_key=u.api_key,
+            ))
+            for u in config.upstreams
+        }
+        self.last_assets: dict[str, tuple[Asset, ...]] = {}
+        self.health: dict[str, str] = {}
+        self.nvidia_smi = gpu.find_nvidia_smi()
+        self.registered = False
+        self.failures = 0
+        self.reachable: bool | None = None
+        self.problem: str | None = None  # the refusal or rejection last logged
+
+    # -- looking at the node -----------------------------------------------------------------
+
+    async def discover(self, upstream: UpstreamConfig) -> list[Service]:
+        """The services of one upstream now: assets, load and health."""
+        adapter = self.adapters[upstream.id]
+        discovered: list[Asset] | None = None
+        observed = None
+        with trio.move_on_after(upstream.timeout_s):
+            try:
+                discovered = await adapter.discover()
+                observed = await adapter.observe()
+            except (httpx.HTTPError, UpstreamError) as exc:
+                log.debug("discovery of %s failed: %s", upstream.id, exc or type(exc).__name__)
+        if discovered is not None:
+            assets = merge_assets(upstream.assets, discovered)
+            self.last_assets[upstream.id] = assets
+        else:
+            assets = inventory.forget_loaded(self.last_assets.get(upstream.id, upstream.assets))
+        health = await self.probe(upstream)
+        return inventory.upstream_services(
+            self.config.node.host_id, self.config.node.address, upstream, assets,
+            inventory.fill_observed(observed, discovered), health,
+        )
+
+    async def probe_upstream(self, upstream: UpstreamConfig) -> ProbeResult:
+        return await self.adapters[upstream.id].probe()
+
+    async def probe(self, upstream: UpstreamConfig) -> str:
+        reason = f"no answer within {upstream.timeout_s:g} s"
+        ok = False
+        with trio.move_on_after(upstream.timeout_s):
+            try:
+                result = await self.probe_upstream(upstream)
+                ok, reason = result.ok, result.reason
+            except (httpx.HTTPError, UpstreamError) as exc:
+                reason = f"unreachable: {type(exc).__name__}"
+        health = "healthy" if ok else "unhealthy"
+        if self.health.get(upstream.id) != health:
+            log.info("upstream %s %s (%s)", upstream.id, health, reason)
+            self.health[upstream.id] = health
+        return health
+
+    async def look(self) -> Inventory:
+        """Discover every upstream and read the GPUs, all at once."""
+        found: dict[str, list[Service]] = {}
+        gpus: list[list[dict[str, Any]] | None] = [None]
+
+        async def one(upstream: UpstreamConfig) -> None:
+            found[upstream.id] = await self.discover(upstream)
+
+        async def read_gpus() -> None:
+            gpus[0] = await gpu.read_gpus(self.nvidia_smi, GPU_TIMEOUT_S)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_gpus)
+            for upstream in self.config.upstreams:
+                nursery.start_soon(one, upstream)
+        services = [s for u in self.config.upstreams for s in found[u.id]]
+        metrics: dict[str, Any] = {}
+        if gpus[0] is not None:
+            metrics = {**gpu.summarize(gpus[0]), "gpus": gpus[0]}
+        return Inventory(services, metrics, gpus[0])
+
+    async def host(self, look: Inventory) -> Host:
+        node = self.config.node
+        models = await trio.to_thread.run_sync(inventory.scan_models, self.config.model_roots)
+        resources: dict[str, Any] = {}
+        if look.gpus is not None:
+            resources = {
+                **{k: v for k, v in gpu.summarize(look.gpus).items() if k != "vram_used_bytes"
+                   and k != "gpu_utilization_pct"},
+                "gpus": [{k: g[k] for k in ("index", "name", "memory_total_bytes")}
+                         for g in look.gpus],
+            }
+        capabilities = {
+            "discovered_models": models,
+            "adapters": sorted({u.adapter for u in self.config.upstreams}),
+            "operations": sorted({s.operation for s in look.services}),
+        }
+        return Host(host_id=node.host_id, address=node.address, display_name=node.display_name,
+                    labels=node.labels, capabilities=capabilities, resources=resources)
+
+    # -- talking to the control plane --------------------------------------------------------
+
+    async def post(self, path: str, payload: dict[str, Any]) -> tuple[str, str]:
+        """(outcome, detail) of one POST to the control plane."""
+        headers = {}
+        if self.config.control.node_key:
+            headers["X-GenieHive-Node-Key"] = self.config.control.node_key
+        try:
+            response = await self.control.post(
+                self.config.control.url + path, json=payload, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            return UNREACHABLE, str(exc) or type(exc).__name__
+        status = response.status_code
+        if status == 200:
+            return OK, ""
+        error = _error_object(response)
+        detail = f"HTTP {status}: {error.get('message') or response.reason_phrase}"
+        if status == 404 and error.get("code") == "unknown_host":
+            return UNKNOWN_HOST, detail
+        if status in (401, 403):
+            return REFUSED, detail
+        if status >= 500 or status == 429:
+            return UNREACHABLE, detail
+        return REJECTED, detail
+
+    async def register(self, look: Inventory) -> tuple[str, str]:
+        host = await self.host(look)
+        outcome = await self.post("/v1/nodes/register", render_register(host, look.services))
+        if outcome[0] == OK:
+            log.info("registered with %s as %s (%d services)", self.config.control.url,
+                     host.host_id, len(look.services))
+            self.registered = True
+        return outcome
+
+    async def heartbeat(self, look: Inventory) -> tuple[str, str]:
+        payload = render_heartbeat(self.config.node.host_id, look.metrics, look.services)
+        outcome = await self.post("/v1/nodes/heartbeat", payload)
+        if outcome[0] == UNKNOWN_HOST:
+            # The control plane forgot us (restart with a fresh registry, or an operator):
+            # register at once, then resend the heartbeat.
+            log.info("control plane does not know this host: registering again")
+            self.registered = False
+            outcome = await self.register(look)
+            if outcome[0] == OK:
+                outcome = await self.post("/v1/nodes/heartbeat", payload)
+        return outcome
+
+    async def step(self) -> float:
+        """One look and one exchange; returns the seconds to wait before the next."""
+        look = await self.look()
+        outcome, detail = await (self.heartbeat(look) if self.registered else self.register(look))
+        return self.settle(outcome, detail)
+
+    def settle(self, outcome: str, detail: str) -> float:
+        """Note how the exchange went (logging changes only); the delay until the next."""
+        url = self.config.control.url
+        reachable = outcome != UNREACHABLE
+        if reachable != self.reachable:
+            if reachable:
+                log.info("control plane %s reachable", url)
+            else:
+                log.warning("control plane %s unreachable (%s); retrying with backoff", url,
+                            detail)
+            self.reachable = reachable
+        problem = detail if outcome in (REFUSED, REJECTED) else None
+        if problem is not None and problem != self.problem:
+            if outcome == REFUSED:
+                log.error("control plane refused this node's key (%s): check "
+                          "control.node_key_env and the key's 'node' scope", detail)
+            else:
+                log.error("control plane rejected this node's report (%s)", detail)
+        self.problem = problem
+        if outcome == OK:
+            self.failures = 0
+            return self.config.heartbeat_interval_s
+        self.failures += 1
+        return next_delay(self.failures, self.rng)
+
+
+def _error_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+def load_specs(config: NodeConfig) -> Any:
+    """The adapters (built-in plugins and entry points), checked against the upstreams.
+
+    Raises ConfigError naming the upstream or the plugin.
+    """
+    from geniehive.daemon import check_upstream_adapters
+
+    try:
+        specs = load_adapters()
+    except PluginError as exc:
+        raise ConfigError([f"plugins: {exc}"]) from None
+    check_upstream_adapters(config, specs)
+    return specs
+
+
+async def run_node(
+    config: NodeConfig,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    rng: random.Random | None = None,
+) -> None:
+    """Run the node agent until cancelled; reports started after its first attempt.
+
+    Managed upstreams (`launch`) are started first and stopped on cancellation.
+    Raises ConfigError (unknown adapter, bad plugin) or LaunchError before starting.
+    """
+    specs = load_specs(config)
+    async with upstream_client() as upstreams, control_client(config.control) as control, \
+            trio.open_nursery() as nursery:
+        agent = NodeAgent(config, specs, upstreams, control, rng or random.Random())
+        if any(u.launch is not None for u in config.upstreams):
+            # Managed upstreams (SPEC §11) are up before the first discovery.
+            await nursery.start(run_launcher, config.upstreams, agent.probe_upstream)
+        delay = await _guarded_step(agent)
+        task_status.started()
+        while True:
+            await trio.sleep(delay)
+            delay = await _guarded_step(agent)
+
+
+async def _guarded_step(agent: NodeAgent) -> float:
+    # A bug in one step must not stop the agent (PITFALLS 9): log it and back off.
+    try:
+        return await agent.step()
+    except Exception:
+        agent.failures += 1
+        delay = next_delay(agent.failures, agent.rng)
+        log.exception("node step failed; retrying in %.0f s", delay)
+        return delay
