@@ -1,0 +1,202 @@
+"""An Ollama emulator: the native `/api/*` model endpoints over the recording fake upstream.
+
+`FakeOllama` is a `FakeUpstream` (same recording, waiting helpers and fault modes) that also
+answers what the Ollama adapter reads and drives:
+
+- ``GET /api/tags`` the pulled models, ``GET /api/ps`` the ones in memory,
+  ``GET /api/version``, ``GET /`` ("Ollama is running");
+- ``POST /api/generate`` without a prompt loads a model for ``keep_alive`` (default 5m) or,
+  with ``keep_alive`` 0, unloads it; with a prompt it answers an echo and loads the model;
+- ``POST /api/pull {"model"}`` adds a model;
+- ``/v1/*`` the OpenAI endpoints of the base fake (the body is recorded, so a test can see
+  ``reasoning_effort``); a request for a model loads it, as Ollama does; unknown models 404.
+
+Control: ``POST /_fake/ollama/models {"name", "family"?, "size"?}`` adds a model (the base
+``/_fake/models {"id"}`` works too). Expiry times count from a fixed instant so answers are
+byte-stable. Run alone: ``python -m tests.fakes.ollama --port 0 --model qwen3:8b``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import trio
+
+from tests.fakes import replies
+from tests.fakes.process import serve_until_signalled
+from tests.fakes.replies import BadRequest, Reply
+from tests.fakes.upstream import FakeUpstream
+
+VERSION = "0.9.6"
+DEFAULT_KEEP_ALIVE = "5m"
+DEFAULT_SIZE = 1_000_000_000
+CONTEXT_LENGTH = 4096
+NOW = datetime(2025, 1, 1, tzinfo=UTC)  # "now" for expiry times: answers stay byte-stable
+FOREVER = "2318-01-01T00:00:00Z"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """Seconds to keep a model (None: forever). Numbers are seconds; strings like "1h30m"."""
+    if isinstance(value, bool):
+        raise BadRequest(f"invalid keep_alive {value!r}")
+    if isinstance(value, int | float):
+        return None if value < 0 else float(value)
+    text = str(value).strip()
+    magnitude = text.removeprefix("-")
+    try:
+        seconds = float(magnitude)
+    except ValueError:
+        parts = _DURATION.findall(magnitude)
+        if not parts or "".join(n + u for n, u in parts) != magnitude:
+            raise BadRequest(f"invalid keep_alive {value!r}") from None
+        seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
+    return None if text.startswith("-") else seconds
+
+
+def render_expiry(seconds: float | None) -> str:
+    if seconds is None:
+        return FOREVER
+    return (NOW + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+class FakeOllama(FakeUpstream):
+    """An Ollama server: pulled models, models in memory, and its OpenAI-compatible `/v1`."""
+
+    def __init__(self, models: list[str] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("name", "ollama")
+        kwargs.setdefault("strict_models", True)
+        super().__init__(models if models is not None else ["qwen3:8b"], **kwargs)
+        self.version = VERSION
+        self.details: dict[str, dict[str, Any]] = {}
+        self.running: dict[str, dict[str, Any]] = {}
+
+    # -- state ------------------------------------------------------------------------------
+
+    def add_model(self, name: str, *, family: str | None = None, size: int | None = None) -> None:
+        if name not in self.models:
+            self.models.append(name)
+        self.details[name] = {"family": family or name.split(":")[0],
+                              "size": size or DEFAULT_SIZE}
+
+    def load_model(self, name: str, keep_alive: Any = DEFAULT_KEEP_ALIVE) -> None:
+        seconds = parse_keep_alive(keep_alive)
+        if seconds == 0:
+            self.running.pop(name, None)
+            return
+        self.running[name] = {"expires_at": render_expiry(seconds),
+                              "size_vram": self._detail(name)["size"],
+                              "context_length": CONTEXT_LENGTH}
+
+    def _detail(self, name: str) -> dict[str, Any]:
+        return self.details.get(name) or {"family": name.split(":")[0], "size": DEFAULT_SIZE}
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        detail = self._detail(name)
+        return {
+            "name": name, "model": name, "size": detail["size"],
+            "digest": hashlib.sha256(name.encode()).hexdigest(),
+            "details": {"parent_model": "", "format": "gguf", "family": detail["family"],
+                        "families": [detail["family"]], "parameter_size": "1B",
+                        "quantization_level": "Q4_K_M"},
+        }
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    def _route(self, record: dict[str, Any]) -> Reply:
+        native = {
+            ("GET", "/"): lambda r: Reply(content_type="text/plain; charset=utf-8",
+                                          body=b"Ollama is running"),
+            ("GET", "/api/version"): lambda r: replies.json_reply({"version": self.version}),
+            ("GET", "/api/tags"): self._tags,
+            ("GET", "/api/ps"): self._ps,
+            ("POST", "/api/generate"): self._generate,
+            ("POST", "/api/pull"): self._pull,
+        }.get((record["method"], record["path"]))
+        if native is not None:
+            try:
+                return native(record)
+            except BadRequest as exc:
+                return replies.json_reply({"error": str(exc)}, exc.status)
+        body = record["json"]
+        if record["path"].startswith("/v1/") and isinstance(body, dict) \
+                and body.get("model") in self.models:
+            self.load_model(body["model"])  # a request loads its model, as in Ollama
+        return super()._route(record)
+
+    def _tags(self, record: dict[str, Any]) -> Reply:
+        models = [{**self._entry(n), "modified_at": "2025-01-01T00:00:00Z"} for n in self.models]
+        return replies.json_reply({"models": models})
+
+    def _ps(self, record: dict[str, Any]) -> Reply:
+        models = [{**self._entry(n), **state} for n, state in self.running.items()]
+        return replies.json_reply({"models": models})
+
+    def _known(self, body: Any) -> str:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise BadRequest("model is required")
+        if body["model"] not in self.models:
+            raise BadRequest(f"model '{body['model']}' not found", status=404)
+        return body["model"]
+
+    def _generate(self, record: dict[str, Any]) -> Reply:
+        body = record["json"]
+        model = self._known(body)
+        prompt = body.get("prompt") or ""
+        keep_alive = body.get("keep_alive", DEFAULT_KEEP_ALIVE)
+        self.load_model(model, keep_alive)
+        if prompt:
+            reason, text = "stop", f"echo: {prompt}"
+        else:
+            reason, text = ("unload" if parse_keep_alive(keep_alive) == 0 else "load"), ""
+        answer = {"model": model, "created_at": "2025-01-01T00:00:00Z", "response": text,
+                  "done": True, "done_reason": reason}
+        if not prompt or body.get("stream") is False:
+            return replies.json_reply(answer)
+        return Reply(content_type="application/x-ndjson", events=[
+            json.dumps({**answer, "done": False, "done_reason": None}).encode() + b"\n",
+            json.dumps({**answer, "response": ""}).encode() + b"\n",
+        ])
+
+    def _pull(self, record: dict[str, Any]) -> Reply:
+        body = record["json"] if isinstance(record["json"], dict) else {}
+        name = body.get("model") or body.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("model is required")
+        self.add_model(name)
+        if body.get("stream") is False:
+            return replies.json_reply({"status": "success"})
+        return Reply(content_type="application/x-ndjson", events=[
+            b'{"status":"pulling manifest"}\n', b'{"status":"success"}\n',
+        ])
+
+    def _control(self, record: dict[str, Any]) -> Reply:
+        if (record["method"], record["path"]) != ("POST", "/_fake/ollama/models"):
+            return super()._control(record)
+        body = record["json"] if isinstance(record["json"], dict) else {}
+        if not isinstance(body.get("name"), str):
+            return replies.error_reply(400, "bad control request: 'name' is required")
+        self.add_model(body["name"], family=body.get("family"), size=body.get("size"))
+        return replies.json_reply({"ok": True, "models": self.models})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.ollama",
+                                     description="An Ollama emulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--model", action="append", dest="models", default=None)
+    parser.add_argument("--reply", default=None)
+    args = parser.parse_args(argv)
+    fake = FakeOllama(args.models, reply=args.reply)
+    trio.run(serve_until_signalled, fake, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
