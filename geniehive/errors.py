@@ -119,7 +119,12 @@ class UpstreamStatus(GenieHiveError):
         return self.upstream_status
 
     def error_object(self) -> dict[str, Any]:
-        type_ = "rate_limit_error" if self.upstream_status == 429 else self.type
+        if self.upstream_status == 429:
+            type_ = "rate_limit_error"
+        elif self.upstream_status >= 500:
+            type_ = "server_error"
+        else:
+            type_ = self.type
         return render_error(self.message, type_, f"upstream_{self.upstream_status}", self.param)
 
 

@@ -40,7 +40,7 @@ from geniehive.sse import SSEStripper, contains_reasoning, encode_error_event, s
 
 log = logging.getLogger("geniehive.relay")
 
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
+RETRY_STATUSES = frozenset({500, 502, 503, 504, 505, 507, 508})
 JSON_OPERATIONS = frozenset({"chat", "completion", "embeddings"})
 MAX_ERROR_BODY = 64 * 1024
 
@@ -313,8 +313,10 @@ class Relay:
         except (trio.TooSlowError, httpx.HTTPError):
             body = b""
         message = adapter.parse_error(status, body)
-        if status in RETRY_STATUSES or status > 500 or (status == 429 and more_candidates):
+        if status in RETRY_STATUSES or (status == 429 and more_candidates):
             raise _Failed("status", f"HTTP {status}: {message}")
+        # Other 4xx, and 501 (the server lacks the feature, e.g. llama.cpp without
+        # --embeddings), are the same everywhere: passed on at once, not failed over.
         raise UpstreamStatus(status, message)
 
     async def _relay_stream(
