@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from geniehive.commands import COMMANDS as CLIENT_COMMANDS
+from geniehive.commands import add_client_commands
+
 DEFAULT_URL = "http://127.0.0.1:8800"
 DEFAULT_CONFIG = "conf/geniehive.toml"
 
@@ -48,11 +51,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-def _client_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("GENIEHIVE_URL", DEFAULT_URL))
-    parser.add_argument("--api-key", default=os.environ.get("GENIEHIVE_API_KEY"))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geniehive", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,12 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--config", default="conf/node.toml", type=Path)
     check = sub.add_parser("check-config", help="validate control, node and role files")
     check.add_argument("files", nargs="+", type=Path)
-    for name, text in (("status", "hosts, services and roles"),):
-        _client_args(sub.add_parser(name, help=text))
-    route = sub.add_parser("route", help="explain how a model or role name resolves now")
-    route.add_argument("model")
-    route.add_argument("--kind", default="chat")
-    _client_args(route)
+    add_client_commands(sub)
     return parser
 
 
@@ -182,6 +175,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Any] = {
+    **CLIENT_COMMANDS,
     "node": cmd_node,
     "serve": cmd_serve,
     "check-config": cmd_check_config,

@@ -31,6 +31,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from geniehive.adapters.loader import PluginError, load_adapters
 from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.api_nodes import run_heartbeat_listener
+from geniehive.api_cluster import register_cluster_routes
 from geniehive.app import create_asgi
 from geniehive.config import ConfigError, ControlConfig
 from geniehive.discovery import local_host, local_services, run_discovery
@@ -160,6 +161,7 @@ async def serve_control(
             gateway = Gateway(config, registry, specs, client)
             gateway.startup_tasks.append(run_heartbeat_listener)
             gateway.route_modules.append(register_node_routes)
+            gateway.route_modules.append(register_cluster_routes)
             gateway.started.update({"registry", "plugins"})
             if on_gateway is not None:
                 on_gateway(gateway)

@@ -1,0 +1,601 @@
+"""The operator API (SPEC §5 route explanation, §8 operator API, §12 benchmarks, §13 keys).
+
+    GET    /v1/cluster/hosts                      read     hosts, staleness, heartbeat age
+    DELETE /v1/cluster/hosts/<id>                 operate  forget a node host (not the local one)
+    GET    /v1/cluster/services                   read     health verdicts, breaker, load
+    POST   /v1/cluster/services/<id>/drain        operate  availability "draining"
+    POST   /v1/cluster/services/<id>/pause        operate  availability "paused"
+    POST   /v1/cluster/services/<id>/resume       operate  availability "available"
+    GET    /v1/cluster/roles                      read     policy, routing and current targets
+    GET    /v1/cluster/health                     read     counts of what is up and down
+    GET    /v1/cluster/routes/resolve             read     a route decision, explained
+    POST   /v1/cluster/routes/match               read     advisory scores for a task
+    GET    /v1/cluster/benchmarks                 read     samples, filtered
+    POST   /v1/cluster/benchmarks                 operate  ingest a benchmark report
+    GET    /v1/admin/keys                         admin    named keys, never secret or hash
+    POST   /v1/admin/keys                         admin    create a named key, shown once
+    POST   /v1/admin/keys/<id>/disable|enable     admin
+    DELETE /v1/admin/keys/<id>                    admin
+
+Rule: handlers read the snapshot and the live counters and never advance a round-robin
+counter; writes go through the registry, whose snapshot is published before it returns.
+The views and the benchmark report parser are pure functions of their arguments. After
+every key change the authenticator's named keys are reloaded from the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from geniehive import auth, catalog, routing, wire
+from geniehive.api_nodes import parse_json
+from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
+from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot, valid_id
+from geniehive.registry import StoredKey, UnknownHost, UnknownKey, UnknownService
+
+log = logging.getLogger("geniehive.cluster")
+
+# Numeric result fields a report may carry; other result keys are kept as sent.
+RESULT_NUMBERS = (
+    "case_count", "pass_rate", "p50_latency_ms", "ttft_ms", "tokens_per_sec",
+    "prompt_tokens", "completion_tokens", "quality_score", "completion_rate",
+    "tool_success_rate", "error_count",
+)  # fmt: skip
+SAMPLE_KEYS = frozenset(
+    {"benchmark_id", "service_id", "asset_id", "workload", "observed_at", "results"}
+)
+MAX_NAME = 128
+
+
+# --- views (pure) -----------------------------------------------------------------------------
+
+
+def host_view(host: Host, now: float, stale_after_s: float, service_count: int) -> dict[str, Any]:
+    """One host as `/v1/cluster/hosts` lists it."""
+    seen = host.last_heartbeat if host.last_heartbeat is not None else host.registered_at
+    stale = routing.is_stale(host, now, stale_after_s)
+    return {
+        **wire.encode_host(host),
+        "state": "stale" if stale else "online",
+        "last_heartbeat_age_s": None if seen is None else round(max(0.0, now - seen), 3),
+        "service_count": service_count,
+    }
+
+
+def health_verdict(service: Service, runtime: routing.ServiceRuntime, stale: bool) -> str:
+    """The combined routable health: stale, down, unhealthy, healthy or unknown.
+
+    The gates are those of `health.routable`, in its order; an open breaker reads unhealthy.
+    """
+    node = service.state.health
+    if stale:
+        return "stale"
+    if runtime.probe == "down":
+        return "down"
+    if node in ("unhealthy", "down"):
+        return node
+    if runtime.breaker == "open" or (runtime.breaker == "half_open" and runtime.trial_taken):
+        return "unhealthy"
+    if runtime.probe == "healthy" or node == "healthy":
+        return "healthy"
+    return "unknown"
+
+
+def measured_view(live: Any, runtime: routing.ServiceRuntime) -> dict[str, Any]:
+    """The gateway's own measurements of one service (`live` is its ServiceLive or None)."""
+    return {
+        "in_flight": runtime.in_flight,
+        "requests": live.requests if live is not None else 0,
+        "failures": live.failures if live is not None else 0,
+        "p50_latency_ms": _round(runtime.p50_latency_ms),
+        "p95_latency_ms": _round(live.p95_latency_ms() if live is not None else None),
+        "ttft_ms": _round(runtime.ttft_ms),
+        "tokens_per_sec": _round(runtime.tokens_per_sec),
+        "error_rate": round(runtime.error_rate, 4),
+    }
+
+
+def service_view(
+    snapshot: Snapshot, service: Service, ctx: routing.RoutingContext, live: Any
+) -> dict[str, Any]:
+    """One service as `/v1/cluster/services` lists it."""
+    runtime = ctx.runtime_of(service.service_id)
+    host = snapshot.hosts.get(service.host_id)
+    stale = routing.is_stale(host, ctx.now, ctx.stale_after_s) if host is not None else True
+    gate = routing.exclusion_gate(snapshot, service, ctx)
+    probe = live.probe if live is not None else None
+    encoded = wire.encode_service(service)
+    return {
+        "service_id": service.service_id,
+        "host_id": service.host_id,
+        "operation": service.operation,
+        "adapter": service.adapter,
+        "base_url": service.base_url,
+        "assets": encoded["assets"],
+        "availability": service.state.availability,
+        "accept_requests": service.state.accept_requests,
+        "health": health_verdict(service, runtime, stale),
+        "health_reason": gate.detail
+        if gate is not None
+        else (probe.reason if probe is not None else "not probed yet"),
+        "health_since": probe.since if probe is not None else None,
+        "probe": runtime.probe,
+        "node_health": service.state.health,
+        "breaker": runtime.breaker,
+        "routable": gate is None,
+        "gate": gate.gate if gate is not None else None,
+        "observed": encoded["observed"],
+        "measured": measured_view(live, runtime),
+    }
+
+
+def role_view(snapshot: Snapshot, role_id: str, ctx: routing.RoutingContext) -> dict[str, Any]:
+    """One role with its policy, routing and the services it resolves to now."""
+    role = snapshot.roles[role_id]
+    decision = routing.resolve(snapshot, routing.ROLE_PREFIX + role_id, role.operation, ctx)
+    return {
+        "role_id": role_id,
+        "display_name": role.display_name,
+        "description": role.description,
+        "operation": role.operation,
+        "policy": catalog.policy_dict(role.policy),
+        "routing": {
+            **wire.encode_routing_policy(role.routing),
+            "strategy": role.routing.strategy or ctx.default_strategy,
+        },
+        "benchmark_workloads": list(role.benchmark_workloads),
+        "targets": [c.service_id for c in decision.candidates],
+        "chosen": decision.chosen.service_id if decision.chosen else None,
+        "fallback_used": decision.fallback_role_id,
+        "message": decision.message or None,
+    }
+
+
+def cluster_health(
+    hosts: Iterable[dict[str, Any]],
+    services: Iterable[dict[str, Any]],
+    roles: Iterable[dict[str, Any]],
+) -> dict[str, Any]:
+    """The counts of `/v1/cluster/health` from the host, service and role views."""
+    hosts, services, roles = list(hosts), list(services), list(roles)
+    targetless = sorted(r["role_id"] for r in roles if not r["targets"])
+    return {
+        "hosts": {
+            "total": len(hosts),
+            "online": sum(1 for h in hosts if h["state"] == "online"),
+            "stale": sum(1 for h in hosts if h["state"] == "stale"),
+        },
+        "services": {
+            "total": len(services),
+            "routable": sum(1 for s in services if s["routable"]),
+            "down": sum(1 for s in services if s["health"] in ("down", "unhealthy", "stale")),
+            "draining": sum(1 for s in services if s["availability"] != "available"),
+        },
+        "roles": {
+            "total": len(roles),
+            "without_target": len(targetless),
+            "without_target_ids": targetless,
+        },
+    }
+
+
+def sample_view(sample: BenchmarkSample) -> dict[str, Any]:
+    return {**wire.encode_sample(sample), "quality": routing.benchmark_quality(sample.results)}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+# --- benchmark reports (pure) -----------------------------------------------------------------
+
+
+def default_benchmark_id(
+    service_id: str, asset_id: str | None, workload: str, observed_at: str
+) -> str:
+    """A stable id, so ingesting the same report twice replaces rather than duplicates."""
+    text = "\x1f".join((service_id, asset_id or "", workload, observed_at))
+    return "bm_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _text(data: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"{path}{key}: required", param=f"{path}{key}")
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        raise InvalidRequest(f"{path}{key}: expected a non-empty string", param=f"{path}{key}")
+    return value
+
+
+def _timestamp(data: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = _text(data, key, path)
+    if value is not None:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidRequest(
+                f"{path}{key}: expected an ISO 8601 time", param=f"{path}{key}"
+            ) from None
+    return value
+
+
+def _results(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{path}: expected an object", param=path)
+    for key in RESULT_NUMBERS:
+        number = value.get(key)
+        if number is None:
+            continue
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, (int, float))
+            or not math.isfinite(number)
+            or number < 0
+        ):
+            raise InvalidRequest(
+                f"{path}.{key}: expected a non-negative number", param=f"{path}.{key}"
+            )
+    return value
+
+
+def parse_sample(data: Any, index: int, default_observed_at: str) -> BenchmarkSample:
+    """One report sample. Raises InvalidRequest naming the field."""
+    path = f"samples[{index}]."
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"samples[{index}]: expected an object", param=f"samples[{index}]")
+    unknown = sorted(set(data) - SAMPLE_KEYS)
+    if unknown:
+        raise InvalidRequest(f"{path}{unknown[0]}: unknown field", param=f"{path}{unknown[0]}")
+    service_id = _text(data, "service_id", path, required=True)
+    if not valid_id(service_id):
+        raise InvalidRequest(
+            f"{path}service_id: expected 1-128 letters, digits and . _ : / -",
+            param=f"{path}service_id",
+        )
+    workload = _text(data, "workload", path, required=True)
+    asset_id = _text(data, "asset_id", path)
+    observed_at = _timestamp(data, "observed_at", path) or default_observed_at
+    results = _results(data.get("results"), f"{path}results")
+    benchmark_id = _text(data, "benchmark_id", path) or default_benchmark_id(
+        str(service_id), asset_id, str(workload), observed_at
+    )
+    return BenchmarkSample(
+        benchmark_id, str(service_id), asset_id, str(workload), observed_at, results
+    )
+
+
+def parse_report(body: Any, now: float) -> list[BenchmarkSample]:
+    """The samples of a benchmark report (SPEC §12). Raises InvalidRequest naming the field.
+
+    Other top-level keys (report metadata such as the per-case details) are accepted and
+    not stored; a sample without `observed_at` takes the report's, else `now`.
+    """
+    if not isinstance(body, dict):
+        raise InvalidRequest("body: expected a JSON object")
+    _text(body, "report_id", "")
+    _text(body, "source", "")
+    observed_at = _timestamp(body, "observed_at", "") or iso_time(now)
+    samples = body.get("samples")
+    if not isinstance(samples, list):
+        raise InvalidRequest("samples: expected a list", param="samples")
+    return [parse_sample(data, index, observed_at) for index, data in enumerate(samples)]
+
+
+def iso_time(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+def named_key(stored: StoredKey) -> auth.NamedKey:
+    """The authenticator's form of a stored key (hex salt and hash back to bytes)."""
+    return auth.NamedKey(
+        key_id=stored.key_id, name=stored.name, salt=bytes.fromhex(stored.salt),
+        hash=bytes.fromhex(stored.hash), scopes=frozenset(stored.scopes),
+        models=tuple(stored.models), disabled=stored.disabled,
+    )  # fmt: skip
+
+
+def load_named_keys(gateway: Any) -> None:
+    """Give the authenticator the registry's named keys (at start and after each change)."""
+    gateway.auth.set_named(named_key(k) for k in gateway.registry.api_keys.values())
+
+
+def key_view(stored: StoredKey) -> dict[str, Any]:
+    """A key as listed: never its secret, salt or hash."""
+    return {
+        "key_id": stored.key_id,
+        "name": stored.name,
+        "scopes": list(stored.scopes),
+        "models": list(stored.models),
+        "disabled": stored.disabled,
+        "created_at": stored.created_at,
+    }
+
+
+def parse_key_request(body: Any) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(name, scopes, model globs) of a key creation body. Raises InvalidRequest."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("body: expected a JSON object")
+    unknown = sorted(set(body) - {"name", "scopes", "models"})
+    if unknown:
+        raise InvalidRequest(f"{unknown[0]}: unknown field", param=unknown[0])
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        raise InvalidRequest("name: expected a non-empty string", param="name")
+    scopes = body.get("scopes")
+    if not isinstance(scopes, list) or not scopes or not all(s in auth.SCOPES for s in scopes):
+        raise InvalidRequest(
+            f"scopes: expected a non-empty list of {', '.join(auth.SCOPES)}", param="scopes"
+        )
+    models = body.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise InvalidRequest("models: expected a list of model globs", param="models")
+    return name, tuple(dict.fromkeys(scopes)), tuple(dict.fromkeys(models))
+
+
+async def create_key(gateway: Any, body: Any) -> dict[str, Any]:
+    name, scopes, models = parse_key_request(body)
+    key_id, full_key, salt, digest = auth.new_named_key()
+    stored = StoredKey(key_id, name, salt.hex(), digest.hex(), scopes, models, False, time.time())
+    await gateway.registry.put_api_key(stored)
+    load_named_keys(gateway)
+    log.info("created API key id=%s name=%s scopes=%s", key_id, name, ",".join(scopes))
+    return {**key_view(stored), "key": full_key}
+
+
+async def change_key(gateway: Any, key_id: str, action: str) -> dict[str, Any]:
+    """Disable, enable or delete a named key. Raises NotFound."""
+    try:
+        if action == "delete":
+            await gateway.registry.delete_api_key(key_id)
+        else:
+            await gateway.registry.set_api_key_disabled(key_id, action == "disable")
+    except UnknownKey:
+        raise NotFound(f"no API key with id '{key_id}'", param="key_id") from None
+    load_named_keys(gateway)
+    log.info("API key id=%s %s", key_id, "deleted" if action == "delete" else action + "d")
+    stored = gateway.registry.api_keys.get(key_id)
+    return {"status": "ok", "key": key_view(stored) if stored is not None else None}
+
+
+# --- the routes -------------------------------------------------------------------------------
+
+
+def _hosts(gateway: Any) -> list[dict[str, Any]]:
+    snapshot, now = gateway.snapshot, time.time()
+    counts: dict[str, int] = {}
+    for service in snapshot.services.values():
+        counts[service.host_id] = counts.get(service.host_id, 0) + 1
+    stale_after_s = gateway.config.nodes.stale_after_s
+    return [
+        host_view(snapshot.hosts[h], now, stale_after_s, counts.get(h, 0))
+        for h in sorted(snapshot.hosts)
+    ]
+
+
+def _services(gateway: Any) -> list[dict[str, Any]]:
+    snapshot, ctx = gateway.snapshot, gateway.routing_context()
+    return [
+        service_view(snapshot, snapshot.services[s], ctx, gateway.live.services.get(s))
+        for s in sorted(snapshot.services)
+    ]
+
+
+def _roles(gateway: Any) -> list[dict[str, Any]]:
+    snapshot, ctx = gateway.snapshot, gateway.routing_context()
+    return [role_view(snapshot, r, ctx) for r in sorted(snapshot.roles)]
+
+
+def _listing(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"object": "list", "data": items}
+
+
+def explain_route(gateway: Any, args: Mapping[str, str]) -> dict[str, Any]:
+    """`routes/resolve`: the decision for `model` and `kind`, explained. Raises InvalidRequest.
+
+    Resolving reads the round-robin counters and never advances them.
+    """
+    model = args.get("model")
+    if not model:
+        raise InvalidRequest("model: required", param="model")
+    kind = args.get("kind") or "chat"
+    if kind not in OPERATIONS:
+        raise InvalidRequest(f"kind: expected one of {', '.join(OPERATIONS)}", param="kind")
+    stream = (args.get("stream") or "").lower() in ("1", "true", "yes")
+    return routing.explain(gateway.resolve(model, kind, stream=stream))
+
+
+def match_routes(gateway: Any, body: Any) -> dict[str, Any]:
+    """`routes/match`. Raises InvalidRequest naming the bad field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("body: expected a JSON object")
+    try:
+        query = routing.parse_match_query(body)
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0]
+        raise InvalidRequest(str(exc), param=field) from None
+    return routing.match(gateway.snapshot, query, gateway.routing_context())
+
+
+def benchmarks(gateway: Any, args: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The stored samples, oldest first, filtered by service_id, workload and asset_id."""
+    filters = {k: args.get(k) for k in ("service_id", "workload", "asset_id") if args.get(k)}
+    return [
+        sample_view(s)
+        for s in gateway.snapshot.benchmarks
+        if all(getattr(s, k) == v for k, v in filters.items())
+    ]
+
+
+async def set_availability(gateway: Any, service_id: str, availability: str) -> dict[str, Any]:
+    """Drain, pause or resume a service. Raises NotFound."""
+    try:
+        await gateway.registry.set_availability(service_id, availability)
+    except UnknownService:
+        raise NotFound(f"no service with id '{service_id}'", param="service_id") from None
+    log.info("service %s availability -> %s", service_id, availability)
+    snapshot = gateway.snapshot
+    view = service_view(
+        snapshot,
+        snapshot.services[service_id],
+        gateway.routing_context(),
+        gateway.live.services.get(service_id),
+    )
+    return {"status": "ok", "service": view}
+
+
+async def forget_host(gateway: Any, host_id: str) -> dict[str, Any]:
+    """Forget a node host and its services. Raises InvalidRequest (local), UnknownHostError."""
+    host = gateway.snapshot.hosts.get(host_id)
+    if host is not None and host.is_local:
+        raise InvalidRequest(
+            f"host '{host_id}' is the control plane's own host and cannot be forgotten",
+            param="host_id",
+        )
+    try:
+        await gateway.registry.forget_host(host_id)
+    except UnknownHost:
+        raise UnknownHostError(f"no host with id '{host_id}'", param="host_id") from None
+    log.info("host %s forgotten by an operator", host_id)
+    return {"status": "ok", "host_id": host_id}
+
+
+async def ingest_report(gateway: Any, body: Any) -> dict[str, Any]:
+    samples = parse_report(body, time.time())
+    await gateway.registry.upsert_samples(samples)
+    return {
+        "status": "ok",
+        "ingested": len(samples),
+        "benchmark_ids": [s.benchmark_id for s in samples],
+    }
+
+
+def register_cluster_routes(app: Any, gateway: Any) -> None:
+    """Add the operator, benchmark and key routes to the Quart app; load the named keys."""
+    load_named_keys(gateway)
+    _register_reads(app, gateway)
+    _register_explain(app, gateway)
+    _register_writes(app, gateway)
+    _register_keys(app, gateway)
+
+
+def _register_reads(app: Any, gateway: Any) -> None:
+    from quart import jsonify, request
+
+    def read() -> None:
+        gateway.auth.authorize(request.headers, "read")
+
+    @app.get("/v1/cluster/hosts")
+    async def cluster_hosts() -> Any:
+        read()
+        return jsonify(_listing(_hosts(gateway)))
+
+    @app.get("/v1/cluster/services")
+    async def cluster_services() -> Any:
+        read()
+        return jsonify(_listing(_services(gateway)))
+
+    @app.get("/v1/cluster/roles")
+    async def cluster_roles() -> Any:
+        read()
+        return jsonify(_listing(_roles(gateway)))
+
+    @app.get("/v1/cluster/health")
+    async def cluster_health_counts() -> Any:
+        read()
+        return jsonify(cluster_health(_hosts(gateway), _services(gateway), _roles(gateway)))
+
+    @app.get("/v1/cluster/benchmarks")
+    async def cluster_benchmarks() -> Any:
+        read()
+        return jsonify(_listing(benchmarks(gateway, request.args)))
+
+
+def _register_explain(app: Any, gateway: Any) -> None:
+    from quart import jsonify, request
+
+    @app.get("/v1/cluster/routes/resolve")
+    async def cluster_resolve() -> Any:
+        gateway.auth.authorize(request.headers, "read")
+        return jsonify(explain_route(gateway, request.args))
+
+    @app.post("/v1/cluster/routes/match")
+    async def cluster_match() -> Any:
+        gateway.auth.authorize(request.headers, "read")
+        return jsonify(match_routes(gateway, parse_json(await request.get_data())))
+
+
+def _register_writes(app: Any, gateway: Any) -> None:
+    from quart import jsonify, request
+
+    def operate() -> None:
+        gateway.auth.authorize(request.headers, "operate")
+
+    @app.post("/v1/cluster/services/<path:service_id>/drain")
+    async def cluster_drain(service_id: str) -> Any:
+        operate()
+        return jsonify(await set_availability(gateway, service_id, "draining"))
+
+    @app.post("/v1/cluster/services/<path:service_id>/pause")
+    async def cluster_pause(service_id: str) -> Any:
+        operate()
+        return jsonify(await set_availability(gateway, service_id, "paused"))
+
+    @app.post("/v1/cluster/services/<path:service_id>/resume")
+    async def cluster_resume(service_id: str) -> Any:
+        operate()
+        return jsonify(await set_availability(gateway, service_id, "available"))
+
+    @app.delete("/v1/cluster/hosts/<path:host_id>")
+    async def cluster_forget_host(host_id: str) -> Any:
+        operate()
+        return jsonify(await forget_host(gateway, host_id))
+
+    @app.post("/v1/cluster/benchmarks")
+    async def cluster_ingest() -> Any:
+        operate()
+        return jsonify(await ingest_report(gateway, parse_json(await request.get_data())))
+
+
+def _register_keys(app: Any, gateway: Any) -> None:
+    from quart import jsonify, request
+
+    def admin() -> None:
+        gateway.auth.authorize(request.headers, "admin")
+
+    @app.get("/v1/admin/keys")
+    async def admin_list_keys() -> Any:
+        admin()
+        keys = await gateway.registry.list_api_keys()
+        return jsonify(_listing([key_view(k) for k in keys]))
+
+    @app.post("/v1/admin/keys")
+    async def admin_create_key() -> Any:
+        admin()
+        created = await create_key(gateway, parse_json(await request.get_data()))
+        return jsonify(created), 201
+
+    @app.post("/v1/admin/keys/<key_id>/disable")
+    async def admin_disable_key(key_id: str) -> Any:
+        admin()
+        return jsonify(await change_key(gateway, key_id, "disable"))
+
+    @app.post("/v1/admin/keys/<key_id>/enable")
+    async def admin_enable_key(key_id: str) -> Any:
+        admin()
+        return jsonify(await change_key(gateway, key_id, "enable"))
+
+    @app.delete("/v1/admin/keys/<key_id>")
+    async def admin_delete_key(key_id: str) -> Any:
+        admin()
+        return jsonify(await change_key(gateway, key_id, "delete"))
