@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
+import trio
 
 from geniehive import routing
 from geniehive.adapters import Adapter, AdapterSpec, UpstreamContext
@@ -54,7 +55,7 @@ class Gateway:
         registry: Registry,
         specs: Mapping[str, AdapterSpec],
         client: httpx.AsyncClient,
-        monotonic: Any = time.monotonic,
+        monotonic: Any = trio.current_time,
     ) -> None:
         self.config = config
         self.registry = registry

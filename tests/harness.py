@@ -138,14 +138,18 @@ async def _spawn(nursery: trio.Nursery, argv: list[str], pattern: re.Pattern[byt
     result: dict[str, str] = {}
 
     async def pump() -> None:
-        async for chunk in process.stdout:
-            output.extend(chunk)
-            if not found.is_set():
-                match = pattern.search(output)
-                if match:
-                    result["url"] = match.group(1).decode()
-                    found.set()
-        found.set()
+        try:
+            async for chunk in process.stdout:
+                output.extend(chunk)
+                if not found.is_set():
+                    match = pattern.search(output)
+                    if match:
+                        result["url"] = match.group(1).decode()
+                        found.set()
+        finally:
+            found.set()
+            if process.returncode is None and process.poll() is None:
+                process.kill()  # the test ended (or failed): never leave a process behind
 
     nursery.start_soon(pump)
     await found.wait()
