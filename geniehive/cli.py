@@ -115,18 +115,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from geniehive.config import ConfigError
     from geniehive.daemon import serve_control
+    from geniehive.launcher import LaunchError
 
     config = load_control_or_exit(args.config)
     setup_logging(config.logging.level, config.logging.format)
     started = time.monotonic()
+    problems: list[str] = []
     try:
         trio.run(serve_control, config)
-    except ConfigError as exc:
-        for problem in exc.problems:
+    except* (ConfigError, LaunchError) as group:
+        problems = [p for exc in _leaves(group) for p in getattr(exc, "problems", [str(exc)])]
+    if problems:
+        for problem in problems:
             print(f"{args.config}: {problem}", file=sys.stderr)
         return 2
     log.info("stopped after %.1f s", time.monotonic() - started)
     return 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[Any]:
+    """The exceptions inside a (possibly nested) exception group."""
+    found: list[Any] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 async def supervise_node(run_node: Any, config: Any) -> None:
@@ -153,6 +165,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
     from geniehive.config import ConfigError, load_node
+    from geniehive.launcher import LaunchError
     from geniehive.node import run_node
 
     try:
@@ -165,13 +178,14 @@ def cmd_node(args: argparse.Namespace) -> int:
         print(f"{args.config}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return 2
     setup_logging(config.logging.level, config.logging.format)
+    problems: list[str] = []
     try:
         trio.run(supervise_node, run_node, config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
-        return 2
-    return 0
+    except* (ConfigError, LaunchError) as group:
+        problems = [p for exc in _leaves(group) for p in getattr(exc, "problems", [str(exc)])]
+    for problem in problems:
+        print(f"{args.config}: {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 COMMANDS: dict[str, Any] = {

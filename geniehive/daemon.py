@@ -37,6 +37,8 @@ from geniehive.config import ConfigError, ControlConfig
 from geniehive.discovery import local_host, local_services, run_discovery
 from geniehive.gateway import Gateway
 from geniehive.prober import run_prober
+from geniehive.launcher import LaunchError, run_launcher
+from geniehive.models import LOCAL_HOST_ID
 from geniehive.registry import open_registry
 from geniehive.sdnotify import notify, run_watchdog
 
@@ -76,6 +78,22 @@ def check_upstream_adapters(config: Any, specs: Any) -> None:
                 )
     if problems:
         raise ConfigError(problems)
+
+
+async def run_managed_upstreams(gateway: Gateway, *, task_status: Any) -> None:
+    """Managed upstream processes (§11): started before discovery, ready once probed."""
+
+    def probe_for(upstream: Any) -> Any:
+        service = next(
+            s for s in gateway.snapshot.services.values()
+            if s.host_id == LOCAL_HOST_ID and s.upstream_id == upstream.id
+        )
+        return gateway.adapter_for(service).probe()
+
+    try:
+        await run_launcher(gateway.config.upstreams, probe_for, task_status=task_status)
+    except LaunchError as exc:
+        raise ConfigError([str(exc)]) from None
 
 
 def make_client(config: ControlConfig) -> httpx.AsyncClient:
@@ -159,6 +177,7 @@ async def serve_control(
         await registry.replace_roles(config.roles)
         async with make_client(config) as client:
             gateway = Gateway(config, registry, specs, client)
+            gateway.startup_tasks.append(run_managed_upstreams)
             gateway.startup_tasks.append(run_heartbeat_listener)
             gateway.route_modules.append(register_node_routes)
             gateway.route_modules.append(register_cluster_routes)
