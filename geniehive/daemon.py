@@ -39,6 +39,7 @@ from geniehive.gateway import Gateway
 from geniehive.prober import run_prober
 from geniehive.launcher import LaunchError, run_launcher
 from geniehive.models import LOCAL_HOST_ID
+from geniehive.pool import UpstreamPool
 from geniehive.registry import open_registry
 from geniehive.sdnotify import notify, run_watchdog
 
@@ -177,6 +178,7 @@ async def serve_control(
         await registry.replace_roles(config.roles)
         async with make_client(config) as client:
             gateway = Gateway(config, registry, specs, client)
+            gateway.pool = UpstreamPool(connect_timeout_s=config.routing.connect_timeout_s)
             gateway.startup_tasks.append(run_managed_upstreams)
             gateway.startup_tasks.append(run_heartbeat_listener)
             gateway.route_modules.append(register_node_routes)
@@ -184,7 +186,11 @@ async def serve_control(
             gateway.started.update({"registry", "plugins"})
             if on_gateway is not None:
                 on_gateway(gateway)
-            await _run_tree(gateway, shutdown, handle_signals, task_status)
+            try:
+                await _run_tree(gateway, shutdown, handle_signals, task_status)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await gateway.pool.aclose()
 
 
 async def _run_tree(

@@ -60,7 +60,8 @@ class Gateway:
         self.config = config
         self.registry = registry
         self.specs = specs
-        self.client = client
+        self.client = client  # discovery, probes and adapters (httpx)
+        self.pool: Any = None  # the proxy path's upstream connections (UpstreamPool)
         self.live = LiveState(open_s=config.breaker.open_s, failures=config.breaker.failures)
         self.auth = Authenticator(
             (k.name, k.key, k.scopes, k.models) for k in config.auth_keys

@@ -152,7 +152,9 @@ class ProxyApp:
         body = parse_json_body(raw)
         validate_body(body, operation)
         stream = body.get("stream", False)
-        return Inbound(endpoint, operation, body["model"], stream=bool(stream), body=body)
+        return Inbound(
+            endpoint, operation, body["model"], stream=bool(stream), body=body, raw=raw
+        )
 
 
 def _writer(send: Send) -> Writer:

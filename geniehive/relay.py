@@ -9,8 +9,8 @@ Outcomes of one attempt:
 Rule: before the first byte reaches the client, a retryable failure moves on to the next
 candidate, up to `routing.max_attempts` tries in all; then the error is raised (502 or 504).
 After the first byte nothing is retried: a failure ends the stream with one SSE error event.
-Every upstream call has a connect timeout (httpx), a time-to-headers timeout and an idle-chunk
-timeout (both `trio.fail_after`, since httpx's read timeout covers both).
+Every upstream call has a connect timeout (the pool's), a time-to-headers timeout and an
+idle-chunk timeout (both `trio.fail_after`); none caps the total duration.
 """
 
 from __future__ import annotations
@@ -19,23 +19,23 @@ import base64
 import json
 import logging
 import struct
-from contextlib import aclosing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import trio
 
 from geniehive import policy as policy_mod
 from geniehive.adapters import Adapter, UpstreamRequest
 from geniehive.errors import (
     NoHealthyUpstream,
+    render_error,
     UpstreamFailed,
     UpstreamStatus,
     UpstreamTimeout,
 )
 from geniehive.models import Policy, Service
+from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError, PoolResponse
 from geniehive.sse import SSEStripper, contains_reasoning, encode_error_event, strip_reasoning
 
 log = logging.getLogger("geniehive.relay")
@@ -69,6 +69,7 @@ class Inbound:
     model: str
     stream: bool = False
     body: dict[str, Any] | None = None
+    raw: bytes | None = None  # the client's body bytes, sent as they are when nothing changed
     upload: Upload | None = None
     request_id: str = ""
 
@@ -131,14 +132,14 @@ class Relay:
         asset = service.asset(model)
         effective = policy_mod.effective_policy(asset.policy if asset else None, role_policy)
         body = inbound.body
-        if inbound.operation in ("chat", "completion"):
+        if effective.system_prompt is not None or effective.body_defaults or (
+            effective.body_overrides
+        ):
             body = policy_mod.apply_policy(body, inbound.operation, effective)
-            if policy_mod.wants_thinking_off(
-                model, inbound.operation
-            ) and not policy_mod.client_chose_thinking(body):
-                body = adapter.thinking_off(body)
-        elif effective.body_defaults or effective.body_overrides:
-            body = policy_mod.apply_policy(body, inbound.operation, effective)
+        if policy_mod.wants_thinking_off(
+            model, inbound.operation
+        ) and not policy_mod.client_chose_thinking(body):
+            body = adapter.thinking_off(body)
         if inbound.operation == "embeddings" and body.get("encoding_format") == "base64":
             # Ask for floats and encode ourselves: upstreams that ignore or reject base64
             # then behave alike (SPEC §4).
@@ -206,6 +207,7 @@ class Relay:
         *,
         more_candidates: bool,
     ) -> None:
+        """One try on one service. Raises _Failed (retryable) or UpstreamStatus."""
         gw = self.gw
         adapter = gw.adapter_for(service)
         strip = False
@@ -217,40 +219,19 @@ class Relay:
             request = adapter.build_request(inbound.endpoint, model, fields=inbound.upload.fields)
         started = trio.current_time()
         gw.live.attempt_started(service.service_id, started)
-        settled = False
         try:
-            response = await self._send(adapter, request, inbound)
-            try:
-                await self._check_status(adapter, response, more_candidates)
-                outcome.status = response.status_code
-                headers = gw.route_headers(inbound, outcome)
-                if inbound.stream and response.headers.get("content-type", "").startswith(
-                    "text/event-stream"
-                ):
-                    ok, ttft, tps = await self._relay_stream(response, writer, headers, strip)
-                elif inbound.operation in JSON_OPERATIONS:
-                    ok, ttft, tps = await self._relay_json(
-                        adapter, inbound, request, response, writer, headers, strip, started
-                    )
-                else:
-                    ok, ttft, tps = await self._relay_passthrough(
-                        adapter, inbound, request, response, writer, headers
-                    )
-            finally:
-                with trio.CancelScope(shield=True):
-                    await response.aclose()
-        except UpstreamStatus:
-            settled = True
-            gw.live.attempt_abandoned(service.service_id)
-            raise
+            result = await self._exchange(
+                adapter, request, inbound, writer, outcome, strip, started, more_candidates
+            )
         except _Failed:
-            settled = True
             gw.live.attempt_failed(service.service_id, trio.current_time())
             raise
-        finally:
-            if not settled and "ok" not in locals():
-                # Cancelled (client gone) or an unexpected error: not the upstream's fault.
-                gw.live.attempt_abandoned(service.service_id)
+        except BaseException:
+            # An upstream 4xx, or cancelled (the client went away): not a failure of the
+            # service, so the breaker does not hear of it.
+            gw.live.attempt_abandoned(service.service_id)
+            raise
+        ok, ttft, tps = result
         now = trio.current_time()
         if ok:
             gw.live.attempt_succeeded(
@@ -260,57 +241,104 @@ class Relay:
         else:
             gw.live.attempt_failed(service.service_id, now)
 
+    async def _exchange(
+        self,
+        adapter: Adapter,
+        request: UpstreamRequest,
+        inbound: Inbound,
+        writer: Writer,
+        outcome: Outcome,
+        strip: bool,
+        started: float,
+        more_candidates: bool,
+    ) -> tuple[bool, float | None, float | None]:
+        response = await self._send(adapter, request, inbound)
+        try:
+            await self._check_status(adapter, response, more_candidates)
+            outcome.status = response.status
+            headers = self.gw.route_headers(inbound, outcome)
+            content_type = (response.header(b"content-type") or b"").decode("latin-1")
+            if inbound.stream and content_type.startswith("text/event-stream"):
+                return await self._relay_stream(response, writer, headers, strip)
+            if inbound.operation in JSON_OPERATIONS:
+                return await self._relay_json(
+                    adapter, inbound, request, response, writer, headers, strip, started
+                )
+            return await self._relay_passthrough(
+                adapter, inbound, request, response, content_type, writer, headers
+            )
+        finally:
+            await response.aclose()  # never blocks; closes the connection unless fully read
+
     async def _send(
         self, adapter: Adapter, request: UpstreamRequest, inbound: Inbound
-    ) -> httpx.Response:
+    ) -> PoolResponse:
         gw = self.gw
-        headers = dict(request.headers)
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()]
         if inbound.request_id:
-            headers["x-request-id"] = inbound.request_id
+            headers.append((b"x-request-id", inbound.request_id.encode("latin-1")))
+        length: int | None = None
         if request.body is not None:
-            headers["content-type"] = "application/json"
-            content: Any = encode_json(request.body)
+            headers.append((b"content-type", b"application/json"))
+            content: Any = (
+                inbound.raw if request.body is inbound.body and inbound.raw is not None
+                else encode_json(request.body)
+            )
         else:
             assert inbound.upload is not None
             boundary, length, content = encode_multipart(request, inbound.upload)
-            headers["content-type"] = f"multipart/form-data; boundary={boundary}"
-            headers["content-length"] = str(length)
-        upstream = gw.client.build_request(
-            request.method, adapter.url(request.path), content=content, headers=headers
-        )
+            headers.append(
+                (b"content-type", f"multipart/form-data; boundary={boundary}".encode())
+            )
         try:
             with trio.fail_after(gw.config.routing.first_byte_timeout_s):
-                return await gw.client.send(upstream, stream=True)
+                return await gw.pool.request(
+                    request.method, adapter.url(request.path), headers, content,
+                    content_length=length,
+                )
         except trio.TooSlowError:
             raise _Failed("timeout", "no response headers in time") from None
-        except httpx.TimeoutException:
+        except ConnectTimeout:
             raise _Failed("timeout", "connect timed out") from None
-        except httpx.ConnectError as exc:
-            raise _Failed("connect", f"connection failed ({exc or 'refused'})") from None
-        except httpx.HTTPError as exc:
-            raise _Failed("protocol", f"bad answer ({type(exc).__name__}: {exc})") from None
+        except ConnectFailed as exc:
+            raise _Failed("connect", f"connection failed ({exc})") from None
+        except PoolError as exc:
+            raise _Failed("protocol", f"bad answer ({exc})") from None
 
-    async def _read_all(self, response: httpx.Response, limit: int | None = None) -> bytes:
+    async def _read_all(self, response: PoolResponse, limit: int | None = None) -> bytes:
+        """The whole body, each gap bounded by the idle timeout; `limit` truncates."""
         idle = self.gw.config.routing.idle_stream_timeout_s
         parts: list[bytes] = []
         size = 0
-        async with aclosing(_timed(response.aiter_raw(), idle)) as chunks:
-            async for chunk in chunks:
-                parts.append(chunk)
-                size += len(chunk)
-                if limit is not None and size >= limit:
-                    break
-        return b"".join(parts)
+        while True:
+            with trio.fail_after(idle):
+                chunk = await response.read_chunk()
+            if chunk is None:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+            if limit is not None and size >= limit:
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _read_answer(self, response: PoolResponse) -> bytes:
+        """A whole answer before the first byte to the client: failures are retryable."""
+        try:
+            return await self._read_all(response)
+        except trio.TooSlowError:
+            raise _Failed("timeout", "the upstream stalled while answering") from None
+        except PoolError as exc:
+            raise _Failed("protocol", f"the answer broke off ({exc})") from None
 
     async def _check_status(
-        self, adapter: Adapter, response: httpx.Response, more_candidates: bool
+        self, adapter: Adapter, response: PoolResponse, more_candidates: bool
     ) -> None:
-        status = response.status_code
+        status = response.status
         if status < 400:
             return
         try:
             body = await self._read_all(response, MAX_ERROR_BODY)
-        except (trio.TooSlowError, httpx.HTTPError):
+        except (trio.TooSlowError, PoolError):
             body = b""
         message = adapter.parse_error(status, body)
         if status in RETRY_STATUSES or (status == 429 and more_candidates):
@@ -321,7 +349,7 @@ class Relay:
 
     async def _relay_stream(
         self,
-        response: httpx.Response,
+        response: PoolResponse,
         writer: Writer,
         headers: list[tuple[bytes, bytes]],
         strip: bool,
@@ -330,29 +358,25 @@ class Relay:
         stripper = SSEStripper(strip=strip)
         started = trio.current_time()
         first: float | None = None
-        await writer.start(200, [(b"content-type", b"text/event-stream"), *STREAM_HEADERS, *headers])
+        await writer.start(200, [*SSE_HEADERS, *headers])
         try:
-            async with aclosing(_timed(response.aiter_raw(), idle)) as chunks:
-                async for chunk in chunks:
-                    if first is None:
-                        first = trio.current_time()
-                    out = stripper.feed(chunk)
-                    if out:
-                        await writer.body(out, True)
+            while True:
+                with trio.fail_after(idle):
+                    chunk = await response.read_chunk()
+                if chunk is None:
+                    break
+                if first is None:
+                    first = trio.current_time()
+                out = stripper.feed(chunk)
+                if out:
+                    await writer.body(out, True)
             await writer.body(stripper.flush(), False)
-        except (trio.TooSlowError, httpx.HTTPError) as exc:
-            reason = "stalled" if isinstance(exc, trio.TooSlowError) else "broke off"
-            await writer.body(
-                encode_error_event(
-                    {
-                        "message": f"the upstream {reason} mid-stream",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "upstream_timeout" if reason == "stalled" else "upstream_error",
-                    }
-                ),
-                False,
-            )
+        except (trio.TooSlowError, PoolError) as exc:
+            stalled = isinstance(exc, trio.TooSlowError)
+            await writer.body(encode_error_event(render_error(
+                f"the upstream {'stalled' if stalled else 'broke off'} mid-stream",
+                "server_error", "upstream_timeout" if stalled else "upstream_error",
+            )), False)
             return False, None, None
         end = trio.current_time()
         ttft = (first - started) * 1000 if first is not None else None
@@ -363,21 +387,16 @@ class Relay:
         adapter: Adapter,
         inbound: Inbound,
         request: UpstreamRequest,
-        response: httpx.Response,
+        response: PoolResponse,
         writer: Writer,
         headers: list[tuple[bytes, bytes]],
         strip: bool,
         started: float,
     ) -> tuple[bool, float | None, float | None]:
-        try:
-            raw = await self._read_all(response)
-        except trio.TooSlowError:
-            raise _Failed("timeout", "the upstream stalled while answering") from None
-        except httpx.HTTPError as exc:
-            raise _Failed("protocol", f"the answer broke off ({type(exc).__name__})") from None
+        raw = await self._read_answer(response)
+        content_type = (response.header(b"content-type") or b"").decode("latin-1")
         status, content_type, raw = adapter.translate_response(
-            inbound.endpoint, response.status_code, response.headers.get("content-type", ""),
-            raw, request,
+            inbound.endpoint, response.status, content_type, raw, request
         )
         try:
             data = json.loads(raw)
@@ -388,86 +407,64 @@ class Relay:
             stripped = strip_reasoning(data)
             changed = stripped is not data
             data = stripped
-        if inbound.operation == "embeddings" and inbound.body and inbound.body.get(
-            "encoding_format"
-        ) == "base64":
+        if inbound.body is not None and inbound.body.get("encoding_format") == "base64":
             changed |= _encode_embeddings(data)
         if changed:
             raw = encode_json(data)
-        await writer.start(
-            status,
-            [(b"content-type", b"application/json"),
-             (b"content-length", str(len(raw)).encode()), *headers],
-        )
+        await writer.start(status, [*JSON_HEADERS, _length(raw), *headers])
         await writer.body(raw, False)
-        end = trio.current_time()
         usage = data.get("usage") if isinstance(data, dict) else None
-        return True, None, _tokens_per_sec(usage, 0, started, end)
+        return True, None, _tokens_per_sec(usage, 0, started, trio.current_time())
 
     async def _relay_passthrough(
         self,
         adapter: Adapter,
         inbound: Inbound,
         request: UpstreamRequest,
-        response: httpx.Response,
+        response: PoolResponse,
+        content_type: str,
         writer: Writer,
         headers: list[tuple[bytes, bytes]],
     ) -> tuple[bool, float | None, float | None]:
-        content_type = response.headers.get("content-type", "application/octet-stream")
+        content_type = content_type or "application/octet-stream"
         if inbound.upload is not None:
-            # Small answers (transcripts) may need dialect translation: read them whole.
-            try:
-                raw = await self._read_all(response)
-            except trio.TooSlowError:
-                raise _Failed("timeout", "the upstream stalled while answering") from None
-            except httpx.HTTPError as exc:
-                raise _Failed("protocol", f"the answer broke off ({type(exc).__name__})") from None
+            # Transcripts are small and may need dialect translation: read them whole.
+            raw = await self._read_answer(response)
             status, content_type, raw = adapter.translate_response(
-                inbound.endpoint, response.status_code, content_type, raw, request
+                inbound.endpoint, response.status, content_type, raw, request
             )
             await writer.start(
-                status,
-                [(b"content-type", content_type.encode()),
-                 (b"content-length", str(len(raw)).encode()), *headers],
+                status, [(b"content-type", content_type.encode()), _length(raw), *headers]
             )
             await writer.body(raw, False)
             return True, None, None
+        # Binary answers (speech, images) are streamed back as they come.
         idle = self.gw.config.routing.idle_stream_timeout_s
-        await writer.start(
-            response.status_code, [(b"content-type", content_type.encode()), *headers]
-        )
+        await writer.start(response.status, [(b"content-type", content_type.encode()), *headers])
         try:
-            async with aclosing(_timed(response.aiter_raw(), idle)) as chunks:
-                async for chunk in chunks:
-                    await writer.body(chunk, True)
-        except (trio.TooSlowError, httpx.HTTPError):
+            while True:
+                with trio.fail_after(idle):
+                    chunk = await response.read_chunk()
+                if chunk is None:
+                    break
+                await writer.body(chunk, True)
+        except (trio.TooSlowError, PoolError):
             await writer.body(b"", False)
             return False, None, None
         await writer.body(b"", False)
         return True, None, None
 
 
-STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
+SSE_HEADERS = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
+JSON_HEADERS = ((b"content-type", b"application/json"),)
 
 
-async def _timed(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
-    """Yield chunks, raising trio.TooSlowError when a gap exceeds `idle_s`.
-
-    Use it under `contextlib.aclosing` so that the wrapped httpx iterator is closed at once
-    when the relay stops early (cancellation, a client gone), not at garbage collection.
-    """
-    iterator = chunks.__aiter__()
-    try:
-        while True:
-            with trio.fail_after(idle_s):
-                try:
-                    chunk = await iterator.__anext__()
-                except StopAsyncIteration:
-                    return
-            yield chunk
-    finally:
-        with trio.CancelScope(shield=True):
-            await iterator.aclose()  # type: ignore[attr-defined]
+def _length(raw: bytes) -> tuple[bytes, bytes]:
+    return (b"content-length", str(len(raw)).encode())
 
 
 def _tokens_per_sec(

@@ -220,7 +220,9 @@ async def test_reset_mid_stream_ends_with_one_error_event(hive: Hive) -> None:
     assert response.status_code == 200
     events = sse_events(response.text)
     assert "[DONE]" not in events
-    assert len(events) == 3
+    # The chunks sent before the reset may or may not reach us (a TCP reset can discard
+    # unread data); the error event is always the one last event.
+    assert 1 <= len(events) <= 3
     assert json.loads(events[-1])["error"]["code"] == "upstream_error"
     assert all("error" not in json.loads(e) for e in events[:-1])
 
