@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from geniehive import catalog
 from geniehive.errors import GenieHiveError, NotFound, render_error
+from geniehive.metrics import CONTENT_TYPE_LATEST
 from geniehive.proxy import ProxyApp
 
 log = logging.getLogger("geniehive.app")
@@ -63,6 +64,11 @@ def create_app(gateway: Any) -> QuartTrio:
         pending = [t for t in TASKS if t not in gateway.started]
         body = {"status": "ready" if not pending else "starting", "pending": pending}
         return jsonify(body), (200 if gateway.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        gateway.auth.authorize(request.headers, "read")
+        return Response(gateway.metrics.render(), content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def list_models() -> Response:

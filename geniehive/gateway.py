@@ -21,6 +21,7 @@ from geniehive.auth import Authenticator
 from geniehive.config import ControlConfig
 from geniehive.errors import ModelNotFound, NoHealthyUpstream, WrongOperation
 from geniehive.live import LiveState
+from geniehive.metrics import GatewayMetrics
 from geniehive.models import Policy, Service, Snapshot
 from geniehive.registry import Registry
 
@@ -75,6 +76,7 @@ class Gateway:
         self.route_modules: list[Any] = []
         self.websocket_modules: list[Any] = []
         self.failure_counts: dict[tuple[str, str], int] = {}
+        self.metrics = GatewayMetrics(self)
         self._adapters: dict[str, tuple[tuple[Any, ...], Adapter]] = {}
         self._monotonic = monotonic
 

@@ -8,12 +8,15 @@ breaker update them. Round-robin counters live here too and advance only through
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from geniehive import health
 from geniehive.routing import ServiceRuntime
+
+log = logging.getLogger("geniehive.breaker")
 
 WINDOW = 100  # measured requests kept per service for percentiles and the error rate
 
@@ -106,9 +109,17 @@ class LiveState:
         live.requests += 1
         live.failures += 1
         live.outcomes.append(False)
-        live.breaker = health.next_breaker_on_result(
-            live.breaker, False, now, failures=self.failures
+        self._set_breaker(
+            service_id, live,
+            health.next_breaker_on_result(live.breaker, False, now, failures=self.failures),
         )
+
+    @staticmethod
+    def _set_breaker(service_id: str, live: ServiceLive, new: health.BreakerState) -> None:
+        if new.state != live.breaker.state:
+            log.info("breaker service=%s %s -> %s (consecutive failures %d)",
+                     service_id, live.breaker.state, new.state, new.failures)
+        live.breaker = new
 
     def attempt_succeeded(
         self,
@@ -128,8 +139,9 @@ class LiveState:
             live.ttfts_ms.append(ttft_ms)
         if tokens_per_sec is not None:
             live.tokens_per_sec.append(tokens_per_sec)
-        live.breaker = health.next_breaker_on_result(
-            live.breaker, True, now, failures=self.failures
+        self._set_breaker(
+            service_id, live,
+            health.next_breaker_on_result(live.breaker, True, now, failures=self.failures),
         )
 
     def attempt_abandoned(self, service_id: str) -> None:

@@ -23,7 +23,6 @@ from geniehive.errors import (
     InvalidRequest,
     PermissionDenied,
     RequestTooLarge,
-    render_error,
 )
 from geniehive.relay import Inbound, Outcome, Relay, Upload, Writer
 
@@ -106,7 +105,9 @@ class ProxyApp:
         finally:
             if outcome.status == 0:
                 outcome.status = 499  # the client went away mid-answer
-            _log_request(request_id, principal_name, model, outcome, started, writer)
+            duration = trio.current_time() - started
+            _log_request(request_id, principal_name, model, outcome, duration, writer)
+            self.gw.metrics.observe_request(endpoint, outcome, duration)
             if inbound_upload := locals().get("inbound"):
                 if inbound_upload.upload is not None:
                     inbound_upload.upload.file.close()
@@ -350,9 +351,9 @@ def _parse_multipart(
 
 
 def _log_request(
-    request_id: str, key: str, model: str, outcome: Outcome, started: float, writer: Writer
+    request_id: str, key: str, model: str, outcome: Outcome, duration_s: float, writer: Writer
 ) -> None:
-    duration_ms = (trio.current_time() - started) * 1000
+    duration_ms = duration_s * 1000
     log.info(
         "request id=%s key=%s model=%s route=%s service=%s status=%d attempts=%d "
         "duration_ms=%.1f bytes=%d",
@@ -360,6 +361,3 @@ def _log_request(
         outcome.attempts, duration_ms, writer.bytes_out,
     )
 
-
-def render_plain_error(message: str, type_: str, code: str) -> bytes:
-    return json.dumps({"error": render_error(message, type_, code)}).encode()

@@ -92,6 +92,16 @@ class Outcome:
     route: str = "direct"
     attempts: int = 0
     failures: list[str] = field(default_factory=list)
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def take_usage(self, usage: Any) -> None:
+        """Remember the token counts of an upstream `usage` object, if it is one."""
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            self.prompt_tokens = prompt if isinstance(prompt, int) else None
+            self.completion_tokens = completion if isinstance(completion, int) else None
 
 
 class _Failed(Exception):
@@ -259,10 +269,10 @@ class Relay:
             headers = self.gw.route_headers(inbound, outcome)
             content_type = (response.header(b"content-type") or b"").decode("latin-1")
             if inbound.stream and content_type.startswith("text/event-stream"):
-                return await self._relay_stream(response, writer, headers, strip)
+                return await self._relay_stream(response, writer, headers, strip, outcome)
             if inbound.operation in JSON_OPERATIONS:
                 return await self._relay_json(
-                    adapter, inbound, request, response, writer, headers, strip, started
+                    adapter, inbound, request, response, writer, headers, strip, started, outcome
                 )
             return await self._relay_passthrough(
                 adapter, inbound, request, response, content_type, writer, headers
@@ -353,6 +363,7 @@ class Relay:
         writer: Writer,
         headers: list[tuple[bytes, bytes]],
         strip: bool,
+        outcome: Outcome,
     ) -> tuple[bool, float | None, float | None]:
         idle = self.gw.config.routing.idle_stream_timeout_s
         stripper = SSEStripper(strip=strip)
@@ -380,6 +391,8 @@ class Relay:
             return False, None, None
         end = trio.current_time()
         ttft = (first - started) * 1000 if first is not None else None
+        outcome.ttft_ms = ttft
+        outcome.take_usage(stripper.usage)
         return True, ttft, _tokens_per_sec(stripper.usage, stripper.events, first, end)
 
     async def _relay_json(
@@ -392,6 +405,7 @@ class Relay:
         headers: list[tuple[bytes, bytes]],
         strip: bool,
         started: float,
+        outcome: Outcome,
     ) -> tuple[bool, float | None, float | None]:
         raw = await self._read_answer(response)
         content_type = (response.header(b"content-type") or b"").decode("latin-1")
@@ -414,6 +428,7 @@ class Relay:
         await writer.start(status, [*JSON_HEADERS, _length(raw), *headers])
         await writer.body(raw, False)
         usage = data.get("usage") if isinstance(data, dict) else None
+        outcome.take_usage(usage)
         return True, None, _tokens_per_sec(usage, 0, started, trio.current_time())
 
     async def _relay_passthrough(

@@ -1,0 +1,180 @@
+"""Prometheus metrics (`GET /metrics`, SPEC §15).
+
+Rule: cardinality is bounded by what the registry knows. Request series are labelled by a
+fixed endpoint name, the route type (`direct`, `role`, `fallback`, `none`), the service that
+served (or `-` when nothing was routed) and the status; never by request id or by a model name
+a client made up. Live state (in-flight, health, breaker, heartbeat age, failure counts) is
+read from the gateway at scrape time by a collector, so it costs nothing per request.
+
+Each gateway has its own `CollectorRegistry`, so several gateways in one process (tests) never
+share series.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from geniehive import __version__, routing
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+HEALTH_STATES = ("healthy", "unknown", "down", "unhealthy", "stale", "unavailable")
+BREAKER_STATES = ("closed", "open", "half_open")  # those of geniehive.health
+
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "route_type"]
+
+
+def route_type(route: str, routed: bool) -> str:
+    """The bounded route label: `direct`, `role`, `fallback`, or `none` when unrouted."""
+    if not routed:
+        return "none"
+    if ";fallback:" in route:
+        return "fallback"
+    return "role" if route.startswith("role:") else "direct"
+
+
+class GatewayMetrics:
+    def __init__(self, gateway: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "geniehive_requests", "Client API requests answered",
+            ["endpoint", "route_type", "service", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "geniehive_request_duration_seconds", "Time to answer a request, end to end",
+            ["endpoint", "route_type"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "geniehive_time_to_first_token_seconds", "Time to the first streamed chunk",
+            ["service"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.tokens = Counter(
+            "geniehive_tokens", "Tokens reported by upstreams in usage",
+            ["service", "direction"], registry=self.registry,
+        )
+        self.attempts = Counter(
+            "geniehive_upstream_attempts", "Upstream tries, failed ones included",
+            ["service", "outcome"], registry=self.registry,
+        )
+        self.registry.register(_LiveCollector(gateway))
+
+    def observe_request(self, endpoint: str, outcome: Any, duration_s: float) -> None:
+        """Record one answered request (called once per request, routed or not)."""
+        service = outcome.service_id or "-"
+        rtype = route_type(outcome.route, outcome.service_id is not None)
+        self.requests.labels(endpoint, rtype, service, str(outcome.status)).inc()
+        self.latency.labels(endpoint, rtype).observe(duration_s)
+        if outcome.service_id is None:
+            return
+        if outcome.ttft_ms is not None:
+            self.ttft.labels(service).observe(outcome.ttft_ms / 1000)
+        if outcome.prompt_tokens:
+            self.tokens.labels(service, "in").inc(outcome.prompt_tokens)
+        if outcome.completion_tokens:
+            self.tokens.labels(service, "out").inc(outcome.completion_tokens)
+        failed = outcome.failures
+        for failure in failed:
+            self.attempts.labels(failure.split(":", 1)[0], "failed").inc()
+        if outcome.attempts > len(failed):
+            self.attempts.labels(service, "answered").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector:
+    """Gauges read from the gateway's snapshot and live counters at scrape time."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gw = gateway
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.gw
+        snapshot = gw.snapshot
+        ctx = gw.routing_context()
+        in_flight = GaugeMetricFamily(
+            "geniehive_in_flight", "Requests in flight per service (measured)", labels=["service"]
+        )
+        up = GaugeMetricFamily(
+            "geniehive_service_health", "1 for the service's current health state",
+            labels=["service", "state"],
+        )
+        breaker = GaugeMetricFamily(
+            "geniehive_breaker_state", "1 for the breaker's current state",
+            labels=["service", "state"],
+        )
+        for service_id, service in sorted(snapshot.services.items()):
+            runtime = ctx.runtime.get(service_id) or routing.ServiceRuntime()
+            in_flight.add_metric([service_id], runtime.in_flight)
+            state = _health_state(snapshot, service, ctx, runtime)
+            for name in HEALTH_STATES:
+                up.add_metric([service_id, name], 1.0 if name == state else 0.0)
+            for name in BREAKER_STATES:
+                breaker.add_metric([service_id, name], 1.0 if runtime.breaker == name else 0.0)
+        yield in_flight
+        yield up
+        yield breaker
+        yield from self._hosts(snapshot)
+        yield from self._failures()
+        info = InfoMetricFamily("geniehive_build", "GenieHive build information")
+        info.add_metric([], {"version": __version__, "python": platform.python_version()})
+        yield info
+
+    def _hosts(self, snapshot: Any) -> Iterator[Metric]:
+        age = GaugeMetricFamily(
+            "geniehive_host_heartbeat_age_seconds", "Seconds since the host's last heartbeat",
+            labels=["host"],
+        )
+        stale = GaugeMetricFamily(
+            "geniehive_host_stale", "1 when the host missed its heartbeats", labels=["host"]
+        )
+        now = time.time()
+        stale_after = self.gw.config.nodes.stale_after_s
+        for host_id, host in sorted(snapshot.hosts.items()):
+            if host.is_local:
+                continue
+            if host.last_heartbeat is not None:
+                age.add_metric([host_id], max(0.0, now - host.last_heartbeat))
+            stale.add_metric([host_id], 1.0 if routing.is_stale(host, now, stale_after) else 0.0)
+        yield age
+        yield stale
+
+    def _failures(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        families = {
+            "discovery": CounterMetricFamily(
+                "geniehive_discovery_failures", "Failed discovery passes", labels=["upstream"]
+            ),
+            "probe": CounterMetricFamily(
+                "geniehive_probe_failures", "Failed health probes", labels=["service"]
+            ),
+        }
+        for (kind, subject), count in sorted(self.gw.failure_counts.items()):
+            family = families.get(kind)
+            if family is not None:
+                family.add_metric([subject], count)
+        yield from families.values()
+
+
+def _health_state(snapshot: Any, service: Any, ctx: Any, runtime: Any) -> str:
+    gate = routing.exclusion_gate(snapshot, service, ctx)
+    if gate is None:
+        return "healthy" if runtime.probe == "healthy" else "unknown"
+    if gate.gate == "host_stale":
+        return "stale"
+    if gate.gate == "probe_down":
+        return "down"
+    if gate.gate in ("node_unhealthy", "breaker_open"):
+        return "unhealthy"
+    return "unavailable"
+
