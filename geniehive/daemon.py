@@ -172,6 +172,8 @@ async def serve_control(
             specs = load_adapters(config.plugins.paths, config.plugins.entry_points)
         except PluginError as exc:
             raise ConfigError([f"plugins: {exc}"]) from None
+        for kind, spec in specs.items():
+            log.info("plugin loaded kind=%s operations=%s", kind, ",".join(sorted(spec.operations)))
         check_upstream_adapters(config, specs)
         await registry.sync_local(local_host(config.local_labels),
                                   local_services(config.upstreams))

@@ -183,3 +183,29 @@ async def test_non_loopback_bind_without_keys_refuses_to_start(tmp_path: Path) -
         )
     assert result.returncode == 2
     assert b"refusing to start in open mode" in result.stderr
+
+
+async def test_json_logs_carry_request_and_entity_ids(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    import json as jsonlib
+
+    with trio.fail_after(40):
+        fake, gateway = await start(nursery, tmp_path, '[logging]\nformat = "json"\n')
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
+            response = await client.post(
+                "/v1/chat/completions",
+                json={"model": "m1", "messages": CHAT},
+                headers={"X-Request-Id": "trace-me-7", "Authorization": "Bearer sk-secret-9"},
+            )
+            assert response.status_code == 200
+        assert await stop(gateway) == 0
+        lines = [jsonlib.loads(line) for line in gateway.text().splitlines()
+                 if line.startswith("{")]
+        requests = [r for r in lines if r["logger"] == "geniehive.request"]
+        assert any("id=trace-me-7" in r["message"] and "service=fake/chat" in r["message"]
+                   for r in requests)
+        assert any(r["message"].startswith("plugin loaded kind=openai") for r in lines)
+        assert "sk-secret-9" not in gateway.text()
+        assert "hello from the sdk" not in gateway.text()  # never prompt text
+        await stop(fake)
