@@ -31,6 +31,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from geniehive.adapters.loader import PluginError, load_adapters
 from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.api_nodes import run_heartbeat_listener
+from geniehive import ws
 from geniehive.api_cluster import register_cluster_routes
 from geniehive.app import create_asgi
 from geniehive.config import ConfigError, ControlConfig
@@ -120,7 +121,8 @@ def hypercorn_config(binds: Sequence[str], config: ControlConfig) -> HyperConfig
     hc.accesslog = None
     hc.errorlog = logging.getLogger("geniehive.http")
     hc.h11_max_incomplete_size = 64 * 1024
-    hc.websocket_max_message_size = 1024 * 1024
+    hc.websocket_max_message_size = ws.HYPERCORN_MAX_MESSAGE_BYTES
+    hc.websocket_ping_interval = ws.PING_INTERVAL_S
     hc.backlog = 1024
     tls = config.server.tls
     if tls is not None:
@@ -186,6 +188,8 @@ async def serve_control(
             gateway.route_modules.append(register_node_routes)
             gateway.route_modules.append(register_cluster_routes)
             gateway.started.update({"registry", "plugins"})
+            gateway.websocket_modules.append(ws.register_websocket)
+            gateway.route_modules.append(ws.register_playground)
             if on_gateway is not None:
                 on_gateway(gateway)
             try:
