@@ -231,7 +231,19 @@ async def _run_tree(
 
 
 async def _wait_proxy_drained(nursery: trio.Nursery, gateway: Gateway) -> None:
-    with trio.move_on_after(gateway.config.server.shutdown_grace_s + 5):
-        while any(t.name.endswith("serve_proxy") for t in nursery.child_tasks):
+    """Let in-flight requests and streams finish (up to the grace), then stop everything.
+
+    Idle keep-alive connections are not waited for: hypercorn would otherwise hold some of
+    them open for the whole grace period.
+    """
+    with trio.move_on_after(gateway.config.server.shutdown_grace_s):
+        while gateway.active_requests > 0 and _proxy_running(nursery):
             await trio.sleep(0.05)
+    if gateway.active_requests > 0:
+        log.info("grace period over: cancelling %d request(s) still running",
+                 gateway.active_requests)
     nursery.cancel_scope.cancel()
+
+
+def _proxy_running(nursery: trio.Nursery) -> bool:
+    return any(t.name.endswith("serve_proxy") for t in nursery.child_tasks)

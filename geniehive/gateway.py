@@ -68,6 +68,7 @@ class Gateway:
             (k.name, k.key, k.scopes, k.models) for k in config.auth_keys
         )
         self.ready = False
+        self.active_requests = 0  # HTTP requests and websockets being served now
         self.started: set[str] = set()
         self.created = int(time.time())
         # Long-lived tasks other modules add to the tree (heartbeat listener, launcher) and

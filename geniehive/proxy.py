@@ -60,6 +60,18 @@ class ProxyApp:
         self.websockets: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.fallback(scope, receive, send)
+            return
+        # Count every request and websocket while it runs: a graceful shutdown waits for
+        # these, not for idle keep-alive connections.
+        self.gw.active_requests += 1
+        try:
+            await self.dispatch(scope, receive, send)
+        finally:
+            self.gw.active_requests -= 1
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             route = ROUTES.get(scope["path"].rstrip("/") or "/")
             if route is not None:

@@ -209,3 +209,19 @@ async def test_json_logs_carry_request_and_entity_ids(
         assert "sk-secret-9" not in gateway.text()
         assert "hello from the sdk" not in gateway.text()  # never prompt text
         await stop(fake)
+
+
+async def test_sigterm_does_not_wait_for_idle_keep_alive_connections(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(40):
+        fake, gateway = await start(nursery, tmp_path)  # shutdown_grace_s = 5
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            # The connection stays open and idle after answers from both halves of the app.
+            assert (await client.get("/v1/models")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200
+            began = trio.current_time()
+            gateway.process.send_signal(signal.SIGTERM)
+            assert await gateway.process.wait() == 0
+            assert trio.current_time() - began < 2
+        await stop(fake)
