@@ -30,8 +30,7 @@ def create_app(gateway: Any) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = gateway.config.server.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
-    # We run no Quart background tasks; without this, shutdown waited 5 s after any request
-    # that went through Quart (its default grace for background tasks).
+    # We run no Quart background tasks, so there is nothing to wait for at shutdown.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0
     app.extensions["gateway"] = gateway
 
