@@ -225,3 +225,24 @@ async def test_sigterm_does_not_wait_for_idle_keep_alive_connections(
             assert await gateway.process.wait() == 0
             assert trio.current_time() - began < 2
         await stop(fake)
+
+
+async def test_ready_only_after_discovery_and_new_models_appear_without_restart(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(40):
+        fake, gateway = await start(nursery, tmp_path)  # discovery every 0.2 s
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            # The gateway listens only once every task started: ready at first sight, with
+            # what the upstream serves already discovered.
+            assert (await client.get("/readyz")).status_code == 200
+            ids = {m["id"] for m in (await client.get("/v1/models")).json()["data"]}
+            assert {"m1", "m2"} <= ids
+            await fake_control(fake, "/_fake/models", {"id": "pulled-later"})
+            began = trio.current_time()
+            while "pulled-later" not in ids:
+                await trio.sleep(0.05)
+                ids = {m["id"] for m in (await client.get("/v1/models")).json()["data"]}
+            assert trio.current_time() - began < 1.0
+        assert await stop(gateway) == 0
+        await stop(fake)
