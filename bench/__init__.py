@@ -1,0 +1,1 @@
+"""The performance harness of the repository: `python bench/run.py` (see bench/README.md)."""

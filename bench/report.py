@@ -1,0 +1,230 @@
+"""The benchmark report: target checks and the Markdown rendering of `report.json`.
+
+Rule: every figure in the Markdown comes from the results dictionary, so report.json and
+report.md never disagree; a target whose figure is missing reads "n/a", never "ok".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def _target(name: str, value: float | None, limit: float, higher_is_better: bool,
+            unit: str, kind: str = "target") -> dict[str, Any]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        ok = None
+    else:
+        ok = value >= limit if higher_is_better else value <= limit
+    sign = "≥" if higher_is_better else "≤"
+    return {"name": name, "kind": kind, "goal": f"{sign} {limit:g} {unit}", "measured": value,
+            "unit": unit, "ok": ok}
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The product's performance targets and aims, each with its measured figure."""
+    chat = results.get("chat", [])
+    added = results.get("added_latency", [])
+    checks = []
+    json16 = _find(chat, kind="json", concurrency=16, target="gateway")
+    add1 = _find(added, kind="json", concurrency=1)
+    rps16 = json16["summary"]["rps_median"] if json16 else None
+    added1 = add1["added_p50_ms"] if add1 else None
+    checks.append(_target("JSON chat req/s at concurrency 16", rps16, 800, True, "req/s"))
+    checks.append(_target("added median latency, JSON, concurrency 1", added1, 1.0, False, "ms"))
+    at64 = [r for r in chat if r["target"] == "gateway" and r["concurrency"] == 64]
+    errors64 = (sum(r["summary"]["non_2xx"] + r["summary"]["socket_errors"] for r in at64)
+                if at64 else None)
+    checks.append(_target("errors at concurrency 64 (JSON and SSE)", errors64, 0, False,
+                          "errors"))
+    held = results.get("held_streams") or {}
+    checks.append(_target(f"errors with {held.get('streams', '?')} open streams",
+                          held.get("errors"), 0, False, "errors"))
+    checks.append(_target(f"gateway RSS with {held.get('streams', '?')} open streams",
+                          held.get("rss_mib"), 250, False, "MiB"))
+    checks.append(_target("JSON chat req/s at concurrency 16", rps16, 1200, True, "req/s", "aim"))
+    checks.append(_target("added median latency, JSON, concurrency 1", added1, 0.7, False, "ms",
+                          "aim"))
+    json1 = _find(chat, kind="json", concurrency=1, target="gateway")
+    checks.append(_target("p99 latency, JSON, concurrency 1",
+                          json1["summary"]["p99_ms"] if json1 else None, 3, False, "ms", "aim"))
+    events = (results.get("sse_events") or {}).get("gateway") or {}
+    checks.append(_target("relayed SSE events/s", events.get("events_per_s"), 5000, True,
+                          "events/s", "aim"))
+    routes = {row["services"]: row for row in results.get("routes", [])}
+    r1000 = routes.get(1000) or {}
+    for suffix, how in (("", "router alone"), ("_live", "live counters")):
+        checks.append(_target(f"route decision, ≤ 10 of 1,000 services, direct ({how})",
+                              r1000.get(f"direct10{suffix}_us"), 100, False, "µs"))
+        checks.append(_target(f"route decision, 10 of 1,000 services, role gate ({how})",
+                              r1000.get(f"role_gated{suffix}_us"), 100, False, "µs"))
+        checks.append(_target(f"route decision, all 1,000 services candidates ({how})",
+                              r1000.get(f"role_all{suffix}_us"), 1000, False, "µs"))
+    growth = results.get("route_growth") or {}
+    for shape in ("direct10", "role_gated", "role_all"):
+        checks.append(_target(f"route time growth per 10x services ({shape})",
+                              growth.get(shape), 10, False, "x (10 = linear)"))
+    return checks
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |"
+              for row in rows]
+    return [*lines, ""]
+
+
+def render(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    plan = results["plan"]
+    out = [
+        "# GenieHive performance report", "",
+        f"Command: `{results['command']}` (mode {results['mode']}, {results['started']})", "",
+        f"Machine: {machine['nproc']} CPUs, {machine['cpu_model']}, Python {machine['python']}, "
+        f"Linux {machine['kernel']}; {machine['wrk']}; {machine['nginx']}; "
+        f"revision {machine['revision']}.", "",
+        f"CPUs: gateway on CPU {results['cpus']['gateway']}; nginx, the streaming upstream, wrk "
+        f"and the harness's clients on CPU {results['cpus']['load']}. Each chat cell: "
+        f"{plan['runs']} run(s) of {plan['duration_s']} s, one wrk thread.", "",
+    ]
+    problems = results.get("gateway_log_problems")
+    if problems:
+        out += [f"**Warning:** the gateway logged {problems} error line(s); see logs/gateway.log.",
+                ""]
+    busy = [row["summary"].get("others_cpu_pct", 0) + row["summary"].get("steal_cpu_pct", 0)
+            for row in results.get("chat", []) if row["target"] == "gateway"]
+    if busy and max(busy) > 15:
+        out += [f"**Warning:** other processes or the hypervisor (steal) took up to "
+                f"{max(busy):.0f} % of the gateway's CPU during some runs; the gateway figures "
+                "are lower than on a quiet machine.", ""]
+    out += ["## Targets", ""]
+    rows = []
+    for check in results["targets"]:
+        verdict = {True: "ok", False: "MISSED", None: "n/a"}[check["ok"]]
+        rows.append([check["kind"], check["name"], check["goal"],
+                     _fmt(check["measured"]), verdict])
+    out += _table(["", "what", "goal", "measured", "verdict"], rows)
+    out += _chat_section(results)
+    out += _stream_section(results)
+    out += _route_section(results)
+    if results.get("profile"):
+        out += _profile_section(results["profile"])
+    return "\n".join(out)
+
+
+def _chat_section(results: dict[str, Any]) -> list[str]:
+    out = ["## Chat completions (wrk)", "",
+           "req/s: median (min-max) over the runs; latency: median over the runs of wrk's "
+           "percentiles; errors: non-2xx / socket errors summed over the runs.", ""]
+    rows = []
+    for row in results["chat"]:
+        s = row["summary"]
+        rows.append([row["kind"], row["concurrency"], row["target"],
+                     f"{s['rps_median']:,.0f} ({s['rps_min']:,.0f}-{s['rps_max']:,.0f})",
+                     s["p50_ms"], s["p99_ms"], f"{s['non_2xx']} / {s['socket_errors']}",
+                     s.get("gateway_cpu_pct", "-"), s.get("irq_cpu_pct", "-"),
+                     s.get("others_cpu_pct", "-"), s.get("steal_cpu_pct", "-")])
+    out += ["CPU columns: shares of the gateway's CPU during the gateway runs: the gateway "
+            "process, interrupts (mostly its own loopback traffic), other processes, steal.", ""]
+    out += _table(["body", "conc.", "target", "req/s", "p50 ms", "p99 ms", "errors",
+                   "gateway %", "irq %", "others %", "steal %"], rows)
+    after = results.get("chat_after_streams")
+    if after:
+        out += [f"Again right after the burst of relayed streams ({after['kind']}, concurrency "
+                f"{after['concurrency']}, one run): {after['rps']:,.0f} req/s, p50 "
+                f"{_fmt(after['p50_ms'], 3)} ms, p99 {_fmt(after['p99_ms'], 3)} ms, errors "
+                f"{after['non_2xx']} / {after['socket_errors']}, gateway CPU "
+                f"{_fmt(after.get('gateway_cpu_pct'), 1)} %.", ""]
+    out += ["Added latency (gateway p50 - direct p50, paired within each run; median of runs):",
+            ""]
+    out += _table(["body", "conc.", "added p50 ms", "per run"],
+                  [[a["kind"], a["concurrency"], a["added_p50_ms"],
+                    ", ".join(f"{v:.3f}" for v in a["per_run_ms"])]
+                   for a in results["added_latency"]])
+    return out
+
+
+def _stream_section(results: dict[str, Any]) -> list[str]:
+    out = ["## Streaming", ""]
+    events = results.get("sse_events") or {}
+    rows = [[target, e.get("streams"), e.get("events_per_stream"), e.get("events"),
+             e.get("seconds"), e.get("events_per_s"), e.get("errors")]
+            for target, e in events.items()]
+    out += ["Relayed SSE events (concurrent streams, each event written separately upstream):",
+            ""]
+    out += _table(["target", "streams", "events each", "events", "s", "events/s", "errors"],
+                  rows)
+    first = results.get("first_byte") or {}
+    out += ["Time to first SSE byte (sequential, one keep-alive connection):", ""]
+    out += _table(["target", "samples", "median ms", "p90 ms", "errors"],
+                  [[t, f.get("samples"), f.get("median_ms"), f.get("p90_ms"), f.get("errors")]
+                   for t, f in first.items() if isinstance(f, dict)])
+    if "added_ms" in first:
+        out += [f"Added first-byte delay: {_fmt(first['added_ms'], 3)} ms.", ""]
+    held = results.get("held_streams") or {}
+    if held:
+        out += ["Concurrent open streams (the upstream sends one event, then holds each open):",
+                ""]
+        out += _table(
+            ["streams", "held", "errors", "open s", "RSS before MiB", "RSS held MiB",
+             "peak MiB", "per stream KiB", "gateway fds", "after release"],
+            [[held.get("streams"), held.get("held"), held.get("errors"),
+              held.get("open_seconds"), held.get("rss_before_mib"), held.get("rss_mib"),
+              held.get("hwm_mib"), held.get("per_stream_kib"), held.get("gateway_fds"),
+              held.get("after_release", "n/a")]],
+        )
+        if held.get("error"):
+            out += [f"Note: {held['error']}", ""]
+    return out
+
+
+def _route_section(results: dict[str, Any]) -> list[str]:
+    out = ["## Route decisions (`routing.resolve`, median µs per decision)", "",
+           "direct10: a model served by 10 services; role_gated: a role whose trust-tier gate "
+           "leaves 10; role_all: a role every service passes. Plain columns time the router "
+           "with precomputed runtime values; *live* columns read them from `LiveState` (a full "
+           "window of 100 measurements per service), as the gateway does.", ""]
+    rows = [[r["services"], r["snapshot_build_ms"], r["direct10_us"], r["role_gated_us"],
+             r["role_all_us"], r.get("direct10_live_us"), r.get("role_gated_live_us"),
+             r.get("role_all_live_us")] for r in results.get("routes", [])]
+    out += _table(["services", "snapshot build ms", "direct10", "role_gated", "role_all",
+                   "direct10 live", "role_gated live", "role_all live"], rows)
+    growth = results.get("route_growth") or {}
+    if growth:
+        out += ["Worst growth per 10x services (10 = linear): " + ", ".join(
+            f"{shape} {_fmt(value)}" for shape, value in growth.items()), ""]
+    return out
+
+
+def _profile_section(profile: dict[str, Any]) -> list[str]:
+    out = ["## Profile (py-spy, gateway under wrk c=16)", ""]
+    for kind, ranking in profile.items():
+        if "error" in ranking:
+            out += [f"{kind}: {ranking['error']}", ""]
+            continue
+        out += [f"### {kind}: {ranking['samples']} samples "
+                f"({_fmt(ranking.get('rps_while_sampled'), 0)} req/s while sampled)", "",
+                "By package (own time): " + ", ".join(
+                    f"{p['name']} {p['pct']}%" for p in ranking["packages"][:10]), ""]
+        out += _table(["own %", "function"],
+                      [[p["pct"], f"`{p['name']}`"] for p in ranking["self"][:12]])
+        out += _table(["inclusive %", "geniehive function"],
+                      [[p["pct"], f"`{p['name']}`"] for p in ranking["inclusive_geniehive"][:12]])
+    return out

@@ -1,0 +1,256 @@
+"""The GenieHive performance harness: one command, side-by-side figures.
+
+    python bench/run.py [--quick | --smoke] [--profile] [--out bench/results]
+
+It starts nginx (the JSON and short-SSE upstream), a raw-socket streaming upstream
+(bench/upstream.py) and `geniehive serve`, with the gateway pinned to one CPU and every
+load source to the other, then measures, in one run and on the same processes:
+  - chat completions, JSON and SSE, direct (wrk -> upstream) and through the gateway, at
+    each concurrency, with the added latency paired run by run;
+  - time to the first SSE byte, direct and through the gateway;
+  - relayed SSE events per second over many concurrent streams;
+  - (with --profile) where the gateway's time goes, sampled with py-spy under load;
+  - the gateway's RSS with many concurrently open streams;
+  - route-decision time for 10 to 10,000 services (in-process).
+It writes report.json and report.md under --out and prints the Markdown. Nothing is
+installed: a missing tool is reported with the command that installs it (exit 2).
+Exit status: 0 measured (targets missed are reported, not failed), 1 a run broke, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench` and `geniehive` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio
+
+from bench import procs, report, routes, streams
+from bench.procs import Proc
+from bench.wrkrun import WrkError, run_wrk, summarize
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: int
+    duration_s: int
+    concurrency: tuple[int, ...]
+    warmup_s: int
+    event_streams: int
+    events: int
+    first_byte_samples: int
+    held_streams: int
+    route_sizes: tuple[int, ...]
+    route_repeat: int
+    profile_s: int
+    settle_s: float  # idle time before a new body kind and the profile (see settle())
+
+
+PLANS = {
+    "full": Plan(3, 5, (1, 16, 64), 2, 200, 200, 200, 1000, (10, 100, 1000, 10000), 5, 8, 6),
+    "quick": Plan(1, 1, (1, 16, 64), 1, 200, 200, 50, 1000, (10, 100, 1000, 10000), 3, 3, 6),
+    "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0),
+}
+
+
+def settle(plan: Plan) -> None:
+    """Let the gateway's idle upstream connections from the previous phase expire.
+
+    The httpx pool the gateway uses today scans every pooled connection on each request, so
+    64 idle connections left by a c=64 cell slow the next cell for their keep-alive expiry
+    (httpx's default, 5 s). Waiting longer than that keeps one cell from skewing the next;
+    the `chat_after_streams` figure measures that effect on purpose.
+    """
+    time.sleep(plan.settle_s)
+
+
+def measure_chat(stack: dict[str, Proc], plan: Plan, cpu: int) -> tuple[list, list]:
+    """wrk direct and through the gateway, interleaved run by run so drift hits both."""
+    gateway = stack["gateway"].port
+    watch = (stack["gateway"].pid, procs.cpu_plan()[0])
+    direct = {"json": stack["nginx"].port, "sse": stack["nginx_sse"].port}
+    if plan.warmup_s:
+        for kind in direct:
+            run_wrk(kind, gateway, 16, plan.warmup_s, cpu)
+    cells: list[dict[str, Any]] = []
+    added: list[dict[str, Any]] = []
+    for kind, direct_port in direct.items():
+        settle(plan)
+        for conc in plan.concurrency:
+            pairs = []
+            for _ in range(plan.runs):
+                pairs.append((run_wrk(kind, direct_port, conc, plan.duration_s, cpu),
+                              run_wrk(kind, gateway, conc, plan.duration_s, cpu, watch)))
+            for index, target in enumerate(("direct", "gateway")):
+                runs = [pair[index] for pair in pairs]
+                cells.append({"kind": kind, "concurrency": conc, "target": target,
+                              "runs": runs, "summary": summarize(runs)})
+            per_run = [round(g["p50_ms"] - d["p50_ms"], 3) for d, g in pairs]
+            added.append({"kind": kind, "concurrency": conc, "per_run_ms": per_run,
+                          "added_p50_ms": round(statistics.median(per_run), 3)})
+            print(f"  {kind} c={conc}: gateway {cells[-1]['summary']['rps_median']:,.0f} req/s, "
+                  f"direct {cells[-2]['summary']['rps_median']:,.0f} req/s", file=sys.stderr)
+    return cells, added
+
+
+def measure_streams(stack: dict[str, Proc], plan: Plan) -> dict[str, Any]:
+    gateway = stack["gateway"].port
+
+    async def main() -> dict[str, Any]:
+        first = {
+            "direct": await streams.first_byte(stack["nginx_sse"].port, "bench-sse",
+                                               plan.first_byte_samples, 60),
+            "gateway": await streams.first_byte(gateway, "bench-sse",
+                                                plan.first_byte_samples, 60),
+        }
+        first["added_ms"] = round(first["gateway"]["median_ms"] - first["direct"]["median_ms"], 3)
+        events = {
+            "direct": await streams.relay_events(stack["stream"].port, plan.event_streams,
+                                                 plan.events, 120),
+            "gateway": await streams.relay_events(gateway, plan.event_streams, plan.events, 120),
+        }
+        return {"first_byte": first, "sse_events": events}
+
+    return trio.run(main)
+
+
+def measure_held(gateway: Proc, plan: Plan) -> dict[str, Any]:
+    pid = gateway.pid
+    before = procs.rss_kib(pid)["VmRSS"]
+
+    def on_held(held: int) -> dict[str, Any]:
+        now = procs.rss_kib(pid)
+        return {
+            "rss_before_mib": round(before / 1024, 1),
+            "rss_mib": round(now["VmRSS"] / 1024, 1),
+            "hwm_mib": round(now["VmHWM"] / 1024, 1),
+            "per_stream_kib": round((now["VmRSS"] - before) / max(held, 1), 1),
+            "gateway_fds": len(os.listdir(f"/proc/{pid}/fd")),
+        }
+
+    result = trio.run(streams.hold_streams, gateway.port, plan.held_streams, 120, on_held)
+
+    async def after() -> str:
+        # The gateway must still answer once every held stream has gone.
+        first = await streams.first_byte(gateway.port, "bench-sse", 3, 30)
+        return "ok" if first["samples"] and not first["errors"] else f"failed: {first}"
+
+    result["after_release"] = trio.run(after)
+    return result
+
+
+def measure_after(stack: dict[str, Proc], plan: Plan, cpu: int) -> dict[str, Any]:
+    """JSON chat at the middle concurrency right after the relayed-events burst, while the
+    upstream connections that burst opened are still pooled: a pool whose cost grows with
+    its size shows it here (compare with the same cell of the matrix)."""
+    conc = plan.concurrency[len(plan.concurrency) // 2]
+    gateway = stack["gateway"]
+    run = run_wrk("json", gateway.port, conc, plan.duration_s, cpu,
+                  (gateway.pid, procs.cpu_plan()[0]))
+    return {"kind": "json", "concurrency": conc, **run}
+
+
+def measure_profile(stack: dict[str, Proc], plan: Plan, cpu: int, out: Path) -> dict[str, Any]:
+    from bench import profile
+
+    gateway = stack["gateway"]
+    found = {}
+    for kind in ("json", "sse"):
+        settle(plan)
+        found[kind] = profile.record(gateway.pid, kind, gateway.port, plan.profile_s, cpu, out)
+    return found
+
+
+def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    plan = PLANS[mode]
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    nofile = procs.raise_open_files()
+    gw_cpu, load_cpu = procs.cpu_plan()
+    # The harness's own clients are load too: keep them off the gateway's CPU.
+    os.sched_setaffinity(0, {load_cpu})
+    results: dict[str, Any] = {
+        "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+        "mode": mode,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": procs.machine_info(),
+        "cpus": {"gateway": gw_cpu, "load": load_cpu},
+        "plan": asdict(plan),
+    }
+    print(f"starting upstreams and the gateway (logs in {out / 'logs'})", file=sys.stderr)
+    with procs.open_stack(out, plan.events, nofile) as stack:
+        print("chat completions (wrk)", file=sys.stderr)
+        results["chat"], results["added_latency"] = measure_chat(stack, plan, load_cpu)
+        if args.profile:
+            # Before the streaming phases, which leave the upstream pool larger.
+            print("profiling the gateway with py-spy", file=sys.stderr)
+            results["profile"] = measure_profile(stack, plan, load_cpu, out)
+        print("first byte and relayed SSE events", file=sys.stderr)
+        settle(plan)
+        results.update(measure_streams(stack, plan))
+        print("chat completions again, right after the burst of streams", file=sys.stderr)
+        results["chat_after_streams"] = measure_after(stack, plan, load_cpu)
+        print(f"{plan.held_streams} concurrently open streams", file=sys.stderr)
+        results["held_streams"] = measure_held(stack["gateway"], plan)
+        results["gateway_log_problems"] = _log_problems(stack["gateway"])
+    print("route decisions", file=sys.stderr)
+    os.sched_setaffinity(0, {gw_cpu})  # the routing timings run alone, on the quiet CPU
+    # The smoke run only checks that the timing works: a few fixed loops are enough.
+    loops = 20 if mode == "smoke" else None
+    results["routes"] = routes.measure(plan.route_sizes, plan.route_repeat, loops)
+    results["route_growth"] = {shape: routes.growth(results["routes"], shape)
+                               for shape in routes.SHAPES}
+    results["targets"] = report.check_targets(results)
+    return results
+
+
+def _log_problems(gateway: Proc) -> int:
+    text = gateway.log.read_text(errors="replace")
+    return sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="one run of 1 s per cell")
+    speed.add_argument("--smoke", action="store_true",
+                       help="seconds-long sanity run (tests): tiny load, 20 held streams")
+    parser.add_argument("--profile", action="store_true",
+                        help="also sample the gateway with py-spy under load")
+    parser.add_argument("--out", type=Path, default=procs.BENCH / "results",
+                        help="folder for report.md, report.json, logs (default bench/results)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    missing = procs.missing_tools(("py-spy",) if args.profile else ())
+    if missing:
+        print(f"missing: {', '.join(missing)}; install with:\n{procs.install_hint(missing)}",
+              file=sys.stderr)
+        return 2
+    try:
+        results = run(args, mode)
+    except (RuntimeError, WrkError, OSError) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    markdown = report.render(results)
+    out = args.out.resolve()
+    (out / "report.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    (out / "report.md").write_text(markdown + "\n")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

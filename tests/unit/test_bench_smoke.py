@@ -1,0 +1,51 @@
+"""The performance harness runs end to end in its seconds-long smoke mode.
+
+It needs wrk and nginx (the fake upstream) from Debian; when they are missing the test fails
+with the exact install command, because CI installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import procs
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
+    missing = procs.missing_tools()
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}; install with: {procs.install_hint(missing)}")
+    done = subprocess.run(
+        [sys.executable, str(procs.BENCH / "run.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, cwd=str(procs.REPO), check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    markdown = (tmp_path / "report.md").read_text()
+    assert markdown.startswith("# GenieHive performance report")
+    assert markdown in done.stdout
+
+    cells = {(c["kind"], c["target"]): c["summary"] for c in report["chat"]}
+    assert set(cells) == {(k, t) for k in ("json", "sse") for t in ("direct", "gateway")}
+    for summary in cells.values():
+        assert summary["rps_median"] > 0
+        assert summary["non_2xx"] == 0 and summary["socket_errors"] == 0
+    assert all(math.isfinite(a["added_p50_ms"]) for a in report["added_latency"])
+
+    assert report["first_byte"]["gateway"]["samples"] > 0
+    assert report["sse_events"]["gateway"]["events_per_s"] > 0
+    assert report["sse_events"]["gateway"]["errors"] == 0
+    held = report["held_streams"]
+    assert held["held"] == held["streams"] and held["errors"] == 0
+    assert held["rss_mib"] > 0 and held["after_release"] == "ok"
+    assert [row["services"] for row in report["routes"]] == [10, 100]
+    assert all(row["direct10_us"] > 0 for row in report["routes"])
+    assert report["targets"] and "## Targets" in markdown
