@@ -87,7 +87,8 @@ class ProxyApp:
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, endpoint: str, operation: str
     ) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # ASGI header names arrive lower-cased.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         started = trio.current_time()
         writer = _writer(send)

@@ -10,7 +10,8 @@ Rule: before the first byte reaches the client, a retryable failure moves on to 
 candidate, up to `routing.max_attempts` tries in all; then the error is raised (502 or 504).
 After the first byte nothing is retried: a failure ends the stream with one SSE error event.
 Every upstream call has a connect timeout (the pool's), a time-to-headers timeout and an
-idle-chunk timeout (both `trio.fail_after`); none caps the total duration.
+idle-chunk timeout (a cancel scope each: `IdleTimed` moves one deadline along a stream);
+none caps the total duration.
 """
 
 from __future__ import annotations
@@ -301,13 +302,14 @@ class Relay:
                 (b"content-type", f"multipart/form-data; boundary={boundary}".encode())
             )
         try:
-            with trio.fail_after(gw.config.routing.first_byte_timeout_s):
+            with trio.CancelScope(
+                deadline=trio.current_time() + gw.config.routing.first_byte_timeout_s
+            ):
                 return await gw.pool.request(
                     request.method, adapter.url(request.path), headers, content,
                     content_length=length,
                 )
-        except trio.TooSlowError:
-            raise _Failed("timeout", "no response headers in time") from None
+            raise _Failed("timeout", "no response headers in time")  # only if it expired
         except ConnectTimeout:
             raise _Failed("timeout", "connect timed out") from None
         except ConnectFailed as exc:
@@ -317,14 +319,9 @@ class Relay:
 
     async def _read_all(self, response: PoolResponse, limit: int | None = None) -> bytes:
         """The whole body, each gap bounded by the idle timeout; `limit` truncates."""
-        idle = self.gw.config.routing.idle_stream_timeout_s
         parts: list[bytes] = []
         size = 0
-        while True:
-            with trio.fail_after(idle):
-                chunk = await response.read_chunk()
-            if chunk is None:
-                break
+        async for chunk in IdleTimed(response, self.gw.config.routing.idle_stream_timeout_s):
             parts.append(chunk)
             size += len(chunk)
             if limit is not None and size >= limit:
@@ -365,17 +362,12 @@ class Relay:
         strip: bool,
         outcome: Outcome,
     ) -> tuple[bool, float | None, float | None]:
-        idle = self.gw.config.routing.idle_stream_timeout_s
         stripper = SSEStripper(strip=strip)
         started = trio.current_time()
         first: float | None = None
         await writer.start(200, [*SSE_HEADERS, *headers])
         try:
-            while True:
-                with trio.fail_after(idle):
-                    chunk = await response.read_chunk()
-                if chunk is None:
-                    break
+            async for chunk in IdleTimed(response, self.gw.config.routing.idle_stream_timeout_s):
                 if first is None:
                     first = trio.current_time()
                 out = stripper.feed(chunk)
@@ -454,14 +446,9 @@ class Relay:
             await writer.body(raw, False)
             return True, None, None
         # Binary answers (speech, images) are streamed back as they come.
-        idle = self.gw.config.routing.idle_stream_timeout_s
         await writer.start(response.status, [(b"content-type", content_type.encode()), *headers])
         try:
-            while True:
-                with trio.fail_after(idle):
-                    chunk = await response.read_chunk()
-                if chunk is None:
-                    break
+            async for chunk in IdleTimed(response, self.gw.config.routing.idle_stream_timeout_s):
                 await writer.body(chunk, True)
         except (trio.TooSlowError, PoolError):
             await writer.body(b"", False)
@@ -476,6 +463,33 @@ SSE_HEADERS = (
     (b"x-accel-buffering", b"no"),
 )
 JSON_HEADERS = ((b"content-type", b"application/json"),)
+
+
+class IdleTimed:
+    """The body chunks of an upstream answer; trio.TooSlowError when a gap exceeds `idle_s`.
+
+    One cancel scope per read, created directly (cheaper than `trio.fail_after`'s context
+    manager on a path that runs for every chunk). Only the wait for the upstream is timed:
+    the time the caller spends writing to a slow client is not an upstream gap.
+    """
+
+    __slots__ = ("idle_s", "response")
+
+    def __init__(self, response: PoolResponse, idle_s: float) -> None:
+        self.response = response
+        self.idle_s = idle_s
+
+    def __aiter__(self) -> IdleTimed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        with trio.CancelScope(deadline=trio.current_time() + self.idle_s) as scope:
+            chunk = await self.response.read_chunk()
+        if scope.cancelled_caught:
+            raise trio.TooSlowError
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
 
 
 def _length(raw: bytes) -> tuple[bytes, bytes]:
