@@ -60,7 +60,7 @@ class ManagedProcess:
     pid: int | None = None
     restarts: int = 0
     last_exit: str | None = None
-    process: trio.Process | None = field(default=None, repr=False)
+    process: Child | None = field(default=None, repr=False)
     started_at: float = 0.0
 
 
@@ -95,7 +95,37 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def _signal_group(process: trio.Process, signum: int) -> None:
+class Child:
+    """A child process whose exit is awaited without a thread (a pidfd on Linux).
+
+    Offers the part of `trio.Process` the launcher uses: `pid`, `returncode`, `wait()`.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self._pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):
+                self._pidfd = os.pidfd_open(popen.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    async def wait(self) -> int:
+        while (code := self.popen.poll()) is None:
+            if self._pidfd is not None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+            else:
+                await trio.sleep(0.1)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return code
+
+
+def _signal_group(process: Child, signum: int) -> None:
     """Signal the child's process group (its session leader is the child itself)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
         os.killpg(process.pid, signum)
@@ -118,14 +148,17 @@ async def _start(index: int, upstream: UpstreamConfig, state: ManagedProcess) ->
     launch = upstream.launch
     assert launch is not None
     try:
-        process = await trio.lowlevel.open_process(
+        # Forked from this (the event loop's) thread on purpose: the kernel's parent-death
+        # signal fires when the forking *thread* exits, and trio's worker threads exit after
+        # ten idle seconds, which would kill a healthy model server.
+        process = Child(subprocess.Popen(
             resolve_command(launch.command),
             env={**os.environ, **launch.env},
             cwd=launch.cwd,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=_die_with_parent(),
-        )
+        ))
     except OSError as exc:
         raise LaunchError(
             f"upstreams[{index}] {upstream.id!r}: cannot run {launch.command[0]!r}: {exc}"
@@ -136,7 +169,7 @@ async def _start(index: int, upstream: UpstreamConfig, state: ManagedProcess) ->
              process.pid)
 
 
-async def _stop(upstream: UpstreamConfig, process: trio.Process) -> None:
+async def _stop(upstream: UpstreamConfig, process: Child) -> None:
     """SIGTERM the process group, SIGKILL it after stop_grace_s; runs even when cancelled."""
     assert upstream.launch is not None
     grace_s = upstream.launch.stop_grace_s
@@ -167,7 +200,7 @@ async def _probe_once(upstream: UpstreamConfig, probe_for: ProbeFor) -> ProbeRes
 
 
 async def _wait_ready(
-    index: int, upstream: UpstreamConfig, process: trio.Process, probe_for: ProbeFor
+    index: int, upstream: UpstreamConfig, process: Child, probe_for: ProbeFor
 ) -> None:
     """Poll the probe until it passes. Raises LaunchError on timeout or early exit."""
     assert upstream.launch is not None

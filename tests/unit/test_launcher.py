@@ -265,3 +265,22 @@ def test_exit_descriptions_name_the_signal():
     assert describe_exit(0) == "exited with code 0"
     assert describe_exit(-9) == "killed by SIGKILL"
     assert describe_exit(-200) == "killed by signal 200"
+
+
+async def test_a_managed_process_outlives_idle_worker_threads(tmp_path, monkeypatch):
+    # The parent-death signal follows the thread that forked the child. Spawned from one of
+    # trio's worker threads, a healthy server was killed when that thread retired after ten
+    # idle seconds; here threads retire after 0.1 s, so the bug would show within a second.
+    from trio._core import _thread_cache
+
+    monkeypatch.setattr(_thread_cache, "IDLE_TIMEOUT", 0.1)
+    marker = tmp_path / "pid"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            states = await nursery.start(run_launcher, [sleeper("s", marker)],
+                                         marker_probe(marker))
+            await trio.to_thread.run_sync(lambda: None)  # make a worker thread, let it retire
+            await trio.sleep(1.0)
+            assert alive(states["s"].pid)
+            assert states["s"].restarts == 0
+            nursery.cancel_scope.cancel()
