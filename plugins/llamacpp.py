@@ -141,15 +141,7 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
             return Props(None, None)
 
     async def probe(self) -> ProbeResult:
-        try:
-            response = await self.client.get(
-                self.url("/health"), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
-            )
-        except httpx.TimeoutException:
-            return ProbeResult(False, "timed out")
-        except httpx.HTTPError as exc:
-            return ProbeResult(False, f"unreachable: {type(exc).__name__}")
-        return parse_llamacpp_health(response.status_code, response.content)
+        return await self.probe_get("/health", parse_llamacpp_health)
 
     async def observe(self) -> Observed | None:
         # Load figures are advisory: a failed reading must not fail the discovery pass.

@@ -119,16 +119,7 @@ class OllamaAdapter(OpenAICompatibleAdapter):
         return parse_ollama_tags(await self._get_json("/api/tags"), running)
 
     async def probe(self) -> ProbeResult:
-        try:
-            response = await self.client.get(
-                self.url("/api/version"), headers=self.ctx.auth_headers,
-                timeout=self.ctx.timeout_s,
-            )
-        except httpx.TimeoutException:
-            return ProbeResult(False, "timed out")
-        except httpx.HTTPError as exc:
-            return ProbeResult(False, f"unreachable: {type(exc).__name__}")
-        return parse_ollama_version(response.status_code, response.content)
+        return await self.probe_get("/api/version", parse_ollama_version)
 
     async def observe(self) -> Observed | None:
         # Load figures are advisory: a failed reading must not fail the discovery pass.

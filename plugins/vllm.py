@@ -53,15 +53,7 @@ class VllmAdapter(OpenAICompatibleAdapter):
     kind = "vllm"
 
     async def probe(self) -> ProbeResult:
-        try:
-            response = await self.client.get(
-                self.url("/health"), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
-            )
-        except httpx.TimeoutException:
-            return ProbeResult(False, "timed out")
-        except httpx.HTTPError as exc:
-            return ProbeResult(False, f"unreachable: {type(exc).__name__}")
-        return parse_vllm_health(response.status_code)
+        return await self.probe_get("/health", lambda status, _body: parse_vllm_health(status))
 
     async def observe(self) -> Observed | None:
         # Load figures are advisory: a failed reading must not fail the discovery pass.

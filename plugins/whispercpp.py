@@ -20,8 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import httpx
-
 from geniehive.adapters import Adapter, AdapterSpec, Asset, ProbeResult, UpstreamRequest
 
 INFERENCE_PATH = "/inference"
@@ -89,15 +87,7 @@ class WhisperCppAdapter(Adapter):
         return [replace(asset, loaded=True) for asset in self.ctx.configured_assets]
 
     async def probe(self) -> ProbeResult:
-        try:
-            response = await self.client.get(
-                self.url("/health"), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
-            )
-        except httpx.TimeoutException:
-            return ProbeResult(False, "timed out")
-        except httpx.HTTPError as exc:
-            return ProbeResult(False, f"unreachable: {type(exc).__name__}")
-        return ProbeResult(response.status_code == 200, f"HTTP {response.status_code}")
+        return await self.probe_get("/health")
 
     def build_request(
         self,

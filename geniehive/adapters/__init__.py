@@ -138,6 +138,26 @@ class Adapter:
         """A liveness check that spends no tokens."""
         raise NotImplementedError
 
+    async def probe_get(
+        self, path: str, verdict: Callable[[int, bytes], ProbeResult] | None = None
+    ) -> ProbeResult:
+        """GET `path` on the upstream and judge the answer: the usual body of `probe()`.
+
+        `verdict(status, body)` judges an answer (by default: healthy on 200). A timeout or a
+        connection failure is unhealthy with a short reason; nothing is raised.
+        """
+        try:
+            response = await self.client.get(
+                self.url(path), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
+            )
+        except httpx.TimeoutException:
+            return ProbeResult(False, "timed out")
+        except httpx.HTTPError as exc:
+            return ProbeResult(False, f"unreachable: {type(exc).__name__}")
+        if verdict is None:
+            return ProbeResult(response.status_code == 200, f"HTTP {response.status_code}")
+        return verdict(response.status_code, response.content)
+
     async def observe(self) -> Observed | None:
         """Load metrics (optional)."""
         return None
@@ -226,19 +246,13 @@ class OpenAICompatibleAdapter(Adapter):
         return parse_openai_models(await self._get_json(self.models_path))
 
     async def probe(self) -> ProbeResult:
-        try:
-            response = await self.client.get(
-                self.url(self.models_path),
-                headers=self.ctx.auth_headers,
-                timeout=self.ctx.timeout_s,
-            )
-        except httpx.TimeoutException:
-            return ProbeResult(False, "timed out")
-        except httpx.HTTPError as exc:
-            return ProbeResult(False, f"unreachable: {type(exc).__name__}")
-        if response.status_code >= 500:
-            return ProbeResult(False, f"HTTP {response.status_code}")
-        return ProbeResult(True, f"HTTP {response.status_code}")
+        return await self.probe_get(self.models_path, _below_500)
+
+
+def _below_500(status: int, body: bytes) -> ProbeResult:
+    # Any answer short of a server error means the server is up (a 401 from a server that
+    # wants a key still proves it is alive).
+    return ProbeResult(status < 500, f"HTTP {status}")
 
 
 @dataclass(frozen=True, slots=True)
