@@ -19,11 +19,10 @@ import math
 import statistics
 import time
 import timeit
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 from geniehive import routing
-from geniehive.live import WINDOW, LiveState
+from geniehive.live import WINDOW, LiveState, RuntimeView
 from geniehive.models import (
     Asset,
     Host,
@@ -81,28 +80,9 @@ def routing_context(snapshot: Snapshot, now: float) -> routing.RoutingContext:
     return routing.RoutingContext(now=now, runtime=runtime)
 
 
-class LiveRuntimes(Mapping[str, routing.ServiceRuntime]):
-    """Runtime values computed from live counters on each lookup, as the gateway does."""
-
-    def __init__(self, live: LiveState, now: float) -> None:
-        self.live = live
-        self.now = now
-
-    def __getitem__(self, service_id: str) -> routing.ServiceRuntime:
-        return self.live.runtime(service_id, self.now)
-
-    def get(self, service_id: str, default: Any = None) -> routing.ServiceRuntime:  # type: ignore[override]
-        return self.live.runtime(service_id, self.now)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.live.services)
-
-    def __len__(self) -> int:
-        return len(self.live.services)
-
-
 def live_context(snapshot: Snapshot, now: float) -> routing.RoutingContext:
-    """A context over `LiveState` holding a full window of successes per service."""
+    """A context over `LiveState` holding a full window of successes per service, read
+    through the gateway's own view of it."""
     live = LiveState()
     clock = 1000.0
     for number, service_id in enumerate(snapshot.services):
@@ -110,7 +90,7 @@ def live_context(snapshot: Snapshot, now: float) -> routing.RoutingContext:
             live.attempt_started(service_id, clock)
             live.attempt_succeeded(service_id, clock, latency_ms=800.0 + (sample * 7 + number) % 90,
                                    ttft_ms=120.0 + sample % 13, tokens_per_sec=30.0 + sample % 9)
-    return routing.RoutingContext(now=now, runtime=LiveRuntimes(live, clock))
+    return routing.RoutingContext(now=now, runtime=RuntimeView(live, clock))
 
 
 def time_call(call: Any, repeat: int, loops: int | None = None) -> float:

@@ -28,19 +28,19 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from geniehive import ws
 from geniehive.adapters.loader import PluginError, load_adapters
+from geniehive.api_cluster import register_cluster_routes
 from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.api_nodes import run_heartbeat_listener
-from geniehive import ws
-from geniehive.api_cluster import register_cluster_routes
 from geniehive.app import create_asgi
 from geniehive.config import ConfigError, ControlConfig
 from geniehive.discovery import local_host, local_services, run_discovery
 from geniehive.gateway import Gateway
-from geniehive.prober import run_prober
 from geniehive.launcher import LaunchError, run_launcher
 from geniehive.models import LOCAL_HOST_ID
 from geniehive.pool import UpstreamPool
+from geniehive.prober import run_prober
 from geniehive.registry import open_registry
 from geniehive.sdnotify import notify, run_watchdog
 
@@ -237,13 +237,9 @@ async def _wait_proxy_drained(nursery: trio.Nursery, gateway: Gateway) -> None:
     them open for the whole grace period.
     """
     with trio.move_on_after(gateway.config.server.shutdown_grace_s):
-        while gateway.active_requests > 0 and _proxy_running(nursery):
-            await trio.sleep(0.05)
+        await gateway.wait_drained()
     if gateway.active_requests > 0:
         log.info("grace period over: cancelling %d request(s) still running",
                  gateway.active_requests)
     nursery.cancel_scope.cancel()
 
-
-def _proxy_running(nursery: trio.Nursery) -> bool:
-    return any(t.name.endswith("serve_proxy") for t in nursery.child_tasks)

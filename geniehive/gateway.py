@@ -20,33 +20,10 @@ from geniehive.adapters.loader import build_adapter
 from geniehive.auth import Authenticator
 from geniehive.config import ControlConfig
 from geniehive.errors import ModelNotFound, NoHealthyUpstream, WrongOperation
-from geniehive.live import LiveState
+from geniehive.live import LiveState, RuntimeView
 from geniehive.metrics import GatewayMetrics
 from geniehive.models import Policy, Service, Snapshot
 from geniehive.registry import Registry
-
-
-class _RuntimeView(Mapping[str, routing.ServiceRuntime]):
-    """Live numbers computed on demand, so a decision costs only what it looks at."""
-
-    def __init__(self, live: LiveState, now: float) -> None:
-        self.live = live
-        self.now = now
-
-    def __getitem__(self, service_id: str) -> routing.ServiceRuntime:
-        return self.live.runtime(service_id, self.now)
-
-    def get(self, service_id: str, default: Any = None) -> routing.ServiceRuntime:  # type: ignore[override]
-        return self.live.runtime(service_id, self.now)
-
-    def __contains__(self, service_id: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.live.services)
-
-    def __len__(self) -> int:
-        return len(self.live.services)
 
 
 class Gateway:
@@ -69,6 +46,7 @@ class Gateway:
         )
         self.ready = False
         self.active_requests = 0  # HTTP requests and websockets being served now
+        self._drained: trio.Event | None = None
         self.started: set[str] = set()
         self.created = int(time.time())
         # Long-lived tasks other modules add to the tree (heartbeat listener, launcher) and
@@ -80,6 +58,20 @@ class Gateway:
         self.metrics = GatewayMetrics(self)
         self._adapters: dict[str, tuple[tuple[Any, ...], Adapter]] = {}
         self._monotonic = monotonic
+
+    def request_started(self) -> None:
+        self.active_requests += 1
+
+    def request_finished(self) -> None:
+        self.active_requests -= 1
+        if self.active_requests == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def wait_drained(self) -> None:
+        """Wait until no HTTP request or websocket is being served."""
+        while self.active_requests > 0:
+            self._drained = trio.Event()
+            await self._drained.wait()
 
     @property
     def snapshot(self) -> Snapshot:
@@ -114,12 +106,14 @@ class Gateway:
             now=time.time(),
             stale_after_s=self.config.nodes.stale_after_s,
             default_strategy=self.config.routing.strategy,
-            runtime=_RuntimeView(self.live, self._monotonic()),
+            runtime=RuntimeView(self.live, self._monotonic()),
             rr_counters=self.live.rr_counters,
         )
 
     def resolve(self, name: str, operation: str, *, stream: bool = False) -> routing.RouteDecision:
-        return routing.resolve(self.snapshot, name, operation, self.routing_context(), stream=stream)
+        return routing.resolve(
+            self.snapshot, name, operation, self.routing_context(), stream=stream
+        )
 
     def decision_chain(
         self, decision: routing.RouteDecision, *, stream: bool

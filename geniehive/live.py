@@ -4,17 +4,23 @@ Rule: owned by the event loop thread, never persisted. Routing reads them throug
 `runtime()`, which returns immutable `ServiceRuntime` values; the relay, the prober and the
 breaker update them. Round-robin counters live here too and advance only through
 `advance_round_robin`, called once per routed request.
+
+Reading is O(1) amortized: a service's percentiles are computed once per new measurement and
+its `ServiceRuntime` is reused (the same object) until something it shows changes, so routing
+can tell an unchanged service by identity. `health_suspects` names the services whose probe
+is down or whose breaker is not closed: every other service passes the health gates on its
+runtime alone, which lets a decision skip the services a role's static gates exclude.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
-from geniehive import health
-from geniehive.routing import ServiceRuntime
+from geniehive import health, routing
+from geniehive.routing import NO_RUNTIME, ServiceRuntime
 
 log = logging.getLogger("geniehive.breaker")
 
@@ -29,34 +35,145 @@ def _percentile(values: Iterable[float], fraction: float) -> float | None:
     return ordered[index]
 
 
-@dataclass(slots=True)
 class ServiceLive:
-    in_flight: int = 0
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
-    ttfts_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
-    tokens_per_sec: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
-    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
-    requests: int = 0
-    failures: int = 0
-    probe: health.ProbeState = field(default_factory=health.ProbeState)
-    breaker: health.BreakerState = health.CLOSED
+    """One service's counters. `probe` and `breaker` are replaced, never mutated; assigning
+    them (or recording a measurement) drops the cached runtime."""
+
+    __slots__ = (
+        "_breaker",
+        "_probe",
+        "_runtime",
+        "_stats",
+        "_suspects",
+        "failures",
+        "in_flight",
+        "latencies_ms",
+        "outcomes",
+        "requests",
+        "service_id",
+        "tokens_per_sec",
+        "ttfts_ms",
+    )
+
+    def __init__(self, service_id: str = "", suspects: set[str] | None = None) -> None:
+        self.service_id = service_id
+        self.in_flight = 0
+        self.latencies_ms: deque[float] = deque(maxlen=WINDOW)
+        self.ttfts_ms: deque[float] = deque(maxlen=WINDOW)
+        self.tokens_per_sec: deque[float] = deque(maxlen=WINDOW)
+        self.outcomes: deque[bool] = deque(maxlen=WINDOW)
+        self.requests = 0
+        self.failures = 0
+        self._suspects = suspects if suspects is not None else set()
+        self._probe = health.ProbeState()
+        self._breaker = health.CLOSED
+        # (samples, p50 latency, p50 TTFT, p50 tokens/s, error rate), None once stale
+        self._stats: tuple[int, float | None, float | None, float | None, float] | None = None
+        self._runtime: ServiceRuntime | None = None
+
+    @property
+    def probe(self) -> health.ProbeState:
+        return self._probe
+
+    @probe.setter
+    def probe(self, state: health.ProbeState) -> None:
+        self._probe = state
+        self._runtime = None
+        self._mark()
+
+    @property
+    def breaker(self) -> health.BreakerState:
+        return self._breaker
+
+    @breaker.setter
+    def breaker(self, state: health.BreakerState) -> None:
+        if state is self._breaker:
+            return
+        self._breaker = state
+        self._runtime = None
+        self._mark()
+
+    def _mark(self) -> None:
+        if self._probe.verdict == "down" or self._breaker.state != "closed":
+            self._suspects.add(self.service_id)
+        else:
+            self._suspects.discard(self.service_id)
+
+    def record(
+        self,
+        ok: bool,
+        latency_ms: float | None = None,
+        ttft_ms: float | None = None,
+        tokens_per_sec: float | None = None,
+    ) -> None:
+        """One finished request: its outcome and, for a success, its measurements."""
+        self.requests += 1
+        self.outcomes.append(ok)
+        if not ok:
+            self.failures += 1
+        if latency_ms is not None:
+            self.latencies_ms.append(latency_ms)
+        if ttft_ms is not None:
+            self.ttfts_ms.append(ttft_ms)
+        if tokens_per_sec is not None:
+            self.tokens_per_sec.append(tokens_per_sec)
+        self._stats = None
+        self._runtime = None
+
+    def _measures(self) -> tuple[int, float | None, float | None, float | None, float]:
+        stats = self._stats
+        if stats is None:
+            stats = self._stats = (
+                len(self.latencies_ms),
+                _percentile(self.latencies_ms, 0.5),
+                _percentile(self.ttfts_ms, 0.5),
+                _percentile(self.tokens_per_sec, 0.5),
+                self._error_rate(),
+            )
+        return stats
 
     def p50_latency_ms(self) -> float | None:
-        return _percentile(self.latencies_ms, 0.5)
+        return self._measures()[1]
 
     def p95_latency_ms(self) -> float | None:
         return _percentile(self.latencies_ms, 0.95)
 
     def ttft_ms(self) -> float | None:
-        return _percentile(self.ttfts_ms, 0.5)
+        return self._measures()[2]
 
     def tok_s(self) -> float | None:
-        return _percentile(self.tokens_per_sec, 0.5)
+        return self._measures()[3]
 
     def error_rate(self) -> float:
+        return self._measures()[4]
+
+    def _error_rate(self) -> float:
         if not self.outcomes:
             return 0.0
         return sum(1 for ok in self.outcomes if not ok) / len(self.outcomes)
+
+    def runtime(self, now: float, open_s: float) -> ServiceRuntime:
+        """The numbers routing reads at `now`; the same object while none of them changed."""
+        breaker = self._breaker
+        view = breaker.state
+        if view == "open":
+            view = health.breaker_view(breaker, now, open_s)
+        cached = self._runtime
+        if cached is not None and cached.in_flight == self.in_flight and cached.breaker == view:
+            return cached
+        samples, p50, ttft, tok_s, error_rate = self._measures()
+        cached = self._runtime = ServiceRuntime(
+            probe=self._probe.verdict,
+            breaker=view,
+            trial_taken=breaker.trial_in_flight,
+            in_flight=self.in_flight,
+            samples=samples,
+            p50_latency_ms=p50,
+            ttft_ms=ttft,
+            tokens_per_sec=tok_s,
+            error_rate=error_rate,
+        )
+        return cached
 
 
 class LiveState:
@@ -64,6 +181,8 @@ class LiveState:
 
     def __init__(self, *, open_s: float = 30.0, failures: int = 3) -> None:
         self.services: dict[str, ServiceLive] = {}
+        # ids whose probe is down or whose breaker is not closed (kept by ServiceLive)
+        self.health_suspects: set[str] = set()
         self.rr_counters: dict[str, int] = {}
         self.open_s = open_s
         self.failures = failures
@@ -71,24 +190,14 @@ class LiveState:
     def get(self, service_id: str) -> ServiceLive:
         live = self.services.get(service_id)
         if live is None:
-            live = self.services[service_id] = ServiceLive()
+            live = self.services[service_id] = ServiceLive(service_id, self.health_suspects)
         return live
 
     def runtime(self, service_id: str, now: float) -> ServiceRuntime:
         live = self.services.get(service_id)
         if live is None:
-            return ServiceRuntime()
-        return ServiceRuntime(
-            probe=live.probe.verdict,
-            breaker=health.breaker_view(live.breaker, now, self.open_s),
-            trial_taken=live.breaker.trial_in_flight,
-            in_flight=live.in_flight,
-            samples=len(live.latencies_ms),
-            p50_latency_ms=live.p50_latency_ms(),
-            ttft_ms=live.ttft_ms(),
-            tokens_per_sec=live.tok_s(),
-            error_rate=live.error_rate(),
-        )
+            return NO_RUNTIME
+        return live.runtime(now, self.open_s)
 
     def runtimes(self, service_ids: Iterable[str], now: float) -> dict[str, ServiceRuntime]:
         return {sid: self.runtime(sid, now) for sid in service_ids if sid in self.services}
@@ -106,9 +215,7 @@ class LiveState:
     def attempt_failed(self, service_id: str, now: float) -> None:
         live = self.get(service_id)
         live.in_flight -= 1
-        live.requests += 1
-        live.failures += 1
-        live.outcomes.append(False)
+        live.record(False)
         self._set_breaker(
             service_id, live,
             health.next_breaker_on_result(live.breaker, False, now, failures=self.failures),
@@ -132,13 +239,7 @@ class LiveState:
     ) -> None:
         live = self.get(service_id)
         live.in_flight -= 1
-        live.requests += 1
-        live.outcomes.append(True)
-        live.latencies_ms.append(latency_ms)
-        if ttft_ms is not None:
-            live.ttfts_ms.append(ttft_ms)
-        if tokens_per_sec is not None:
-            live.tokens_per_sec.append(tokens_per_sec)
+        live.record(True, latency_ms, ttft_ms, tokens_per_sec)
         self._set_breaker(
             service_id, live,
             health.next_breaker_on_result(live.breaker, True, now, failures=self.failures),
@@ -152,3 +253,38 @@ class LiveState:
             live.breaker = health.BreakerState(
                 "half_open", live.breaker.failures, live.breaker.opened_at
             )
+
+
+class RuntimeView(Mapping[str, routing.ServiceRuntime]):
+    """Live numbers computed on demand, so a decision costs only what it looks at.
+
+    `health_suspects` tells routing which services may fail a health gate on their runtime
+    (see `routing.RoutingContext`); the others need no lookup to be excluded by a role gate.
+    """
+
+    def __init__(self, live: LiveState, now: float) -> None:
+        self.live = live
+        self.now = now
+        self._services = live.services
+        self._open_s = live.open_s
+
+    def __getitem__(self, service_id: str) -> routing.ServiceRuntime:
+        return self.get(service_id)
+
+    def get(self, service_id: str, default: Any = None) -> routing.ServiceRuntime:  # type: ignore[override]
+        live = self._services.get(service_id)
+        if live is None:
+            return routing.NO_RUNTIME
+        return live.runtime(self.now, self._open_s)
+
+    def health_suspects(self) -> frozenset[str]:
+        return frozenset(self.live.health_suspects)
+
+    def __contains__(self, service_id: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.live.services)
+
+    def __len__(self) -> int:
+        return len(self.live.services)

@@ -65,11 +65,11 @@ class ProxyApp:
             return
         # Count every request and websocket while it runs: a graceful shutdown waits for
         # these, not for idle keep-alive connections.
-        self.gw.active_requests += 1
+        self.gw.request_started()
         try:
             await self.dispatch(scope, receive, send)
         finally:
-            self.gw.active_requests -= 1
+            self.gw.request_finished()
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -95,6 +95,7 @@ class ProxyApp:
         outcome = Outcome()
         principal_name = "-"
         model = "-"
+        inbound: Inbound | None = None
         try:
             principal = self.gw.auth.authorize(headers, "inference")
             principal_name = principal.name
@@ -121,9 +122,8 @@ class ProxyApp:
             duration = trio.current_time() - started
             _log_request(request_id, principal_name, model, outcome, duration, writer)
             self.gw.metrics.observe_request(endpoint, outcome, duration)
-            if inbound_upload := locals().get("inbound"):
-                if inbound_upload.upload is not None:
-                    inbound_upload.upload.file.close()
+            if inbound is not None and inbound.upload is not None:
+                inbound.upload.file.close()
 
     async def run_cancellable(
         self, inbound: Inbound, writer: Writer, receive: Receive, outcome: Outcome
@@ -214,7 +214,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     """
     chunks: list[bytes] = []
     size = 0
-    hard_cap = limit + max(limit, 16 * 1024 * 1024)
+    hard_cap = _hard_cap(limit)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -228,6 +228,15 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     if size > limit:
         raise RequestTooLarge(f"the request body is over the {limit} byte limit")
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _hard_cap(limit: int) -> int:
+    """How much of an oversized body is read and discarded before answering 413.
+
+    Reading the rest keeps the keep-alive connection usable (the client's next request
+    works); past this much, the connection is not worth saving.
+    """
+    return limit + max(limit, 16 * 1024 * 1024)
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -292,8 +301,7 @@ async def read_multipart(
     boundary = _boundary(content_type)
     if boundary is None:
         raise InvalidRequest("expected a multipart/form-data body with a boundary")
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
-    try:
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
         size = 0
         while True:
             message = await receive()
@@ -303,14 +311,12 @@ async def read_multipart(
             size += len(chunk)
             if size <= limit:
                 spool.write(chunk)
-            if not message.get("more_body", False):
+            if not message.get("more_body", False) or size > _hard_cap(limit):
                 break
         if size > limit:
             raise RequestTooLarge(f"the upload is over the {limit} byte limit")
         spool.seek(0)
         fields, upload = await trio.to_thread.run_sync(_parse_multipart, spool, boundary, size)
-    finally:
-        spool.close()
     model = next((v for k, v in fields if k == "model"), None)
     if upload is None:
         raise InvalidRequest("'file' is required", param="file")

@@ -40,6 +40,9 @@ Choices the spec leaves open (documented here, tested in tests/unit/test_routing
     role's `benchmark_workloads` (samples of another asset than the one sent are ignored);
   - scores are rounded to 6 places so equal inputs tie exactly; an unknown strategy is scored;
   - a host missing from the snapshot is stale unless it is the local host.
+Speed: what the snapshot alone settles (static gates, assets, tiers) is planned once per
+snapshot and name or role; a decision then checks only the context's part (see "per-snapshot
+plans"). Those caches are keyed by snapshot identity and never change a decision.
 Route matching (`match`, POST /v1/cluster/routes/match) lives at the end of this module.
 """
 
@@ -48,8 +51,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import weakref
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
+from itertools import compress, repeat
+from operator import attrgetter, is_not
 from typing import Any
 
 from geniehive.health import routable
@@ -91,6 +99,15 @@ NO_RUNTIME = ServiceRuntime()
 
 @dataclass(frozen=True, slots=True)
 class RoutingContext:
+    """What a decision reads besides the snapshot.
+
+    `runtime` maps service ids to their `ServiceRuntime` (missing: `NO_RUNTIME`). It may also
+    have a `health_suspects()` method returning the ids whose probe is down or breaker is not
+    closed; every other id then passes the health gates on its runtime, and a decision skips
+    looking up the services a role's static gates exclude. Decisions reuse candidates while a
+    service's runtime is the same object, so a mapping should hand out one value per state.
+    """
+
     now: float  # wall-clock seconds, for host staleness
     stale_after_s: float = 15.0
     default_strategy: str = "scored"
@@ -238,20 +255,11 @@ def _resolve_direct(
     ctx: RoutingContext,
     stream: bool,
 ) -> RouteDecision:
-    found: list[Candidate] = []
-    excluded: list[Exclusion] = []
-    for service_id in ids:
-        service = snapshot.services[service_id]
-        exclusion = exclusion_gate(snapshot, service, ctx)
-        if exclusion is not None:
-            excluded.append(exclusion)
-            continue
-        asset = _direct_asset(service, name)
-        found.append(_candidate(snapshot, service, asset, name, None, ctx, stream))
     strategy = _strategy(None, ctx)
     rr_key = f"model:{name}"
-    ordered = rank_candidates(
-        found, strategy, prefer_loaded=False, rr_counter=ctx.rr_counters.get(rr_key, 0)
+    plan = _direct_plan(snapshot, name, operation, tuple(ids))
+    ordered, excluded = _decide(
+        snapshot, plan, name, ctx, stream, strategy, ctx.rr_counters.get(rr_key, 0)
     )
     decision = RouteDecision(
         name,
@@ -259,7 +267,7 @@ def _resolve_direct(
         "direct",
         route_label="direct",
         candidates=ordered,
-        excluded=tuple(excluded),
+        excluded=excluded,
         strategy=strategy,
         rr_key=rr_key,
     )
@@ -326,23 +334,11 @@ def _role_decision(
     fallbacks: tuple[str, ...],
 ) -> RouteDecision:
     """The decision of one role's own gates, narrowing and strategy (no fallback walk)."""
-    found: list[Candidate] = []
-    excluded: list[Exclusion] = []
-    for service_id in snapshot.by_operation.get(role.operation, ()):
-        service = snapshot.services[service_id]
-        exclusion, assets = _role_gates(snapshot, service, role.routing, ctx)
-        if exclusion is not None:
-            excluded.append(exclusion)
-            continue
-        asset = _pick_asset(assets, role.routing.preferred_families)
-        found.append(_candidate(snapshot, service, asset, name, role, ctx, stream))
     strategy = _strategy(role, ctx)
     rr_key = f"role:{role.role_id}"
-    ordered = rank_candidates(
-        found,
-        strategy,
-        prefer_loaded=role.routing.prefer_loaded,
-        rr_counter=ctx.rr_counters.get(rr_key, 0),
+    plan = _role_plan(snapshot, role)
+    ordered, excluded = _decide(
+        snapshot, plan, name, ctx, stream, strategy, ctx.rr_counters.get(rr_key, 0)
     )
     fallback_id = None if role is original else role.role_id
     label = f"role:{original.role_id}" + (f";fallback:{fallback_id}" if fallback_id else "")
@@ -354,7 +350,7 @@ def _role_decision(
         fallback_id,
         label,
         ordered,
-        tuple(excluded),
+        excluded,
         strategy,
         rr_key,
         fallbacks=fallbacks,
@@ -395,29 +391,37 @@ def exclusion_gate(snapshot: Snapshot, service: Service, ctx: RoutingContext) ->
 
     Every candidate passes these, direct or role; listings use them to count routable services.
     """
-    service_id = service.service_id
     host = snapshot.hosts.get(service.host_id)
     if host is None:
         stale = service.host_id != LOCAL_HOST_ID
     else:
         stale = is_stale(host, ctx.now, ctx.stale_after_s)
-    runtime = ctx.runtime_of(service_id)
+    return _health_gate(service, stale, ctx.runtime_of(service.service_id), ctx.stale_after_s)
+
+
+def _health_gate(
+    service: Service, stale: bool, runtime: ServiceRuntime, stale_after_s: float
+) -> Exclusion | None:
+    """`exclusion_gate` once the host's staleness and the runtime are known."""
     ok, gate = routable(
         runtime.probe, service.state.health, stale, runtime.breaker, runtime.trial_taken
     )
     if not ok:
-        details = {
-            "host_stale": f"no heartbeat from host '{service.host_id}' for over "
-            f"{ctx.stale_after_s:g}s",
-            "probe_down": "the health probe fails",
-            "node_unhealthy": f"the node reports it {service.state.health}",
-            "breaker_open": f"circuit breaker {runtime.breaker}",
-        }
-        return Exclusion(service_id, gate, details.get(gate, gate))
+        if gate == "host_stale":
+            detail = f"no heartbeat from host '{service.host_id}' for over {stale_after_s:g}s"
+        elif gate == "probe_down":
+            detail = "the health probe fails"
+        elif gate == "node_unhealthy":
+            detail = f"the node reports it {service.state.health}"
+        elif gate == "breaker_open":
+            detail = f"circuit breaker {runtime.breaker}"
+        else:
+            detail = gate
+        return Exclusion(service.service_id, gate, detail)
     if service.state.availability in BLOCKED_AVAILABILITY:
-        return Exclusion(service_id, "availability", service.state.availability)
+        return Exclusion(service.service_id, "availability", service.state.availability)
     if not service.state.accept_requests:
-        return Exclusion(service_id, "not_accepting", "the service accepts no requests")
+        return Exclusion(service.service_id, "not_accepting", "the service accepts no requests")
     return None
 
 
@@ -428,6 +432,13 @@ def _role_gates(
     exclusion = exclusion_gate(snapshot, service, ctx)
     if exclusion is not None:
         return exclusion, ()
+    return _static_role_gates(snapshot, service, routing)
+
+
+def _static_role_gates(
+    snapshot: Snapshot, service: Service, routing: RoutingPolicy
+) -> tuple[Exclusion | None, tuple[Asset, ...]]:
+    """The role gates after the health gates: host labels, then the asset gates."""
     host = snapshot.hosts.get(service.host_id)
     labels: Mapping[str, Any] = host.labels if host else {}
     label_gates = (
@@ -545,14 +556,27 @@ def _candidate(
     ctx: RoutingContext,
     stream: bool,
 ) -> Candidate:
+    samples = snapshot.samples_by_service.get(service.service_id, ())
     runtime = ctx.runtime_of(service.service_id)
+    return _build_candidate(service, asset, name, role, samples, runtime, stream, True)
+
+
+def _build_candidate(
+    service: Service,
+    asset: Asset | None,
+    name: str,
+    role: Role | None,
+    samples: Sequence[BenchmarkSample],
+    runtime: ServiceRuntime,
+    stream: bool,
+    pool: bool,
+) -> Candidate:
     loaded = asset is not None and asset.loaded is True
     score, parts = runtime_score(service, runtime, stream=stream, loaded=loaded)
     upstream = asset.asset_id if asset is not None else name
     families: tuple[str, ...] = ()
     if role is not None:
         families = role.routing.preferred_families
-        samples = snapshot.samples_by_service.get(service.service_id, ())
         bench = role_benchmark(samples, role.benchmark_workloads, upstream)
         if bench is not None:
             score = round(0.6 * score + 0.4 * bench, 6)
@@ -568,6 +592,7 @@ def _candidate(
         loaded,
         _load(service, runtime),
         latency,
+        pool,
     )
 
 
@@ -605,6 +630,361 @@ def _order_tier(tier: list[Candidate], strategy: str, rr_counter: int) -> list[C
             ),
         )
     return sorted(tier, key=lambda c: (-(c.score or 0.0), c.family_rank, c.service_id))
+
+
+# ---------------------------------------------------------------- per-snapshot plans
+# A decision splits into what the snapshot alone settles and what the context settles. The
+# snapshot settles, per service of a direct name or a role: the first static gate it fails
+# (node health, availability, accepting, then the role's label and asset gates), the asset it
+# would be sent and its tier. That is a `_Plan`, built once per snapshot and name or role. The
+# context settles staleness at `now`, probe and breaker, and the runtime score: a decision
+# checks those for the services passing the static gates, and for the others only when they
+# may change the recorded gate (a stale host, or a runtime the context names as a health
+# suspect; without such a list every runtime is looked at, in bulk). Health gates come first,
+# so a statically excluded service keeps its static exclusion unless one of them fails.
+# Candidates are reused while their runtime is the same object, so an unchanged service costs
+# a lookup. Plans hold no reference to their snapshot and die with it.
+
+
+class _Entry:
+    __slots__ = ("asset", "excluded", "host_key", "position", "service", "tier")
+
+    def __init__(
+        self,
+        position: int,
+        service: Service,
+        asset: Asset | None,
+        tier: tuple[int, int],
+        excluded: Exclusion | None,
+    ) -> None:
+        self.position = position  # in the name's or operation's service order
+        self.service = service
+        self.host_key = service.host_id
+        self.asset = asset
+        self.tier = tier  # (not loaded when prefer_loaded, family rank)
+        self.excluded = excluded  # the first static gate failed, or None
+
+
+class _Plan:
+    __slots__ = (
+        "closed",
+        "closed_by_host",
+        "closed_excluded",
+        "closed_ids",
+        "closed_positions",
+        "closed_sids",
+        "key",
+        "memos",
+        "role",
+        "samples",
+        "tier_sids",
+        "tiers",
+    )
+
+    def __init__(
+        self, key: object, role: Role | None, entries: list[_Entry], snapshot: Snapshot
+    ) -> None:
+        self.key = key  # the ids tuple of a direct name, or the role: checked by identity
+        self.role = role
+        tiers: dict[tuple[int, int], list[_Entry]] = {}
+        closed = [e for e in entries if e.excluded is not None]
+        for entry in entries:
+            if entry.excluded is None:
+                tiers.setdefault(entry.tier, []).append(entry)
+        # Within a tier by service id: the strategies' last tie-breaker, kept by stable sorts.
+        self.tiers = [
+            sorted(tiers[key], key=lambda e: e.service.service_id) for key in sorted(tiers)
+        ]
+        self.closed = closed
+        self.closed_sids = [e.service.service_id for e in closed]
+        self.closed_ids = {sid: i for i, sid in enumerate(self.closed_sids)}
+        self.closed_positions = [e.position for e in closed]
+        self.closed_excluded = tuple(e.excluded for e in closed if e.excluded is not None)
+        self.closed_by_host: dict[str, list[int]] = {}
+        for i, entry in enumerate(closed):
+            self.closed_by_host.setdefault(entry.host_key, []).append(i)
+        self.samples = {
+            e.service.service_id: snapshot.samples_by_service.get(e.service.service_id, ())
+            for entries_ in self.tiers
+            for e in entries_
+        }
+        self.tier_sids = [[e.service.service_id for e in tier] for tier in self.tiers]
+        self.memos: dict[tuple[str, bool], _Memo] = {}
+
+
+class _Index:
+    """Per snapshot: host staleness thresholds and the plans built so far."""
+
+    __slots__ = ("always_stale", "plans", "timed")
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        always: set[str] = set()
+        timed: list[tuple[float, str]] = []
+        for key, host in snapshot.hosts.items():
+            if host.is_local or host.host_id == LOCAL_HOST_ID:
+                continue
+            seen = host.last_heartbeat if host.last_heartbeat is not None else host.registered_at
+            if seen is None:
+                always.add(key)
+            elif seen == seen:  # NaN is never stale: `now - nan > s` is false
+                timed.append((seen, key))
+        for service in snapshot.services.values():
+            if service.host_id not in snapshot.hosts and service.host_id != LOCAL_HOST_ID:
+                always.add(service.host_id)
+        self.always_stale = frozenset(always)
+        self.timed = sorted(timed)  # oldest first: the stale hosts are a prefix at any `now`
+        self.plans: dict[object, _Plan] = {}
+
+    def stale_hosts(self, ctx: RoutingContext) -> frozenset[str] | set[str]:
+        """The keys of the hosts `is_stale` at `ctx.now` (missing hosts included)."""
+        now, limit = ctx.now, ctx.stale_after_s
+        timed = self.timed
+        if not timed or not now - timed[0][0] > limit:
+            return self.always_stale
+        stale = set(self.always_stale)
+        for seen, key in timed:
+            if not now - seen > limit:
+                break
+            stale.add(key)
+        return stale
+
+
+_INDEXES: dict[int, tuple[weakref.ref[Snapshot], _Index]] = {}
+
+
+def _index(snapshot: Snapshot) -> _Index:
+    """The snapshot's index, built on first use and dropped when the snapshot is collected."""
+    key = id(snapshot)
+    found = _INDEXES.get(key)
+    if found is not None and found[0]() is snapshot:
+        return found[1]
+    index = _Index(snapshot)
+    _INDEXES[key] = (weakref.ref(snapshot, partial(_forget_index, key)), index)
+    return index
+
+
+def _forget_index(key: int, ref: weakref.ref[Snapshot]) -> None:
+    found = _INDEXES.get(key)
+    if found is not None and found[0] is ref:
+        del _INDEXES[key]
+
+
+def _direct_plan(snapshot: Snapshot, name: str, operation: str, ids: tuple[str, ...]) -> _Plan:
+    index = _index(snapshot)
+    key = ("direct", operation, name)
+    plan = index.plans.get(key)
+    if plan is not None and plan.key is ids:
+        return plan
+    entries = []
+    for position, service_id in enumerate(ids):
+        service = snapshot.services[service_id]
+        excluded = _health_gate(service, False, NO_RUNTIME, 0.0)
+        entries.append(_Entry(position, service, _direct_asset(service, name), (0, 0), excluded))
+    plan = index.plans[key] = _Plan(ids, None, entries, snapshot)
+    return plan
+
+
+def _role_plan(snapshot: Snapshot, role: Role) -> _Plan:
+    index = _index(snapshot)
+    key = ("role", role.role_id)
+    plan = index.plans.get(key)
+    if plan is not None and plan.key is role:
+        return plan
+    policy = role.routing
+    families = policy.preferred_families
+    entries = []
+    for position, service_id in enumerate(snapshot.by_operation.get(role.operation, ())):
+        service = snapshot.services[service_id]
+        excluded = _health_gate(service, False, NO_RUNTIME, 0.0)
+        asset = None
+        if excluded is None:
+            excluded, assets = _static_role_gates(snapshot, service, policy)
+            asset = _pick_asset(assets, families) if excluded is None else None
+        cold = 1 if policy.prefer_loaded and not (asset is not None and asset.loaded is True) else 0
+        tier = (cold, family_rank(asset, families))
+        entries.append(_Entry(position, service, asset, tier, excluded))
+    plan = index.plans[key] = _Plan(role, role, entries, snapshot)
+    return plan
+
+
+_PROBE = attrgetter("probe")
+_BREAKER = attrgetter("breaker")
+_SCORE = attrgetter("score")
+_CLOSED_ONLY = frozenset({"closed"})
+
+
+def _decide(
+    snapshot: Snapshot,
+    plan: _Plan,
+    name: str,
+    ctx: RoutingContext,
+    stream: bool,
+    strategy: str,
+    rr_counter: int,
+) -> tuple[tuple[Candidate, ...], tuple[Exclusion, ...]]:
+    """The ordered candidates and the exclusions of one plan in `ctx`."""
+    stale_hosts = _index(snapshot).stale_hosts(ctx)
+    memo = plan.memos.get((name, stream))
+    if memo is None or memo.stale != stale_hosts or memo.limit != ctx.stale_after_s:
+        memo = plan.memos[(name, stream)] = _Memo(plan, stale_hosts, ctx.stale_after_s)
+    candidates, dynamic = memo.update(plan, name, ctx.runtime, stream, strategy, rr_counter)
+    overrides = _closed_overrides(plan, ctx, stale_hosts)
+    excluded = plan.closed_excluded
+    if overrides or dynamic:
+        merged = list(excluded)
+        for i, exclusion in overrides.items():
+            merged[i] = exclusion
+        for position, exclusion in reversed(dynamic):
+            merged.insert(bisect_left(plan.closed_positions, position), exclusion)
+        excluded = tuple(merged)
+    return candidates, excluded
+
+
+class _Memo:
+    """A plan's last decision for one (name, stream), updated where runtimes changed.
+
+    Per tier: the runtime each service had (by identity), its candidate or None when a health
+    gate excluded it, and the tier's order. A decision looks every runtime up, then rebuilds
+    only the changed services and re-sorts only the tiers holding them.
+    """
+
+    __slots__ = ("excluded", "first", "limit", "orders", "result", "runtimes", "stale", "status")
+
+    def __init__(self, plan: _Plan, stale: frozenset[str] | set[str], limit: float) -> None:
+        self.stale = stale
+        self.limit = limit
+        count = len(plan.tiers)
+        self.runtimes: list[list[ServiceRuntime | None]] = [[None] * len(t) for t in plan.tiers]
+        self.status: list[list[Candidate | None]] = [[None] * len(t) for t in plan.tiers]
+        self.excluded: list[dict[int, Exclusion]] = [{} for _ in range(count)]
+        self.first = -1  # the first tier with a candidate: the pool
+        self.orders: list[tuple[str, list[Candidate]] | None] = [None] * count
+        # ((strategy, round-robin counter), candidates, health exclusions by position)
+        self.result: tuple[tuple[str, int], tuple[Candidate, ...], list[tuple[int, Exclusion]]]
+        self.result = None  # type: ignore[assignment]
+
+    def update(
+        self,
+        plan: _Plan,
+        name: str,
+        runtimes: Mapping[str, ServiceRuntime],
+        stream: bool,
+        strategy: str,
+        rr_counter: int,
+    ) -> tuple[tuple[Candidate, ...], list[tuple[int, Exclusion]]]:
+        get = runtimes.get
+        changed_any = False
+        for t, tier in enumerate(plan.tiers):
+            new = list(map(get, plan.tier_sids[t], repeat(NO_RUNTIME, len(tier))))
+            changed = list(compress(range(len(new)), map(is_not, new, self.runtimes[t])))
+            if not changed:
+                continue
+            self.runtimes[t] = new
+            self.orders[t] = None
+            changed_any = True
+            for i in changed:
+                self._judge(plan, name, stream, t, i, new[i])
+        first = next((t for t, status in enumerate(self.status) if any(status)), -1)
+        if first != self.first:
+            for t in {first, self.first} - {-1}:  # the pool moved: rebuild both tiers' flags
+                self.orders[t] = None
+                for i, runtime in enumerate(self.runtimes[t]):
+                    if self.status[t][i] is not None:
+                        self.status[t][i] = self._build(plan, name, stream, t, i, runtime, first)
+            self.first = first
+            changed_any = True
+        key = (strategy, rr_counter if strategy == "round_robin" else 0)
+        if self.result is None or self.result[0] != key or changed_any:
+            ordered: list[Candidate] = []
+            for t in range(len(plan.tiers)):
+                ordered += self._order(t, strategy, rr_counter if t == first else 0)
+            dynamic = sorted(
+                (plan.tiers[t][i].position, exclusion)
+                for t, found in enumerate(self.excluded)
+                for i, exclusion in found.items()
+            )
+            self.result = (key, tuple(ordered), dynamic)
+        return self.result[1], self.result[2]
+
+    def _judge(
+        self, plan: _Plan, name: str, stream: bool, t: int, i: int, runtime: ServiceRuntime | None
+    ) -> None:
+        """Re-check one service's health gates and rebuild its candidate."""
+        assert runtime is not None
+        entry = plan.tiers[t][i]
+        stale = entry.host_key in self.stale
+        if stale or runtime.probe == "down" or runtime.breaker != "closed":
+            exclusion = _health_gate(entry.service, stale, runtime, self.limit)
+            if exclusion is not None:
+                self.excluded[t][i] = exclusion
+                self.status[t][i] = None
+                return
+        self.excluded[t].pop(i, None)
+        self.status[t][i] = self._build(plan, name, stream, t, i, runtime, self.first)
+
+    @staticmethod
+    def _build(
+        plan: _Plan,
+        name: str,
+        stream: bool,
+        t: int,
+        i: int,
+        runtime: ServiceRuntime | None,
+        first: int,
+    ) -> Candidate:
+        assert runtime is not None
+        entry = plan.tiers[t][i]
+        service = entry.service
+        samples = plan.samples[service.service_id]
+        return _build_candidate(
+            service, entry.asset, name, plan.role, samples, runtime, stream, t == first
+        )
+
+    def _order(self, t: int, strategy: str, rr_counter: int) -> list[Candidate]:
+        cached = self.orders[t]
+        if cached is None or cached[0] != strategy:
+            kept = [c for c in self.status[t] if c is not None]  # id order
+            if strategy == "least_loaded":
+                kept.sort(
+                    key=lambda c: (c.load, math.inf if c.latency_ms is None else c.latency_ms)
+                )
+            elif strategy != "round_robin":  # scored: floats here; stable, so ties keep ids
+                kept.sort(key=_SCORE, reverse=True)
+            cached = self.orders[t] = (strategy, kept)
+        kept = cached[1]
+        if strategy == "round_robin" and kept:
+            shift = rr_counter % len(kept)
+            return kept[shift:] + kept[:shift]
+        return kept
+
+
+def _closed_overrides(
+    plan: _Plan, ctx: RoutingContext, stale_hosts: frozenset[str] | set[str]
+) -> dict[int, Exclusion]:
+    """The statically excluded services whose health gate fails first now, by index."""
+    touched: set[int] = set()
+    for host_key in stale_hosts:
+        touched.update(plan.closed_by_host.get(host_key, ()))
+    suspects = getattr(ctx.runtime, "health_suspects", None)
+    if suspects is not None:
+        closed_ids = plan.closed_ids
+        touched.update(i for sid in suspects() if (i := closed_ids.get(sid)) is not None)
+    elif plan.closed:
+        ids = plan.closed_sids
+        runtimes = list(map(ctx.runtime.get, ids, repeat(NO_RUNTIME, len(ids))))
+        if "down" in set(map(_PROBE, runtimes)) or not set(map(_BREAKER, runtimes)) <= _CLOSED_ONLY:
+            touched.update(
+                i for i, rt in enumerate(runtimes) if rt.probe == "down" or rt.breaker != "closed"
+            )
+    overrides = {}
+    for i in touched:
+        entry = plan.closed[i]
+        runtime = ctx.runtime_of(entry.service.service_id)
+        stale = entry.host_key in stale_hosts
+        exclusion = _health_gate(entry.service, stale, runtime, ctx.stale_after_s)
+        if exclusion is not None:
+            overrides[i] = exclusion
+    return overrides
 
 
 # ---------------------------------------------------------------- scores

@@ -747,3 +747,202 @@ def test_a_service_whose_host_is_missing_is_stale_unless_local() -> None:
     decision = resolve(snap, "m", "chat", ctx())
     assert order(decision) == ["own"]
     assert [(e.service_id, e.gate) for e in decision.excluded] == [("ghost-svc", "host_stale")]
+
+
+# ---------------------------------------------------------------- per-snapshot plans and reuse
+# `resolve` keeps per-snapshot plans and reuses candidates while their runtime is unchanged;
+# these claims pin that it decides exactly as the gate-by-gate definition does.
+
+
+def reference_role(snap: Snapshot, name: str, r: Role, c: RoutingContext) -> tuple:
+    """The role's candidates and exclusions, service by service, gate by gate."""
+    found, excluded = [], []
+    for service_id in snap.by_operation.get(r.operation, ()):
+        svc = snap.services[service_id]
+        exclusion, assets = routing._role_gates(snap, svc, r.routing, c)
+        if exclusion is not None:
+            excluded.append(exclusion)
+            continue
+        chosen = routing._pick_asset(assets, r.routing.preferred_families)
+        found.append(routing._candidate(snap, svc, chosen, name, r, c, False))
+    ranked = rank_candidates(
+        found,
+        routing._strategy(r, c),
+        prefer_loaded=r.routing.prefer_loaded,
+        rr_counter=c.rr_counters.get(f"role:{r.role_id}", 0),
+    )
+    return ranked, tuple(excluded)
+
+
+def reference_direct(snap: Snapshot, name: str, c: RoutingContext) -> tuple:
+    found, excluded = [], []
+    for service_id in snap.by_name[("chat", name)]:
+        svc = snap.services[service_id]
+        exclusion = routing.exclusion_gate(snap, svc, c)
+        if exclusion is not None:
+            excluded.append(exclusion)
+            continue
+        chosen = routing._direct_asset(svc, name)
+        found.append(routing._candidate(snap, svc, chosen, name, None, c, False))
+    ranked = rank_candidates(
+        found,
+        routing._strategy(None, c),
+        prefer_loaded=False,
+        rr_counter=c.rr_counters.get(f"model:{name}", 0),
+    )
+    return ranked, tuple(excluded)
+
+
+def busy_cluster(seed: int) -> tuple[Snapshot, list[Role]]:
+    import random
+
+    rng = random.Random(seed)
+    hosts = [
+        Host(
+            f"h{n}",
+            "10.0.0.1",
+            labels={
+                "trust_tier": rng.choice(["gold", "silver"]),
+                "device_class": rng.choice(["gpu", "cpu"]),
+                **({"allowed_model_families": ["qwen"]} if n == 3 else {}),
+            },
+            last_heartbeat=NOW - rng.choice([1, 1, 1, 20]),
+        )
+        for n in range(6)
+    ]
+    services = []
+    for n in range(40):
+        assets = [
+            asset(
+                f"m{n}",
+                loaded=rng.choice([True, False, None]),
+                family=rng.choice(["qwen", "llama"]),
+                context_length=rng.choice([None, 4096, 32768]),
+            ),
+            asset("shared", loaded=rng.choice([True, False])),
+        ]
+        services.append(service(
+            f"s{n:02d}", *assets[: rng.choice([1, 2, 2])], host=f"h{n % 7}",
+            state=ServiceState(
+                health=rng.choice(["healthy", "healthy", "unhealthy"]),
+                availability=rng.choice(["available", "available", "draining"]),
+                accept_requests=rng.random() > 0.1,
+            ),
+            observed=Observed(p50_latency_ms=rng.choice([None, 900.0, 3000.0]), queue_depth=n % 3),
+        ))
+    roles = [
+        role("any", preferred_families=("qwen", "llama")),
+        role("gold", allowed_trust_tiers=("gold",), strategy="least_loaded"),
+        role("gpu", allowed_device_classes=("gpu",), prefer_loaded=True, strategy="round_robin"),
+        role("long", min_context=8192, require_loaded=True, preferred_families=("llama",)),
+    ]
+    return snapshot(services, roles, hosts), roles
+
+
+def shuffled_runtimes(seed: int, snap: Snapshot) -> dict[str, ServiceRuntime]:
+    import random
+
+    rng = random.Random(seed)
+    runtimes = {}
+    for service_id in snap.services:
+        if rng.random() < 0.5:
+            continue
+        runtimes[service_id] = ServiceRuntime(
+            probe=rng.choice(["healthy", "healthy", "down", "unknown"]),
+            breaker=rng.choice(["closed", "closed", "open", "half_open"]),
+            trial_taken=rng.random() < 0.5,
+            in_flight=rng.randrange(4),
+            samples=rng.choice([0, 10]),
+            p50_latency_ms=rng.choice([500.0, 2000.0]),
+            error_rate=rng.choice([0.0, 0.5]),
+        )
+    return runtimes
+
+
+class SuspectView(dict):  # type: ignore[type-arg]
+    """Runtimes that also name their health suspects, as the gateway's view does."""
+
+    def health_suspects(self) -> frozenset[str]:
+        return frozenset(
+            sid for sid, rt in self.items() if rt.probe == "down" or rt.breaker != "closed"
+        )
+
+
+@pytest.mark.parametrize("view", [dict, SuspectView])
+def test_decisions_match_the_gate_by_gate_definition_as_runtimes_change(view: type) -> None:
+    snap, roles = busy_cluster(7)
+    runtimes = view()
+    counters: dict[str, int] = {}
+    for step in range(12):  # one context whose runtimes and counters change between decisions
+        runtimes.clear()
+        runtimes.update(shuffled_runtimes(step, snap))
+        counters["role:gpu"] = step
+        # hosts go stale too as `now` moves on
+        c = RoutingContext(NOW + step, 15.0, runtime=runtimes, rr_counters=counters)
+        for r in roles:
+            decision = resolve(snap, r.role_id, "chat", c)
+            candidates, excluded = reference_role(snap, r.role_id, r, c)
+            assert (decision.candidates, decision.excluded) == (candidates, excluded)
+        direct = resolve(snap, "shared", "chat", c)
+        assert (direct.candidates, direct.excluded) == reference_direct(snap, "shared", c)
+
+
+def test_an_unchanged_decision_is_reused_and_a_changed_runtime_is_not() -> None:
+    snap = snapshot(
+        [service("a", asset("m")), service("b", asset("m"))],
+        [role("r", strategy="least_loaded")],
+    )
+    runtimes = {"a": ServiceRuntime(in_flight=0), "b": ServiceRuntime(in_flight=1)}
+    c = ctx(runtime=runtimes)
+    first = resolve(snap, "r", "chat", c)
+    assert order(first) == ["a", "b"]
+    assert resolve(snap, "r", "chat", c).candidates is first.candidates
+    runtimes["a"] = ServiceRuntime(in_flight=2)
+    assert order(resolve(snap, "r", "chat", c)) == ["b", "a"]
+    runtimes["b"] = ServiceRuntime(probe="down")
+    late = resolve(snap, "r", "chat", c)
+    assert order(late) == ["a"]
+    assert late.excluded == (Exclusion("b", "probe_down", "the health probe fails"),)
+
+
+def test_a_new_snapshot_is_decided_on_its_own_services() -> None:
+    gold = Host("h1", "10.0.0.1", labels={"trust_tier": "gold"}, last_heartbeat=NOW)
+    silver = Host("h1", "10.0.0.1", labels={"trust_tier": "silver"}, last_heartbeat=NOW)
+    roles = [role("r", allowed_trust_tiers=("gold",))]
+    before = snapshot([service("a", asset("m")), service("b", asset("m"))], roles, [gold])
+    assert order(resolve(before, "r", "chat", ctx())) == ["a", "b"]
+    drained = service("a", asset("m"), state=ServiceState(availability="draining"))
+    after = snapshot([drained, service("b", asset("m"))], roles, [gold])
+    decision = resolve(after, "r", "chat", ctx())
+    assert order(decision) == ["b"]
+    assert [(e.service_id, e.gate) for e in decision.excluded] == [("a", "availability")]
+    relabeled = snapshot([service("a", asset("m")), service("b", asset("m"))], roles, [silver])
+    assert [e.gate for e in resolve(relabeled, "r", "chat", ctx()).excluded] == ["trust_tier"] * 2
+    assert order(resolve(before, "r", "chat", ctx())) == ["a", "b"]  # the old one is intact
+
+
+def test_a_statically_excluded_service_records_its_failing_health_gate_first() -> None:
+    hosts = [Host("h1", "10.0.0.1", labels={"trust_tier": "silver"}, last_heartbeat=NOW)]
+    snap = snapshot([service("a", asset("m"))], [role("r", allowed_trust_tiers=("gold",))], hosts)
+    for view in (dict, SuspectView):
+        runtimes = view()
+        c = ctx(runtime=runtimes)
+        assert [e.gate for e in resolve(snap, "r", "chat", c).excluded] == ["trust_tier"]
+        runtimes["a"] = ServiceRuntime(breaker="open")
+        assert [e.gate for e in resolve(snap, "r", "chat", c).excluded] == ["breaker_open"]
+        late = RoutingContext(NOW + 60, 15.0, runtime=runtimes)
+        assert [e.gate for e in resolve(snap, "r", "chat", late).excluded] == ["host_stale"]
+        runtimes.clear()
+        assert [e.gate for e in resolve(snap, "r", "chat", c).excluded] == ["trust_tier"]
+
+
+def test_plans_are_dropped_with_their_snapshot() -> None:
+    import gc
+
+    snap = snapshot([service("a", asset("m"))], [role("r")])
+    resolve(snap, "r", "chat", ctx())
+    key = id(snap)
+    assert key in routing._INDEXES
+    del snap
+    gc.collect()
+    assert key not in routing._INDEXES

@@ -1,0 +1,93 @@
+"""Live counters: percentiles, the reused runtime value and the health suspects."""
+
+from __future__ import annotations
+
+from geniehive import health
+from geniehive.live import LiveState
+from geniehive.routing import NO_RUNTIME
+
+
+def succeed(live: LiveState, service_id: str, latency_ms: float, now: float = 10.0) -> None:
+    live.attempt_started(service_id, now)
+    live.attempt_succeeded(service_id, now, latency_ms=latency_ms, ttft_ms=latency_ms / 10,
+                           tokens_per_sec=latency_ms / 100)
+
+
+def fail(live: LiveState, service_id: str, now: float = 10.0) -> None:
+    live.attempt_started(service_id, now)
+    live.attempt_failed(service_id, now)
+
+
+def test_an_unknown_service_has_the_empty_runtime() -> None:
+    assert LiveState().runtime("nope", 0.0) is NO_RUNTIME
+
+
+def test_percentiles_follow_each_new_sample() -> None:
+    live = LiveState()
+    for latency in (100.0, 300.0, 200.0):
+        succeed(live, "a", latency)
+    first = live.runtime("a", 10.0)
+    assert (first.samples, first.p50_latency_ms, first.ttft_ms, first.tokens_per_sec) == (
+        3, 200.0, 20.0, 2.0
+    )
+    succeed(live, "a", 900.0)
+    succeed(live, "a", 1000.0)
+    later = live.runtime("a", 10.0)
+    assert (later.samples, later.p50_latency_ms, later.ttft_ms) == (5, 300.0, 30.0)
+    assert live.get("a").p95_latency_ms() == 1000.0
+    fail(live, "a")
+    assert live.runtime("a", 10.0).error_rate == 1 / 6
+
+
+def test_the_runtime_is_the_same_value_until_something_it_shows_changes() -> None:
+    live = LiveState()
+    succeed(live, "a", 100.0)
+    first = live.runtime("a", 10.0)
+    assert live.runtime("a", 11.0) is first
+    live.attempt_started("a", 12.0)
+    busy = live.runtime("a", 12.0)
+    assert busy is not first and busy.in_flight == 1
+    live.attempt_abandoned("a")
+    assert live.runtime("a", 12.0).in_flight == 0
+    live.get("a").probe = health.ProbeState("down", "refused", 12.0)
+    assert live.runtime("a", 12.0).probe == "down"
+
+
+def test_an_open_breaker_turns_half_open_after_open_s() -> None:
+    live = LiveState(open_s=30.0, failures=1)
+    fail(live, "a", now=100.0)
+    assert live.runtime("a", 100.0).breaker == "open"
+    assert live.runtime("a", 129.0).breaker == "open"
+    assert live.runtime("a", 130.0).breaker == "half_open"
+    assert live.runtime("a", 100.0).breaker == "open"
+
+
+def test_health_suspects_name_down_probes_and_breakers_not_closed() -> None:
+    live = LiveState(open_s=30.0, failures=1)
+    succeed(live, "ok", 100.0)
+    fail(live, "broken", now=100.0)
+    live.get("probed").probe = health.ProbeState("down", "refused", 1.0)
+    assert live.health_suspects == {"broken", "probed"}
+    live.get("probed").probe = health.ProbeState("healthy", "ok", 2.0)
+    live.attempt_started("broken", 200.0)  # the half-open trial
+    live.attempt_succeeded("broken", 200.0, latency_ms=50.0)
+    assert live.health_suspects == set()
+
+
+def test_the_gateway_view_lets_routing_see_a_gated_service_fail_its_breaker_first() -> None:
+    from geniehive.live import RuntimeView
+    from geniehive.models import Asset, Host, Role, RoutingPolicy, Service, Snapshot
+    from geniehive.routing import RoutingContext, resolve
+
+    host = Host("h1", "10.0.0.1", labels={"trust_tier": "silver"}, last_heartbeat=100.0)
+    services = {
+        sid: Service(sid, "h1", "chat", "openai", "http://10.0.0.1:8000", assets=(Asset("m"),))
+        for sid in ("a", "b")
+    }
+    gold = Role("gold", "chat", routing=RoutingPolicy(allowed_trust_tiers=("gold",)))
+    snap = Snapshot(1, {"h1": host}, services, {"gold": gold})
+    live = LiveState(open_s=30.0, failures=1)
+    fail(live, "b", now=10.0)
+    ctx = RoutingContext(now=100.0, runtime=RuntimeView(live, 10.0))
+    gates = [(e.service_id, e.gate) for e in resolve(snap, "gold", "chat", ctx).excluded]
+    assert gates == [("a", "trust_tier"), ("b", "breaker_open")]
