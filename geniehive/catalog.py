@@ -105,7 +105,7 @@ def model_entries(
         name: _entry(name, "asset", created, describe_services(snapshot, sorted(ids), ctx, name))
         for name, ids in names.items()
     }
-    for role_id, role in snapshot.roles.items():
+    for role_id in snapshot.roles:
         if role_id in entries:
             continue  # the asset keeps the bare id; the role stays reachable as role/<id>
         entries[role_id] = role_entry(snapshot, role_id, ctx, created)

@@ -151,7 +151,7 @@ async def _start(index: int, upstream: UpstreamConfig, state: ManagedProcess) ->
         # Forked from this (the event loop's) thread on purpose: the kernel's parent-death
         # signal fires when the forking *thread* exits, and trio's worker threads exit after
         # ten idle seconds, which would kill a healthy model server.
-        process = Child(subprocess.Popen(
+        process = Child(subprocess.Popen(  # noqa: ASYNC220 - a fork, milliseconds
             resolve_command(launch.command),
             env={**os.environ, **launch.env},
             cwd=launch.cwd,

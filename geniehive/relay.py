@@ -30,10 +30,10 @@ from geniehive import policy as policy_mod
 from geniehive.adapters import Adapter, UpstreamRequest
 from geniehive.errors import (
     NoHealthyUpstream,
-    render_error,
     UpstreamFailed,
     UpstreamStatus,
     UpstreamTimeout,
+    render_error,
 )
 from geniehive.models import Policy, Service
 from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError, PoolResponse

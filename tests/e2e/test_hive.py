@@ -146,7 +146,9 @@ async def test_hive_heals_around_dead_agents_and_restarts(
             killed = trio.current_time()
             await wait_for(lambda c: _equals(routable(c), {"gpu-b-up/chat"}), client, 0.02)
             left_after = trio.current_time() - killed
-            assert left_after < STALE_S + 0.7
+            # Within stale_after_s of the last heartbeat (one interval before the kill), plus
+            # the polling step and a margin for a loaded machine.
+            assert left_after < STALE_S + 1.5
             print(f"agent death to leaving routing: {left_after:.2f} s")
             for _ in range(5):
                 response = await client.post("/v1/chat/completions", json=CHAT)
