@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from geniehive import auth, catalog, routing, wire
+from geniehive import auth, catalog, matching, routing, wire
 from geniehive.api_nodes import parse_json
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
 from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot, valid_id
@@ -420,11 +420,11 @@ def match_routes(gateway: Any, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object")
     try:
-        query = routing.parse_match_query(body)
+        query = matching.parse_match_query(body)
     except ValueError as exc:
         field = str(exc).split(":", 1)[0]
         raise InvalidRequest(str(exc), param=field) from None
-    return routing.match(gateway.snapshot, query, gateway.routing_context())
+    return matching.match(gateway.snapshot, query, gateway.routing_context())
 
 
 def benchmarks(gateway: Any, args: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from geniehive.matching import MatchQuery, match, parse_match_query, text_overlap, tokens
 from geniehive.models import (
     Asset,
     BenchmarkSample,
@@ -15,15 +16,7 @@ from geniehive.models import (
     Service,
     Snapshot,
 )
-from geniehive.routing import (
-    MatchQuery,
-    RoutingContext,
-    ServiceRuntime,
-    match,
-    parse_match_query,
-    text_overlap,
-    tokens,
-)
+from geniehive.routing import RoutingContext, ServiceRuntime
 
 NOW = 1000.0
 CTX = RoutingContext(now=NOW, stale_after_s=15.0)
