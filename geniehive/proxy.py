@@ -207,12 +207,21 @@ async def send_error(send: Send, exc: GenieHiveError, request_id: str, outcome: 
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body; RequestTooLarge past `limit` after draining the rest.
-
-    The rest is read and discarded (up to a hard cap) so the keep-alive connection stays
-    usable for the client's next request.
-    """
+    """The whole request body; RequestTooLarge past `limit`."""
     chunks: list[bytes] = []
+    await receive_body(receive, limit, chunks.append, "the request body")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def receive_body(
+    receive: Receive, limit: int, sink: Callable[[bytes], object], what: str
+) -> int:
+    """Feed the request body to `sink` chunk by chunk and return its size.
+
+    Past `limit` the rest is read and discarded (up to a hard cap) and then RequestTooLarge
+    is raised, so the keep-alive connection stays usable for the client's next request.
+    Raises ClientGone when the client disconnects.
+    """
     size = 0
     hard_cap = _hard_cap(limit)
     while True:
@@ -222,12 +231,12 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size <= limit:
-            chunks.append(chunk)
+            sink(chunk)
         if not message.get("more_body", False) or size > hard_cap:
             break
     if size > limit:
-        raise RequestTooLarge(f"the request body is over the {limit} byte limit")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        raise RequestTooLarge(f"{what} is over the {limit} byte limit")
+    return size
 
 
 def _hard_cap(limit: int) -> int:
@@ -302,19 +311,7 @@ async def read_multipart(
     if boundary is None:
         raise InvalidRequest("expected a multipart/form-data body with a boundary")
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= limit:
-                spool.write(chunk)
-            if not message.get("more_body", False) or size > _hard_cap(limit):
-                break
-        if size > limit:
-            raise RequestTooLarge(f"the upload is over the {limit} byte limit")
+        size = await receive_body(receive, limit, spool.write, "the upload")
         spool.seek(0)
         fields, upload = await trio.to_thread.run_sync(_parse_multipart, spool, boundary, size)
     model = next((v for k, v in fields if k == "model"), None)

@@ -341,6 +341,20 @@ async def test_transcription_forwards_every_field_and_streams_the_file(hive: Hiv
     assert "-->" in response.text
 
 
+async def test_oversized_upload_is_413_and_connection_stays_usable(hive: Hive) -> None:
+    limit = hive.gateway.config.server.max_body_bytes
+    files = {"file": ("big.wav", b"\0" * (limit + 1024), "audio/wav")}
+    with trio.fail_after(20):
+        response = await hive.client.post(
+            "/v1/audio/transcriptions", data={"model": "m1"}, files=files
+        )
+    assert_openai_error(response, 413, "request_too_large")
+    assert calls(hive.fake, "/v1/audio/transcriptions") == []
+    with trio.fail_after(2):
+        response = await hive.client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+
+
 async def test_transcription_without_file_is_400(hive: Hive) -> None:
     with trio.fail_after(10):
         response = await hive.client.post(
