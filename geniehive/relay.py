@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -525,8 +526,7 @@ def encode_multipart(
     request: UpstreamRequest, upload: Upload
 ) -> tuple[str, int, AsyncIterator[bytes]]:
     """A multipart body streamed from the spooled upload, with its exact length."""
-    boundary = "geniehive" + trio.lowlevel.current_task().name.__hash__().__format__("x")[-8:]
-    boundary = f"----{boundary}{id(upload):x}"
+    boundary = f"----geniehive{secrets.token_hex(12)}"
     head = bytearray()
     for name, value in request.fields:
         head += (
