@@ -18,7 +18,7 @@ import trio
 
 from geniehive.adapters import UpstreamError
 from geniehive.config import UpstreamConfig
-from geniehive.models import LOCAL_HOST_ID, Asset, Host, Observed, Service
+from geniehive.models import LOCAL_HOST_ID, Asset, Host, Service
 from geniehive.supervise import run_every
 
 log = logging.getLogger("geniehive.discovery")
@@ -82,19 +82,13 @@ async def discover_upstream(gateway: Any, upstream: UpstreamConfig) -> None:
     if not services:
         return
     adapter = gateway.adapter_for(services[0])
-    observed: Observed | None = None
-    with trio.move_on_after(upstream.timeout_s) as scope:
-        try:
-            discovered = await adapter.discover()
-            observed = await adapter.observe()
-        except (httpx.HTTPError, UpstreamError) as exc:
-            gateway.count_failure("discovery", upstream.id)
-            log.info("discovery of %s failed: %s", upstream.id, exc or type(exc).__name__)
-            discovered = None
-    if scope.cancelled_caught:
+    discovered = await _bounded(upstream, "discovery", adapter.discover)
+    observed = None
+    if discovered is None:
         gateway.count_failure("discovery", upstream.id)
-        log.info("discovery of %s timed out after %.1f s", upstream.id, upstream.timeout_s)
-        discovered = None
+    else:
+        # Load figures are advisory: a slow or failed reading never discards the model list.
+        observed = await _bounded(upstream, "observation", adapter.observe)
     for service in services:
         if discovered is None:
             assets = tuple(replace(a, loaded=False) for a in service.assets) or tuple(
@@ -103,6 +97,21 @@ async def discover_upstream(gateway: Any, upstream: UpstreamConfig) -> None:
         else:
             assets = merge_assets(upstream.assets, discovered)
         await gateway.registry.set_service_assets(service.service_id, assets, observed)
+
+
+async def _bounded(upstream: UpstreamConfig, what: str, call: Any) -> Any:
+    """`call()` within the upstream's timeout; None (logged) on timeout or failure."""
+    with trio.move_on_after(upstream.timeout_s):
+        try:
+            return await call()
+        except (httpx.HTTPError, UpstreamError) as exc:
+            log.info("%s of %s failed: %s", what, upstream.id, exc or type(exc).__name__)
+            return None
+        except Exception:  # an adapter bug must not stop the other upstreams' discovery
+            log.exception("%s of %s failed unexpectedly", what, upstream.id)
+            return None
+    log.info("%s of %s timed out after %.1f s", what, upstream.id, upstream.timeout_s)
+    return None
 
 
 async def discover_all(gateway: Any) -> None:

@@ -33,6 +33,9 @@ async def probe_service_group(gateway: Any, service_ids: list[str]) -> None:
             result = await gateway.adapter_for(service).probe()
         except httpx.HTTPError as exc:
             result = ProbeResult(False, f"unreachable: {type(exc).__name__}")
+        except Exception as exc:  # a plugin bug: this service is down, the others go on
+            log.exception("probe of %s failed unexpectedly", service.service_id)
+            result = ProbeResult(False, f"probe error: {type(exc).__name__}")
     if not result.ok:
         gateway.count_failure("probe", service.service_id)
     for service_id in service_ids:

@@ -96,7 +96,10 @@ def _values(samples: Mapping[str, list[tuple[dict[str, str], float]]],
 def metric_sum(samples: Samples, *names: str) -> float | None:
     """The sum over label sets of the first of `names` on the page (None when absent)."""
     values = _values(samples, names)
-    return None if values is None else float(sum(values))
+    if values is None:
+        return None
+    total = float(sum(values))
+    return total if math.isfinite(total) else None  # finite values can still sum to inf
 
 
 def metric_max(samples: Samples, *names: str) -> float | None:

@@ -118,6 +118,8 @@ class NodeAgent:
                 observed = await adapter.observe()
             except (httpx.HTTPError, UpstreamError) as exc:
                 log.debug("discovery of %s failed: %s", upstream.id, exc or type(exc).__name__)
+            except Exception:  # an adapter bug must not stop this host's heartbeats
+                log.exception("discovery of %s failed unexpectedly", upstream.id)
         if discovered is not None:
             assets = merge_assets(upstream.assets, discovered)
             self.last_assets[upstream.id] = assets
