@@ -201,6 +201,9 @@ async def send_error(send: Send, exc: GenieHiveError, request_id: str, outcome: 
     if outcome.attempts:
         headers.append((b"x-geniehive-attempts", str(outcome.attempts).encode()))
         headers.append((b"x-geniehive-route", outcome.route.encode()))
+    if outcome.service_id is not None:
+        headers.append((b"x-geniehive-service", outcome.service_id.encode()))
+        headers.append((b"x-geniehive-model", (outcome.upstream_model or "").encode()))
     with trio.CancelScope(shield=True):
         await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from geniehive import health
 from geniehive import policy as policy_mod
 from geniehive.adapters import Adapter, UpstreamRequest
 from geniehive.errors import (
@@ -109,10 +110,11 @@ class Outcome:
 class _Failed(Exception):
     """A retryable failure of one attempt (internal)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind  # connect | timeout | protocol | status
         self.message = message
+        self.status = status
 
 
 def encode_json(obj: Any) -> bytes:
@@ -174,13 +176,14 @@ class Relay:
         role_policy = gw.role_policy(decision)
         max_attempts = gw.config.routing.max_attempts
         timeouts = 0
+        last: _Failed | None = None
         for current in gw.decision_chain(decision, stream=inbound.stream):
             outcome.route = current.route_label
             for candidate in current.candidates:
                 if outcome.attempts >= max_attempts:
                     break
                 service = gw.snapshot.services.get(candidate.service_id)
-                if service is None:
+                if service is None or (outcome.attempts and not self.still_open(service)):
                     continue
                 outcome.attempts += 1
                 outcome.service_id = service.service_id
@@ -193,6 +196,7 @@ class Relay:
                     )
                     return
                 except _Failed as failed:
+                    last = failed
                     timeouts += failed.kind == "timeout"
                     outcome.failures.append(f"{service.service_id}: {failed.message}")
                     log.warning(
@@ -201,12 +205,25 @@ class Relay:
                     )
             if outcome.attempts >= max_attempts:
                 break
-        if not outcome.failures:
+        if last is None:
             raise NoHealthyUpstream(f"no routable service for '{inbound.model}' now")
+        if last.status == 429:
+            # Retried in case another candidate had room; none had: the client gets the 429.
+            raise UpstreamStatus(429, last.message)
         summary = "; ".join(outcome.failures)
         if timeouts == len(outcome.failures):
             raise UpstreamTimeout(f"every upstream timed out: {summary}")
         raise UpstreamFailed(f"every upstream failed: {summary}")
+
+    def still_open(self, service: Service) -> bool:
+        """Whether a failover candidate may still be tried: its breaker may have opened (or
+        its one half-open trial been taken) and it may have been drained since the decision."""
+        if service.state.availability != "available" or not service.state.accept_requests:
+            return False
+        live = self.gw.live.services.get(service.service_id)
+        return live is None or health.breaker_allows(
+            live.breaker, trio.current_time(), self.gw.live.open_s
+        )
 
     async def attempt(
         self,
@@ -271,13 +288,15 @@ class Relay:
             headers = self.gw.route_headers(inbound, outcome)
             content_type = (response.header(b"content-type") or b"").decode("latin-1")
             if inbound.stream and content_type.startswith("text/event-stream"):
-                return await self._relay_stream(response, writer, headers, strip, outcome)
+                return await self._relay_stream(
+                    response, writer, headers, strip, outcome, started
+                )
             if inbound.operation in JSON_OPERATIONS:
                 return await self._relay_json(
                     adapter, inbound, request, response, writer, headers, strip, started, outcome
                 )
             return await self._relay_passthrough(
-                adapter, inbound, request, response, content_type, writer, headers
+                adapter, inbound, request, response, content_type, writer, headers, outcome
             )
         finally:
             await response.aclose()  # never blocks; closes the connection unless fully read
@@ -349,8 +368,10 @@ class Relay:
         except (trio.TooSlowError, PoolError):
             body = b""
         message = adapter.parse_error(status, body)
-        if status in RETRY_STATUSES or (status == 429 and more_candidates):
-            raise _Failed("status", f"HTTP {status}: {message}")
+        if status == 429 and more_candidates:
+            raise _Failed("status", message, status=429)
+        if status in RETRY_STATUSES:
+            raise _Failed("status", f"HTTP {status}: {message}", status=status)
         # Other 4xx, and 501 (the server lacks the feature, e.g. llama.cpp without
         # --embeddings), are the same everywhere: passed on at once, not failed over.
         raise UpstreamStatus(status, message)
@@ -362,9 +383,11 @@ class Relay:
         headers: list[tuple[bytes, bytes]],
         strip: bool,
         outcome: Outcome,
+        started: float,
     ) -> tuple[bool, float | None, float | None]:
+        """Relay an SSE answer. TTFT counts from the attempt's start: many servers send
+        their headers only with the first token."""
         stripper = SSEStripper(strip=strip)
-        started = trio.current_time()
         first: float | None = None
         await writer.start(200, [*SSE_HEADERS, *headers])
         try:
@@ -377,6 +400,7 @@ class Relay:
             await writer.body(stripper.flush(), False)
         except (trio.TooSlowError, PoolError) as exc:
             stalled = isinstance(exc, trio.TooSlowError)
+            outcome.status = 504 if stalled else 502  # for the log and metrics only
             await writer.body(encode_error_event(render_error(
                 f"the upstream {'stalled' if stalled else 'broke off'} mid-stream",
                 "server_error", "upstream_timeout" if stalled else "upstream_error",
@@ -433,6 +457,7 @@ class Relay:
         content_type: str,
         writer: Writer,
         headers: list[tuple[bytes, bytes]],
+        outcome: Outcome,
     ) -> tuple[bool, float | None, float | None]:
         content_type = content_type or "application/octet-stream"
         if inbound.upload is not None:
@@ -446,13 +471,20 @@ class Relay:
             )
             await writer.body(raw, False)
             return True, None, None
-        # Binary answers (speech, images) are streamed back as they come.
-        await writer.start(response.status, [(b"content-type", content_type.encode()), *headers])
+        # Binary answers (speech, images) are streamed back as they come, with the
+        # upstream's length when it gave one, so a body cut short is detectable.
+        length = response.header(b"content-length")
+        framing = [(b"content-length", length)] if length is not None else []
+        await writer.start(
+            response.status, [(b"content-type", content_type.encode()), *framing, *headers]
+        )
         try:
             async for chunk in IdleTimed(response, self.gw.config.routing.idle_stream_timeout_s):
                 await writer.body(chunk, True)
         except (trio.TooSlowError, PoolError):
-            await writer.body(b"", False)
+            # No clean end: the response stays unfinished and the server closes the
+            # connection, so the client sees a broken download, not a short "success".
+            outcome.status = 502
             return False, None, None
         await writer.body(b"", False)
         return True, None, None

@@ -389,3 +389,26 @@ async def test_failover_moves_to_the_next_candidate(nursery: trio.Nursery, tmp_p
                 attempts.add(response.headers["x-geniehive-attempts"])
         assert "2" in attempts
         await running.stop()
+
+
+async def test_upstream_429_with_no_other_candidate_reaches_the_client(hive: Hive) -> None:
+    hive.fake.set_fault("status", status=429, message="slow down", times=1)
+    with trio.fail_after(10):
+        response = await hive.client.post("/v1/chat/completions", json=CHAT)
+    error = assert_openai_error(response, 429, "upstream_429")
+    assert error["message"] == "slow down"
+    assert error["type"] == "rate_limit_error"
+    # Routed errors still say who answered.
+    assert response.headers["x-geniehive-service"] == "fake/chat"
+    assert response.headers["x-geniehive-model"] == "m1"
+
+
+async def test_stream_ttft_counts_from_sending_the_request(hive: Hive) -> None:
+    # Many servers send their headers only with the first token.
+    hive.fake.set_fault("slow_headers", delay_s=0.3, times=1)
+    with trio.fail_after(10):
+        response = await hive.client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        assert response.status_code == 200
+        while hive.gateway.live.get("fake/chat").ttft_ms() is None:
+            await trio.sleep(0.01)  # recorded just after the client got the last byte
+    assert hive.gateway.live.get("fake/chat").ttft_ms() >= 300
