@@ -288,6 +288,12 @@ async def expire_hosts(gateway: Any, states: dict[str, bool], now: float) -> Non
     """One tick: forget long-silent hosts, then log staleness transitions."""
     nodes = gateway.config.nodes
     hosts = gateway.snapshot.hosts.values()
+    # A host is forgotten only after this process itself went forget_after_s without hearing
+    # from it: a control plane that was down for a weekend must not forget every node at
+    # start (and their drains with them) before they had a chance to heartbeat.
+    heard_since = getattr(gateway, "started_wall", 0.0)
+    if now - heard_since < nodes.forget_after_s:
+        hosts = ()
     # Checked on the snapshot first so a quiet tick never takes the registry's write lock.
     if any(not h.is_local and routing.is_stale(h, now, nodes.forget_after_s) for h in hosts):
         for host_id in await gateway.registry.forget_stale(now - nodes.forget_after_s):

@@ -86,7 +86,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def load_control_or_exit(path: Path) -> Any:
-    from geniehive.config import ConfigError, is_loopback_bind, load_control
+    from geniehive.config import ConfigError, load_control
 
     try:
         config = load_control(path.resolve(), os.environ)
@@ -97,16 +97,7 @@ def load_control_or_exit(path: Path) -> Any:
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if not config.auth_keys:
-        exposed = [b for b in (*config.server.bind, *config.nodes.bind) if not is_loopback_bind(b)]
-        if exposed:
-            print(
-                f"{path}: refusing to start in open mode (no [[auth.keys]]) on a non-loopback "
-                f"address: {', '.join(exposed)}. Configure at least one key, or bind to "
-                "127.0.0.1.",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
+    # Open mode off loopback is refused by the daemon, which also knows the named keys.
     return config
 
 

@@ -30,11 +30,11 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from geniehive import ws
 from geniehive.adapters.loader import PluginError, load_adapters
-from geniehive.api_cluster import register_cluster_routes
+from geniehive.api_cluster import load_named_keys, register_cluster_routes
 from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.api_nodes import run_heartbeat_listener
 from geniehive.app import create_asgi
-from geniehive.config import ConfigError, ControlConfig
+from geniehive.config import ConfigError, ControlConfig, is_loopback_bind
 from geniehive.discovery import local_host, local_services, run_discovery
 from geniehive.gateway import Gateway
 from geniehive.launcher import LaunchError, run_launcher
@@ -96,6 +96,22 @@ async def run_managed_upstreams(gateway: Gateway, *, task_status: Any) -> None:
         await run_launcher(gateway.config.upstreams, probe_for, task_status=task_status)
     except LaunchError as exc:
         raise ConfigError([str(exc)]) from None
+
+
+def refuse_open_mode_off_loopback(gateway: Gateway) -> None:
+    """Open mode (no key at all, static or named) is only allowed when every bind is loopback.
+
+    Raises ConfigError naming the exposed binds.
+    """
+    config = gateway.config
+    if not gateway.auth.open_mode:
+        return
+    exposed = [b for b in (*config.server.bind, *config.nodes.bind) if not is_loopback_bind(b)]
+    if exposed:
+        raise ConfigError([
+            f"refusing to start in open mode (no API key configured) on a non-loopback "
+            f"address: {', '.join(exposed)}. Configure at least one key, or bind to 127.0.0.1."
+        ])
 
 
 def make_client(config: ControlConfig) -> httpx.AsyncClient:
@@ -182,6 +198,9 @@ async def serve_control(
         await registry.replace_roles(config.roles)
         async with make_client(config) as client:
             gateway = Gateway(config, registry, specs, client)
+            # Named keys count as keys from the first request on, on every port.
+            load_named_keys(gateway)
+            refuse_open_mode_off_loopback(gateway)
             gateway.pool = UpstreamPool(connect_timeout_s=config.routing.connect_timeout_s)
             gateway.startup_tasks.append(run_managed_upstreams)
             gateway.startup_tasks.append(run_heartbeat_listener)

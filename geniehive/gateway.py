@@ -49,6 +49,7 @@ class Gateway:
         self._drained: trio.Event | None = None
         self.started: set[str] = set()
         self.created = int(time.time())
+        self.started_wall = time.time()  # when this process started serving
         # Long-lived tasks other modules add to the tree (heartbeat listener, launcher) and
         # their Quart route registrations.
         self.startup_tasks: list[Any] = []

@@ -424,3 +424,27 @@ async def test_a_silent_host_goes_stale_once_then_is_forgotten(
             assert caplog.text.count("host gpu-01 forgotten") == 1
             assert caplog.text.count("host gpu-01 stale") == 2
             nursery.cancel_scope.cancel()
+
+
+async def test_a_restart_gives_long_silent_hosts_a_full_forget_period(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    # Down for longer than forget_after_s: the hosts it knew come back from the registry
+    # with old heartbeats; they must get the chance to heartbeat before being forgotten.
+    config = load_control(write_config(
+        tmp_path, "[nodes]\nstale_after_s = 3\nforget_after_s = 30\n"), {})
+    gateway = ListenerGateway(config)
+
+    def wall() -> float:
+        return 1_000_000.0 + trio.current_time()
+
+    gateway.started_wall = wall()
+    gateway.registry.put(Host("gpu-01", "127.0.0.1", last_heartbeat=wall() - 3600))
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(run_heartbeat_listener, gateway, wall_clock=wall))
+            await trio.sleep(25)
+            assert "gpu-01" in gateway.snapshot.hosts
+            await trio.sleep(10)
+            assert "gpu-01" not in gateway.snapshot.hosts
+            nursery.cancel_scope.cancel()
