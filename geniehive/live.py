@@ -245,6 +245,16 @@ class LiveState:
             health.next_breaker_on_result(live.breaker, True, now, failures=self.failures),
         )
 
+    def attempt_refused(self, service_id: str, now: float) -> None:
+        """The upstream answered with a client error (4xx): it is alive, so the breaker
+        closes, but the answer is no measurement of its speed."""
+        live = self.get(service_id)
+        live.in_flight -= 1
+        self._set_breaker(
+            service_id, live,
+            health.next_breaker_on_result(live.breaker, True, now, failures=self.failures),
+        )
+
     def attempt_abandoned(self, service_id: str) -> None:
         """The client went away: neither a success nor an upstream failure."""
         live = self.get(service_id)

@@ -255,9 +255,11 @@ class Relay:
         except _Failed:
             gw.live.attempt_failed(service.service_id, trio.current_time())
             raise
+        except UpstreamStatus:
+            gw.live.attempt_refused(service.service_id, trio.current_time())
+            raise
         except BaseException:
-            # An upstream 4xx, or cancelled (the client went away): not a failure of the
-            # service, so the breaker does not hear of it.
+            # Cancelled (the client went away): neither a success nor a failure.
             gw.live.attempt_abandoned(service.service_id)
             raise
         ok, ttft, tps = result
@@ -576,7 +578,8 @@ def encode_multipart(
         yield bytes(head)
         upload.file.seek(0)
         while True:
-            block = upload.file.read(256 * 1024)
+            # The spooled upload may live on disk: read it off the event loop.
+            block = await trio.to_thread.run_sync(upload.file.read, 256 * 1024)
             if not block:
                 break
             yield block

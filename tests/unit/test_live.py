@@ -91,3 +91,15 @@ def test_the_gateway_view_lets_routing_see_a_gated_service_fail_its_breaker_firs
     ctx = RoutingContext(now=100.0, runtime=RuntimeView(live, 10.0))
     gates = [(e.service_id, e.gate) for e in resolve(snap, "gold", "chat", ctx).excluded]
     assert gates == [("a", "trust_tier"), ("b", "breaker_open")]
+
+
+def test_a_client_error_answer_closes_a_half_open_breaker_without_a_measurement() -> None:
+    live = LiveState(open_s=10.0, failures=1)
+    live.attempt_started("s", 0.0)
+    live.attempt_failed("s", 0.0)
+    assert live.get("s").breaker.state == "open"
+    live.attempt_started("s", 10.0)  # the half-open trial
+    live.attempt_refused("s", 10.5)  # the upstream answered 400: it is alive
+    assert live.get("s").breaker == health.CLOSED
+    assert live.get("s").in_flight == 0
+    assert live.get("s").p50_latency_ms() is None
