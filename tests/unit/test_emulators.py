@@ -296,16 +296,17 @@ async def read_line(stream: Any) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("module", "path", "expected"),
+    ("module", "args", "path", "expected"),
     [
-        ("tests.fakes.ollama", "/api/version", {"version": "0.9.6"}),
-        ("tests.fakes.vllm", "/v1/models", "Qwen/Qwen3-8B"),
-        ("tests.fakes.whispercpp", "/health", {"status": "ok"}),
+        ("tests.fakes.upstream", ["--model", "p1"], "/v1/models", "p1"),
+        ("tests.fakes.ollama", [], "/api/version", {"version": "0.9.6"}),
+        ("tests.fakes.vllm", [], "/v1/models", "Qwen/Qwen3-8B"),
+        ("tests.fakes.whispercpp", [], "/health", {"status": "ok"}),
     ],
 )
-async def test_emulator_process_prints_listening_and_exits_zero_on_sigterm(module, path,
-                                                                           expected):
-    command = [sys.executable, "-m", module, "--port", "0"]
+async def test_fake_process_prints_listening_and_exits_zero_on_sigterm(module, args, path,
+                                                                       expected):
+    command = [sys.executable, "-m", module, "--port", "0", *args]
     process = await trio.lowlevel.open_process(command, cwd=REPO, stdout=subprocess.PIPE)
     try:
         with trio.fail_after(10):

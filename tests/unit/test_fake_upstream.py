@@ -9,10 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import signal
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -393,32 +390,3 @@ async def test_control_release_lets_a_held_stream_finish(fake, client):
                 await other.post("/_fake/release")
             rest = [line async for line in lines]
     assert "data: [DONE]" in rest
-
-
-async def read_line(stream) -> bytes:
-    line = b""
-    while not line.endswith(b"\n"):
-        data = await stream.receive_some(1024)
-        assert data, f"stdout closed after {line!r}"
-        line += data
-    return line
-
-
-async def test_process_mode_prints_listening_serves_and_exits_zero_on_sigterm():
-    command = [sys.executable, "-m", "tests.fakes.upstream", "--port", "0", "--model", "p1"]
-    process = await trio.lowlevel.open_process(command, cwd=REPO, stdout=subprocess.PIPE)
-    try:
-        with trio.fail_after(10):
-            line = (await read_line(process.stdout)).decode()
-            port = int(line.split()[1])
-            async with httpx.AsyncClient() as c:
-                models = (await c.get(f"http://127.0.0.1:{port}/v1/models")).json()
-            process.send_signal(signal.SIGTERM)
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stdout.aclose()
-    assert line == f"LISTENING {port}\n"
-    assert [m["id"] for m in models["data"]] == ["p1"]
