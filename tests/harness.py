@@ -117,6 +117,12 @@ class Proc:
     def text(self) -> str:
         return self.output.decode("utf-8", "replace")
 
+    async def wait_for_text(self, text: str) -> None:
+        """Wait until the process has printed `text` (the caller holds the deadline)."""
+        wanted = text.encode()
+        while wanted not in self.output:  # another process's output: nothing to wait on
+            await trio.sleep(0.01)
+
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
