@@ -138,17 +138,17 @@ async def supervise_node(run_node: Any, config: Any) -> None:
 
     import trio
 
-    from geniehive.sdnotify import notify, run_watchdog
+    from geniehive.sdnotify import notify_ready, notify_stopping, run_watchdog
 
     async with trio.open_nursery() as nursery:
         await nursery.start(run_watchdog)
         await nursery.start(run_node, config)
-        await notify("READY=1")
+        await notify_ready()
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s: stopping the node agent", signal.Signals(signum).name)
                 break
-        await notify("STOPPING=1")
+        await notify_stopping()
         nursery.cancel_scope.cancel()
 
 

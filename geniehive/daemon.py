@@ -42,7 +42,7 @@ from geniehive.models import LOCAL_HOST_ID
 from geniehive.pool import UpstreamPool
 from geniehive.prober import run_prober
 from geniehive.registry import open_registry
-from geniehive.sdnotify import notify, run_watchdog
+from geniehive.sdnotify import notify_ready, notify_stopping, run_watchdog
 
 log = logging.getLogger("geniehive.daemon")
 
@@ -240,10 +240,10 @@ async def _run_tree(
         for url in binds:
             log.info("GenieHive listening on %s", url)
         task_status.started(binds)
-        await notify("READY=1")
+        await notify_ready()
         await shutdown.wait()
         gateway.ready = False
-        await notify("STOPPING=1")
+        await notify_stopping()
         # hypercorn drains in-flight requests for shutdown_grace_s, then returns; the
         # other tasks are cancelled once it has.
         await _wait_proxy_drained(nursery, gateway)

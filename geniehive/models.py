@@ -58,11 +58,6 @@ class Asset:
     expires_at: str | None = None
     policy: Policy | None = None
 
-    @property
-    def family_key(self) -> str:
-        """The text family matching looks in: the family, else the asset id."""
-        return (self.family or self.asset_id).lower()
-
 
 @dataclass(frozen=True, slots=True)
 class Observed:
@@ -201,5 +196,3 @@ class Snapshot:
             self, "samples_by_service", {k: tuple(v) for k, v in samples.items()}
         )
 
-
-EMPTY_SNAPSHOT = Snapshot(version=0, hosts={}, services={}, roles={})

@@ -150,9 +150,7 @@ class Relay:
             effective.body_overrides
         ):
             body = policy_mod.apply_policy(body, inbound.operation, effective)
-        if policy_mod.wants_thinking_off(
-            model, inbound.operation
-        ) and not policy_mod.client_chose_thinking(body):
+        if policy_mod.needs_thinking_off(body, model, inbound.operation):
             body = adapter.thinking_off(body)
         if inbound.operation == "embeddings" and body.get("encoding_format") == "base64":
             # Ask for floats and encode ourselves: upstreams that ignore or reject base64
