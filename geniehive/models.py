@@ -195,4 +195,3 @@ class Snapshot:
         object.__setattr__(
             self, "samples_by_service", {k: tuple(v) for k, v in samples.items()}
         )
-
