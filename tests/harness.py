@@ -154,8 +154,14 @@ async def _spawn(nursery: trio.Nursery, argv: list[str], pattern: re.Pattern[byt
                         found.set()
         finally:
             found.set()
-            if process.returncode is None and process.poll() is None:
+            if process.poll() is None:
                 process.kill()  # the test ended (or failed): never leave a process behind
+            # Reap it even while cancelled: an unreaped child keeps its pidfd open and warns
+            # when collected. A killed process exits at once; the bound is only a guard.
+            with trio.move_on_after(10) as reap:
+                reap.shield = True
+                await process.wait()
+                await process.stdout.aclose()
 
     nursery.start_soon(pump)
     await found.wait()

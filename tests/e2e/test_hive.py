@@ -144,6 +144,7 @@ async def test_hive_heals_around_dead_agents_and_restarts(
             # Kill agent A: its services leave routing within stale_after_s.
             node_a.process.kill()
             killed = trio.current_time()
+            await node_a.process.wait()
             await wait_for(lambda c: _equals(routable(c), {"gpu-b-up/chat"}), client, 0.02)
             left_after = trio.current_time() - killed
             # Within stale_after_s of the last heartbeat (one interval before the kill), plus
