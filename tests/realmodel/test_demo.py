@@ -51,6 +51,9 @@ def node_config(tmp_path: Path, control_url: str, llama_port: int) -> Path:
     node = (DEMO / "node.toml").read_text()
     node = rewrite(node, '"http://127.0.0.1:8810"', f'"{control_url}"')
     node = rewrite(node, "18190", str(llama_port))
+    # The suite shares two cores with other processes: two llama.cpp threads spin-wait on each
+    # other, and one descheduled thread stalls every token (30 s per answer seen under load).
+    node = rewrite(node, '"--threads", "2"', '"--threads", "1"')
     path = tmp_path / "node.toml"
     path.write_text(node)
     return path
