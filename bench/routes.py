@@ -6,9 +6,12 @@ shapes per size:
   direct10    a model name served by 10 services (the direct index finds them);
   role_gated  a role whose trust-tier gate leaves 10 candidates (every service is checked);
   role_all    a role every service passes (all of them are scored and ranked).
-Each is timed with precomputed `ServiceRuntime` values (a plain dict, the router alone) and,
-as `*_live`, through `LiveState.runtime` with a full window of measurements per service,
-which is how the gateway feeds the router (the runtime is computed per lookup).
+Each is timed with precomputed `ServiceRuntime` values (a plain dict, the router alone: every
+runtime is looked up per decision) and, as `*_live`, through the gateway's `RuntimeView` over
+a `LiveState` with a full window of measurements per service (a decision looks up only the
+runtimes that changed since the previous one). `role_all_live_churn` is `role_all_live` with
+one request started and one finished between decisions, as under traffic; its time includes
+those two updates of the live counters.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ SHAPES = {
     "role_gated": "gold_only",
     "role_all": "anyone",
 }
+# every timed column: the shapes with each runtime source, and the churn case
+COLUMNS = (*SHAPES, *(f"{shape}_live" for shape in SHAPES), "role_all_live_churn")
 
 
 def build_snapshot(size: int, now: float) -> Snapshot:
@@ -118,8 +123,31 @@ def measure(sizes: tuple[int, ...], repeat: int = 5, loops: int | None = None
                 row[f"{shape}{suffix}_candidates"] = len(decision.candidates)
                 call = functools.partial(routing.resolve, snapshot, name, "chat", ctx)
                 row[f"{shape}{suffix}_us"] = round(time_call(call, repeat, loops), 2)
+        churn = churn_call(snapshot, contexts["_live"])
+        row["role_all_live_churn_candidates"] = len(churn().candidates)
+        row["role_all_live_churn_us"] = round(time_call(churn, repeat, loops), 2)
         rows.append(row)
     return rows
+
+
+def churn_call(snapshot: Snapshot, ctx: routing.RoutingContext) -> Any:
+    """A decision for the every-service role after one request finished on one service and
+    another started on the next, in turn over all of them."""
+    view = ctx.runtime
+    assert isinstance(view, RuntimeView)
+    live, clock = view.live, view.now
+    turn = itertools.cycle(snapshot.services)
+    running = next(turn)
+    live.attempt_started(running, clock)
+
+    def call() -> routing.RouteDecision:
+        nonlocal running
+        live.attempt_succeeded(running, clock, latency_ms=850.0)
+        running = next(turn)
+        live.attempt_started(running, clock)
+        return routing.resolve(snapshot, SHAPES["role_all"], "chat", ctx)
+
+    return call
 
 
 def growth(rows: list[dict[str, Any]], shape: str) -> float | None:

@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     loops = 20 if mode == "smoke" else None
     results["routes"] = routes.measure(plan.route_sizes, plan.route_repeat, loops)
     results["route_growth"] = {shape: routes.growth(results["routes"], shape)
-                               for shape in routes.SHAPES}
+                               for shape in routes.COLUMNS}
     results["targets"] = report.check_targets(results)
     return results
 

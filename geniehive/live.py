@@ -10,6 +10,8 @@ its `ServiceRuntime` is reused (the same object) until something it shows change
 can tell an unchanged service by identity. `health_suspects` names the services whose probe
 is down or whose breaker is not closed: every other service passes the health gates on its
 runtime alone, which lets a decision skip the services a role's static gates exclude.
+`changes` journals every service whose runtime may have changed, so a decision over many
+services re-reads only those (plus the suspects, whose open breakers move with the clock).
 """
 
 from __future__ import annotations
@@ -35,18 +37,56 @@ def _percentile(values: Iterable[float], fraction: float) -> float | None:
     return ordered[index]
 
 
+class Journal:
+    """The ids of services whose runtime may have changed, in order, as a growing log.
+
+    A reader keeps a position and asks for the ids written since; positions older than the
+    retained part get None (read everything again). The log keeps at most `limit` entries:
+    when full, the older half is dropped.
+    """
+
+    __slots__ = ("base", "entries", "limit")
+
+    def __init__(self, limit: int = 65536) -> None:
+        self.base = 0  # the position of entries[0]
+        self.entries: list[str] = []
+        self.limit = limit
+
+    @property
+    def position(self) -> int:
+        return self.base + len(self.entries)
+
+    def add(self, service_id: str) -> None:
+        entries = self.entries
+        entries.append(service_id)
+        if len(entries) > self.limit:
+            half = len(entries) // 2
+            del entries[:half]
+            self.base += half
+
+    def since(self, position: int) -> list[str] | None:
+        """The ids added at or after `position` (repeats included), or None when some of them
+        are no longer kept."""
+        start = position - self.base
+        if start < 0 or position > self.position:
+            return None
+        return self.entries[start:]
+
+
 class ServiceLive:
     """One service's counters. `probe` and `breaker` are replaced, never mutated; assigning
-    them (or recording a measurement) drops the cached runtime."""
+    them, `in_flight`, or recording a measurement drops the cached runtime and writes the
+    service to the journal."""
 
     __slots__ = (
         "_breaker",
+        "_in_flight",
+        "_journal",
         "_probe",
         "_runtime",
         "_stats",
         "_suspects",
         "failures",
-        "in_flight",
         "latencies_ms",
         "outcomes",
         "requests",
@@ -55,9 +95,15 @@ class ServiceLive:
         "ttfts_ms",
     )
 
-    def __init__(self, service_id: str = "", suspects: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        service_id: str = "",
+        suspects: set[str] | None = None,
+        journal: Journal | None = None,
+    ) -> None:
         self.service_id = service_id
-        self.in_flight = 0
+        self._journal = journal if journal is not None else Journal()
+        self._in_flight = 0
         self.latencies_ms: deque[float] = deque(maxlen=WINDOW)
         self.ttfts_ms: deque[float] = deque(maxlen=WINDOW)
         self.tokens_per_sec: deque[float] = deque(maxlen=WINDOW)
@@ -72,6 +118,15 @@ class ServiceLive:
         self._runtime: ServiceRuntime | None = None
 
     @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, count: int) -> None:
+        self._in_flight = count
+        self._journal.add(self.service_id)
+
+    @property
     def probe(self) -> health.ProbeState:
         return self._probe
 
@@ -80,6 +135,7 @@ class ServiceLive:
         self._probe = state
         self._runtime = None
         self._mark()
+        self._journal.add(self.service_id)
 
     @property
     def breaker(self) -> health.BreakerState:
@@ -92,6 +148,7 @@ class ServiceLive:
         self._breaker = state
         self._runtime = None
         self._mark()
+        self._journal.add(self.service_id)
 
     def _mark(self) -> None:
         if self._probe.verdict == "down" or self._breaker.state != "closed":
@@ -119,6 +176,7 @@ class ServiceLive:
             self.tokens_per_sec.append(tokens_per_sec)
         self._stats = None
         self._runtime = None
+        self._journal.add(self.service_id)
 
     def _measures(self) -> tuple[int, float | None, float | None, float | None, float]:
         stats = self._stats
@@ -159,14 +217,14 @@ class ServiceLive:
         if view == "open":
             view = health.breaker_view(breaker, now, open_s)
         cached = self._runtime
-        if cached is not None and cached.in_flight == self.in_flight and cached.breaker == view:
+        if cached is not None and cached.in_flight == self._in_flight and cached.breaker == view:
             return cached
         samples, p50, ttft, tok_s, error_rate = self._measures()
         cached = self._runtime = ServiceRuntime(
             probe=self._probe.verdict,
             breaker=view,
             trial_taken=breaker.trial_in_flight,
-            in_flight=self.in_flight,
+            in_flight=self._in_flight,
             samples=samples,
             p50_latency_ms=p50,
             ttft_ms=ttft,
@@ -183,6 +241,8 @@ class LiveState:
         self.services: dict[str, ServiceLive] = {}
         # ids whose probe is down or whose breaker is not closed (kept by ServiceLive)
         self.health_suspects: set[str] = set()
+        # services whose runtime may have changed, for decisions that read only those
+        self.changes = Journal()
         self.rr_counters: dict[str, int] = {}
         self.open_s = open_s
         self.failures = failures
@@ -190,7 +250,10 @@ class LiveState:
     def get(self, service_id: str) -> ServiceLive:
         live = self.services.get(service_id)
         if live is None:
-            live = self.services[service_id] = ServiceLive(service_id, self.health_suspects)
+            live = self.services[service_id] = ServiceLive(
+                service_id, self.health_suspects, self.changes
+            )
+            self.changes.add(service_id)  # its runtime is no longer NO_RUNTIME
         return live
 
     def runtime(self, service_id: str, now: float) -> ServiceRuntime:
@@ -270,6 +333,7 @@ class RuntimeView(Mapping[str, routing.ServiceRuntime]):
 
     `health_suspects` tells routing which services may fail a health gate on their runtime
     (see `routing.RoutingContext`); the others need no lookup to be excluded by a role gate.
+    `changes_since` tells it which runtimes to look up again after an earlier decision.
     """
 
     def __init__(self, live: LiveState, now: float) -> None:
@@ -289,6 +353,16 @@ class RuntimeView(Mapping[str, routing.ServiceRuntime]):
 
     def health_suspects(self) -> frozenset[str]:
         return frozenset(self.live.health_suspects)
+
+    def changes_since(self, token: object) -> tuple[object, Iterable[str] | None]:
+        """A token for now, and the ids whose runtime may have changed since `token` was
+        handed out (None: unknown, read every service). Runtimes that move with the clock
+        alone (open breakers) are health suspects, never listed here."""
+        journal = self.live.changes
+        now_token = (journal, journal.position)
+        if not (isinstance(token, tuple) and token[0] is journal):
+            return now_token, None
+        return now_token, journal.since(token[1])
 
     def __contains__(self, service_id: object) -> bool:
         return True

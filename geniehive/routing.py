@@ -105,6 +105,9 @@ class RoutingContext:
     closed; every other id then passes the health gates on its runtime, and a decision skips
     looking up the services a role's static gates exclude. Decisions reuse candidates while a
     service's runtime is the same object, so a mapping should hand out one value per state.
+    A mapping with both `health_suspects()` and `changes_since(token)` (returning a new token
+    and the ids whose runtime may have changed since `token`, or None when it cannot tell) is
+    read incrementally: a decision looks up only those ids and the suspects.
     """
 
     now: float  # wall-clock seconds, for host staleness
@@ -679,6 +682,7 @@ class _Plan:
         "samples",
         "tier_sids",
         "tiers",
+        "where",
     )
 
     def __init__(
@@ -709,6 +713,9 @@ class _Plan:
             for e in entries_
         }
         self.tier_sids = [[e.service.service_id for e in tier] for tier in self.tiers]
+        self.where = {  # service id -> (tier, index) of the services that may be candidates
+            sid: (t, i) for t, sids in enumerate(self.tier_sids) for i, sid in enumerate(sids)
+        }
         self.memos: dict[tuple[str, bool], _Memo] = {}
 
 
@@ -844,11 +851,22 @@ class _Memo:
     """A plan's last decision for one (name, stream), updated where runtimes changed.
 
     Per tier: the runtime each service had (by identity), its candidate or None when a health
-    gate excluded it, and the tier's order. A decision looks every runtime up, then rebuilds
-    only the changed services and re-sorts only the tiers holding them.
+    gate excluded it, and the tier's order. A decision looks up the runtimes that may have
+    changed (every runtime, unless the mapping can say which changed), then rebuilds only the
+    changed services and re-sorts only the tiers holding them.
     """
 
-    __slots__ = ("excluded", "first", "limit", "orders", "result", "runtimes", "stale", "status")
+    __slots__ = (
+        "excluded",
+        "first",
+        "limit",
+        "orders",
+        "result",
+        "runtimes",
+        "stale",
+        "status",
+        "token",
+    )
 
     def __init__(self, plan: _Plan, stale: frozenset[str] | set[str], limit: float) -> None:
         self.stale = stale
@@ -862,6 +880,7 @@ class _Memo:
         # ((strategy, round-robin counter), candidates, health exclusions by position)
         self.result: tuple[tuple[str, int], tuple[Candidate, ...], list[tuple[int, Exclusion]]]
         self.result = None  # type: ignore[assignment]
+        self.token: object = None  # the runtime mapping's `changes_since` token, if it has one
 
     def update(
         self,
@@ -874,16 +893,36 @@ class _Memo:
     ) -> tuple[tuple[Candidate, ...], list[tuple[int, Exclusion]]]:
         get = runtimes.get
         changed_any = False
-        for t, tier in enumerate(plan.tiers):
-            new = list(map(get, plan.tier_sids[t], repeat(NO_RUNTIME, len(tier))))
-            changed = list(compress(range(len(new)), map(is_not, new, self.runtimes[t])))
-            if not changed:
-                continue
-            self.runtimes[t] = new
-            self.orders[t] = None
-            changed_any = True
-            for i in changed:
-                self._judge(plan, name, stream, t, i, new[i])
+        changes_since = getattr(runtimes, "changes_since", None)
+        suspects = getattr(runtimes, "health_suspects", None)
+        ids = None
+        if changes_since is not None and suspects is not None:
+            self.token, ids = changes_since(self.token)
+        if ids is not None:
+            where = plan.where
+            for sid in suspects().union(ids):
+                found = where.get(sid)
+                if found is None:
+                    continue
+                t, i = found
+                runtime = get(sid, NO_RUNTIME)
+                if runtime is self.runtimes[t][i]:
+                    continue
+                self.runtimes[t][i] = runtime
+                self.orders[t] = None
+                changed_any = True
+                self._judge(plan, name, stream, t, i, runtime)
+        else:
+            for t, tier in enumerate(plan.tiers):
+                new = list(map(get, plan.tier_sids[t], repeat(NO_RUNTIME, len(tier))))
+                changed = list(compress(range(len(new)), map(is_not, new, self.runtimes[t])))
+                if not changed:
+                    continue
+                self.runtimes[t] = new
+                self.orders[t] = None
+                changed_any = True
+                for i in changed:
+                    self._judge(plan, name, stream, t, i, new[i])
         first = next((t for t, status in enumerate(self.status) if any(status)), -1)
         if first != self.first:
             for t in {first, self.first} - {-1}:  # the pool moved: rebuild both tiers' flags

@@ -48,4 +48,8 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
     assert held["rss_mib"] > 0 and held["after_release"] == "ok"
     assert [row["services"] for row in report["routes"]] == [10, 100]
     assert all(row["direct10_us"] > 0 for row in report["routes"])
+    for row in report["routes"]:  # the churn case decides over every service, under traffic
+        assert row["role_all_live_churn_candidates"] == row["services"]
+        assert row["role_all_live_churn_us"] > 0
+    assert set(report["route_growth"]) >= {"role_all_live", "role_all_live_churn"}
     assert report["targets"] and "## Targets" in markdown

@@ -946,3 +946,81 @@ def test_plans_are_dropped_with_their_snapshot() -> None:
     del snap
     gc.collect()
     assert key not in routing._INDEXES
+
+
+@pytest.mark.parametrize("journal_limit", [65536, 6])
+def test_decisions_read_incrementally_from_live_counters_match_the_definition(
+    journal_limit: int,
+) -> None:
+    # The gateway's view names the services whose runtime changed since a decision; reading
+    # only those (and the suspects, whose open breakers move with the clock) must decide as
+    # reading everything does, including after the journal dropped entries a memo needed.
+    import random
+
+    from geniehive import health
+    from geniehive.live import Journal, LiveState, RuntimeView
+
+    snap, roles = busy_cluster(11)
+    live = LiveState(open_s=1.0, failures=2)
+    live.changes = Journal(limit=journal_limit)
+    rng = random.Random(5)
+    ids = sorted(snap.services)
+    clock = 100.0
+    for step in range(60):
+        for _ in range(rng.choice([0, 1, 1, 3, 12])):
+            sid = rng.choice(ids)
+            counters = live.get(sid)
+            action = rng.random()
+            if action < 0.35:
+                live.attempt_started(sid, clock)
+            elif counters.in_flight > 0 and action < 0.55:
+                live.attempt_succeeded(sid, clock, latency_ms=rng.choice([300.0, 2500.0]))
+            elif counters.in_flight > 0 and action < 0.75:
+                live.attempt_failed(sid, clock)
+            elif counters.in_flight > 0 and action < 0.8:
+                live.attempt_refused(sid, clock)
+            elif counters.in_flight > 0 and action < 0.85:
+                live.attempt_abandoned(sid)
+            else:
+                verdict = rng.choice(["healthy", "down", "unknown"])
+                counters.probe = health.ProbeState(verdict, "test", clock)
+        clock += rng.choice([0.0, 0.4, 1.5])  # open breakers go half-open with time alone
+        view = RuntimeView(live, clock)
+        frozen = {sid: view.get(sid) for sid in ids}
+        rr = {"role:gpu": step, "model:shared": step}
+        c = RoutingContext(NOW + step / 4, 15.0, runtime=view, rr_counters=rr)
+        reference = RoutingContext(NOW + step / 4, 15.0, runtime=frozen, rr_counters=rr)
+        for r in roles:
+            decision = resolve(snap, r.role_id, "chat", c)
+            assert (decision.candidates, decision.excluded) == reference_role(
+                snap, r.role_id, r, reference
+            ), (step, r.role_id)
+        direct = resolve(snap, "shared", "chat", c)
+        assert (direct.candidates, direct.excluded) == reference_direct(snap, "shared", reference)
+    # the small journal dropped entries, so some decisions read everything again
+    assert (live.changes.base > 0) == (journal_limit < len(ids))
+
+
+def test_the_journal_says_what_changed_and_when_it_no_longer_knows() -> None:
+    from geniehive.live import Journal, LiveState, RuntimeView
+
+    live = LiveState()
+    view = RuntimeView(live, 0.0)
+    token, ids = view.changes_since(None)
+    assert ids is None  # a first reader reads everything
+    live.attempt_started("a", 0.0)
+    token, ids = view.changes_since(token)
+    assert set(ids) == {"a"}
+    token, ids = view.changes_since(token)
+    assert list(ids) == []
+    live.get("b").probe = live.get("b").probe  # any assignment may change the runtime
+    token, ids = view.changes_since(token)
+    assert set(ids) == {"b"}
+    other = RuntimeView(LiveState(), 0.0)
+    assert other.changes_since(token)[1] is None  # another live state's token
+    small = Journal(limit=4)
+    position = small.position
+    for n in range(5):
+        small.add(f"s{n}")
+    assert small.since(position) is None  # dropped: the reader must read everything
+    assert small.since(small.position - 1) == ["s4"]
