@@ -21,9 +21,11 @@ PACKAGES = ("geniehive", "hypercorn", "quart_trio", "quart", "werkzeug", "h11", 
             "httpx", "trio", "anyio", "sniffio", "outcome", "idna", "json", "logging")
 
 
-def record(pid: int, kind: str, port: int, seconds: int, cpu: int, out: Path) -> dict[str, Any]:
-    """Load the gateway with wrk (c=16) while py-spy samples it; returns the ranking."""
-    raw = out / f"profile-{kind}.txt"
+def record(pid: int, kind: str, port: int, seconds: int, cpu: int, out: Path,
+           concurrency: int = 16) -> dict[str, Any]:
+    """Load the gateway with wrk while py-spy samples it; returns the ranking."""
+    raw = out / (f"profile-{kind}.txt" if concurrency == 16 else
+                 f"profile-{kind}-c{concurrency}.txt")
     argv = [
         find_tool("taskset") or "taskset", "-c", str(cpu), find_tool("py-spy") or "py-spy",
         "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
@@ -32,7 +34,8 @@ def record(pid: int, kind: str, port: int, seconds: int, cpu: int, out: Path) ->
     sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     load: dict[str, Any] = {}
     worker = threading.Thread(
-        target=lambda: load.update(run_wrk(kind, port, 16, seconds + 1, cpu)), daemon=True
+        target=lambda: load.update(run_wrk(kind, port, concurrency, seconds + 1, cpu)),
+        daemon=True,
     )
     worker.start()
     _, err = sampler.communicate(timeout=seconds + 60)
