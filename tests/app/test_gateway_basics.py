@@ -8,8 +8,8 @@ import httpx
 import pytest
 import trio
 
-from geniehive.daemon import serve_control
 from geniehive.config import ConfigError, load_control
+from geniehive.daemon import serve_control
 from tests.app.conftest import Hive
 from tests.app.test_proxy_contract import CHAT, assert_openai_error
 from tests.fakes.upstream import FakeUpstream

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import signal
-import struct
 import sys
 from pathlib import Path
 
