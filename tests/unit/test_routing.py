@@ -981,9 +981,15 @@ def test_decisions_read_incrementally_from_live_counters_match_the_definition(
                 live.attempt_refused(sid, clock)
             elif counters.in_flight > 0 and action < 0.85:
                 live.attempt_abandoned(sid)
-            else:
+            elif action < 0.9:
                 verdict = rng.choice(["healthy", "down", "unknown"])
                 counters.probe = health.ProbeState(verdict, "test", clock)
+            elif action < 0.95:  # set directly, as an operator's reset would
+                counters.breaker = rng.choice(
+                    [health.CLOSED, health.BreakerState("open", 3, clock)]
+                )
+            else:  # a measurement alone, without an attempt around it
+                counters.record(rng.random() < 0.5, rng.choice([300.0, 2500.0]))
         clock += rng.choice([0.0, 0.4, 1.5])  # open breakers go half-open with time alone
         view = RuntimeView(live, clock)
         frozen = {sid: view.get(sid) for sid in ids}
@@ -1024,3 +1030,20 @@ def test_the_journal_says_what_changed_and_when_it_no_longer_knows() -> None:
         small.add(f"s{n}")
     assert small.since(position) is None  # dropped: the reader must read everything
     assert small.since(small.position - 1) == ["s4"]
+
+
+def test_a_breaker_reset_by_hand_is_seen_by_the_next_incremental_decision() -> None:
+    from geniehive import health
+    from geniehive.live import LiveState, RuntimeView
+
+    snap = snapshot([service("a", asset("m")), service("b", asset("m"))], [role("r")])
+    live = LiveState()
+
+    def c() -> RoutingContext:  # a fresh view per decision, as the gateway makes one
+        return ctx(runtime=RuntimeView(live, 50.0))
+
+    assert order(resolve(snap, "r", "chat", c())) == ["a", "b"]
+    live.get("a").breaker = health.BreakerState("open", 3, 50.0)
+    assert order(resolve(snap, "r", "chat", c())) == ["b"]
+    live.get("a").breaker = health.CLOSED  # no longer a suspect: only the journal tells
+    assert order(resolve(snap, "r", "chat", c())) == ["a", "b"]
