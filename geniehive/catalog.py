@@ -48,11 +48,11 @@ def _best(values: list[float | None], pick: Callable[..., float]) -> float | Non
 def _service_numbers(
     service: Service, rt: routing.ServiceRuntime
 ) -> dict[str, float | int | None]:
-    measured = rt.samples >= 5
+    latency, tokens_per_sec = routing.measures(service, rt, stream=False)  # as routing sees it
     return {
-        "p50_latency_ms": rt.p50_latency_ms if measured else service.observed.p50_latency_ms,
+        "p50_latency_ms": latency,
         "ttft_ms": rt.ttft_ms,
-        "tokens_per_sec": rt.tokens_per_sec if measured else service.observed.tokens_per_sec,
+        "tokens_per_sec": tokens_per_sec,
         "in_flight": rt.in_flight,
     }
 
@@ -62,8 +62,7 @@ def describe_services(
 ) -> dict[str, Any]:
     """The aggregated `geniehive` metadata of the services behind one name."""
     services = [snapshot.services[s] for s in service_ids if s in snapshot.services]
-    numbers = [_service_numbers(s, ctx.runtime.get(s.service_id) or routing.ServiceRuntime())
-               for s in services]
+    numbers = [_service_numbers(s, ctx.runtime_of(s.service_id)) for s in services]
     loaded = False
     contexts: list[float | None] = []
     for service in services:

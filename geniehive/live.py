@@ -74,9 +74,9 @@ class Journal:
 
 
 class ServiceLive:
-    """One service's counters. `probe` and `breaker` are replaced, never mutated; assigning
-    them, `in_flight`, or recording a measurement drops the cached runtime and writes the
-    service to the journal."""
+    """One service's counters. `probe` and `breaker` are replaced, never mutated; assigning a
+    new breaker or probe verdict, `in_flight`, or recording a measurement drops the cached
+    runtime and writes the service to the journal."""
 
     __slots__ = (
         "_breaker",
@@ -132,10 +132,12 @@ class ServiceLive:
 
     @probe.setter
     def probe(self, state: health.ProbeState) -> None:
+        changed = state.verdict != self._probe.verdict  # the only part routing reads
         self._probe = state
-        self._runtime = None
-        self._mark()
-        self._journal.add(self.service_id)
+        if changed:
+            self._runtime = None
+            self._mark()
+            self._journal.add(self.service_id)
 
     @property
     def breaker(self) -> health.BreakerState:
@@ -199,12 +201,6 @@ class ServiceLive:
     def ttft_ms(self) -> float | None:
         return self._measures()[2]
 
-    def tok_s(self) -> float | None:
-        return self._measures()[3]
-
-    def error_rate(self) -> float:
-        return self._measures()[4]
-
     def _error_rate(self) -> float:
         if not self.outcomes:
             return 0.0
@@ -237,12 +233,14 @@ class ServiceLive:
 class LiveState:
     """Per-service live numbers plus round-robin counters."""
 
-    def __init__(self, *, open_s: float = 30.0, failures: int = 3) -> None:
+    def __init__(
+        self, *, open_s: float = 30.0, failures: int = 3, journal_limit: int = 65536
+    ) -> None:
         self.services: dict[str, ServiceLive] = {}
         # ids whose probe is down or whose breaker is not closed (kept by ServiceLive)
         self.health_suspects: set[str] = set()
         # services whose runtime may have changed, for decisions that read only those
-        self.changes = Journal()
+        self.changes = Journal(journal_limit)
         self.rr_counters: dict[str, int] = {}
         self.open_s = open_s
         self.failures = failures
@@ -261,9 +259,6 @@ class LiveState:
         if live is None:
             return NO_RUNTIME
         return live.runtime(now, self.open_s)
-
-    def runtimes(self, service_ids: Iterable[str], now: float) -> dict[str, ServiceRuntime]:
-        return {sid: self.runtime(sid, now) for sid in service_ids if sid in self.services}
 
     def advance_round_robin(self, key: str | None) -> None:
         if key is not None:

@@ -584,7 +584,7 @@ def _build_candidate(
         if bench is not None:
             score = round(0.6 * score + 0.4 * bench, 6)
             parts = {**parts, "benchmark": bench}
-    latency, _ = _measures(service, runtime, stream)
+    latency, _ = measures(service, runtime, stream)
     return Candidate(
         service.service_id,
         service.host_id,
@@ -913,6 +913,7 @@ class _Memo:
                 changed_any = True
                 self._judge(plan, name, stream, t, i, runtime)
         else:
+            self.token = None  # read without the journal: its position says nothing now
             for t, tier in enumerate(plan.tiers):
                 new = list(map(get, plan.tier_sids[t], repeat(NO_RUNTIME, len(tier))))
                 changed = list(compress(range(len(new)), map(is_not, new, self.runtimes[t])))
@@ -1038,7 +1039,7 @@ def runtime_score(
     """
     if loaded is None:
         loaded = any(a.loaded is True for a in service.assets)
-    latency, tokens_per_sec = _measures(service, runtime, stream)
+    latency, tokens_per_sec = measures(service, runtime, stream)
     parts = {
         "loaded": 0.35 if loaded else 0.0,
         "latency": _latency_points(latency),
@@ -1051,7 +1052,7 @@ def runtime_score(
     return score, {**parts, "runtime": score}
 
 
-def _measures(
+def measures(
     service: Service, runtime: ServiceRuntime, stream: bool
 ) -> tuple[float | None, float | None]:
     """Latency (TTFT for streams) and tokens/s: the gateway's once it has enough samples."""

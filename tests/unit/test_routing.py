@@ -958,11 +958,10 @@ def test_decisions_read_incrementally_from_live_counters_match_the_definition(
     import random
 
     from geniehive import health
-    from geniehive.live import Journal, LiveState, RuntimeView
+    from geniehive.live import LiveState, RuntimeView
 
     snap, roles = busy_cluster(11)
-    live = LiveState(open_s=1.0, failures=2)
-    live.changes = Journal(limit=journal_limit)
+    live = LiveState(open_s=1.0, failures=2, journal_limit=journal_limit)
     rng = random.Random(5)
     ids = sorted(snap.services)
     clock = 100.0
@@ -1008,6 +1007,7 @@ def test_decisions_read_incrementally_from_live_counters_match_the_definition(
 
 
 def test_the_journal_says_what_changed_and_when_it_no_longer_knows() -> None:
+    from geniehive import health
     from geniehive.live import Journal, LiveState, RuntimeView
 
     live = LiveState()
@@ -1019,9 +1019,12 @@ def test_the_journal_says_what_changed_and_when_it_no_longer_knows() -> None:
     assert set(ids) == {"a"}
     token, ids = view.changes_since(token)
     assert list(ids) == []
-    live.get("b").probe = live.get("b").probe  # any assignment may change the runtime
+    live.get("b").probe = health.ProbeState("down", "refused", 1.0)
     token, ids = view.changes_since(token)
     assert set(ids) == {"b"}
+    live.get("b").probe = health.ProbeState("down", "still refused", 2.0)
+    token, ids = view.changes_since(token)
+    assert list(ids) == []  # same verdict: routing reads nothing new
     other = RuntimeView(LiveState(), 0.0)
     assert other.changes_since(token)[1] is None  # another live state's token
     small = Journal(limit=4)
