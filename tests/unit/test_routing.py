@@ -1050,3 +1050,17 @@ def test_a_breaker_reset_by_hand_is_seen_by_the_next_incremental_decision() -> N
     assert order(resolve(snap, "r", "chat", c())) == ["b"]
     live.get("a").breaker = health.CLOSED  # no longer a suspect: only the journal tells
     assert order(resolve(snap, "r", "chat", c())) == ["a", "b"]
+
+
+def test_a_decision_from_a_plain_mapping_does_not_leave_the_journal_position_behind() -> None:
+    from geniehive.live import LiveState, RuntimeView
+
+    snap = snapshot([service("a", asset("m")), service("b", asset("m"))],
+                    [role("r", strategy="least_loaded")])
+    live = LiveState()
+    live.attempt_started("b", 1.0)  # b busy, a idle
+    assert order(resolve(snap, "r", "chat", ctx(runtime=RuntimeView(live, 1.0)))) == ["a", "b"]
+    other = {"a": ServiceRuntime(in_flight=5)}  # somebody else's numbers
+    assert order(resolve(snap, "r", "chat", ctx(runtime=other))) == ["b", "a"]
+    # back on the live view, with nothing journaled since: its numbers again, not the dict's
+    assert order(resolve(snap, "r", "chat", ctx(runtime=RuntimeView(live, 1.0)))) == ["a", "b"]
