@@ -22,7 +22,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -31,6 +31,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from geniehive import nodewire, routing
+from geniehive.config import TLSConfig
 from geniehive.errors import (
     Conflict,
     GenieHiveError,
@@ -238,24 +239,31 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def node_hypercorn_config(config: Any) -> HyperConfig:
-    """Hypercorn settings for the node port: `nodes.bind`, with mTLS from `nodes.tls`."""
-    nodes = config.nodes
+def base_hypercorn_config(
+    binds: Sequence[str], tls: TLSConfig | None, graceful_timeout: float
+) -> HyperConfig:
+    """Hypercorn settings both ports share: binds, keep-alive, logging, head size, TLS (with
+    client certificates required when the TLS section says so)."""
     hc = HyperConfig()
-    hc.bind = list(nodes.bind)
-    hc.graceful_timeout = 5
+    hc.bind = list(binds)
+    hc.graceful_timeout = graceful_timeout
     hc.keep_alive_timeout = 75
     hc.accesslog = None
     hc.errorlog = logging.getLogger("geniehive.http")
     hc.h11_max_incomplete_size = 64 * 1024
-    if nodes.tls is not None:
-        hc.certfile = str(nodes.tls.certfile)
-        hc.keyfile = str(nodes.tls.keyfile)
-        if nodes.tls.ca_certs is not None:
-            hc.ca_certs = str(nodes.tls.ca_certs)
-        if nodes.tls.require_client_cert:
+    if tls is not None:
+        hc.certfile = str(tls.certfile)
+        hc.keyfile = str(tls.keyfile)
+        if tls.ca_certs is not None:
+            hc.ca_certs = str(tls.ca_certs)
+        if tls.require_client_cert:
             hc.verify_mode = ssl.CERT_REQUIRED
     return hc
+
+
+def node_hypercorn_config(config: Any) -> HyperConfig:
+    """Hypercorn settings for the node port: `nodes.bind`, with mTLS from `nodes.tls`."""
+    return base_hypercorn_config(config.nodes.bind, config.nodes.tls, graceful_timeout=5)
 
 
 # --- the listener ---------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from geniehive import ws
 from geniehive.adapters.loader import PluginError, load_adapters
 from geniehive.api_cluster import load_named_keys, register_cluster_routes
+from geniehive.api_nodes import base_hypercorn_config, run_heartbeat_listener
 from geniehive.api_nodes import register_routes as register_node_routes
-from geniehive.api_nodes import run_heartbeat_listener
 from geniehive.app import create_asgi
 from geniehive.config import ConfigError, ControlConfig, is_loopback_bind
 from geniehive.discovery import local_host, local_services, run_discovery
@@ -130,22 +130,11 @@ def make_client(config: ControlConfig) -> httpx.AsyncClient:
 
 
 def hypercorn_config(binds: Sequence[str], config: ControlConfig) -> HyperConfig:
-    hc = HyperConfig()
-    hc.bind = list(binds)
-    hc.graceful_timeout = config.server.shutdown_grace_s
-    hc.keep_alive_timeout = 75
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("geniehive.http")
-    hc.h11_max_incomplete_size = 64 * 1024
+    """Hypercorn settings for the client port: the shared ones plus websockets."""
+    hc = base_hypercorn_config(binds, config.server.tls, config.server.shutdown_grace_s)
     hc.websocket_max_message_size = ws.HYPERCORN_MAX_MESSAGE_BYTES
     hc.websocket_ping_interval = ws.PING_INTERVAL_S
     hc.backlog = 1024
-    tls = config.server.tls
-    if tls is not None:
-        hc.certfile = str(tls.certfile)
-        hc.keyfile = str(tls.keyfile)
-        if tls.ca_certs:
-            hc.ca_certs = str(tls.ca_certs)
     return hc
 
 

@@ -362,6 +362,48 @@ async def test_node_port_with_mtls_refuses_a_node_without_a_certificate(
             nursery.cancel_scope.cancel()
 
 
+async def test_client_port_with_mtls_refuses_a_client_without_a_certificate(
+    tmp_path: Path,
+) -> None:
+    # The client port's TLS section honours require_client_cert as the node port's does
+    # (without `nodes.bind`, node traffic arrives on this port).
+    from geniehive.daemon import hypercorn_config, serve_proxy
+
+    make_certs(tmp_path)
+    config = load_control(write_config(tmp_path, textwrap.dedent(
+        """
+        [server.tls]
+        certfile = "control.pem"
+        keyfile = "control.key"
+        ca_certs = "ca.pem"
+        require_client_cert = true
+        """
+    )), {})
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            shutdown = trio.Event()
+            [url] = await nursery.start(
+                serve_proxy, ok, hypercorn_config(["127.0.0.1:0"], config), shutdown
+            )
+            assert url.startswith("https://127.0.0.1:")
+            anonymous = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            assert await raw_get(url, anonymous) == b""
+            with_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            with_cert.load_cert_chain(str(tmp_path / "gpu-01.pem"), str(tmp_path / "gpu-01.key"))
+            assert (await raw_get(url, with_cert)).startswith(b"HTTP/1.1 200")
+            shutdown.set()
+
+
 class MemoryRegistry:
     """Just the registry calls the listener makes, in memory: SQLite runs in a worker thread,
     which the autojump clock would take for idleness and jump past."""
