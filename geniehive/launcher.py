@@ -29,12 +29,13 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
-import httpx
 import trio
 
 from geniehive.adapters import ProbeResult
 from geniehive.config import UpstreamConfig
+from geniehive.prober import bounded_probe
 from geniehive.supervise import next_backoff
 
 log = logging.getLogger("geniehive.launcher")
@@ -189,14 +190,10 @@ async def _stop(upstream: UpstreamConfig, process: Child) -> None:
 
 
 async def _probe_once(upstream: UpstreamConfig, probe_for: ProbeFor) -> ProbeResult:
-    """One bounded probe; transport errors an adapter let through count as a failure."""
-    limit_s = max(upstream.timeout_s, POLL_S)
-    with trio.move_on_after(limit_s):
-        try:
-            return await probe_for(upstream)
-        except (httpx.HTTPError, OSError) as exc:
-            return ProbeResult(False, f"unreachable: {type(exc).__name__}")
-    return ProbeResult(False, f"no answer within {limit_s:g} s")
+    """One bounded probe; whatever the adapter raises counts as a failure."""
+    return await bounded_probe(
+        partial(probe_for, upstream), max(upstream.timeout_s, POLL_S), upstream.id
+    )
 
 
 async def _wait_ready(

@@ -19,6 +19,7 @@ import logging
 import random
 import ssl
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ from geniehive.launcher import run_launcher
 from geniehive.models import Asset, Host, Service
 from geniehive.node import gpu, inventory
 from geniehive.nodewire import render_heartbeat, render_register
+from geniehive.prober import bounded_probe
 
 log = logging.getLogger("geniehive.node")
 
@@ -135,14 +137,10 @@ class NodeAgent:
         return await self.adapters[upstream.id].probe()
 
     async def probe(self, upstream: UpstreamConfig) -> str:
-        reason = f"no answer within {upstream.timeout_s:g} s"
-        ok = False
-        with trio.move_on_after(upstream.timeout_s):
-            try:
-                result = await self.probe_upstream(upstream)
-                ok, reason = result.ok, result.reason
-            except (httpx.HTTPError, UpstreamError) as exc:
-                reason = f"unreachable: {type(exc).__name__}"
+        result = await bounded_probe(
+            partial(self.probe_upstream, upstream), upstream.timeout_s, upstream.id
+        )
+        ok, reason = result.ok, result.reason
         health = "healthy" if ok else "unhealthy"
         if self.health.get(upstream.id) != health:
             log.info("upstream %s %s (%s)", upstream.id, health, reason)

@@ -178,3 +178,42 @@ def test_a_refused_key_is_logged_once_per_change_and_retried_slowly(
     assert caplog.text.count("rejected this node's report") == 1
     agent.settle(OK, "")
     assert agent.failures == 0
+
+
+async def test_a_plugin_bug_in_a_probe_marks_the_upstream_unhealthy_and_is_logged(
+    caplog: pytest.LogCaptureFixture, autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A probe that raises something unexpected must not end the agent's step (its heartbeat
+    # would stop carrying every upstream): the upstream is reported unhealthy instead.
+    import httpx
+    import trio
+
+    from geniehive.adapters import ProbeResult
+
+    agent = quiet_agent()
+    upstream = load_node(REPO / "conf" / "node.toml", {"GENIEHIVE_NODE_KEY": "k"}).upstreams[0]
+    answers = {
+        "bug": KeyError("models"),
+        "refused": httpx.ConnectError("refused"),
+        "fine": ProbeResult(True, "HTTP 200"),
+        "slow": None,
+    }
+
+    async def probe_upstream(_: object) -> ProbeResult:
+        answer = answers[mode]
+        if answer is None:
+            await trio.sleep(3600)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(agent, "probe_upstream", probe_upstream)
+    caplog.set_level(logging.INFO, "geniehive")
+    with trio.fail_after(upstream.timeout_s * 10):
+        for mode, expected in (("bug", "unhealthy"), ("fine", "healthy"),
+                               ("refused", "unhealthy"), ("fine", "healthy"),
+                               ("slow", "unhealthy")):
+            assert await agent.probe(upstream) == expected, mode
+    assert "probe of" in caplog.text and "KeyError" in caplog.text  # the bug has a traceback
+    assert "unreachable: ConnectError" in caplog.text
+    assert f"no answer within {upstream.timeout_s:g} s" in caplog.text
