@@ -79,8 +79,8 @@ class GatewayMetrics:
         if outcome.completion_tokens:
             self.tokens.labels(service, "out").inc(outcome.completion_tokens)
         failed = outcome.failures
-        for failure in failed:
-            self.attempts.labels(failure.split(":", 1)[0], "failed").inc()
+        for service_id, _ in failed:
+            self.attempts.labels(service_id, "failed").inc()
         if outcome.attempts > len(failed):
             self.attempts.labels(service, "answered").inc()
 

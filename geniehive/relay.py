@@ -21,13 +21,14 @@ import json
 import logging
 import secrets
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import trio
 
-from geniehive import health
+from geniehive import health, routing
 from geniehive import policy as policy_mod
 from geniehive.adapters import Adapter, UpstreamRequest
 from geniehive.errors import (
@@ -39,6 +40,7 @@ from geniehive.errors import (
 )
 from geniehive.models import Policy, Service
 from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError, PoolResponse
+from geniehive.routing import Candidate
 from geniehive.sse import SSEStripper, contains_reasoning, encode_error_event, strip_reasoning
 
 log = logging.getLogger("geniehive.relay")
@@ -94,7 +96,7 @@ class Outcome:
     upstream_model: str | None = None
     route: str = "direct"
     attempts: int = 0
-    failures: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (service id, why)
     ttft_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -105,6 +107,26 @@ class Outcome:
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
             self.prompt_tokens = prompt if isinstance(prompt, int) else None
             self.completion_tokens = completion if isinstance(completion, int) else None
+
+
+class _Queue:
+    """The candidates of a decision and then of each fallback decision, as (decision,
+    candidate) pairs, computed as they are reached; `has_next` looks one ahead."""
+
+    def __init__(self, chain: Iterator[routing.RouteDecision]) -> None:
+        self._pairs = ((d, c) for d in chain for c in d.candidates)
+        self._ahead: list[tuple[routing.RouteDecision, Candidate]] = []
+
+    def __iter__(self) -> _Queue:
+        return self
+
+    def __next__(self) -> tuple[routing.RouteDecision, Candidate]:
+        return self._ahead.pop() if self._ahead else next(self._pairs)
+
+    def has_next(self) -> bool:
+        if not self._ahead:
+            self._ahead.extend(islice(self._pairs, 1))
+        return bool(self._ahead)
 
 
 class _Failed(Exception):
@@ -175,40 +197,41 @@ class Relay:
         max_attempts = gw.config.routing.max_attempts
         timeouts = 0
         last: _Failed | None = None
-        for current in gw.decision_chain(decision, stream=inbound.stream):
-            outcome.route = current.route_label
-            for candidate in current.candidates:
-                if outcome.attempts >= max_attempts:
-                    break
-                service = gw.snapshot.services.get(candidate.service_id)
-                if service is None or (outcome.attempts and not self.still_open(service)):
-                    continue
-                outcome.attempts += 1
-                outcome.service_id = service.service_id
-                outcome.upstream_model = candidate.upstream_model
-                more = outcome.attempts < max_attempts
-                try:
-                    await self.attempt(
-                        inbound, writer, service, candidate.upstream_model, role_policy,
-                        outcome, more_candidates=more,
-                    )
-                    return
-                except _Failed as failed:
-                    last = failed
-                    timeouts += failed.kind == "timeout"
-                    outcome.failures.append(f"{service.service_id}: {failed.message}")
-                    log.warning(
-                        "request %s: attempt %d on %s failed: %s",
-                        inbound.request_id, outcome.attempts, service.service_id, failed.message,
-                    )
+        queue = _Queue(gw.decision_chain(decision, stream=inbound.stream))
+
+        def more_candidates() -> bool:  # asked only on a 429: the next fallback is computed then
+            return outcome.attempts < max_attempts and queue.has_next()
+
+        for current, candidate in queue:
             if outcome.attempts >= max_attempts:
                 break
+            outcome.route = current.route_label
+            service = gw.snapshot.services.get(candidate.service_id)
+            if service is None or (outcome.attempts and not self.still_open(service)):
+                continue
+            outcome.attempts += 1
+            outcome.service_id = service.service_id
+            outcome.upstream_model = candidate.upstream_model
+            try:
+                await self.attempt(
+                    inbound, writer, service, candidate.upstream_model, role_policy,
+                    outcome, more_candidates,
+                )
+                return
+            except _Failed as failed:
+                last = failed
+                timeouts += failed.kind == "timeout"
+                outcome.failures.append((service.service_id, failed.message))
+                log.warning(
+                    "request %s: attempt %d on %s failed: %s",
+                    inbound.request_id, outcome.attempts, service.service_id, failed.message,
+                )
         if last is None:
             raise NoHealthyUpstream(f"no routable service for '{inbound.model}' now")
         if last.status == 429:
             # Retried in case another candidate had room; none had: the client gets the 429.
             raise UpstreamStatus(429, last.message)
-        summary = "; ".join(outcome.failures)
+        summary = "; ".join(f"{service_id}: {message}" for service_id, message in outcome.failures)
         if timeouts == len(outcome.failures):
             raise UpstreamTimeout(f"every upstream timed out: {summary}")
         raise UpstreamFailed(f"every upstream failed: {summary}")
@@ -231,8 +254,7 @@ class Relay:
         model: str,
         role_policy: Policy | None,
         outcome: Outcome,
-        *,
-        more_candidates: bool,
+        more_candidates: Callable[[], bool],
     ) -> None:
         """One try on one service. Raises _Failed (retryable) or UpstreamStatus."""
         gw = self.gw
@@ -279,7 +301,7 @@ class Relay:
         outcome: Outcome,
         strip: bool,
         started: float,
-        more_candidates: bool,
+        more_candidates: Callable[[], bool],
     ) -> tuple[bool, float | None, float | None]:
         response = await self._send(adapter, request, inbound)
         try:
@@ -358,7 +380,7 @@ class Relay:
             raise _Failed("protocol", f"the answer broke off ({exc})") from None
 
     async def _check_status(
-        self, adapter: Adapter, response: PoolResponse, more_candidates: bool
+        self, adapter: Adapter, response: PoolResponse, more_candidates: Callable[[], bool]
     ) -> None:
         status = response.status
         if status < 400:
@@ -368,7 +390,7 @@ class Relay:
         except (trio.TooSlowError, PoolError):
             body = b""
         message = adapter.parse_error(status, body)
-        if status == 429 and more_candidates:
+        if status == 429 and more_candidates():  # SPEC §7: tried elsewhere only if there is one
             raise _Failed("status", message, status=429)
         if status in RETRY_STATUSES:
             raise _Failed("status", f"HTTP {status}: {message}", status=status)

@@ -102,3 +102,26 @@ scopes = ["read"]
             allowed = await client.get("/metrics", headers={"Authorization": "Bearer k-prom"})
             assert allowed.status_code == 200
         await running.stop()
+
+
+def test_failed_attempts_are_counted_under_service_ids_that_contain_colons(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from geniehive.config import load_control
+    from geniehive.gateway import Gateway
+    from geniehive.models import Snapshot
+    from geniehive.relay import Outcome
+
+    config = load_control(write_config(tmp_path, ""), {})
+    registry = SimpleNamespace(snapshot=Snapshot(version=1, hosts={}, services={}, roles={}))
+    gateway = Gateway(config, registry, {}, None, monotonic=lambda: 0.0)  # type: ignore[arg-type]
+    outcome = Outcome(status=200, service_id="node-1:b/chat", attempts=2,
+                      failures=[("node-1:a/chat", "HTTP 503: busy")])
+    gateway.metrics.observe_request("chat", outcome, 0.1)
+    text = gateway.metrics.render().decode()
+    assert sample(text, "geniehive_upstream_attempts_total",
+                  service="node-1:a/chat", outcome="failed") == 1
+    assert sample(text, "geniehive_upstream_attempts_total",
+                  service="node-1:b/chat", outcome="answered") == 1

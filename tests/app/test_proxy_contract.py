@@ -10,6 +10,7 @@ from contextlib import aclosing
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from tests.app.conftest import Hive, start_hive
@@ -363,7 +364,10 @@ async def test_transcription_without_file_is_400(hive: Hive) -> None:
     assert_openai_error(response, 400, "invalid_request")
 
 
-async def test_failover_moves_to_the_next_candidate(nursery: trio.Nursery, tmp_path: Path) -> None:
+@pytest.mark.parametrize("status", [503, 429])  # a 429 is tried elsewhere when there is one
+async def test_failover_moves_to_the_next_candidate(
+    nursery: trio.Nursery, tmp_path: Path, status: int
+) -> None:
     from tests.fakes.upstream import FakeUpstream
     from tests.harness import gateway_in_process, upstream_toml, write_config
 
@@ -371,7 +375,7 @@ async def test_failover_moves_to_the_next_candidate(nursery: trio.Nursery, tmp_p
         good, bad = FakeUpstream(["shared"], name="good"), FakeUpstream(["shared"], name="bad")
         good_port = await nursery.start(good.serve)
         bad_port = await nursery.start(bad.serve)
-        bad.set_fault("status", status=503, message="busy", path="/v1/chat")
+        bad.set_fault("status", status=status, message="busy", path="/v1/chat")
         config = write_config(
             tmp_path,
             "[routing]\nstrategy = \"round_robin\"\n"
@@ -401,6 +405,22 @@ async def test_upstream_429_with_no_other_candidate_reaches_the_client(hive: Hiv
     # Routed errors still say who answered.
     assert response.headers["x-geniehive-service"] == "fake/chat"
     assert response.headers["x-geniehive-model"] == "m1"
+
+
+async def test_a_lone_upstream_answering_429_is_not_held_against_its_breaker(
+    hive: Hive,
+) -> None:
+    # With no other candidate a 429 is returned at once (SPEC §7), like any 4xx: the upstream
+    # is alive, so repeated 429s must not open its breaker and turn into 503s.
+    breaker = hive.gateway.config.breaker.failures
+    hive.fake.set_fault("status", status=429, message="slow down", times=breaker + 1)
+    with trio.fail_after(10):
+        for _ in range(breaker + 1):
+            response = await hive.client.post("/v1/chat/completions", json=CHAT)
+            assert_openai_error(response, 429, "upstream_429")
+            assert response.headers["x-geniehive-attempts"] == "1"
+        response = await hive.client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
 
 
 async def test_stream_ttft_counts_from_sending_the_request(hive: Hive) -> None:

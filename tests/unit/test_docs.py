@@ -54,7 +54,7 @@ def exported_names(tmp_path: Path) -> set[str]:
     gateway = Gateway(config, registry, {}, None, monotonic=lambda: 0.0)  # type: ignore[arg-type]
     outcome = Outcome(status=200, service_id=service.service_id, upstream_model="m",
                       route="role:a;fallback:b", attempts=2,
-                      failures=[f"{service.service_id}: HTTP 503"], ttft_ms=12.0,
+                      failures=[(service.service_id, "HTTP 503")], ttft_ms=12.0,
                       prompt_tokens=3, completion_tokens=5)
     gateway.metrics.observe_request("chat", outcome, 0.2)
     gateway.count_failure("discovery", "gpu-01-llama")
