@@ -41,7 +41,13 @@ from geniehive.errors import (
 from geniehive.models import Policy, Service
 from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError, PoolResponse
 from geniehive.routing import Candidate
-from geniehive.sse import SSEStripper, contains_reasoning, encode_error_event, strip_reasoning
+from geniehive.sse import (
+    SSEStripper,
+    contains_reasoning,
+    encode_error_event,
+    encode_json,
+    strip_reasoning,
+)
 
 log = logging.getLogger("geniehive.relay")
 
@@ -137,10 +143,6 @@ class _Failed(Exception):
         self.kind = kind  # connect | timeout | protocol | status
         self.message = message
         self.status = status
-
-
-def encode_json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def floats_to_base64(vector: list[float]) -> str:
@@ -453,17 +455,17 @@ class Relay:
         )
         try:
             data = json.loads(raw)
-        except ValueError:
+            changed = False
+            if strip and isinstance(data, dict) and contains_reasoning(raw):
+                stripped = strip_reasoning(data)
+                changed = stripped is not data
+                data = stripped
+            if inbound.body is not None and inbound.body.get("encoding_format") == "base64":
+                changed |= _encode_embeddings(data)
+            if changed:
+                raw = encode_json(data)
+        except (ValueError, RecursionError):  # not JSON, or nested past what we walk
             raise _Failed("protocol", "the upstream answered a body that is not JSON") from None
-        changed = False
-        if strip and isinstance(data, dict) and contains_reasoning(raw):
-            stripped = strip_reasoning(data)
-            changed = stripped is not data
-            data = stripped
-        if inbound.body is not None and inbound.body.get("encoding_format") == "base64":
-            changed |= _encode_embeddings(data)
-        if changed:
-            raw = encode_json(data)
         await writer.start(status, [*JSON_HEADERS, _length(raw), *headers])
         await writer.body(raw, False)
         usage = data.get("usage") if isinstance(data, dict) else None

@@ -157,7 +157,10 @@ class SSEStripper:
         lines, data = parse_event_lines(event)
         obj = _loads(data)
         self._observe(event, obj)
-        stripped = strip_reasoning(obj)
+        try:
+            stripped = strip_reasoning(obj)
+        except RecursionError:  # nested past what we walk: relayed as it came
+            stripped = obj
         if stripped is obj:
             # A false positive of the byte scan (or not JSON): relay the original bytes.
             self._last_verbatim = True
@@ -188,5 +191,5 @@ def _loads(data: bytes | None) -> Any:
         return None
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None

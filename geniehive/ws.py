@@ -192,7 +192,7 @@ class _Request:
             return
         try:
             obj = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return  # not JSON: nothing a client could use; the HTTP relay passes it, we cannot
         if not isinstance(obj, dict):
             return
@@ -211,7 +211,7 @@ class _Request:
     async def _whole_answer(self, raw: bytes) -> None:
         try:
             obj = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = None
         if not isinstance(obj, dict):
             await self.fail(render_error("the upstream answer is not JSON", "server_error",

@@ -214,6 +214,18 @@ async def test_garbage_answer_is_502(hive: Hive) -> None:
         assert_openai_error(response, 502, "upstream_error")
 
 
+async def test_an_answer_nested_deeper_than_python_parses_is_502(hive: Hive) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    hive.fake.set_fault("garbage", raw=head + body, times=1)
+    with trio.fail_after(10):
+        response = await hive.client.post("/v1/chat/completions", json=CHAT)
+        assert_openai_error(response, 502, "upstream_error")
+        response = await hive.client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+
+
 async def test_reset_mid_stream_ends_with_one_error_event(hive: Hive) -> None:
     hive.fake.set_fault("reset_mid_stream", after_chunks=2, times=1)
     with trio.fail_after(10):

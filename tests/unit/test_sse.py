@@ -44,6 +44,18 @@ def test_event_with_reasoning_is_reencoded_without_it():
     assert relay([REASONING])[0] == REASONING_STRIPPED
 
 
+def test_events_nested_too_deep_to_parse_or_walk_are_relayed_as_they_came():
+    import sys
+
+    too_deep = b'data: {"reasoning":"x","a":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n\n"
+    # parsed fine, but deeper than the recursion left to walk it
+    depth = sys.getrecursionlimit()
+    walkable = b'data: {"reasoning":"x","a":' + b"[" * (depth - 100) + b"]" * (depth - 100)
+    walkable += b"}\n\n"
+    for event in (too_deep, walkable):
+        assert relay([event, PLAIN])[0] == event + PLAIN
+
+
 def test_sample_stream_relays_exactly():
     out, stripper = relay([SAMPLE])
     assert out == SAMPLE_OUT
