@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -170,6 +171,20 @@ async def _spawn(nursery: trio.Nursery, argv: list[str], pattern: re.Pattern[byt
         raise RuntimeError(f"{argv} exited {process.returncode} before listening:\n"
                            + output.decode("utf-8", "replace"))
     return Proc(process, result["url"], output)
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago, for servers that take a fixed port
+    (PITFALLS 18) or must come back on the same one: bind port 0, read it, release it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def spawn_node(nursery: trio.Nursery, config: Path) -> Proc:
+    """`geniehive node` on `config`, returned once it has registered with its control plane."""
+    argv = [sys.executable, "-m", "geniehive", "node", "--config", str(config)]
+    return await _spawn(nursery, argv, re.compile(rb"(registered) with"), None, merge=True)
 
 
 async def spawn_gateway(nursery: trio.Nursery, config: Path,

@@ -12,8 +12,6 @@ import httpx
 import pytest
 import trio
 
-from geniehive import daemon
-from geniehive.api_cluster import register_cluster_routes
 from geniehive.commands import cmd_bench_run, cmd_keys, cmd_route, cmd_status
 from geniehive.models import Host, Service
 from tests.app.conftest import Hive
@@ -29,19 +27,6 @@ key_env = "OPS_KEY"
 scopes = ["inference", "read", "operate", "admin"]
 """
 ROUND_ROBIN = '\n[routing]\nstrategy = "round_robin"\n'
-
-
-@pytest.fixture(autouse=True)
-def cluster_routes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Serve the cluster routes whether or not the daemon registers them itself."""
-    original = daemon.create_asgi
-
-    def create(gateway):  # type: ignore[no-untyped-def]
-        if register_cluster_routes not in gateway.route_modules:
-            gateway.route_modules.append(register_cluster_routes)
-        return original(gateway)
-
-    monkeypatch.setattr(daemon, "create_asgi", create)
 
 
 async def start_many(
@@ -71,9 +56,10 @@ def by_id(items: list[dict], key: str) -> dict[str, dict]:
 
 async def add_node(h: Hive, host_id: str, heard_ago_s: float) -> None:
     now = time.time()
-    host = Host(host_id, "10.0.0.9", labels={"trust_tier": "trusted"},
+    # The prober will probe it: loopback, where nothing listens on port 9 (discard).
+    host = Host(host_id, "127.0.0.1", labels={"trust_tier": "trusted"},
                 last_heartbeat=now - heard_ago_s, registered_at=now - heard_ago_s)
-    service = Service(f"{host_id}/chat", host_id, "chat", "openai", "http://10.0.0.9:8000")
+    service = Service(f"{host_id}/chat", host_id, "chat", "openai", "http://127.0.0.1:9")
     await h.gateway.registry.register_host(host, [service])
 
 

