@@ -363,7 +363,7 @@ async def change_key(gateway: Any, key_id: str, action: str) -> dict[str, Any]:
     except UnknownKey:
         raise NotFound(f"no API key with id '{key_id}'", param="key_id") from None
     load_named_keys(gateway)
-    log.info("API key id=%s %s", key_id, "deleted" if action == "delete" else action + "d")
+    log.info("API key id=%s %sd", key_id, action)
     stored = gateway.registry.api_keys.get(key_id)
     return {"status": "ok", "key": key_view(stored) if stored is not None else None}
 
@@ -481,8 +481,8 @@ async def ingest_report(gateway: Any, body: Any) -> dict[str, Any]:
 
 
 def register_cluster_routes(app: Any, gateway: Any) -> None:
-    """Add the operator, benchmark and key routes to the Quart app; load the named keys."""
-    load_named_keys(gateway)
+    """Add the operator, benchmark and key routes to the Quart app (the daemon has loaded the
+    named keys before anything serves)."""
     _register_reads(app, gateway)
     _register_explain(app, gateway)
     _register_writes(app, gateway)

@@ -7,7 +7,6 @@ Rule: the only module (with api_* modules) that touches `quart.request`. Every e
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from quart import Response, jsonify, request
@@ -111,7 +110,6 @@ def _new_id() -> str:
 
 def create_asgi(gateway: Any) -> ProxyApp:
     """The ASGI app hypercorn serves: the lean proxy routes in front of the Quart app."""
-    gateway.created = int(time.time())
     proxy = ProxyApp(gateway, create_app(gateway))
     for register in gateway.websocket_modules:
         register(proxy, gateway)

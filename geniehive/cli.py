@@ -18,7 +18,6 @@ from typing import Any
 from geniehive.commands import COMMANDS as CLIENT_COMMANDS
 from geniehive.commands import add_client_commands
 
-DEFAULT_URL = "http://127.0.0.1:8800"
 DEFAULT_CONFIG = "conf/geniehive.toml"
 
 log = logging.getLogger("geniehive")

@@ -286,11 +286,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             else:
                 method, path = ("DELETE", "") if action == "delete" else ("POST", f"/{action}")
                 call(client, method, f"/v1/admin/keys/{args.key_id}{path}")
-                print(
-                    f"key {args.key_id}: {action}d"
-                    if action != "delete"
-                    else f"key {args.key_id}: deleted"
-                )
+                print(f"key {args.key_id}: {action}d")
         return 0
 
     return run(body, args)

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from geniehive.auth import SCOPES
 from geniehive.models import (
     EMPTY,
     OPERATIONS,
@@ -38,7 +39,6 @@ from geniehive.models import (
     valid_id,
 )
 
-SCOPES = ("inference", "read", "operate", "admin", "node")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 DEFAULT_BIND = "127.0.0.1:8800"

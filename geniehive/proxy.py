@@ -192,7 +192,7 @@ def _writer(send: Send) -> Writer:
 
 
 async def send_error(send: Send, exc: GenieHiveError, request_id: str, outcome: Outcome) -> None:
-    body = json.dumps({"error": exc.error_object()}).encode()
+    body = exc.body()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

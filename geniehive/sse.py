@@ -16,7 +16,7 @@ REASONING_KEYS = frozenset({"reasoning_content", "reasoning"})
 
 # An event ends at a blank line: a line ending followed by another. A bare `\r` is a line
 # ending only when no `\n` follows it, or `\r\n` would count as two endings.
-_TERMINATOR = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # `"usage"` with an object value; `"usage": null` (sent on every chunk by some servers)
 # does not match, so those chunks are never parsed for metrics.
@@ -132,7 +132,7 @@ class SSEStripper:
         buf = self._buf + data if self._buf else data
         # The pending bytes hold no terminator, so a new one starts at most 3 bytes back.
         start = 0
-        for match in _TERMINATOR.finditer(buf, max(0, len(self._buf) - 3)):
+        for match in EVENT_END.finditer(buf, max(0, len(self._buf) - 3)):
             end = match.end()
             out.append(self._event(buf[start:end]))
             start = end

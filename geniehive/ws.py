@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import suppress
@@ -54,7 +53,7 @@ from geniehive.errors import (
 )
 from geniehive.proxy import parse_json_body, validate_body
 from geniehive.relay import Inbound, Outcome, Relay, Writer
-from geniehive.sse import parse_event_lines
+from geniehive.sse import EVENT_END, parse_event_lines
 
 log = logging.getLogger("geniehive.request")
 
@@ -76,7 +75,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
 SHUTTING_DOWN = render_error("the gateway is shutting down", "server_error", "shutting_down")
 
 
@@ -176,7 +174,7 @@ class _Request:
                 await self._whole_answer(buffer)
             return
         start = 0
-        for match in _EVENT_END.finditer(buffer):
+        for match in EVENT_END.finditer(buffer):
             await self._event(buffer[start:match.start()])
             start = match.end()
         self.buffer = buffer[start:]

@@ -42,18 +42,13 @@ def parse_vllm_metrics(text: str) -> Observed:
     )
 
 
-def parse_vllm_health(status: int) -> ProbeResult:
-    """The probe verdict from `/health`: only a 200 means the engine serves."""
-    return ProbeResult(status == 200, f"HTTP {status}")
-
-
 class VllmAdapter(OpenAICompatibleAdapter):
     """vLLM: discovery from `/v1/models` (inherited), probe on `/health`, load from `/metrics`."""
 
     kind = "vllm"
 
     async def probe(self) -> ProbeResult:
-        return await self.probe_get("/health", lambda status, _body: parse_vllm_health(status))
+        return await self.probe_get("/health")  # only a 200 means the engine serves
 
     async def observe(self) -> Observed | None:
         # Load figures are advisory: a failed reading must not fail the discovery pass.

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from geniehive.adapters import Asset, Observed, ProbeResult, parse_openai_models
-from plugins.vllm import ADAPTER, VllmAdapter, parse_vllm_health, parse_vllm_metrics
+from plugins.vllm import ADAPTER, VllmAdapter, parse_vllm_metrics
 from tests.fakes.transport import connect_refused, open_adapter, read_timeout, routes
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "upstreams"
@@ -67,15 +67,6 @@ def test_a_page_without_vllm_metrics_reports_nothing():
     assert parse_vllm_metrics("# nothing here\nprocess_cpu_seconds_total 1.5\n") == Observed()
 
 
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [(200, ProbeResult(True, "HTTP 200")), (503, ProbeResult(False, "HTTP 503")),
-     (404, ProbeResult(False, "HTTP 404"))],
-)
-def test_health_verdict(status, expected):
-    assert parse_vllm_health(status) == expected
-
-
 def test_spec():
     assert (ADAPTER.kind, ADAPTER.default_port) == ("vllm", 8000)
     assert ADAPTER.operations == frozenset({"chat", "completion", "embeddings"})
@@ -122,6 +113,8 @@ async def test_probe_asks_health():
     ("handler", "expected"),
     [
         (lambda r: httpx.Response(500), ProbeResult(False, "HTTP 500")),
+        (lambda r: httpx.Response(503), ProbeResult(False, "HTTP 503")),
+        (lambda r: httpx.Response(404), ProbeResult(False, "HTTP 404")),
         (connect_refused, ProbeResult(False, "unreachable: ConnectError")),
         (read_timeout, ProbeResult(False, "timed out")),
     ],
