@@ -18,7 +18,7 @@ import trio
 
 from geniehive.adapters import UpstreamError
 from geniehive.config import UpstreamConfig
-from geniehive.models import LOCAL_HOST_ID, Asset, Host, Service
+from geniehive.models import LOCAL_HOST_ID, Asset, Host, Observed, Service
 from geniehive.supervise import run_every
 
 log = logging.getLogger("geniehive.discovery")
@@ -47,6 +47,20 @@ def merge_assets(configured: Sequence[Asset], discovered: Sequence[Asset]) -> tu
         )
     merged.extend(found.values())
     return tuple(merged)
+
+
+def forget_loaded(assets: Sequence[Asset]) -> tuple[Asset, ...]:
+    """Assets last seen, shown not loaded (their upstream did not answer)."""
+    return tuple(replace(asset, loaded=False) for asset in assets)
+
+
+def fill_observed(observed: Observed | None, assets: Sequence[Asset] | None) -> Observed:
+    """The adapter's load report, with the loaded-model count from discovery if it had none."""
+    observed = observed or Observed()
+    if observed.loaded_model_count is None and assets is not None:
+        loaded = sum(1 for asset in assets if asset.loaded)
+        observed = replace(observed, loaded_model_count=loaded)
+    return observed
 
 
 def local_host(labels: Any) -> Host:
@@ -89,11 +103,12 @@ async def discover_upstream(gateway: Any, upstream: UpstreamConfig) -> None:
     else:
         # Load figures are advisory: a slow or failed reading never discards the model list.
         observed = await _bounded(upstream, "observation", adapter.observe)
+    # No reading means no load known now, as for a node's services: an old queue depth
+    # must not keep steering routing.
+    observed = fill_observed(observed, discovered)
     for service in services:
         if discovered is None:
-            assets = tuple(replace(a, loaded=False) for a in service.assets) or tuple(
-                upstream.assets
-            )
+            assets = forget_loaded(service.assets)
         else:
             assets = merge_assets(upstream.assets, discovered)
         await gateway.registry.set_service_assets(service.service_id, assets, observed)

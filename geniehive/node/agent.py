@@ -28,7 +28,7 @@ import trio
 from geniehive.adapters import Adapter, ProbeResult, UpstreamContext, UpstreamError
 from geniehive.adapters.loader import PluginError, build_adapter, load_adapters
 from geniehive.config import ConfigError, ControlLink, NodeConfig, UpstreamConfig
-from geniehive.discovery import merge_assets
+from geniehive.discovery import fill_observed, forget_loaded, merge_assets
 from geniehive.launcher import run_launcher
 from geniehive.models import Asset, Host, Service
 from geniehive.node import gpu, inventory
@@ -126,11 +126,11 @@ class NodeAgent:
             assets = merge_assets(upstream.assets, discovered)
             self.last_assets[upstream.id] = assets
         else:
-            assets = inventory.forget_loaded(self.last_assets.get(upstream.id, upstream.assets))
+            assets = forget_loaded(self.last_assets.get(upstream.id, upstream.assets))
         health = await self.probe(upstream)
         return inventory.upstream_services(
             self.config.node.host_id, self.config.node.address, upstream, assets,
-            inventory.fill_observed(observed, discovered), health,
+            fill_observed(observed, discovered), health,
         )
 
     async def probe_upstream(self, upstream: UpstreamConfig) -> ProbeResult:

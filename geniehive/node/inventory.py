@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -71,20 +70,6 @@ def scan_models(roots: Iterable[Path], limit: int = MAX_MODEL_FILES) -> list[dic
 
 def _listed(found: dict[str, int]) -> list[dict[str, Any]]:
     return [{"path": path, "size_bytes": size} for path, size in sorted(found.items())]
-
-
-def forget_loaded(assets: Sequence[Asset]) -> tuple[Asset, ...]:
-    """Assets last seen, shown not loaded (their upstream did not answer)."""
-    return tuple(replace(asset, loaded=False) for asset in assets)
-
-
-def fill_observed(observed: Observed | None, assets: Sequence[Asset] | None) -> Observed:
-    """The adapter's load report, with the loaded-model count from discovery if it had none."""
-    observed = observed or Observed()
-    if observed.loaded_model_count is None and assets is not None:
-        loaded = sum(1 for asset in assets if asset.loaded)
-        observed = replace(observed, loaded_model_count=loaded)
-    return observed
 
 
 def upstream_services(

@@ -16,6 +16,7 @@ from geniehive.config import (
     UpstreamConfig,
     load_node,
 )
+from geniehive.discovery import fill_observed
 from geniehive.models import Asset, Observed
 from geniehive.node.agent import (
     MAX_DELAY_S,
@@ -29,7 +30,6 @@ from geniehive.node.agent import (
 from geniehive.node.gpu import parse_nvidia_smi, summarize
 from geniehive.node.inventory import (
     advertised_url,
-    fill_observed,
     scan_models,
     upstream_services,
 )

@@ -1,0 +1,74 @@
+"""The control plane's discovery of its own upstreams, on a gateway stand-in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import trio
+
+from geniehive.config import UpstreamConfig
+from geniehive.discovery import discover_upstream, local_services
+from geniehive.models import Asset, Observed, Snapshot
+
+
+class Adapter:
+    def __init__(self, assets: list[Asset] | None, observed: Observed | None) -> None:
+        self.assets, self.observed = assets, observed
+
+    async def discover(self) -> list[Asset]:
+        if self.assets is None:
+            raise httpx.ConnectError("refused")
+        return self.assets
+
+    async def observe(self) -> Observed | None:
+        return self.observed
+
+
+class Gateway:
+    """What discovery touches: the snapshot, the adapter, the registry and failure counts."""
+
+    def __init__(self, upstream: UpstreamConfig, adapter: Adapter) -> None:
+        services = {s.service_id: s for s in local_services([upstream])}
+        self.snapshot = Snapshot(version=1, hosts={}, services=services, roles={})
+        self.adapter = adapter
+        self.written: list[tuple[str, tuple[Asset, ...], Observed | None]] = []
+        self.failures: list[tuple[str, str]] = []
+        self.registry = self
+
+    def adapter_for(self, service: Any) -> Adapter:
+        return self.adapter
+
+    def count_failure(self, kind: str, key: str) -> None:
+        self.failures.append((kind, key))
+
+    async def set_service_assets(self, service_id: str, assets: Any, observed: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        self.written.append((service_id, tuple(assets), observed))
+
+
+UPSTREAM = UpstreamConfig("gpu", "openai", "http://127.0.0.1:9", ("chat",), timeout_s=5,
+                          assets=(Asset("m", family="qwen"),))
+
+
+async def test_a_failed_discovery_forgets_what_was_loaded_and_the_old_load() -> None:
+    gateway = Gateway(UPSTREAM, Adapter(None, Observed(queue_depth=9)))
+    with trio.fail_after(5):
+        await discover_upstream(gateway, UPSTREAM)
+    [(service_id, assets, observed)] = gateway.written
+    assert service_id == "gpu/chat"
+    assert [(a.asset_id, a.loaded, a.family) for a in assets] == [("m", False, "qwen")]
+    # written as "nothing known", so a queue depth read earlier stops steering routing
+    assert observed == Observed()
+    assert gateway.failures == [("discovery", "gpu")]
+
+
+async def test_a_discovery_without_a_load_reading_counts_the_loaded_models() -> None:
+    gateway = Gateway(UPSTREAM, Adapter([Asset("m", loaded=True), Asset("n", loaded=False)],
+                                        None))
+    with trio.fail_after(5):
+        await discover_upstream(gateway, UPSTREAM)
+    [(_, assets, observed)] = gateway.written
+    assert [(a.asset_id, a.loaded) for a in assets] == [("m", True), ("n", False)]
+    assert observed == Observed(loaded_model_count=1)
+    assert gateway.failures == []
