@@ -106,19 +106,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from geniehive.config import ConfigError
     from geniehive.daemon import serve_control
     from geniehive.launcher import LaunchError
+    from geniehive.registry import RegistryError
 
     config = load_control_or_exit(args.config)
     setup_logging(config.logging.level, config.logging.format)
     started = time.monotonic()
     problems: list[str] = []
+    storage: list[str] = []
     try:
         trio.run(serve_control, config)
     except* (ConfigError, LaunchError) as group:
         problems = [p for exc in _leaves(group) for p in getattr(exc, "problems", [str(exc)])]
+    except* RegistryError as group:  # unreadable, or written by a newer geniehive
+        storage = [str(exc) for exc in _leaves(group)]
     if problems:
         for problem in problems:
             print(f"{args.config}: {problem}", file=sys.stderr)
         return 2
+    if storage:
+        for problem in storage:
+            print(f"geniehive: {problem}", file=sys.stderr)
+        return 1
     log.info("stopped after %.1f s", time.monotonic() - started)
     return 0
 

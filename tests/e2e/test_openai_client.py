@@ -183,6 +183,23 @@ async def test_non_loopback_bind_without_keys_refuses_to_start(tmp_path: Path) -
     assert b"refusing to start in open mode" in result.stderr
 
 
+async def test_a_registry_from_a_newer_geniehive_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import sqlite3
+
+    config = write_config(tmp_path, "")
+    (tmp_path / "state").mkdir()
+    with sqlite3.connect(tmp_path / "state" / "geniehive.sqlite3") as db:
+        db.execute("PRAGMA user_version = 999")
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "geniehive", "serve", "--config", str(config)],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+    assert result.returncode == 1
+    assert b"newer than this geniehive knows" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
 async def test_json_logs_carry_request_and_entity_ids(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
