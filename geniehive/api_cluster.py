@@ -58,7 +58,7 @@ MAX_NAME = 128
 
 def host_view(host: Host, now: float, stale_after_s: float, service_count: int) -> dict[str, Any]:
     """One host as `/v1/cluster/hosts` lists it."""
-    seen = host.last_heartbeat if host.last_heartbeat is not None else host.registered_at
+    seen = host.last_seen
     stale = routing.is_stale(host, now, stale_after_s)
     return {
         **wire.encode_host(host),

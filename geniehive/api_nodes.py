@@ -287,7 +287,7 @@ def _log_change(snapshot: Snapshot, host_id: str, stale: bool, now: float) -> No
         log.info("host %s online", host_id)
         return
     host = snapshot.hosts[host_id]
-    seen = host.last_heartbeat if host.last_heartbeat is not None else host.registered_at
+    seen = host.last_seen
     age = "ever" if seen is None else f"{now - seen:.0f} s"
     log.warning("host %s stale: no heartbeat for %s; its services leave routing", host_id, age)
 

@@ -142,8 +142,8 @@ class _LiveCollector:
         for host_id, host in sorted(snapshot.hosts.items()):
             if host.is_local:
                 continue
-            if host.last_heartbeat is not None:
-                age.add_metric([host_id], max(0.0, now - host.last_heartbeat))
+            if host.last_seen is not None:  # as /v1/cluster/hosts and staleness judge it
+                age.add_metric([host_id], max(0.0, now - host.last_seen))
             stale.add_metric([host_id], 1.0 if routing.is_stale(host, now, stale_after) else 0.0)
         yield age
         yield stale

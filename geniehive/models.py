@@ -117,6 +117,11 @@ class Host:
     registered_at: float | None = None
     is_local: bool = False
 
+    @property
+    def last_seen(self) -> float | None:
+        """When the host was last heard from: its last heartbeat, else its registration."""
+        return self.last_heartbeat if self.last_heartbeat is not None else self.registered_at
+
 
 @dataclass(frozen=True, slots=True)
 class RoutingPolicy:

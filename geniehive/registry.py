@@ -394,9 +394,8 @@ def _service(state: _State, service_id: str) -> Service:
 
 
 def _last_seen(host: Host) -> float:
-    if host.last_heartbeat is not None:
-        return host.last_heartbeat
-    return host.registered_at if host.registered_at is not None else float("-inf")
+    seen = host.last_seen
+    return seen if seen is not None else float("-inf")
 
 
 # --- rows ----------------------------------------------------------------------------------

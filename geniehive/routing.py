@@ -384,7 +384,7 @@ def is_stale(host: Host, now: float, stale_after_s: float) -> bool:
     """Whether a host missed its heartbeats at `now`; the local host is never stale."""
     if host.is_local or host.host_id == LOCAL_HOST_ID:
         return False
-    seen = host.last_heartbeat if host.last_heartbeat is not None else host.registered_at
+    seen = host.last_seen
     return seen is None or now - seen > stale_after_s
 
 
@@ -730,7 +730,7 @@ class _Index:
         for key, host in snapshot.hosts.items():
             if host.is_local or host.host_id == LOCAL_HOST_ID:
                 continue
-            seen = host.last_heartbeat if host.last_heartbeat is not None else host.registered_at
+            seen = host.last_seen
             if seen is None:
                 always.add(key)
             elif seen == seen:  # NaN is never stale: `now - nan > s` is false
