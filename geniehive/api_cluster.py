@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from geniehive import auth, catalog, matching, routing, wire
+from geniehive import auth, catalog, health, matching, routing, wire
 from geniehive.api_nodes import parse_json
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
 from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot, valid_id
@@ -68,25 +68,6 @@ def host_view(host: Host, now: float, stale_after_s: float, service_count: int) 
     }
 
 
-def health_verdict(service: Service, runtime: routing.ServiceRuntime, stale: bool) -> str:
-    """The combined routable health: stale, down, unhealthy, healthy or unknown.
-
-    The gates are those of `health.routable`, in its order; an open breaker reads unhealthy.
-    """
-    node = service.state.health
-    if stale:
-        return "stale"
-    if runtime.probe == "down":
-        return "down"
-    if node in ("unhealthy", "down"):
-        return node
-    if runtime.breaker == "open" or (runtime.breaker == "half_open" and runtime.trial_taken):
-        return "unhealthy"
-    if runtime.probe == "healthy" or node == "healthy":
-        return "healthy"
-    return "unknown"
-
-
 def measured_view(live: Any, runtime: routing.ServiceRuntime) -> dict[str, Any]:
     """The gateway's own measurements of one service (`live` is its ServiceLive or None)."""
     return {
@@ -106,8 +87,6 @@ def service_view(
 ) -> dict[str, Any]:
     """One service as `/v1/cluster/services` lists it."""
     runtime = ctx.runtime_of(service.service_id)
-    host = snapshot.hosts.get(service.host_id)
-    stale = routing.is_stale(host, ctx.now, ctx.stale_after_s) if host is not None else True
     gate = routing.exclusion_gate(snapshot, service, ctx)
     probe = live.probe if live is not None else None
     encoded = wire.encode_service(service)
@@ -120,7 +99,7 @@ def service_view(
         "assets": encoded["assets"],
         "availability": service.state.availability,
         "accept_requests": service.state.accept_requests,
-        "health": health_verdict(service, runtime, stale),
+        "health": health.verdict(gate and gate.gate, runtime.probe, service.state.health),
         "health_reason": gate.detail
         if gate is not None
         else (probe.reason if probe is not None else "not probed yet"),

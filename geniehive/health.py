@@ -93,6 +93,24 @@ def next_breaker_on_result(
     return replace(state, failures=count)
 
 
+_GATE_WORDS = {"host_stale": "stale", "probe_down": "down", "breaker_open": "unhealthy"}
+
+
+def verdict(gate: str | None, probe: str, node_health: str) -> str:
+    """One word for a service's health: stale, down, unhealthy, healthy or unknown.
+
+    `gate` is the first gate of `routable` (or a later availability gate) that excludes the
+    service, None when none does. Past the health gates, the probe or the node saying
+    healthy makes it healthy; otherwise nobody has said yet.
+    """
+    if gate == "node_unhealthy":
+        return node_health  # unhealthy or down, as the node said
+    word = _GATE_WORDS.get(gate or "")
+    if word is not None:
+        return word
+    return "healthy" if "healthy" in (probe, node_health) else "unknown"
+
+
 def routable(
     probe: str, node_health: str, host_stale: bool, breaker: str, trial_taken: bool
 ) -> tuple[bool, str]:

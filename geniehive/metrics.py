@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from geniehive import __version__, routing
+from geniehive import __version__, health, routing
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 HEALTH_STATES = ("healthy", "unknown", "down", "unhealthy", "stale", "unavailable")
@@ -167,14 +167,8 @@ class _LiveCollector:
 
 
 def _health_state(snapshot: Any, service: Any, ctx: Any, runtime: Any) -> str:
+    """The status listing's word, or `unavailable` for a drained or refusing service."""
     gate = routing.exclusion_gate(snapshot, service, ctx)
-    if gate is None:
-        return "healthy" if runtime.probe == "healthy" else "unknown"
-    if gate.gate == "host_stale":
-        return "stale"
-    if gate.gate == "probe_down":
-        return "down"
-    if gate.gate in ("node_unhealthy", "breaker_open"):
-        return "unhealthy"
-    return "unavailable"
-
+    if gate is not None and gate.gate in ("availability", "not_accepting"):
+        return "unavailable"
+    return health.verdict(gate and gate.gate, runtime.probe, service.state.health)

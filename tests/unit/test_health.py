@@ -146,3 +146,34 @@ def test_routable_combines_probe_node_staleness_and_breaker(
     probe: str, node: str, stale: bool, breaker: str, trial: bool, expected: tuple
 ) -> None:
     assert health.routable(probe, node, stale, breaker, trial) == expected
+
+
+@pytest.mark.parametrize(
+    ("gate", "probe", "node", "word"),
+    [
+        ("host_stale", "healthy", "healthy", "stale"),
+        ("probe_down", "down", "healthy", "down"),
+        ("node_unhealthy", "healthy", "down", "down"),
+        ("node_unhealthy", "unknown", "unhealthy", "unhealthy"),
+        ("breaker_open", "healthy", "healthy", "unhealthy"),
+        (None, "healthy", "unknown", "healthy"),
+        (None, "unknown", "healthy", "healthy"),  # a node's word counts until probed
+        (None, "unknown", "unknown", "unknown"),
+        ("availability", "healthy", "unknown", "healthy"),  # drained, yet healthy
+    ],
+)
+def test_one_health_word_for_the_listing_and_the_metrics(gate, probe, node, word) -> None:
+    assert health.verdict(gate, probe, node) == word
+
+
+def test_every_gate_routable_names_has_a_word() -> None:
+    gates = {
+        health.routable(probe, node, stale, breaker, trial)[1]
+        for probe, node, stale, breaker, trial in itertools.product(
+            ["healthy", "down", "unknown"], ["healthy", "unhealthy", "down", "unknown"],
+            [False, True], ["closed", "open", "half_open"], [False, True],
+        )
+    } - {""}
+    assert gates == {"host_stale", "probe_down", "node_unhealthy", "breaker_open"}
+    assert {health.verdict(g, "healthy", "unhealthy") for g in gates} == {"stale", "down",
+                                                                           "unhealthy"}
