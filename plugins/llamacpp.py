@@ -130,13 +130,13 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
     kind = "llamacpp"
 
     async def discover(self) -> list[Asset]:
-        assets = parse_llamacpp_models(await self._get_json("/v1/models"))
+        assets = parse_llamacpp_models(await self.get_json("/v1/models"))
         return apply_props(assets, await self._props())
 
     async def _props(self) -> Props:
         # /props is a refinement: without it the trained context still stands.
         try:
-            return parse_llamacpp_props(await self._get_json("/props"))
+            return parse_llamacpp_props(await self.get_json("/props"))
         except (httpx.HTTPError, UpstreamError):
             return Props(None, None)
 
@@ -146,18 +146,11 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
     async def observe(self) -> Observed | None:
         # Load figures are advisory: a failed reading must not fail the discovery pass.
         try:
-            return parse_llamacpp_slots(await self._get_json("/slots"))
+            return parse_llamacpp_slots(await self.get_json("/slots"))
         except (httpx.HTTPError, UpstreamError):
             pass  # --no-slots answers 501: try /metrics
-        try:
-            response = await self.client.get(
-                self.url("/metrics"), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
-            )
-        except httpx.HTTPError:
-            return None
-        if response.status_code != 200:
-            return None
-        return parse_llamacpp_metrics(response.text, await self._props())
+        text = await self.get_text("/metrics")
+        return None if text is None else parse_llamacpp_metrics(text, await self._props())
 
 
 ADAPTER = AdapterSpec(

@@ -115,8 +115,8 @@ class OllamaAdapter(OpenAICompatibleAdapter):
     kind = "ollama"
 
     async def discover(self) -> list[Asset]:
-        running = parse_ollama_ps(await self._get_json("/api/ps"))
-        return parse_ollama_tags(await self._get_json("/api/tags"), running)
+        running = parse_ollama_ps(await self.get_json("/api/ps"))
+        return parse_ollama_tags(await self.get_json("/api/tags"), running)
 
     async def probe(self) -> ProbeResult:
         return await self.probe_get("/api/version", parse_ollama_version)
@@ -124,7 +124,7 @@ class OllamaAdapter(OpenAICompatibleAdapter):
     async def observe(self) -> Observed | None:
         # Load figures are advisory: a failed reading must not fail the discovery pass.
         try:
-            return observed_from_ps(parse_ollama_ps(await self._get_json("/api/ps")))
+            return observed_from_ps(parse_ollama_ps(await self.get_json("/api/ps")))
         except (httpx.HTTPError, UpstreamError):
             return None
 

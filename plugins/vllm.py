@@ -11,8 +11,6 @@ httpx exceptions its injected client raises).
 
 from __future__ import annotations
 
-import httpx
-
 from geniehive.adapters import (
     AdapterSpec,
     Observed,
@@ -52,15 +50,8 @@ class VllmAdapter(OpenAICompatibleAdapter):
 
     async def observe(self) -> Observed | None:
         # Load figures are advisory: a failed reading must not fail the discovery pass.
-        try:
-            response = await self.client.get(
-                self.url("/metrics"), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
-            )
-        except httpx.HTTPError:
-            return None
-        if response.status_code != 200:
-            return None
-        return parse_vllm_metrics(response.text)
+        text = await self.get_text("/metrics")
+        return None if text is None else parse_vllm_metrics(text)
 
 
 ADAPTER = AdapterSpec(

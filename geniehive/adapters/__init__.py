@@ -130,6 +130,30 @@ class Adapter:
     def url(self, path: str) -> str:
         return self.ctx.base_url.rstrip("/") + path
 
+    async def get_json(self, path: str) -> Any:
+        """GET `path` with the key and timeout; its JSON. Raises UpstreamError on a non-200 or
+        non-JSON answer, httpx.HTTPError when the upstream cannot be reached."""
+        response = await self.client.get(
+            self.url(path), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
+        )
+        if response.status_code != 200:
+            raise UpstreamError(f"GET {path} answered HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise UpstreamError(f"GET {path} answered a body that is not JSON") from exc
+
+    async def get_text(self, path: str) -> str | None:
+        """GET `path` with the key and timeout; its text on a 200, else None (never raising):
+        for advisory readings such as a `/metrics` page."""
+        try:
+            response = await self.client.get(
+                self.url(path), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
+            )
+        except httpx.HTTPError:
+            return None
+        return response.text if response.status_code == 200 else None
+
     async def discover(self) -> list[Asset]:
         """The models the upstream serves now. Raises UpstreamError or httpx.HTTPError."""
         return list(self.ctx.configured_assets)
@@ -231,19 +255,8 @@ class OpenAICompatibleAdapter(Adapter):
     kind = "openai"
     models_path = "/v1/models"
 
-    async def _get_json(self, path: str) -> Any:
-        response = await self.client.get(
-            self.url(path), headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s
-        )
-        if response.status_code != 200:
-            raise UpstreamError(f"GET {path} answered HTTP {response.status_code}")
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise UpstreamError(f"GET {path} answered a body that is not JSON") from exc
-
     async def discover(self) -> list[Asset]:
-        return parse_openai_models(await self._get_json(self.models_path))
+        return parse_openai_models(await self.get_json(self.models_path))
 
     async def probe(self) -> ProbeResult:
         return await self.probe_get(self.models_path, _below_500)
