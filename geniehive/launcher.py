@@ -186,6 +186,8 @@ async def _stop(upstream: UpstreamConfig, process: Child) -> None:
                 await process.wait()
             log.info("managed upstream %s: stopped (%s)", upstream.id,
                      describe_exit(process.returncode))
+        else:
+            await process.wait()  # it had exited already: reap it and close its pidfd
         _signal_group(process, signal.SIGKILL)  # whatever its group left behind
 
 
