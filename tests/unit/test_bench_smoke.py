@@ -38,6 +38,7 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
     for summary in cells.values():
         assert summary["rps_median"] > 0
         assert summary["non_2xx"] == 0 and summary["socket_errors"] == 0
+    assert report["added_latency"]
     assert all(math.isfinite(a["added_p50_ms"]) for a in report["added_latency"])
 
     assert report["first_byte"]["gateway"]["samples"] > 0

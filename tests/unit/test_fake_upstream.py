@@ -264,13 +264,15 @@ async def test_slow_headers_delays_the_response(fake, client):
 async def test_reset_mid_stream_delivers_chunks_then_resets(fake, client):
     fake.set_fault("reset_mid_stream", after_chunks=2)
     received = []
-    with trio.fail_after(5), pytest.raises(httpx.ReadError):
-        async with client.stream("POST", "/v1/chat/completions", json=STREAM_CHAT) as response:
-            async for line in response.aiter_lines():
-                if line:
-                    received.append(line)
+    with trio.fail_after(5):
+        with pytest.raises(httpx.ReadError):
+            async with client.stream("POST", "/v1/chat/completions",
+                                     json=STREAM_CHAT) as response:
+                async for line in response.aiter_lines():
+                    if line:
+                        received.append(line)
+        record = await fake.wait_finished(0)
     assert len(received) == 2
-    record = await fake.wait_finished(0)
     assert record["outcome"] == "reset"
     assert not record["cancelled"]
 
@@ -381,8 +383,8 @@ async def test_control_endpoints_change_models_faults_and_list_requests(fake, cl
 
 
 async def test_control_release_lets_a_held_stream_finish(fake, client):
-    await client.post("/_fake/fault", json={"mode": "hold_stream"})
     with trio.fail_after(5):
+        await client.post("/_fake/fault", json={"mode": "hold_stream"})
         async with client.stream("POST", "/v1/chat/completions", json=STREAM_CHAT) as response:
             lines = response.aiter_lines()
             await anext(lines)

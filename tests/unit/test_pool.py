@@ -179,7 +179,8 @@ async def pool() -> AsyncIterator[UpstreamPool]:
     try:
         yield pool
     finally:
-        await pool.aclose()
+        with trio.fail_after(5):
+            await pool.aclose()
 
 
 async def fetch(pool: UpstreamPool, url: str, **kw: object) -> tuple[int, bytes]:
@@ -605,8 +606,10 @@ async def test_cancellation_while_waiting_for_headers_closes_the_connection(
 
     with trio.fail_after(5):
         up = await start_upstream(nursery, never_answer)
-        with trio.move_on_after(0.05):
+        with trio.CancelScope() as scope:
+            nursery.start_soon(cancel_once_blocked, scope)
             await pool.request("GET", up.url(), [])
+        assert scope.cancelled_caught
         await up.wires[0].eof.wait()
 
 
