@@ -317,7 +317,8 @@ class Relay:
                 )
             if inbound.operation in JSON_OPERATIONS:
                 return await self._relay_json(
-                    adapter, inbound, request, response, writer, headers, strip, started, outcome
+                    adapter, inbound, request, response, content_type, writer, headers, strip,
+                    started, outcome,
                 )
             return await self._relay_passthrough(
                 adapter, inbound, request, response, content_type, writer, headers, outcome
@@ -442,6 +443,7 @@ class Relay:
         inbound: Inbound,
         request: UpstreamRequest,
         response: PoolResponse,
+        content_type: str,
         writer: Writer,
         headers: list[tuple[bytes, bytes]],
         strip: bool,
@@ -449,7 +451,6 @@ class Relay:
         outcome: Outcome,
     ) -> tuple[bool, float | None, float | None]:
         raw = await self._read_answer(response)
-        content_type = (response.header(b"content-type") or b"").decode("latin-1")
         status, content_type, raw = adapter.translate_response(
             inbound.endpoint, response.status, content_type, raw, request
         )

@@ -27,7 +27,6 @@ from geniehive.adapters import (
     openai_error_message,
 )
 
-RENDERED_FORMATS = frozenset({"text", "srt", "vtt"})
 TEXT_TYPE = "text/plain; charset=utf-8"
 
 
@@ -123,7 +122,7 @@ class WhisperAdapter(Adapter):
     ) -> UpstreamRequest:
         request = super().build_request(operation, model, body=body, fields=fields)
         wanted = dict(fields).get("response_format", "json")
-        if wanted not in RENDERED_FORMATS:
+        if wanted not in RENDERERS:  # formats rendered here from verbose_json
             return request
         asked = tuple(
             (k, "verbose_json" if k == "response_format" else v) for k, v in request.fields
