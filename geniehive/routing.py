@@ -898,6 +898,8 @@ class _Memo:
         ids = None
         if changes_since is not None and suspects is not None:
             self.token, ids = changes_since(self.token)
+        else:
+            self.token = None  # read without the journal: its old position says nothing now
         if ids is not None:
             where = plan.where
             for sid in suspects().union(ids):
@@ -913,7 +915,6 @@ class _Memo:
                 changed_any = True
                 self._judge(plan, name, stream, t, i, runtime)
         else:
-            self.token = None  # read without the journal: its position says nothing now
             for t, tier in enumerate(plan.tiers):
                 new = list(map(get, plan.tier_sids[t], repeat(NO_RUNTIME, len(tier))))
                 changed = list(compress(range(len(new)), map(is_not, new, self.runtimes[t])))

@@ -1064,3 +1064,28 @@ def test_a_decision_from_a_plain_mapping_does_not_leave_the_journal_position_beh
     assert order(resolve(snap, "r", "chat", ctx(runtime=other))) == ["b", "a"]
     # back on the live view, with nothing journaled since: its numbers again, not the dict's
     assert order(resolve(snap, "r", "chat", ctx(runtime=RuntimeView(live, 1.0)))) == ["a", "b"]
+
+
+def test_an_incremental_decision_looks_up_only_what_changed() -> None:
+    from geniehive.live import LiveState, RuntimeView
+
+    lookups: list[str] = []
+
+    class Counting(RuntimeView):
+        def get(self, service_id: str, default: object = None) -> ServiceRuntime:
+            lookups.append(service_id)
+            return super().get(service_id, default)
+
+    names = [f"s{n:02d}" for n in range(20)]
+    snap = snapshot([service(n, asset("m")) for n in names], [role("r")])
+    live = LiveState()
+    for n in names:
+        live.attempt_started(n, 1.0)
+    resolve(snap, "r", "chat", ctx(runtime=Counting(live, 1.0)))
+    assert sorted(lookups) == names  # the first decision reads everything
+    for _ in range(3):  # then only the changed services, decision after decision
+        lookups.clear()
+        live.attempt_succeeded("s07", 1.0, latency_ms=10.0)
+        live.attempt_started("s07", 1.0)
+        resolve(snap, "r", "chat", ctx(runtime=Counting(live, 1.0)))
+        assert lookups == ["s07"]
