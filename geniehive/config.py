@@ -80,6 +80,10 @@ class ServerConfig:
     shutdown_grace_s: float = 30.0
     max_body_bytes: int = 26214400
     tls: TLSConfig | None = None
+    header_timeout_s: float = 10.0  # a request's head must arrive within this
+    body_timeout_s: float = 30.0  # the longest gap between a request body's bytes
+    write_timeout_s: float = 60.0  # the longest a client may accept no bytes of an answer
+    max_connections: int = 4096  # open client connections per bind, beyond which none are accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,8 @@ class NodesConfig:
     stale_after_s: float = 15.0
     forget_after_s: float = 86400.0
     tls: TLSConfig | None = None
+    # Networks a node's upstream base URLs may point into, besides the node's own address.
+    allowed_upstream_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,7 @@ class AuthKeyConfig:
     key_env: str
     scopes: frozenset[str]
     models: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()  # node keys: the host ids it may speak for (empty: any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +433,14 @@ def _address(value: Any) -> str:
     if not _text(value) or any(c.isspace() or c == "/" for c in value):
         raise _bad(f"expected a host name or IP address, got {value!r}")
     return value
+
+
+def _network(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(_string(value), strict=False))
+    except ValueError:
+        raise _bad(f'expected a network in CIDR form such as "10.0.0.0/24", got {value!r}') \
+            from None
 
 
 def _list(item: Callable[[Any], Any], *, non_empty: bool = False,
@@ -783,6 +798,10 @@ def _server(t: _Table, base: Path) -> ServerConfig:
         shutdown_grace_s=t.get("shutdown_grace_s", _non_negative, 30.0),
         max_body_bytes=t.get("max_body_bytes", _integer(1), 26214400),
         tls=_tls(t.table("tls"), base, server_side=True),
+        header_timeout_s=t.get("header_timeout_s", _positive, 10.0),
+        body_timeout_s=t.get("body_timeout_s", _positive, 30.0),
+        write_timeout_s=t.get("write_timeout_s", _positive, 60.0),
+        max_connections=t.get("max_connections", _integer(1), 4096),
     )
     t.done()
     return config
@@ -794,6 +813,7 @@ def _nodes(t: _Table, base: Path, server: ServerConfig) -> NodesConfig:
         stale_after_s=t.get("stale_after_s", _positive, 15.0),
         forget_after_s=t.get("forget_after_s", _positive, 86400.0),
         tls=_tls(t.table("tls"), base, server_side=True),
+        allowed_upstream_networks=t.get("allowed_upstream_networks", _list(_network), ()),
     )
     t.done()
     if config.tls is not None and not config.bind:
@@ -823,12 +843,17 @@ def _auth_keys(t: _Table, environ: Mapping[str, str]) -> tuple[AuthKeyConfig, ..
         key_env, key = _secret(k, "key_env", environ, required=True)
         scopes = k.get("scopes", _list(_choice(SCOPES), non_empty=True), (), required=True)
         models = k.get("models", _list(_text), ())
+        hosts = k.get("hosts", _list(_identifier), ())
         k.done()
+        if hosts and "node" not in scopes:
+            t.report("keys", "hosts applies only to keys with the 'node' scope",
+                     f"[{index}].hosts")
         if name and any(other.name == name for other in keys):
             t.report("keys", f"duplicate key name {name!r}", f"[{index}].name")
         if key and any(other.key == key for other in keys):
             t.report("keys", "the same key as another entry", f"[{index}].key_env")
-        keys.append(AuthKeyConfig(name, key or "", key_env or "", frozenset(scopes), models))
+        keys.append(AuthKeyConfig(name, key or "", key_env or "", frozenset(scopes), models,
+                                  hosts))
     t.done()
     return tuple(keys)
 
