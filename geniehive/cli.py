@@ -23,6 +23,29 @@ DEFAULT_CONFIG = "conf/geniehive.toml"
 log = logging.getLogger("geniehive")
 
 
+def _escapes() -> dict[int, str]:
+    """Control characters and Unicode line breaks as visible escapes."""
+    codes = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+    return {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in codes}
+
+
+ESCAPES = _escapes()
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character shown as an escape, so no value can end a line."""
+    return text.translate(ESCAPES) if not text.isprintable() else text
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record: values a client or node sent (a model name with a newline, say)
+    cannot forge a line of their own. A traceback, written by us, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data = {
@@ -41,7 +64,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,0 +1,68 @@
+"""The request log: one line per request, whatever a client puts in the values it logs."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from geniehive.cli import JsonFormatter, TextFormatter
+from tests.app.conftest import Hive
+
+FORGED = "m1\n2026-12-02 00:00:00 INFO geniehive.request: request id=forged key=admin"
+
+
+@pytest.fixture(params=["text", "json"])
+def request_log(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    """The request logger's output, formatted as `geniehive serve` formats it."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    formatter = TextFormatter("%(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonFormatter() if request.param == "json" else formatter)
+    logger = logging.getLogger("geniehive.request")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield out
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+async def test_a_model_name_with_a_newline_cannot_forge_a_log_line(
+    hive: Hive, request_log: io.StringIO
+) -> None:
+    body = {"model": FORGED, "messages": [{"role": "user", "content": "hi"}]}
+    with trio.fail_after(10):
+        reply = await hive.client.post("/v1/chat/completions", json=body)
+        assert reply.status_code == 404
+        while not request_log.getvalue():  # written once the answer has been sent
+            await trio.sleep(0.01)
+    lines = request_log.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert "id=forged" in lines[0]  # still there, inside the one real line
+    if lines[0].startswith("{"):
+        assert FORGED in json.loads(lines[0])["message"]
+    else:
+        assert "model=m1\\x0a2026-12-02" in lines[0]
+
+
+def test_text_format_escapes_every_control_character_but_keeps_tracebacks() -> None:
+    formatter = TextFormatter("%(message)s")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "v=%s", ("a\r\x00\x1b\u2028\x85é b",),
+                               None)
+    assert formatter.format(record) == "v=a\\x0d\\x00\\x1b\\u2028\\x85é b"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    text = formatter.format(record)
+    assert text.startswith("failed\nTraceback")
+    assert text.endswith("ValueError: boom")
