@@ -224,6 +224,7 @@ async def _run_tree(
         binds = await nursery.start(
             serve_proxy, asgi, hypercorn_config(config.server.bind, config), shutdown
         )
+        gateway.listening_on(binds)
         gateway.started.add("proxy")
         gateway.ready = True
         for url in binds:
