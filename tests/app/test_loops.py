@@ -29,14 +29,18 @@ def no_pings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ws, "PING_INTERVAL_S", None)  # as in test_ws: shutdown stays quick
 
 
-async def gateway_at(nursery: trio.Nursery, folder: Path, port: int,
-                     upstream_port: int) -> InProcess:
-    """A gateway bound to `port` whose one chat upstream is `upstream_port` on loopback."""
+def config_at(folder: Path, port: int, upstream_port: int) -> Path:
     folder.mkdir()
     config = write_config(folder, upstream_toml("next", upstream_port, ["chat"], extra=ASSET)
                           + QUIET)
     config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
-    return await gateway_in_process(nursery, config)
+    return config
+
+
+async def gateway_at(nursery: trio.Nursery, folder: Path, port: int,
+                     upstream_port: int) -> InProcess:
+    """A gateway bound to `port` whose one chat upstream is `upstream_port` on loopback."""
+    return await gateway_in_process(nursery, config_at(folder, port, upstream_port))
 
 
 def request_lines(caplog: pytest.LogCaptureFixture, request_id: str = "") -> list[str]:

@@ -59,8 +59,12 @@ async def create_key(client: httpx.AsyncClient, **body: Any) -> str:
 
 async def keyed(nursery: trio.Nursery, tmp_path: Path,
                 extra: str = "") -> tuple[InProcess, httpx.AsyncClient]:
-    tmp_path.mkdir(exist_ok=True)
+    make_folder(tmp_path)
     return await start(nursery, tmp_path, KEYS + extra, ENV)
+
+
+def make_folder(path: Path) -> None:
+    path.mkdir(exist_ok=True)
 
 
 # --- node keys speak for their own host ---------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from geniehive import api_cluster
 from geniehive.api_nodes import check_speaks_for
-from geniehive.auth import Authenticator, hash_secret
+from geniehive.auth import Authenticator, Principal, hash_secret
 from geniehive.errors import InvalidRequest, PermissionDenied
 from geniehive.registry import StoredKey
 
@@ -18,7 +18,7 @@ def named(name: str, scopes: tuple[str, ...], host: str | None = None) -> Stored
                      host=host)
 
 
-def principal_of(stored: StoredKey):  # noqa: ANN201 - a Principal
+def principal_of(stored: StoredKey) -> Principal:
     authenticator = Authenticator()
     authenticator.set_named([api_cluster.named_key(stored)])
     principal = authenticator.identify(f"gh_{stored.key_id}_s3cret")
