@@ -19,11 +19,14 @@ import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
-from geniehive.errors import LoopDetected
+from geniehive.errors import InvalidRequest, LoopDetected
 
 HOP_HEADER = "x-geniehive-hops"
 HOP_HEADER_BYTES = HOP_HEADER.encode("ascii")
 MAX_HOPS = 8
+# Ids are 16 hex characters; a longer header is not from a chain of gateways, and is not
+# forwarded (it would be copied onto every upstream request).
+MAX_HOP_HEADER_CHARS = 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
@@ -140,14 +143,15 @@ class HopGuard:
         self.own = instance_id.encode("ascii")  # the header of a request that came direct
 
     def check(self, value: str | None) -> None:
-        """Raises LoopDetected when `value` names this gateway or is MAX_HOPS long."""
+        """Raises LoopDetected when `value` names this gateway or is MAX_HOPS long, and
+        InvalidRequest when it is longer than MAX_HOP_HEADER_CHARS."""
         if value:
             self._ids(value)
 
     def next_hops(self, value: str | None) -> bytes:
         """The header to send upstream for a request that arrived with `value`.
 
-        Raises LoopDetected (see `check`).
+        Raises LoopDetected or InvalidRequest (see `check`).
         """
         if not value:
             return self.own
@@ -155,6 +159,10 @@ class HopGuard:
         return ",".join([*ids, self.instance_id]).encode("latin-1")
 
     def _ids(self, value: str) -> list[str]:
+        if len(value) > MAX_HOP_HEADER_CHARS:
+            raise InvalidRequest(
+                f"{HOP_HEADER}: longer than {MAX_HOP_HEADER_CHARS} characters", param=HOP_HEADER
+            )
         ids = [part.strip() for part in value.split(",") if part.strip()]
         if self.instance_id in ids:
             raise LoopDetected(

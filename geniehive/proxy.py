@@ -22,7 +22,6 @@ from geniehive.egress import HOP_HEADER, HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
     InvalidRequest,
-    LoopDetected,
     PermissionDenied,
     RequestTooLarge,
 )
@@ -95,7 +94,7 @@ class ProxyApp:
             return False
         try:
             self.gw.hops.check(hops.decode("latin-1"))
-        except LoopDetected as exc:
+        except GenieHiveError as exc:  # LoopDetected, or InvalidRequest for a huge header
             if scope["type"] == "websocket":
                 await refuse_websocket(receive, send, exc)
             else:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from geniehive import egress
+from geniehive.api_nodes import is_local_address
 from geniehive.egress import HopGuard, parse_networks, upstream_problem
-from geniehive.errors import LoopDetected
+from geniehive.errors import InvalidRequest, LoopDetected
 
 BINDS = [("127.0.0.1", 8800)]
 
@@ -153,6 +154,18 @@ def test_a_chain_of_max_hops_distinct_gateways_is_refused() -> None:
     assert HopGuard("last").next_hops(chain).count(b",") == egress.MAX_HOPS - 1
     with pytest.raises(LoopDetected, match=f"at most {egress.MAX_HOPS}"):
         HopGuard("last").next_hops(chain + ",one-more")
+
+
+def test_an_oversized_hop_header_is_400_and_never_forwarded() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        HopGuard("aaaa").next_hops("x" * (egress.MAX_HOP_HEADER_CHARS + 1))
+    assert caught.value.param == "x-geniehive-hops"
+
+
+def test_local_addresses_are_loopback_and_those_a_socket_can_bind() -> None:
+    assert is_local_address(ipaddress.ip_address("127.0.0.9"))
+    assert is_local_address(ipaddress.ip_address("::1"))
+    assert not is_local_address(ipaddress.ip_address("192.0.2.1"))  # TEST-NET-1, never ours
 
 
 def test_egress_is_pure() -> None:
