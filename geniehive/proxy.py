@@ -88,7 +88,8 @@ class ProxyApp:
 
     async def refused_loop(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer 508 to a request that already passed through this gateway (a probe or a
-        discovery call of a service that points back here). True when it was refused."""
+        discovery call of a service that points back here; 400 for an oversized hop header).
+        True when it was refused."""
         hops = next((v for k, v in scope["headers"] if k == HOP_HEADER_BYTES), None)
         if hops is None:
             return False
