@@ -280,7 +280,7 @@ def named_key(stored: StoredKey) -> auth.NamedKey:
     return auth.NamedKey(
         key_id=stored.key_id, name=stored.name, salt=bytes.fromhex(stored.salt),
         hash=bytes.fromhex(stored.hash), scopes=frozenset(stored.scopes),
-        models=tuple(stored.models), disabled=stored.disabled,
+        models=tuple(stored.models), disabled=stored.disabled, host=stored.host,
     )  # fmt: skip
 
 
@@ -296,16 +296,24 @@ def key_view(stored: StoredKey) -> dict[str, Any]:
         "name": stored.name,
         "scopes": list(stored.scopes),
         "models": list(stored.models),
+        "host": auth.named_key_host(stored.name, stored.scopes, stored.host),
         "disabled": stored.disabled,
         "created_at": stored.created_at,
     }
 
 
-def parse_key_request(body: Any) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """(name, scopes, model globs) of a key creation body. Raises InvalidRequest."""
+KeyRequest = tuple[str, tuple[str, ...], tuple[str, ...], str | None]
+
+
+def parse_key_request(body: Any) -> KeyRequest:
+    """(name, scopes, model globs, host) of a key creation body. Raises InvalidRequest.
+
+    A key with the `node` scope speaks for one host id: `host`, else its name, which must
+    then be a valid host id.
+    """
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object")
-    unknown = sorted(set(body) - {"name", "scopes", "models"})
+    unknown = sorted(set(body) - {"name", "scopes", "models", "host"})
     if unknown:
         raise InvalidRequest(f"{unknown[0]}: unknown field", param=unknown[0])
     name = body.get("name")
@@ -319,16 +327,36 @@ def parse_key_request(body: Any) -> tuple[str, tuple[str, ...], tuple[str, ...]]
     models = body.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
         raise InvalidRequest("models: expected a list of model globs", param="models")
-    return name, tuple(dict.fromkeys(scopes)), tuple(dict.fromkeys(models))
+    return name, tuple(dict.fromkeys(scopes)), tuple(dict.fromkeys(models)), _key_host(body, scopes)
+
+
+def _key_host(body: Mapping[str, Any], scopes: list[str]) -> str | None:
+    host = body.get("host")
+    if host is not None and "node" not in scopes:
+        raise InvalidRequest("host: only a key with the 'node' scope speaks for a host",
+                             param="host")
+    if "node" not in scopes:
+        return None
+    if host is not None and not valid_id(host):
+        raise InvalidRequest("host: expected a host id of 1-128 letters, digits and . _ : / -",
+                             param="host")
+    if host is None and not valid_id(body["name"]):
+        raise InvalidRequest(
+            "host: a node key speaks for the host named like it, and this name is not a host "
+            "id; give the host id", param="host",
+        )
+    return host or body["name"]
 
 
 async def create_key(gateway: Any, body: Any) -> dict[str, Any]:
-    name, scopes, models = parse_key_request(body)
+    name, scopes, models, host = parse_key_request(body)
     key_id, full_key, salt, digest = auth.new_named_key()
-    stored = StoredKey(key_id, name, salt.hex(), digest.hex(), scopes, models, False, time.time())
+    stored = StoredKey(key_id, name, salt.hex(), digest.hex(), scopes, models, False, time.time(),
+                       host)
     await gateway.registry.put_api_key(stored)
     load_named_keys(gateway)
-    log.info("created API key id=%s name=%s scopes=%s", key_id, name, ",".join(scopes))
+    log.info("created API key id=%s name=%s scopes=%s host=%s", key_id, name, ",".join(scopes),
+             host or "-")
     return {**key_view(stored), "key": full_key}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
@@ -30,18 +31,20 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from geniehive import nodewire, routing
+from geniehive import egress, nodewire, routing
+from geniehive.auth import Principal
 from geniehive.config import TLSConfig
 from geniehive.errors import (
     Conflict,
     GenieHiveError,
     InvalidRequest,
     NotFound,
+    PermissionDenied,
     RequestTooLarge,
     UnknownHostError,
     render_error,
 )
-from geniehive.models import Host, Snapshot
+from geniehive.models import Host, Service, Snapshot
 from geniehive.registry import ServiceConflict, UnknownHost
 from geniehive.supervise import run_every
 from geniehive.wire import encode_host
@@ -89,6 +92,44 @@ def _conflict(exc: ServiceConflict) -> Conflict:
     )
 
 
+def is_local_address(ip: egress.IPAddress) -> bool:
+    """Whether `ip` is an address of this machine (a wildcard bind answers on it): loopback,
+    or one a socket can bind to. Only asked for a base URL on the port of a wildcard bind."""
+    if ip.is_loopback:
+        return True
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
+
+
+def check_speaks_for(principal: Principal, host_id: str) -> None:
+    """A node key bound to hosts may register and heartbeat only those. Raises
+    PermissionDenied naming the host."""
+    if not principal.may_speak_for(host_id):
+        raise PermissionDenied(
+            f"this key may not register or heartbeat host '{host_id}'", param="host_id"
+        )
+
+
+def check_upstreams(gateway: Any, address: str, services: Sequence[Service]) -> None:
+    """Each base URL must stay off the gateway's own listeners and at the node's address or
+    in `nodes.allowed_upstream_networks`. Raises InvalidRequest naming the service."""
+    for index, service in enumerate(services):
+        problem = egress.upstream_problem(
+            service.base_url, address, gateway.upstream_networks, gateway.own_binds,
+            is_local_address,
+        )
+        if problem is not None:
+            where = f"services[{index}].base_url"
+            raise InvalidRequest(
+                f"{where}: service '{service.service_id}' {problem}", param=where
+            )
+
+
 def _answer(gateway: Any, host_id: str) -> dict[str, Any]:
     host = gateway.snapshot.hosts.get(host_id)
     return {"status": "ok", "host": encode_host(host) if host is not None else {"host_id": host_id}}
@@ -96,8 +137,10 @@ def _answer(gateway: Any, host_id: str) -> dict[str, Any]:
 
 async def handle_register(gateway: Any, headers: Headers, body: bytes) -> dict[str, Any]:
     """Register a host. Raises the GenieHiveError to answer (401/403/400/409)."""
-    gateway.auth.authorize(headers, "node")
+    principal = gateway.auth.authorize(headers, "node")
     host, services = nodewire.parse_register(parse_json(body), adapters=_known_adapters(gateway))
+    check_speaks_for(principal, host.host_id)
+    check_upstreams(gateway, host.address, services)
     now = time.time()
     known = host.host_id in gateway.snapshot.hosts
     try:
@@ -113,10 +156,15 @@ async def handle_register(gateway: Any, headers: Headers, body: bytes) -> dict[s
 
 async def handle_heartbeat(gateway: Any, headers: Headers, body: bytes) -> dict[str, Any]:
     """Record a heartbeat. Raises the GenieHiveError to answer (401/403/400/404/409)."""
-    gateway.auth.authorize(headers, "node")
+    principal = gateway.auth.authorize(headers, "node")
     host_id, metrics, services = nodewire.parse_heartbeat(
         parse_json(body), adapters=_known_adapters(gateway)
     )
+    check_speaks_for(principal, host_id)
+    known = gateway.snapshot.hosts.get(host_id)
+    if known is None:
+        raise UnknownHostError(f"unknown host '{host_id}': register first", param="host_id")
+    check_upstreams(gateway, known.address, services)
     try:
         await gateway.registry.heartbeat(host_id, time.time(), metrics, services)
     except UnknownHost:
@@ -336,6 +384,7 @@ async def run_heartbeat_listener(
         urls: list[str] = []
         if nodes.bind:
             urls = await nursery.start(serve_node_port, gateway)
+            gateway.listening_on(urls)
             for url in urls:
                 log.info("node endpoints listening on %s", url)
         tick = min(nodes.stale_after_s / 3, 1.0)

@@ -28,9 +28,14 @@ class Principal:
     name: str
     scopes: frozenset[str]
     models: tuple[str, ...] = ()
+    # Node traffic only: the host ids this key may register and heartbeat (None: any).
+    hosts: frozenset[str] | None = None
 
     def may_use_model(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, g) for g in self.models)
+
+    def may_speak_for(self, host_id: str) -> bool:
+        return self.hosts is None or host_id in self.hosts
 
 
 OPEN = Principal("open", frozenset(SCOPES))
@@ -42,6 +47,13 @@ class StaticKey:
     digest: bytes
     scopes: frozenset[str]
     models: tuple[str, ...] = ()
+    hosts: frozenset[str] | None = None  # node traffic: the host ids it may speak for
+
+
+def bound_hosts(scopes: frozenset[str], hosts: Iterable[str]) -> frozenset[str] | None:
+    """The hosts a node key may speak for: None (any) for a key without a list or the scope."""
+    bound = frozenset(hosts)
+    return bound if bound and "node" in scopes else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,15 @@ class NamedKey:
     scopes: frozenset[str]
     models: tuple[str, ...] = ()
     disabled: bool = False
+    host: str | None = None  # the one host id a key with the node scope speaks for
+
+
+def named_key_host(name: str, scopes: Iterable[str], host: str | None) -> str | None:
+    """The host a named key is bound to: its own `host`, else its name when it has the node
+    scope (a named node key always speaks for exactly one host)."""
+    if "node" not in scopes:
+        return None
+    return host or name
 
 
 def hash_secret(salt: bytes, secret: str) -> bytes:
@@ -80,10 +101,13 @@ def presented_key(headers: Mapping[str, str], *, node: bool = False) -> str | No
 
 
 class Authenticator:
-    def __init__(self, static: Iterable[tuple[str, str, Iterable[str], Iterable[str]]] = ()):
+    def __init__(self, static: Iterable[tuple[str, str, Iterable[str], Iterable[str],
+                                              Iterable[str]]] = ()):
+        """`static`: (name, key, scopes, model globs, host ids) of each configured key."""
         self.static = tuple(
-            StaticKey(name, hashlib.sha256(key.encode()).digest(), frozenset(scopes), tuple(m))
-            for name, key, scopes, m in static
+            StaticKey(name, hashlib.sha256(key.encode()).digest(), frozenset(scopes), tuple(m),
+                      bound_hosts(frozenset(scopes), hosts))
+            for name, key, scopes, m, hosts in static
         )
         self.named: dict[str, NamedKey] = {}
         # Verified named keys by the SHA-256 of the whole key: the salted hash is slow on
@@ -111,7 +135,9 @@ class Authenticator:
             named = self.named.get(key_id)
             if named is not None and not named.disabled:
                 if hmac.compare_digest(hash_secret(named.salt, secret), named.hash):
-                    principal = Principal(named.name, named.scopes, named.models)
+                    host = named_key_host(named.name, named.scopes, named.host)
+                    principal = Principal(named.name, named.scopes, named.models,
+                                          None if host is None else frozenset({host}))
                     self._verified[digest] = principal
                     return principal
                 return None
@@ -121,7 +147,7 @@ class Authenticator:
                 found = static
         if found is None:
             return None
-        return Principal(found.name, found.scopes, found.models)
+        return Principal(found.name, found.scopes, found.models, found.hosts)
 
     def authorize(self, headers: Mapping[str, str], scope: str) -> Principal:
         """The principal allowed `scope`; raises AuthenticationFailed or PermissionDenied."""

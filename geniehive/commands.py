@@ -163,6 +163,7 @@ KEY_COLUMNS: tuple[Column, ...] = (
     ("SCOPES", lambda k: k["scopes"]),
     ("MODELS", lambda k: k["models"] or "*"),
     ("STATE", lambda k: "disabled" if k["disabled"] else "enabled"),
+    ("HOST", lambda k: k.get("host")),
     ("CREATED", lambda k: _when(k.get("created_at"))),
 )
 
@@ -274,10 +275,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     "scopes": args.scope or ["inference"],
                     "models": args.model or [],
                 }
+                if getattr(args, "host", None):
+                    payload["host"] = args.host
                 created = call(client, "POST", "/v1/admin/keys", json=payload)
+                host = f", host {created['host']}" if created.get("host") else ""
                 print(
                     f"created key {created['key_id']} ({created['name']}, "
-                    f"scopes {','.join(created['scopes'])})"
+                    f"scopes {','.join(created['scopes'])}{host})"
                 )
                 print(f"key: {created['key']}")
                 print("store it now: it is not shown again", file=sys.stderr)
@@ -717,6 +721,9 @@ def _add_keys(sub: Any) -> None:
         "--scope", action="append", choices=SCOPES, help="repeatable; default inference"
     )
     create.add_argument("--model", action="append", help="model glob it may use (repeatable)")
+    create.add_argument(
+        "--host", help="node keys: the host id it registers and heartbeats (default: NAME)"
+    )
     client_args(create)
     client_args(actions.add_parser("list", help="list keys (never their secrets)"))
     for action in ("disable", "enable", "delete"):

@@ -28,7 +28,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from geniehive import ws
+from geniehive import egress, ws
 from geniehive.adapters.loader import PluginError, load_adapters
 from geniehive.api_cluster import load_named_keys, register_cluster_routes
 from geniehive.api_nodes import base_hypercorn_config, run_heartbeat_listener
@@ -36,7 +36,7 @@ from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.app import create_asgi
 from geniehive.config import ConfigError, ControlConfig, is_loopback_bind
 from geniehive.discovery import local_host, local_services, run_discovery
-from geniehive.gateway import Gateway
+from geniehive.gateway import Gateway, new_instance_id
 from geniehive.launcher import LaunchError, run_launcher
 from geniehive.models import LOCAL_HOST_ID
 from geniehive.pool import UpstreamPool
@@ -114,10 +114,15 @@ def refuse_open_mode_off_loopback(gateway: Gateway) -> None:
         ])
 
 
-def make_client(config: ControlConfig) -> httpx.AsyncClient:
-    """The upstream client: long reads allowed (timeouts are ours), a pool sized for streams."""
+def make_client(config: ControlConfig, instance_id: str) -> httpx.AsyncClient:
+    """The upstream client: long reads allowed (timeouts are ours), a pool sized for streams.
+
+    Every request it sends (adapters, probes, discovery) carries the hop header with this
+    gateway's `instance_id`, so one that reaches the gateway itself is refused.
+    """
     routing = config.routing
     return httpx.AsyncClient(
+        headers={egress.HOP_HEADER: instance_id},
         timeout=httpx.Timeout(
             connect=routing.connect_timeout_s, read=None, write=60.0,
             pool=routing.first_byte_timeout_s,
@@ -185,8 +190,9 @@ async def serve_control(
         await registry.sync_local(local_host(config.local_labels),
                                   local_services(config.upstreams))
         await registry.replace_roles(config.roles)
-        async with make_client(config) as client:
-            gateway = Gateway(config, registry, specs, client)
+        instance_id = new_instance_id()
+        async with make_client(config, instance_id) as client:
+            gateway = Gateway(config, registry, specs, client, instance_id=instance_id)
             # Named keys count as keys from the first request on, on every port.
             load_named_keys(gateway)
             refuse_open_mode_off_loopback(gateway)
@@ -224,6 +230,7 @@ async def _run_tree(
         binds = await nursery.start(
             serve_proxy, asgi, hypercorn_config(config.server.bind, config), shutdown
         )
+        gateway.listening_on(binds)
         gateway.started.add("proxy")
         gateway.ready = True
         for url in binds:

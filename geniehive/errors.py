@@ -13,6 +13,7 @@
     ├── UpstreamStatus                  the upstream's 4xx, code upstream_<status>
     ├── UpstreamFailed                  502 server_error / upstream_error
     ├── UpstreamTimeout                 504 server_error / upstream_timeout
+    ├── LoopDetected                    508 server_error / loop_detected
     └── NoHealthyUpstream               503 server_error / no_healthy_upstream
 
 Routes raise; one handler renders `{"error": {message, type, param, code}}`.
@@ -136,6 +137,13 @@ class UpstreamFailed(GenieHiveError):
 class UpstreamTimeout(GenieHiveError):
     status = 504
     code = "upstream_timeout"
+
+
+class LoopDetected(GenieHiveError):
+    """A request came back to the gateway that sent it (the hop header names us)."""
+
+    status = 508
+    code = "loop_detected"
 
 
 class NoHealthyUpstream(GenieHiveError):

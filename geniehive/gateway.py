@@ -7,23 +7,29 @@ and reused until the service changes.
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
 import trio
 
-from geniehive import routing
+from geniehive import egress, routing
 from geniehive.adapters import Adapter, AdapterSpec, UpstreamContext
 from geniehive.adapters.loader import build_adapter
 from geniehive.auth import Authenticator
-from geniehive.config import ControlConfig
+from geniehive.config import ControlConfig, parse_bind
 from geniehive.errors import ModelNotFound, NoHealthyUpstream, WrongOperation
 from geniehive.live import LiveState, RuntimeView
 from geniehive.metrics import GatewayMetrics
 from geniehive.models import Policy, Service, Snapshot
 from geniehive.registry import Registry
+
+
+def new_instance_id() -> str:
+    """A random id for this gateway process, carried in the hop header (docs/architecture.md)."""
+    return secrets.token_hex(8)
 
 
 class Gateway:
@@ -34,15 +40,23 @@ class Gateway:
         specs: Mapping[str, AdapterSpec],
         client: httpx.AsyncClient,
         monotonic: Any = trio.current_time,
+        instance_id: str | None = None,
     ) -> None:
         self.config = config
+        self.hops = egress.HopGuard(instance_id or new_instance_id())
+        self.upstream_networks = egress.parse_networks(config.nodes.allowed_upstream_networks)
+        # Where this gateway listens: the configured binds, then the bound ones as each server
+        # starts (a port-0 bind is known only then).
+        self.own_binds: list[egress.Bind] = [
+            parse_bind(b) for b in (*config.server.bind, *config.nodes.bind)
+        ]
         self.registry = registry
         self.specs = specs
         self.client = client  # discovery, probes and adapters (httpx)
         self.pool: Any = None  # the proxy path's upstream connections (UpstreamPool)
         self.live = LiveState(open_s=config.breaker.open_s, failures=config.breaker.failures)
         self.auth = Authenticator(
-            (k.name, k.key, k.scopes, k.models) for k in config.auth_keys
+            (k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys
         )
         self.ready = False
         self.active_requests = 0  # HTTP requests and websockets being served now
@@ -59,6 +73,13 @@ class Gateway:
         self.metrics = GatewayMetrics(self)
         self._adapters: dict[str, tuple[tuple[Any, ...], Adapter]] = {}
         self._monotonic = monotonic
+
+    def listening_on(self, urls: Iterable[str]) -> None:
+        """Add the URLs a server of this gateway is bound to (so node URLs cannot point there)."""
+        for url in urls:
+            bind = egress.bind_of_url(url)
+            if bind not in self.own_binds:
+                self.own_binds.append(bind)
 
     def request_started(self) -> None:
         self.active_requests += 1

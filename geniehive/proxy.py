@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from geniehive.egress import HOP_HEADER, HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
     InvalidRequest,
@@ -77,12 +78,30 @@ class ProxyApp:
             if route is not None:
                 await self.handle(scope, receive, send, *route)
                 return
-        elif scope["type"] == "websocket":
-            handler = self.websockets.get(scope["path"])
-            if handler is not None:
-                await handler(scope, receive, send)
-                return
-        await self.fallback(scope, receive, send)
+        if not await self.refused_loop(scope, receive, send):
+            if scope["type"] == "websocket":
+                handler = self.websockets.get(scope["path"])
+                if handler is not None:
+                    await handler(scope, receive, send)
+                    return
+            await self.fallback(scope, receive, send)
+
+    async def refused_loop(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer 508 to a request that already passed through this gateway (a probe or a
+        discovery call of a service that points back here; 400 for an oversized hop header).
+        True when it was refused."""
+        hops = next((v for k, v in scope["headers"] if k == HOP_HEADER_BYTES), None)
+        if hops is None:
+            return False
+        try:
+            self.gw.hops.check(hops.decode("latin-1"))
+        except GenieHiveError as exc:  # LoopDetected, or InvalidRequest for a huge header
+            if scope["type"] == "websocket":
+                await refuse_websocket(receive, send, exc)
+            else:
+                await send_error(send, exc, uuid.uuid4().hex, Outcome())
+            return True
+        return False
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, endpoint: str, operation: str
@@ -97,10 +116,14 @@ class ProxyApp:
         model = "-"
         inbound: Inbound | None = None
         try:
+            # Before the key check: a looped request carries no client key, and must be told
+            # it looped rather than that it is unauthenticated.
+            hops = self.gw.hops.next_hops(headers.get(HOP_HEADER))
             principal = self.gw.auth.authorize(headers, "inference")
             principal_name = principal.name
             inbound = await self.read_inbound(headers, receive, endpoint, operation)
             inbound.request_id = request_id
+            inbound.hops = hops
             model = inbound.model
             if not principal.may_use_model(model):
                 raise PermissionDenied(f"this key may not use the model '{model}'")
@@ -207,6 +230,17 @@ async def send_error(send: Send, exc: GenieHiveError, request_id: str, outcome: 
     with trio.CancelScope(shield=True):
         await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def refuse_websocket(receive: Receive, send: Send, exc: GenieHiveError) -> None:
+    """Deny a websocket handshake with an HTTP answer in the OpenAI error shape."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    body = exc.body()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "websocket.http.response.start", "status": exc.http_status,
+                "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

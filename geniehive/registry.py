@@ -74,6 +74,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             hash TEXT NOT NULL, scopes TEXT NOT NULL, models TEXT NOT NULL,
             disabled INTEGER NOT NULL, created_at REAL NOT NULL)""",
     ),
+    # 2: a named node key speaks for one host id (NULL: the key's name, see auth.py).
+    ("ALTER TABLE api_keys ADD COLUMN host TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -119,6 +121,7 @@ class StoredKey:
     models: tuple[str, ...] = ()
     disabled: bool = False
     created_at: float = 0.0
+    host: str | None = None  # the host id a node key speaks for (None: its name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,7 +494,7 @@ _SAMPLES = _Table(
 )
 _KEYS = _Table(
     "api_keys",
-    ("key_id", "name", "salt", "hash", "scopes", "models", "disabled", "created_at"),
+    ("key_id", "name", "salt", "hash", "scopes", "models", "disabled", "created_at", "host"),
     frozenset({"scopes", "models"}),
     frozenset({"disabled"}),
     _encode_key,

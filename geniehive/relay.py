@@ -31,7 +31,9 @@ import trio
 from geniehive import health, routing
 from geniehive import policy as policy_mod
 from geniehive.adapters import Adapter, UpstreamRequest
+from geniehive.egress import HOP_HEADER_BYTES
 from geniehive.errors import (
+    LoopDetected,
     NoHealthyUpstream,
     UpstreamFailed,
     UpstreamStatus,
@@ -83,6 +85,7 @@ class Inbound:
     raw: bytes | None = None  # the client's body bytes, sent as they are when nothing changed
     upload: Upload | None = None
     request_id: str = ""
+    hops: bytes = b""  # the hop header to send upstream (empty: this gateway's id alone)
 
 
 @dataclass(slots=True)
@@ -197,7 +200,7 @@ class Relay:
         gw.live.advance_round_robin(decision.rr_key)
         role_policy = gw.role_policy(decision)
         max_attempts = gw.config.routing.max_attempts
-        timeouts = 0
+        timeouts = loops = 0
         last: _Failed | None = None
         queue = _Queue(gw.decision_chain(decision, stream=inbound.stream))
 
@@ -223,6 +226,7 @@ class Relay:
             except _Failed as failed:
                 last = failed
                 timeouts += failed.kind == "timeout"
+                loops += failed.status == 508
                 outcome.failures.append((service.service_id, failed.message))
                 log.warning(
                     "request %s: attempt %d on %s failed: %s",
@@ -236,6 +240,9 @@ class Relay:
         summary = "; ".join(f"{service_id}: {message}" for service_id, message in outcome.failures)
         if timeouts == len(outcome.failures):
             raise UpstreamTimeout(f"every upstream timed out: {summary}")
+        if loops == len(outcome.failures):
+            # Each candidate led back to a gateway this request had passed (508 Loop Detected).
+            raise LoopDetected(f"every upstream looped back: {summary}")
         raise UpstreamFailed(f"every upstream failed: {summary}")
 
     def still_open(self, service: Service) -> bool:
@@ -331,6 +338,7 @@ class Relay:
     ) -> PoolResponse:
         gw = self.gw
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()]
+        headers.append((HOP_HEADER_BYTES, inbound.hops or gw.hops.own))
         if inbound.request_id:
             headers.append((b"x-request-id", inbound.request_id.encode("latin-1")))
         length: int | None = None

@@ -42,6 +42,7 @@ import trio
 from quart import Response
 
 from geniehive.auth import OPEN, Principal, presented_key
+from geniehive.egress import HOP_HEADER
 from geniehive.errors import (
     AuthenticationFailed,
     GenieHiveError,
@@ -256,6 +257,7 @@ class _Connection:
         self.closed = False  # a close frame went out, or the peer is gone
         self.stopping = False
         self.seen_ready = bool(gateway.ready)
+        self.hops = b""  # the hop header its requests send upstream (see egress.py)
 
     # -- output -------------------------------------------------------------------------
     async def emit(self, text: str) -> None:
@@ -381,6 +383,7 @@ class _Connection:
             raise PermissionDenied(f"this key may not use the model '{body['model']}'")
         inbound = Inbound("chat", "chat", body["model"], stream=True, body={**body, "stream": True})
         inbound.request_id = uuid.uuid4().hex
+        inbound.hops = self.hops
         return inbound
 
     async def run_request(self, request: _Request, inbound: Inbound) -> None:
@@ -463,6 +466,8 @@ async def serve_websocket(
             failure = exc
     await send({"type": "websocket.accept"})
     conn = _Connection(gateway, relay, send, principal)
+    # The proxy refused a handshake that had passed through this gateway before.
+    conn.hops = gateway.hops.next_hops(headers.get(HOP_HEADER))
     try:
         async with trio.open_nursery() as nursery:
             conn.nursery = nursery

@@ -146,17 +146,36 @@ async def test_reopening_applies_only_migrations_not_yet_applied(
         await registry.register_host(host("gpu1"), [service("gpu1", "gpu1")])
     async with opened(db_path):  # no migration left: reopening must not fail or change data
         pass
-    assert raw(db_path, "PRAGMA user_version") == [(1,)]
-    # A second migration is an appended entry; only it runs on the next open.
-    extra = ("CREATE TABLE notes (note TEXT)", "INSERT INTO notes VALUES ('from v2')")
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    # A further migration is an appended entry; only it runs on the next open.
+    extra = ("CREATE TABLE notes (note TEXT)", "INSERT INTO notes VALUES ('from next')")
     monkeypatch.setattr(registry_module, "MIGRATIONS", (*registry_module.MIGRATIONS, extra))
-    monkeypatch.setattr(registry_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(registry_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     async with opened(db_path) as registry:
         assert list(registry.snapshot.services) == ["gpu1/chat"]
     async with opened(db_path):
         pass
-    assert raw(db_path, "PRAGMA user_version") == [(2,)]
-    assert raw(db_path, "SELECT note FROM notes") == [("from v2",)]
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
+    assert raw(db_path, "SELECT note FROM notes") == [("from next",)]
+
+
+async def test_keys_stored_before_host_binding_load_with_no_host(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    db = sqlite3.connect(db_path)
+    for sql in registry_module.MIGRATIONS[0]:
+        db.execute(sql)
+    db.execute("INSERT INTO api_keys VALUES ('k1', 'gpu-01', '00', 'ab', ?, '[]', 0, 1.0)",
+               ('["node"]',))
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    async with opened(db_path) as registry:
+        [key] = await registry.list_api_keys()
+        await registry.put_api_key(replace(KEY, key_id="k2", scopes=("node",), host="gpu-02"))
+    async with opened(db_path) as registry:
+        keys = {k.key_id: k for k in await registry.list_api_keys()}
+    assert (key.name, key.scopes, key.host) == ("gpu-01", ("node",), None)
+    assert keys["k2"].host == "gpu-02" and keys["k1"].host is None
 
 
 async def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
