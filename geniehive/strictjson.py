@@ -10,6 +10,8 @@ where the gateway and the upstream could see two different requests. Refused her
   (`1e400`), which Python would read as infinity;
 - an object with the same key twice, at any depth: parsers disagree on which one wins (the
   gateway would check one `model`, the upstream could serve the other);
+- a string escaping half of a UTF-16 surrogate pair (`"\\ud800"`): it is no character, and
+  the body could not be encoded as UTF-8 again (I-JSON, RFC 7493 §2.1);
 - nesting deeper than `MAX_DEPTH` containers, or too deep for the interpreter's recursion.
 
 Everything is reported as `JSONRejected`, whose `problem` completes a sentence about the text
@@ -106,6 +108,11 @@ def parse(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
         raise JSONRejected(f"is not valid JSON: {_reason(exc)}") from None
     if _may_be_too_deep(text, max_depth) and _too_deep(value, max_depth):
         raise JSONRejected(f"is nested deeper than {max_depth} levels")
+    # A surrogate can only come from a \uD800-\uDFFF escape; paired ones were joined into
+    # one character by the scanner, so what is left is lone and cannot be encoded again.
+    if ("\\ud" in text or "\\uD" in text) and (where := _lone_surrogate(value)) is not None:
+        raise JSONRejected("holds a lone UTF-16 surrogate, which is not a character",
+                           param=where or None)
     return value
 
 
@@ -152,6 +159,32 @@ def _too_deep(value: Any, max_depth: int) -> bool:
             if type(child) is dict or type(child) is list:
                 push((child, level + 1))
     return False
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The path of the first string (or key) holding a lone surrogate; None when none does."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if type(item) is str:
+            if not _encodable(item):
+                return where
+        elif type(item) is dict:
+            for key, child in item.items():
+                if not _encodable(key):
+                    return where  # the object holding the key: the key cannot be shown
+                stack.append((child, f"{where}.{key}" if where else key))
+        elif type(item) is list:
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _duplicate(text: str, key: str) -> JSONRejected:

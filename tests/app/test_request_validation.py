@@ -296,3 +296,19 @@ async def test_a_websocket_chat_with_a_wrong_field_gets_the_error_message(
     assert (nan["type"], nan["id"], nan["error"]["param"]) == ("error", None, None)
     assert "NaN" in nan["error"]["message"]
     assert forwarded(hive) == []
+
+
+async def test_a_lone_surrogate_is_400_not_an_internal_error(hive: Hive) -> None:
+    # The websocket path re-encodes every body; a lone surrogate used to fail there (500).
+    body = '{"model": "m1", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    with trio.fail_after(10):
+        response = await hive.client.post("/v1/chat/completions", content=body.encode())
+        async with connect(hive.url) as sock:
+            await sock.send_message('{"type": "chat.request", "id": "r1", "body": ' + body + "}")
+            message = await receive(sock)
+    assert assert_openai_error(response, 400, "invalid_request")["param"] == (
+        "messages[0].content")
+    assert message["type"] == "error"
+    assert (message["error"]["code"], message["error"]["param"]) == (
+        "invalid_request", "body.messages[0].content")
+    assert forwarded(hive) == []

@@ -102,6 +102,26 @@ def test_a_duplicate_before_invalid_text_is_still_named() -> None:
     assert (refused.value.problem, refused.value.param) == ("has the key 'k' twice", "k")
 
 
+@pytest.mark.parametrize(("text", "param"), [
+    ('{"a": "\\ud800"}', "a"),
+    ('{"a": ["x", "y\\uDC00z"]}', "a[1]"),
+    ('{"m": [{"role": "user", "content": "\\udbff"}]}', "m[0].content"),
+    ('{"m": {"\\ud800": 1}}', "m"),  # a key is not shown: it cannot be encoded
+    ('"\\ud83d"', None),
+    ('"\\ude00\\ud83d"', None),  # both halves, in the wrong order
+])
+def test_a_lone_surrogate_is_refused(text: str, param: str | None) -> None:
+    with pytest.raises(JSONRejected) as refused:
+        parse(text)
+    assert refused.value.problem == "holds a lone UTF-16 surrogate, which is not a character"
+    assert refused.value.param == param
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_text() -> None:
+    assert parse('{"a": "\\ud83d\\ude00", "b": "\\\\ud800"}') == {"a": "\U0001f600",
+                                                                  "b": "\\ud800"}
+
+
 @pytest.mark.parametrize("text", ["[1, 2]", '"text"', "3", "null", "true"])
 def test_parse_object_refuses_other_top_levels(text: str) -> None:
     with pytest.raises(JSONRejected) as refused:
