@@ -31,7 +31,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from geniehive import egress, nodewire, routing
+from geniehive import egress, nodewire, routing, strictjson
 from geniehive.auth import Principal
 from geniehive.config import TLSConfig
 from geniehive.errors import (
@@ -69,16 +69,15 @@ def body_limit(gateway: Any) -> int:
     return min(gateway.config.server.max_body_bytes, NODE_MAX_BODY_BYTES)
 
 
-def parse_json(body: bytes) -> Any:
-    """The decoded body. Raises InvalidRequest (bad JSON, NaN/Infinity, too deep)."""
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, read by the one strict parser (geniehive/strictjson.py).
 
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
+    Raises InvalidRequest (not JSON, NaN/Infinity, a key twice, too deep, not an object).
+    """
     try:
-        return json.loads(body, parse_constant=no_constants)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("body: expected a JSON object") from None
+        return strictjson.parse_object(body)
+    except strictjson.JSONRejected as exc:
+        raise InvalidRequest(f"the request body {exc.problem}", param=exc.param) from None
 
 
 def _known_adapters(gateway: Any) -> dict[str, frozenset[str]]:

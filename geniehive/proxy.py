@@ -9,7 +9,6 @@ the OpenAI shape; none escapes as a plain-text 500.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import uuid
@@ -18,6 +17,7 @@ from typing import Any
 
 import trio
 
+from geniehive import strictjson
 from geniehive.egress import HOP_HEADER, HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
@@ -25,6 +25,7 @@ from geniehive.errors import (
     PermissionDenied,
     RequestTooLarge,
 )
+from geniehive.fields import check_body, check_form
 from geniehive.relay import Inbound, Outcome, Relay, Upload, Writer
 
 log = logging.getLogger("geniehive.request")
@@ -44,7 +45,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/images/generations": ("image", "image"),
 }
 MULTIPART_ENDPOINTS = frozenset({"transcription", "translation"})
-MAX_DEPTH = 64
+MAX_DEPTH = strictjson.MAX_DEPTH
 SPOOL_BYTES = 1024 * 1024
 
 
@@ -286,57 +287,16 @@ def _hard_cap(limit: int) -> int:
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object. Raises InvalidRequest (see geniehive/strictjson.py)."""
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
-        raise InvalidRequest(f"the request body is nested deeper than {MAX_DEPTH} levels")
-    return body
-
-
-def _depth(value: Any, level: int = 1) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level - 1
-
-
-REQUIRED = {
-    "chat": ("messages", list),
-    "completion": ("prompt", (str, list)),
-    "embeddings": ("input", (str, list)),
-    "speech": ("input", str),
-    "image": ("prompt", str),
-}
+        return strictjson.parse_object(raw, max_depth=MAX_DEPTH)
+    except strictjson.JSONRejected as exc:
+        raise InvalidRequest(f"the request body {exc.problem}", param=exc.param) from None
 
 
 def validate_body(body: dict[str, Any], operation: str) -> None:
     """Raise InvalidRequest naming the field that is missing or of the wrong type."""
-    model = body.get("model")
-    if model is None:
-        raise InvalidRequest("'model' is required", param="model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' must be a non-empty string", param="model")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise InvalidRequest("'stream' must be a boolean", param="stream")
-    field, types = REQUIRED[operation]
-    if field not in body:
-        raise InvalidRequest(f"'{field}' is required", param=field)
-    if not isinstance(body[field], types):
-        raise InvalidRequest(f"'{field}' has the wrong type", param=field)
-    if operation == "chat":
-        for index, message in enumerate(body["messages"]):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise InvalidRequest(
-                    f"'messages[{index}]' must be an object with a 'role'",
-                    param=f"messages[{index}]",
-                )
+    check_body(body, operation)
 
 
 async def read_multipart(
@@ -354,9 +314,13 @@ async def read_multipart(
     model = next((v for k, v in fields if k == "model"), None)
     if upload is None:
         raise InvalidRequest("'file' is required", param="file")
-    if not model:
+    try:
+        check_form(fields)
+        if not model:
+            raise InvalidRequest("'model' is required", param="model")
+    except InvalidRequest:
         upload.file.close()
-        raise InvalidRequest("'model' is required", param="model")
+        raise
     upload.fields = fields
     return upload, model
 

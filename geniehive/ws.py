@@ -41,6 +41,7 @@ from typing import Any
 import trio
 from quart import Response
 
+from geniehive import strictjson
 from geniehive.auth import OPEN, Principal, presented_key
 from geniehive.egress import HOP_HEADER
 from geniehive.errors import (
@@ -52,7 +53,7 @@ from geniehive.errors import (
     RequestTooLarge,
     render_error,
 )
-from geniehive.proxy import parse_json_body, validate_body
+from geniehive.fields import check_body
 from geniehive.relay import Inbound, Outcome, Relay, Writer
 from geniehive.sse import EVENT_END, parse_event_lines
 
@@ -107,9 +108,9 @@ def parse_message(raw: str | bytes) -> ClientMessage:
     if len(data) > MAX_MESSAGE_BYTES:
         raise BadMessage(RequestTooLarge(f"the message is over the {MAX_MESSAGE_BYTES} byte limit"))
     try:
-        obj = parse_json_body(data)
-    except InvalidRequest as exc:
-        raise BadMessage(InvalidRequest(exc.message.replace("request body", "message"))) from None
+        obj = strictjson.parse_object(data)
+    except strictjson.JSONRejected as exc:
+        raise BadMessage(InvalidRequest(f"the message {exc.problem}", param=exc.param)) from None
     kind = obj.get("type")
     request_id = obj.get("id")
     if kind == "auth":
@@ -377,7 +378,7 @@ class _Connection:
             raise RateLimited(f"at most {MAX_LIVE_REQUESTS} live requests per connection")
         if not isinstance(body, dict):
             raise InvalidRequest("'body' must be a chat completion request object", param="body")
-        validate_body(body, "chat")
+        check_body(body, "chat")
         assert self.principal is not None
         if not self.principal.may_use_model(body["model"]):
             raise PermissionDenied(f"this key may not use the model '{body['model']}'")
