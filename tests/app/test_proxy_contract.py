@@ -425,7 +425,9 @@ async def test_a_lone_upstream_answering_429_is_not_held_against_its_breaker(
     # With no other candidate a 429 is returned at once (SPEC §7), like any 4xx: the upstream
     # is alive, so repeated 429s must not open its breaker and turn into 503s.
     breaker = hive.gateway.config.breaker.failures
-    hive.fake.set_fault("status", status=429, message="slow down", times=breaker + 1)
+    # Only chat requests take the fault: a probe or discovery call must not use one up.
+    hive.fake.set_fault("status", status=429, message="slow down", times=breaker + 1,
+                        path="/v1/chat/completions")
     with trio.fail_after(10):
         for _ in range(breaker + 1):
             response = await hive.client.post("/v1/chat/completions", json=CHAT)
