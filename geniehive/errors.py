@@ -13,7 +13,8 @@
     ├── UpstreamStatus                  the upstream's 4xx, code upstream_<status>
     ├── UpstreamFailed                  502 server_error / upstream_error
     ├── UpstreamTimeout                 504 server_error / upstream_timeout
-    └── NoHealthyUpstream               503 server_error / no_healthy_upstream
+    ├── NoHealthyUpstream               503 server_error / no_healthy_upstream
+    └── ShuttingDown                    503 server_error / shutting_down
 
 Routes raise; one handler renders `{"error": {message, type, param, code}}`.
 """
@@ -141,3 +142,10 @@ class UpstreamTimeout(GenieHiveError):
 class NoHealthyUpstream(GenieHiveError):
     status = 503
     code = "no_healthy_upstream"
+
+
+class ShuttingDown(GenieHiveError):
+    """The gateway is stopping: new work is refused, and work cut at the grace's end."""
+
+    status = 503
+    code = "shutting_down"

@@ -49,6 +49,7 @@ from geniehive.errors import (
     PermissionDenied,
     RateLimited,
     RequestTooLarge,
+    ShuttingDown,
     render_error,
 )
 from geniehive.proxy import parse_json_body, validate_body
@@ -75,12 +76,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-SHUTTING_DOWN = render_error("the gateway is shutting down", "server_error", "shutting_down")
-
-
-class ShuttingDown(GenieHiveError):
-    status = 503
-    code = "shutting_down"
+SHUTTING_DOWN = ShuttingDown("the gateway is shutting down").error_object()
 
 
 class BadMessage(Exception):

@@ -1,0 +1,69 @@
+"""Clients that stop reading, and answers cut by a shutdown, on real sockets (SPEC §19, §1)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.app.conftest import Hive
+from tests.fakes.upstream import FakeUpstream
+from tests.harness import gateway_in_process, upstream_toml, write_config
+
+CHAT = [{"role": "user", "content": "flood me"}]
+
+
+async def start(nursery: trio.Nursery, tmp_path: Path, server: str) -> Hive:
+    """A hive whose [server] table also holds `server` (TOML lines)."""
+    fake = FakeUpstream(["m1"])
+    port = await nursery.start(fake.serve)
+    config = write_config(tmp_path, upstream_toml("fake", port, ["chat"]))
+    config.write_text(config.read_text().replace("[server]\n", f"[server]\n{server}\n", 1))
+    running = await gateway_in_process(nursery, config)
+    client = httpx.AsyncClient(base_url=running.url, timeout=10)
+    return Hive(running.url, fake, port, running.gateway, client, running)
+
+
+async def stuck_client(url: str, body: dict[str, object]) -> trio.socket.SocketType:
+    """A raw client with a tiny receive buffer that sends `body` and then never reads."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    await sock.connect((host, int(port)))
+    raw = json.dumps(body).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n").encode()
+    await sock.send(head + raw)
+    return sock
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_its_upstream_closed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        hive = await start(nursery, tmp_path, "write_timeout_s = 0.5")
+        # ~64 MiB of events: far more than every socket buffer on the way holds.
+        hive.fake.set_fault("flood", times=1, chunks=4000, chunk_bytes=16384)
+        sock = await stuck_client(hive.url, {"model": "m1", "messages": CHAT, "stream": True})
+        try:
+            flood = await hive.fake.wait_for_request(lambda r: r["fault"] == "flood")
+            # Everyone else is served while the stuck stream waits out its timeout.
+            answer = await hive.client.post(
+                "/v1/chat/completions", json={"model": "m1", "messages": CHAT}
+            )
+            assert answer.status_code == 200
+            assert answer.json()["choices"][0]["message"]["content"] == "echo: flood me"
+            with trio.fail_after(5):
+                record = await hive.fake.wait_cancelled(flood["index"])
+            assert not record["completed"]
+            metrics = (await hive.client.get("/metrics")).text
+            assert 'geniehive_client_write_timeouts_total{endpoint="chat"} 1.0' in metrics
+            assert 'endpoint="chat",route_type="direct",service="fake/chat",status="499"' \
+                in metrics
+        finally:
+            sock.close()
+        await hive.client.aclose()
+        await hive.running.stop()
