@@ -8,6 +8,10 @@ from pathlib import Path
 
 import httpx
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
+
+from geniehive import ws
 
 from tests.app.conftest import Hive
 from tests.fakes.upstream import FakeUpstream
@@ -16,25 +20,27 @@ from tests.harness import gateway_in_process, upstream_toml, write_config
 CHAT = [{"role": "user", "content": "flood me"}]
 
 
-async def start(nursery: trio.Nursery, tmp_path: Path, server: str) -> Hive:
+async def start(nursery: trio.Nursery, tmp_path: Path, server: str,
+                fake: FakeUpstream | None = None) -> Hive:
     """A hive whose [server] table also holds `server` (TOML lines)."""
-    fake = FakeUpstream(["m1"])
+    fake = fake or FakeUpstream(["m1"])
     port = await nursery.start(fake.serve)
-    config = write_config(tmp_path, upstream_toml("fake", port, ["chat"]))
+    config = write_config(tmp_path, upstream_toml("fake", port, ["chat", "embeddings"]))
     config.write_text(config.read_text().replace("[server]\n", f"[server]\n{server}\n", 1))
     running = await gateway_in_process(nursery, config)
     client = httpx.AsyncClient(base_url=running.url, timeout=10)
     return Hive(running.url, fake, port, running.gateway, client, running)
 
 
-async def stuck_client(url: str, body: dict[str, object]) -> trio.socket.SocketType:
+async def stuck_client(url: str, body: dict[str, object],
+                       path: str = "/v1/chat/completions") -> trio.socket.SocketType:
     """A raw client with a tiny receive buffer that sends `body` and then never reads."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
     await sock.connect((host, int(port)))
     raw = json.dumps(body).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n").encode()
     await sock.send(head + raw)
     return sock
@@ -63,6 +69,73 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_upstream_closed(
             assert 'geniehive_client_write_timeouts_total{endpoint="chat"} 1.0' in metrics
             assert 'endpoint="chat",route_type="direct",service="fake/chat",status="499"' \
                 in metrics
+        finally:
+            sock.close()
+        await hive.client.aclose()
+        await hive.running.stop()
+
+
+async def test_a_large_answer_the_client_does_not_read_is_cut_at_the_write_timeout(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        # One embedding of ~16 MB of JSON: more than the socket buffers hold.
+        fake = FakeUpstream(["m1"], embedding_dim=800_000)
+        hive = await start(nursery, tmp_path, "write_timeout_s = 0.5", fake)
+        sock = await stuck_client(hive.url, {"model": "m1", "input": "big"}, "/v1/embeddings")
+        try:
+            await fake.wait_for_request(lambda r: r["path"] == "/v1/embeddings")
+            counted = 'geniehive_client_write_timeouts_total{endpoint="embeddings"} 1.0'
+            with trio.fail_after(5):
+                while counted not in (await hive.client.get("/metrics")).text:
+                    await trio.sleep(0.05)
+            assert hive.gateway.active_requests <= 1  # the scrape itself
+            # The connection was reset: the client never gets a whole-looking answer.
+            received = 0
+            try:
+                while chunk := await sock.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert received < 16_000_000
+        finally:
+            sock.close()
+        await hive.client.aclose()
+        await hive.running.stop()
+
+
+async def stuck_websocket(url: str, message: dict[str, object]) -> trio.socket.SocketType:
+    """A raw websocket client with a tiny receive buffer that sends `message` once the
+    handshake is done and then never reads."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    conn = WSConnection(ConnectionType.CLIENT)
+    await sock.send(conn.send(Request(host=host, target=ws.PATH)))
+    while not any(isinstance(e, AcceptConnection) for e in conn.events()):
+        conn.receive_data(await sock.recv(4096))
+    await sock.send(conn.send(TextMessage(data=json.dumps(message))))
+    return sock
+
+
+async def test_a_websocket_client_that_stops_reading_loses_its_requests_and_upstreams(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        hive = await start(nursery, tmp_path, "write_timeout_s = 0.5")
+        hive.fake.set_fault("flood", times=1, chunks=4000, chunk_bytes=16384)
+        body = {"model": "m1", "messages": CHAT}
+        sock = await stuck_websocket(hive.url, {"type": "chat.request", "id": "r1", "body": body})
+        try:
+            flood = await hive.fake.wait_for_request(lambda r: r["fault"] == "flood")
+            answer = await hive.client.post("/v1/chat/completions", json=body)
+            assert answer.status_code == 200
+            with trio.fail_after(5):
+                record = await hive.fake.wait_cancelled(flood["index"])
+            assert not record["completed"]
+            metrics = (await hive.client.get("/metrics")).text
+            assert 'geniehive_client_write_timeouts_total{endpoint="chat_ws"} 1.0' in metrics
         finally:
             sock.close()
         await hive.client.aclose()
