@@ -23,11 +23,15 @@ from geniehive.errors import (
     InvalidRequest,
     PermissionDenied,
     RequestTooLarge,
+    ShuttingDown,
+    render_error,
 )
 from geniehive.relay import Inbound, Outcome, Relay, Upload, Writer
+from geniehive.sse import encode_error_event
 from geniehive.writes import (
     abort_connection,
     release_on_cut,
+    send_bounded,
     wait_stalled_or_gone,
 )
 
@@ -53,6 +57,9 @@ SPOOL_BYTES = 1024 * 1024
 # A large body is written in parts of this size, so the write timeout measures the client's
 # progress, not the time one huge send takes to drain.
 WRITE_PART_BYTES = 256 * 1024
+SHUTTING_DOWN_EVENT = encode_error_event(render_error(
+    "the gateway is shutting down: this answer was cut short", "server_error", "shutting_down"
+))
 
 
 class ClientGone(Exception):
@@ -131,6 +138,12 @@ class ProxyApp:
             outcome.status = 500
             if not writer.started:
                 await send_error(send, GenieHiveError("internal error"), request_id, outcome)
+        except BaseException:
+            # Only a cancellation from outside gets here: the server is cutting the requests
+            # still running when its shutdown grace ran out (docs/architecture.md).
+            outcome.status = 503
+            await end_cut(send, writer, request_id, outcome)
+            raise
         finally:
             if outcome.status == 0:
                 outcome.status = 499  # the client went away mid-answer
@@ -244,6 +257,20 @@ def _writer(send: Send) -> Writer:
 
     writer = Writer(start, body)
     return writer
+
+
+async def end_cut(send: Send, writer: Writer, request_id: str, outcome: Outcome) -> None:
+    """Tell a client whose request the shutdown cuts: 503 `shutting_down` before the head,
+    one SSE error event (and no `[DONE]`) into a stream; any other body is just cut."""
+    if not writer.started:
+        exc = ShuttingDown("the gateway is shutting down")
+        await send_bounded(send, _error_messages(exc, request_id, outcome))
+    elif writer.sse and not writer.ended:
+        writer.ended = True
+        writer.bytes_out += len(SHUTTING_DOWN_EVENT)
+        await send_bounded(send, [
+            {"type": "http.response.body", "body": SHUTTING_DOWN_EVENT, "more_body": False}
+        ])
 
 
 async def send_error(send: Send, exc: GenieHiveError, request_id: str, outcome: Outcome) -> None:

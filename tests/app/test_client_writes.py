@@ -1,4 +1,4 @@
-"""Clients that stop reading, and answers cut by a shutdown, on real sockets (SPEC §19, §1)."""
+"""Clients that stop reading, and answers cut by a shutdown, on real sockets."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ async def start(nursery: trio.Nursery, tmp_path: Path, server: str,
     fake = fake or FakeUpstream(["m1"])
     port = await nursery.start(fake.serve)
     config = write_config(tmp_path, upstream_toml("fake", port, ["chat", "embeddings"]))
-    config.write_text(config.read_text().replace("[server]\n", f"[server]\n{server}\n", 1))
+    text = config.read_text().replace("shutdown_grace_s = 5\n", "", 1)
+    config.write_text(text.replace("[server]\n", f"[server]\n{server}\n", 1))
     running = await gateway_in_process(nursery, config)
     client = httpx.AsyncClient(base_url=running.url, timeout=10)
     return Hive(running.url, fake, port, running.gateway, client, running)
@@ -140,3 +141,75 @@ async def test_a_websocket_client_that_stops_reading_loses_its_requests_and_upst
             sock.close()
         await hive.client.aclose()
         await hive.running.stop()
+
+
+def events_of(raw: bytes) -> list[bytes]:
+    return [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
+
+
+async def test_a_stream_cut_by_the_shutdown_ends_with_one_shutting_down_event(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(20):
+        hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")
+        hive.fake.set_fault("stall_mid_stream", after_chunks=2, times=1)  # never finishes
+        body = {"model": "m1", "messages": CHAT, "stream": True}
+        raw = b""
+        async with hive.client.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            chunks = response.aiter_raw()
+            while raw.count(b"\n\n") < 2:
+                raw += await chunks.__anext__()
+            began = trio.current_time()
+            nursery.start_soon(hive.running.stop)
+            raw += b"".join([chunk async for chunk in chunks])  # ends: the connection closes
+        events = events_of(raw)
+        assert all(json.loads(e)["object"] == "chat.completion.chunk" for e in events[:2])
+        assert len(events) == 3 and b"[DONE]" not in raw
+        error = json.loads(events[2])["error"]
+        assert error["code"] == "shutting_down" and error["type"] == "server_error"
+        assert error["message"]
+        await hive.running.done.wait()
+        assert trio.current_time() - began < 4
+        await hive.client.aclose()
+
+
+async def test_a_request_without_an_answer_head_at_the_cut_is_503_shutting_down(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(20):
+        hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")
+        hive.fake.set_fault("slow_headers", delay_s=30, times=1)
+        async with trio.open_nursery() as inner:
+            answers: list[httpx.Response] = []
+
+            async def ask() -> None:
+                answers.append(await hive.client.post(
+                    "/v1/chat/completions", json={"model": "m1", "messages": CHAT}
+                ))
+
+            inner.start_soon(ask)
+            await hive.fake.wait_for_request(lambda r: r["fault"] == "slow_headers")
+            await hive.running.stop()
+        assert answers[0].status_code == 503
+        assert answers[0].json()["error"]["code"] == "shutting_down"
+        await hive.client.aclose()
+
+
+async def test_a_client_that_does_not_read_cannot_hold_the_shutdown(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(20):
+        hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")  # write timeout 60 s
+        hive.fake.set_fault("flood", times=1, chunks=4000, chunk_bytes=16384)
+        sock = await stuck_client(hive.url, {"model": "m1", "messages": CHAT, "stream": True})
+        try:
+            flood = await hive.fake.wait_for_request(lambda r: r["fault"] == "flood")
+            await trio.sleep(0.3)  # the gateway's writes back up
+            began = trio.current_time()
+            await hive.running.stop()
+            assert trio.current_time() - began < 5  # the grace and a short last-words budget
+            assert (await hive.fake.wait_finished(flood["index"]))["cancelled"]
+        finally:
+            sock.close()
+        await hive.client.aclose()
