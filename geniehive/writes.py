@@ -1,8 +1,8 @@
 """Writes to clients that may stop reading: the write timeout and bounded last words.
 
 Rule: a client that accepts no bytes for `server.write_timeout_s` loses its connection, so
-its request ends and the upstream call behind it is cancelled (docs/configuration.md,
-`[server]`); a last message at shutdown gets a short budget, never more.
+its request ends and the upstream call behind it is cancelled (docs/deployment.md, "Clients
+that stop reading"); a last message at shutdown gets a short budget, never more.
 
 Why closing the connection, not cancelling: hypercorn's trio worker writes each ASGI `send`
 to the socket inside a shielded cancel scope (`TCPServer.protocol_send` in
@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextlib import suppress
 from typing import Any, Protocol
 
 import trio
@@ -78,7 +79,8 @@ async def release_on_cut(pending: PendingSend, send: Send) -> None:
         return
     with trio.CancelScope(shield=True):
         with trio.move_on_after(LAST_WORDS_BUDGET_S):
-            while pending.pending_since is not None:
+            # Polled: an event set by every send would cost the hot path for this rare case.
+            while pending.pending_since is not None:  # noqa: ASYNC110
                 await trio.sleep(0.01)
             return
         abort_connection(send)
@@ -96,10 +98,8 @@ def abort_connection(send: Send) -> bool:
         log.warning("cannot abort the client connection: no hypercorn transport found")
         return False
     sock = stream.transport_stream.socket if isinstance(stream, trio.SSLStream) else stream.socket
-    try:
+    with suppress(OSError):  # already closed: closing again is harmless
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, _LINGER_RESET)
-    except OSError:
-        pass  # already closed: closing again is harmless
     sock.close()
     return True
 

@@ -12,7 +12,6 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from geniehive import ws
-
 from tests.app.conftest import Hive
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import gateway_in_process, upstream_toml, write_config
@@ -88,7 +87,7 @@ async def test_a_large_answer_the_client_does_not_read_is_cut_at_the_write_timeo
             await fake.wait_for_request(lambda r: r["path"] == "/v1/embeddings")
             counted = 'geniehive_client_write_timeouts_total{endpoint="embeddings"} 1.0'
             with trio.fail_after(5):
-                while counted not in (await hive.client.get("/metrics")).text:
+                while counted not in (await hive.client.get("/metrics")).text:  # noqa: ASYNC110
                     await trio.sleep(0.05)
             assert hive.gateway.active_requests <= 1  # the scrape itself
             # The connection was reset: the client never gets a whole-looking answer.

@@ -30,12 +30,14 @@ async def test_sigterm_past_the_grace_ends_a_stream_with_one_shutting_down_event
                      "path": "/v1/chat/completions"}
             await control.post("/_fake/fault", json=fault)
         body = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                chunks = response.aiter_raw()
-                raw = await chunks.__anext__()
-                gateway.process.send_signal(signal.SIGTERM)
-                raw += b"".join([chunk async for chunk in chunks])
+        async with (
+            httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            chunks = response.aiter_raw()
+            raw = await chunks.__anext__()
+            gateway.process.send_signal(signal.SIGTERM)
+            raw += b"".join([chunk async for chunk in chunks])
         events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
         assert json.loads(events[0])["object"] == "chat.completion.chunk"
         assert b"[DONE]" not in raw
