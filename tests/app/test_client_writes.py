@@ -7,12 +7,16 @@ import socket
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
+from trio_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from geniehive import ws
+from geniehive.errors import ShuttingDown
 from tests.app.conftest import Hive
+from tests.app.test_ws import connect, receive, request
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import gateway_in_process, upstream_toml, write_config
 
@@ -208,6 +212,53 @@ async def test_a_client_that_does_not_read_cannot_hold_the_shutdown(
             began = trio.current_time()
             await hive.running.stop()
             assert trio.current_time() - began < 5  # the grace and a short last-words budget
+            assert (await hive.fake.wait_finished(flood["index"]))["cancelled"]
+        finally:
+            sock.close()
+        await hive.client.aclose()
+
+
+async def test_a_websocket_request_live_at_the_cut_gets_shutting_down_then_close_1001(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws, "PING_INTERVAL_S", None)  # see tests/app/test_ws.py
+    with trio.fail_after(20):
+        hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")
+        hive.fake.set_fault("stall_mid_stream", after_chunks=2, times=1)  # never finishes
+        async with connect(hive.url) as sock:
+            await sock.send_message(request("r1", "cut me"))
+            first = await receive(sock)
+            assert first["type"] == "chat.chunk"
+            began = trio.current_time()
+            nursery.start_soon(hive.running.stop)
+            messages = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    messages.append(await receive(sock))
+        assert closed.value.reason.code == 1001
+        terminal = [m for m in messages if m["type"] != "chat.chunk"]
+        assert terminal == [{"type": "error", "id": "r1",
+                             "error": ShuttingDown("the gateway is shutting down").error_object()}]
+        await hive.running.done.wait()
+        assert trio.current_time() - began < 4
+        await hive.client.aclose()
+
+
+async def test_a_websocket_client_that_does_not_read_cannot_hold_the_shutdown(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws, "PING_INTERVAL_S", None)
+    with trio.fail_after(20):
+        hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")  # write timeout 60 s
+        hive.fake.set_fault("flood", times=1, chunks=4000, chunk_bytes=16384)
+        body = {"model": "m1", "messages": CHAT}
+        sock = await stuck_websocket(hive.url, {"type": "chat.request", "id": "r1", "body": body})
+        try:
+            flood = await hive.fake.wait_for_request(lambda r: r["fault"] == "flood")
+            await trio.sleep(0.3)  # the gateway's writes back up
+            began = trio.current_time()
+            await hive.running.stop()
+            assert trio.current_time() - began < 5
             assert (await hive.fake.wait_finished(flood["index"]))["cancelled"]
         finally:
             sock.close()
