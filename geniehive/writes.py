@@ -11,10 +11,12 @@ it ends only when its socket is closed. Another task therefore watches the clock
 pending send and aborts the connection: the blocked send then returns (hypercorn treats it as
 the client going away) and the request sees `http.disconnect` or `websocket.disconnect`.
 
-    PendingSend        what the watchers read: `pending_since`, None when no send waits
-    wait_stalled()     returns once one send has waited `timeout_s`
-    abort_connection() closes the client's socket with a reset
-    send_bounded()     sends last messages within a budget, shielded, then aborts
+    PendingSend              what the watchers read: `pending_since`, None when no send waits
+    wait_stalled()           returns once one send has waited `timeout_s`
+    wait_stalled_or_gone()   the same for an HTTP request, or False when the client leaves
+    release_on_cut()         at a cut, gives a pending send a short budget, then aborts
+    abort_connection()       closes the client's socket with a reset
+    send_bounded()           sends last messages within a budget, shielded, then aborts
 """
 
 from __future__ import annotations
@@ -59,16 +61,16 @@ async def wait_stalled_or_gone(
     for `timeout_s`, False when the client disconnects."""
     due = trio.current_time() + timeout_s
     while True:
-        with trio.CancelScope(deadline=due) as timer:
+        with trio.CancelScope(deadline=due):
             while (await receive())["type"] != "http.disconnect":
                 pass
             return False
-        if timer.cancelled_caught:
-            since = pending.pending_since
-            now = trio.current_time()
-            if since is not None and now - since >= timeout_s:
-                return True
-            due = (since if since is not None else now) + timeout_s
+        # The deadline passed: has the send pending now waited that long?
+        since = pending.pending_since
+        now = trio.current_time()
+        if since is not None and now - since >= timeout_s:
+            return True
+        due = (since if since is not None else now) + timeout_s
 
 
 async def release_on_cut(pending: PendingSend, send: Send) -> None:
