@@ -21,6 +21,8 @@ from tests.fakes.upstream import FakeUpstream
 from tests.harness import gateway_in_process, upstream_toml, write_config
 
 CHAT = [{"role": "user", "content": "flood me"}]
+# One-off faults name the path: the prober and discovery call the fake meanwhile.
+CHAT_PATH = "/v1/chat/completions"
 
 
 async def start(nursery: trio.Nursery, tmp_path: Path, server: str,
@@ -56,7 +58,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_upstream_closed(
     with trio.fail_after(30):
         hive = await start(nursery, tmp_path, "write_timeout_s = 0.5")
         # ~64 MiB of events: far more than every socket buffer on the way holds.
-        hive.fake.set_fault("flood", times=1, chunks=4000, chunk_bytes=16384)
+        hive.fake.set_fault("flood", times=1, path=CHAT_PATH, chunks=4000, chunk_bytes=16384)
         sock = await stuck_client(hive.url, {"model": "m1", "messages": CHAT, "stream": True})
         try:
             flood = await hive.fake.wait_for_request(lambda r: r["fault"] == "flood")
@@ -128,7 +130,7 @@ async def test_a_websocket_client_that_stops_reading_loses_its_requests_and_upst
 ) -> None:
     with trio.fail_after(30):
         hive = await start(nursery, tmp_path, "write_timeout_s = 0.5")
-        hive.fake.set_fault("flood", times=1, chunks=4000, chunk_bytes=16384)
+        hive.fake.set_fault("flood", times=1, path=CHAT_PATH, chunks=4000, chunk_bytes=16384)
         body = {"model": "m1", "messages": CHAT}
         sock = await stuck_websocket(hive.url, {"type": "chat.request", "id": "r1", "body": body})
         try:
@@ -155,7 +157,7 @@ async def test_a_stream_cut_by_the_shutdown_ends_with_one_shutting_down_event(
 ) -> None:
     with trio.fail_after(20):
         hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")
-        hive.fake.set_fault("stall_mid_stream", after_chunks=2, times=1)  # never finishes
+        hive.fake.set_fault("stall_mid_stream", after_chunks=2, times=1, path=CHAT_PATH)
         body = {"model": "m1", "messages": CHAT, "stream": True}
         raw = b""
         async with hive.client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -182,7 +184,7 @@ async def test_a_request_without_an_answer_head_at_the_cut_is_503_shutting_down(
 ) -> None:
     with trio.fail_after(20):
         hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")
-        hive.fake.set_fault("slow_headers", delay_s=30, times=1)
+        hive.fake.set_fault("slow_headers", delay_s=30, times=1, path=CHAT_PATH)
         async with trio.open_nursery() as inner:
             answers: list[httpx.Response] = []
 
@@ -204,7 +206,7 @@ async def test_a_client_that_does_not_read_cannot_hold_the_shutdown(
 ) -> None:
     with trio.fail_after(20):
         hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")  # write timeout 60 s
-        hive.fake.set_fault("flood", times=1, chunks=4000, chunk_bytes=16384)
+        hive.fake.set_fault("flood", times=1, path=CHAT_PATH, chunks=4000, chunk_bytes=16384)
         sock = await stuck_client(hive.url, {"model": "m1", "messages": CHAT, "stream": True})
         try:
             flood = await hive.fake.wait_for_request(lambda r: r["fault"] == "flood")
@@ -224,7 +226,7 @@ async def test_a_websocket_request_live_at_the_cut_gets_shutting_down_then_close
     monkeypatch.setattr(ws, "PING_INTERVAL_S", None)  # see tests/app/test_ws.py
     with trio.fail_after(20):
         hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")
-        hive.fake.set_fault("stall_mid_stream", after_chunks=2, times=1)  # never finishes
+        hive.fake.set_fault("stall_mid_stream", after_chunks=2, times=1, path=CHAT_PATH)
         async with connect(hive.url) as sock:
             await sock.send_message(request("r1", "cut me"))
             first = await receive(sock)
@@ -250,7 +252,7 @@ async def test_a_websocket_client_that_does_not_read_cannot_hold_the_shutdown(
     monkeypatch.setattr(ws, "PING_INTERVAL_S", None)
     with trio.fail_after(20):
         hive = await start(nursery, tmp_path, "shutdown_grace_s = 0.5")  # write timeout 60 s
-        hive.fake.set_fault("flood", times=1, chunks=4000, chunk_bytes=16384)
+        hive.fake.set_fault("flood", times=1, path=CHAT_PATH, chunks=4000, chunk_bytes=16384)
         body = {"model": "m1", "messages": CHAT}
         sock = await stuck_websocket(hive.url, {"type": "chat.request", "id": "r1", "body": body})
         try:
