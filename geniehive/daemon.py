@@ -254,7 +254,7 @@ async def _wait_proxy_drained(nursery: trio.Nursery, gateway: Gateway) -> None:
     with trio.move_on_after(gateway.config.server.shutdown_grace_s):
         await gateway.wait_drained()
     if gateway.active_requests > 0:
-        log.info("grace period over: cancelling %d request(s) still running",
-                 gateway.active_requests)
+        log.info("grace period over: cutting %d request(s) still running (streams end "
+                 "with a shutting_down event)", gateway.active_requests)
     nursery.cancel_scope.cancel()
 

@@ -14,7 +14,8 @@
     ├── UpstreamFailed                  502 server_error / upstream_error
     ├── UpstreamTimeout                 504 server_error / upstream_timeout
     ├── LoopDetected                    508 server_error / loop_detected
-    └── NoHealthyUpstream               503 server_error / no_healthy_upstream
+    ├── NoHealthyUpstream               503 server_error / no_healthy_upstream
+    └── ShuttingDown                    503 server_error / shutting_down
 
 Routes raise; one handler renders `{"error": {message, type, param, code}}`.
 """
@@ -149,3 +150,10 @@ class LoopDetected(GenieHiveError):
 class NoHealthyUpstream(GenieHiveError):
     status = 503
     code = "no_healthy_upstream"
+
+
+class ShuttingDown(GenieHiveError):
+    """The gateway is stopping: new work is refused, and work cut at the grace's end."""
+
+    status = 503
+    code = "shutting_down"

@@ -62,6 +62,11 @@ class GatewayMetrics:
             "geniehive_upstream_attempts", "Upstream tries, failed ones included",
             ["service", "outcome"], registry=self.registry,
         )
+        self.client_write_timeouts = Counter(
+            "geniehive_client_write_timeouts",
+            "Requests ended because the client accepted no bytes for server.write_timeout_s",
+            ["endpoint"], registry=self.registry,
+        )
         self.registry.register(_LiveCollector(gateway))
 
     def observe_request(self, endpoint: str, outcome: Any, duration_s: float) -> None:

@@ -24,9 +24,18 @@ from geniehive.errors import (
     InvalidRequest,
     PermissionDenied,
     RequestTooLarge,
+    ShuttingDown,
+    render_error,
 )
 from geniehive.fields import check_body, check_form
 from geniehive.relay import Inbound, Outcome, Relay, Upload, Writer
+from geniehive.sse import encode_error_event
+from geniehive.writes import (
+    abort_connection,
+    release_on_cut,
+    send_bounded,
+    wait_stalled_or_gone,
+)
 
 log = logging.getLogger("geniehive.request")
 
@@ -47,10 +56,20 @@ ROUTES: dict[str, tuple[str, str]] = {
 MULTIPART_ENDPOINTS = frozenset({"transcription", "translation"})
 MAX_DEPTH = strictjson.MAX_DEPTH
 SPOOL_BYTES = 1024 * 1024
+# A large body is written in parts of this size, so the write timeout measures the client's
+# progress, not the time one huge send takes to drain.
+WRITE_PART_BYTES = 256 * 1024
+SHUTTING_DOWN_EVENT = encode_error_event(render_error(
+    "the gateway is shutting down: this answer was cut short", "server_error", "shutting_down"
+))
 
 
 class ClientGone(Exception):
-    """The client disconnected while we were reading its request."""
+    """The client disconnected while we were reading its request or writing the answer."""
+
+
+class ClientStalled(ClientGone):
+    """The client accepted no bytes for `server.write_timeout_s`: its connection was closed."""
 
 
 class ProxyApp:
@@ -58,6 +77,7 @@ class ProxyApp:
         self.gw = gateway
         self.fallback = fallback
         self.relay = Relay(gateway)
+        self.write_timeout_s = gateway.config.server.write_timeout_s
         # path -> ASGI app for websocket routes served beside the proxy (websocket chat).
         self.websockets: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
 
@@ -128,9 +148,11 @@ class ProxyApp:
             model = inbound.model
             if not principal.may_use_model(model):
                 raise PermissionDenied(f"this key may not use the model '{model}'")
-            await self.run_cancellable(inbound, writer, receive, outcome)
-        except ClientGone:
+            await self.run_cancellable(inbound, writer, receive, send, outcome)
+        except ClientGone as gone:
             outcome.status = 499
+            if isinstance(gone, ClientStalled):
+                self.note_stalled(request_id, endpoint)
         except GenieHiveError as exc:
             outcome.status = exc.http_status
             if not writer.started:
@@ -140,6 +162,12 @@ class ProxyApp:
             outcome.status = 500
             if not writer.started:
                 await send_error(send, GenieHiveError("internal error"), request_id, outcome)
+        except BaseException:
+            # Only a cancellation from outside gets here: the server is cutting the requests
+            # still running when its shutdown grace ran out (docs/architecture.md).
+            outcome.status = 503
+            await end_cut(send, writer, request_id, outcome)
+            raise
         finally:
             if outcome.status == 0:
                 outcome.status = 499  # the client went away mid-answer
@@ -150,21 +178,28 @@ class ProxyApp:
                 inbound.upload.file.close()
 
     async def run_cancellable(
-        self, inbound: Inbound, writer: Writer, receive: Receive, outcome: Outcome
+        self, inbound: Inbound, writer: Writer, receive: Receive, send: Send, outcome: Outcome
     ) -> None:
-        """Relay while watching for the client's disconnect, which cancels the relay.
+        """Relay while watching the client: its disconnect cancels the relay, and so does a
+        send it leaves pending for `server.write_timeout_s` (its connection is closed).
 
-        Raises ClientGone when the client left, or what the relay raised.
+        Raises ClientGone when the client left, ClientStalled when it stopped reading, or
+        what the relay raised.
         """
         failure: Exception | None = None
         finished = False
+        stalled = False
 
         async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    nursery.cancel_scope.cancel()
-                    return
+            nonlocal stalled
+            try:
+                stalled = await wait_stalled_or_gone(writer, self.write_timeout_s, receive)
+            except trio.Cancelled:
+                await release_on_cut(writer, send)
+                raise
+            if stalled:
+                abort_connection(send)  # frees the blocked send; the relay is cancelled next
+            nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
@@ -174,10 +209,19 @@ class ProxyApp:
             except Exception as exc:  # re-raised below, outside the nursery's group
                 failure = exc
             nursery.cancel_scope.cancel()
-        if failure is not None:
+        if failure is not None and not stalled:
             raise failure
+        if stalled:
+            raise ClientStalled()
         if not finished:
             raise ClientGone()
+
+    def note_stalled(self, request_id: str, endpoint: str) -> None:
+        log.warning(
+            "request %s: the client accepted no bytes for %.1f s: closed its connection and "
+            "cancelled the upstream call", request_id, self.write_timeout_s,
+        )
+        self.gw.metrics.client_write_timeouts.labels(endpoint).inc()
 
     async def read_inbound(
         self, headers: dict[str, str], receive: Receive, endpoint: str, operation: str
@@ -196,26 +240,74 @@ class ProxyApp:
 
 
 def _writer(send: Send) -> Writer:
+    """The relay's writer onto an ASGI response; each send's start is noted in
+    `pending_since` for the write timeout's watcher."""
     writer: Writer
+    clock = trio.current_time
 
     async def start(status: int, headers: list[tuple[bytes, bytes]]) -> None:
         writer.started = True
+        writer.pending_since = clock()
         await send({"type": "http.response.start", "status": status, "headers": headers})
+        writer.pending_since = None
 
     async def body(chunk: bytes, more: bool) -> None:
         writer.bytes_out += len(chunk)
-        if more:
+        if len(chunk) > WRITE_PART_BYTES:
+            await parts(chunk, more)
+        elif more:
+            writer.pending_since = clock()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            writer.pending_since = None
         else:
+            writer.ended = True
+            writer.pending_since = clock()
             # Shield the final send so a cancellation cannot leave the connection stuck.
             with trio.CancelScope(shield=True):
                 await send({"type": "http.response.body", "body": chunk, "more_body": False})
+            writer.pending_since = None
+
+    async def parts(chunk: bytes, more: bool) -> None:
+        view = memoryview(chunk)
+        last = len(chunk) - WRITE_PART_BYTES
+        for offset in range(0, len(chunk), WRITE_PART_BYTES):
+            final = offset >= last and not more
+            writer.ended = final
+            writer.pending_since = clock()
+            with trio.CancelScope(shield=final):
+                await send({"type": "http.response.body",
+                            "body": view[offset:offset + WRITE_PART_BYTES], "more_body": not final})
+        writer.pending_since = None
 
     writer = Writer(start, body)
     return writer
 
 
+async def end_cut(send: Send, writer: Writer, request_id: str, outcome: Outcome) -> None:
+    """Tell a client whose request the shutdown cuts: 503 `shutting_down` before the head,
+    one SSE error event (and no `[DONE]`) into a stream; any other body is just cut."""
+    if not writer.started:
+        exc = ShuttingDown("the gateway is shutting down")
+        await send_bounded(send, _error_messages(exc, request_id, outcome))
+    elif writer.sse and not writer.ended:
+        writer.ended = True
+        writer.bytes_out += len(SHUTTING_DOWN_EVENT)
+        await send_bounded(send, [
+            {"type": "http.response.body", "body": SHUTTING_DOWN_EVENT, "more_body": False}
+        ])
+
+
 async def send_error(send: Send, exc: GenieHiveError, request_id: str, outcome: Outcome) -> None:
+    start, body = _error_messages(exc, request_id, outcome)
+    with trio.CancelScope(shield=True):
+        await send(start)
+        await send(body)
+
+
+def _error_messages(
+    exc: GenieHiveError, request_id: str, outcome: Outcome
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ASGI messages of an error answer in the OpenAI shape."""
     body = exc.body()
     headers = [
         (b"content-type", b"application/json"),
@@ -228,9 +320,10 @@ async def send_error(send: Send, exc: GenieHiveError, request_id: str, outcome: 
     if outcome.service_id is not None:
         headers.append((b"x-geniehive-service", outcome.service_id.encode()))
         headers.append((b"x-geniehive-model", (outcome.upstream_model or "").encode()))
-    with trio.CancelScope(shield=True):
-        await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+    return (
+        {"type": "http.response.start", "status": exc.http_status, "headers": headers},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    )
 
 
 async def refuse_websocket(receive: Receive, send: Send, exc: GenieHiveError) -> None:

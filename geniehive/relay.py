@@ -90,12 +90,20 @@ class Inbound:
 
 @dataclass(slots=True)
 class Writer:
-    """Where the answer goes: `start(status, headers)` once, then `body(chunk, more)`."""
+    """Where the answer goes: `start(status, headers)` once, then `body(chunk, more)`.
+
+    `sse` says the answer is an event stream (set before its start), `ended` that its last
+    body part was written, `pending_since` when the send under way began (None: none is):
+    what ends an answer cut by a shutdown, and what the write timeout watches.
+    """
 
     start: StartFn
     body: BodyFn
     started: bool = False
     bytes_out: int = 0
+    sse: bool = False
+    ended: bool = False
+    pending_since: float | None = None
 
 
 @dataclass(slots=True)
@@ -422,6 +430,7 @@ class Relay:
         their headers only with the first token."""
         stripper = SSEStripper(strip=strip)
         first: float | None = None
+        writer.sse = True
         await writer.start(200, [*SSE_HEADERS, *headers])
         try:
             async for chunk in IdleTimed(response, self.gw.config.routing.idle_stream_timeout_s):

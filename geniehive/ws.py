@@ -51,11 +51,13 @@ from geniehive.errors import (
     PermissionDenied,
     RateLimited,
     RequestTooLarge,
+    ShuttingDown,
     render_error,
 )
 from geniehive.fields import check_body
 from geniehive.relay import Inbound, Outcome, Relay, Writer
 from geniehive.sse import EVENT_END, parse_event_lines
+from geniehive.writes import abort_connection, release_on_cut, send_bounded, wait_stalled
 
 log = logging.getLogger("geniehive.request")
 
@@ -77,12 +79,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-SHUTTING_DOWN = render_error("the gateway is shutting down", "server_error", "shutting_down")
-
-
-class ShuttingDown(GenieHiveError):
-    status = 503
-    code = "shutting_down"
+SHUTTING_DOWN = ShuttingDown("the gateway is shutting down").error_object()
 
 
 class BadMessage(Exception):
@@ -259,6 +256,7 @@ class _Connection:
         self.stopping = False
         self.seen_ready = bool(gateway.ready)
         self.hops = b""  # the hop header its requests send upstream (see egress.py)
+        self.pending_since: float | None = None  # when the frame being sent began to wait
 
     # -- output -------------------------------------------------------------------------
     async def emit(self, text: str) -> None:
@@ -276,8 +274,11 @@ class _Connection:
             self.outbox.close()
 
     async def run_sender(self) -> None:
+        clock = trio.current_time
         async for text in self.outgoing:
+            self.pending_since = clock()
             await self.send({"type": "websocket.send", "text": text})
+            self.pending_since = None
         await self.send_close(self.close_code or 1000, self.close_reason)
         assert self.nursery is not None
         self.nursery.cancel_scope.cancel()
@@ -286,9 +287,23 @@ class _Connection:
         if self.closed:
             return
         self.closed = True
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + CLOSE_BUDGET_S
-            await self.send({"type": "websocket.close", "code": code, "reason": reason})
+        close = {"type": "websocket.close", "code": code, "reason": reason}
+        await send_bounded(self.send, [close], CLOSE_BUDGET_S)
+
+    async def watch_writes(self) -> None:
+        """Close the connection once a frame has waited `server.write_timeout_s` for the
+        client to read: its live requests then end and their upstream calls are cancelled."""
+        timeout = self.gw.config.server.write_timeout_s
+        try:
+            await wait_stalled(self, timeout)
+        except trio.Cancelled:
+            await release_on_cut(self, self.send)
+            raise
+        log.warning("websocket: the client accepted no bytes for %.1f s: closed its "
+                    "connection and cancelled its %d live request(s)", timeout, len(self.live))
+        self.gw.metrics.client_write_timeouts.labels("chat_ws").inc()
+        self.closed = True  # no close frame: the client reads nothing
+        abort_connection(self.send)
 
     # -- input --------------------------------------------------------------------------
     def arm_idle(self) -> None:
@@ -426,13 +441,19 @@ class _Connection:
             self.request_close(1001, "server shutting down")
 
     async def say_goodbye(self) -> None:
-        """Cancelled from outside (the shutdown grace ran out): end each request, then close."""
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + CLOSE_BUDGET_S
-            for request in self.orphans if not self.closed else ():
-                message = {"type": "error", "id": request.id, "error": SHUTTING_DOWN}
-                await self.send({"type": "websocket.send", "text": encode_message(message)})
-            await self.send_close(1001, "server shutting down")
+        """Cancelled from outside (the shutdown grace ran out): end each request, then close,
+        within CLOSE_BUDGET_S in all."""
+        if self.closed:
+            return
+        self.closed = True
+        messages: list[dict[str, Any]] = [
+            {"type": "websocket.send", "text": encode_message(
+                {"type": "error", "id": request.id, "error": SHUTTING_DOWN})}
+            for request in self.orphans
+        ]
+        messages.append({"type": "websocket.close", "code": 1001,
+                         "reason": "server shutting down"})
+        await send_bounded(self.send, messages, CLOSE_BUDGET_S)
 
 
 def _log_request(
@@ -474,6 +495,7 @@ async def serve_websocket(
             conn.nursery = nursery
             nursery.start_soon(conn.run_sender)
             nursery.start_soon(conn.watch_shutdown)
+            nursery.start_soon(conn.watch_writes)
             if failure is not None:
                 await conn.refuse(failure, 4403 if isinstance(failure, PermissionDenied) else 4401)
             await conn.run_reader(receive)

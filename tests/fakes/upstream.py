@@ -31,6 +31,9 @@ never faulted nor recorded. A whole body counts as two chunks (its halves).
   is not JSON), ``bad_length`` (Content-Length shorter than the body), or ``raw`` bytes; then close
 - ``hold_stream``: send ``after_chunks`` (1) chunks, then wait for ``release()``
 - ``delay_chunks``: sleep ``delay_s`` (0.05) between chunks
+- ``flood``: answer a chat stream of ``chunks`` (2000) events of ``chunk_bytes`` (16384) bytes
+  of content each, as fast as the client takes them (a client that stops reading leaves the
+  fake blocked in its write; closing the connection then records the request as cancelled)
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ FAULT_PARAMS: dict[str, set[str]] = {
     "garbage": {"kind", "raw"},
     "hold_stream": {"after_chunks"},
     "delay_chunks": {"delay_s"},
+    "flood": {"chunks", "chunk_bytes"},
 }
 GARBAGE = {
     "bad_http": b"this is not an HTTP response\r\n\x00\xff\xfe\r\n\r\n",
@@ -248,6 +252,8 @@ class FakeUpstream:
             return "garbage"
         if fault.mode == "status":
             reply = _status_reply(params)
+        if fault.mode == "flood":
+            reply = _flood_reply(params)
         if fault.mode == "slow_headers":
             await trio.sleep(params.get("delay_s", 1.0))
         pieces, headers = self._framing(reply)
@@ -422,6 +428,17 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         out["body"] = body.decode("utf-8", "replace")
         out["json"] = record["json"]
     return out
+
+
+def _flood_reply(params: dict[str, Any]) -> Reply:
+    content = "x" * int(params.get("chunk_bytes", 16384))
+    chunk = json.dumps({
+        "id": "chatcmpl-flood", "object": "chat.completion.chunk", "model": "flood",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    })
+    event = f"data: {chunk}\n\n".encode()
+    events = [event] * int(params.get("chunks", 2000)) + [b"data: [DONE]\n\n"]
+    return Reply(content_type="text/event-stream", events=events)
 
 
 def _status_reply(params: dict[str, Any]) -> Reply:
