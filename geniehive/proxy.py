@@ -22,8 +22,10 @@ from geniehive.errors import (
     GenieHiveError,
     InvalidRequest,
     PermissionDenied,
+    RequestTimeout,
     RequestTooLarge,
 )
+from geniehive.gate import BodyClock, send_refusal
 from geniehive.relay import Inbound, Outcome, Relay, Upload, Writer
 
 log = logging.getLogger("geniehive.request")
@@ -58,6 +60,7 @@ class ProxyApp:
         self.relay = Relay(gateway)
         # path -> ASGI app for websocket routes served beside the proxy (websocket chat).
         self.websockets: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
+        self.body_timeout_s = gateway.config.server.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -67,6 +70,12 @@ class ProxyApp:
         # these, not for idle keep-alive connections.
         self.gw.request_started()
         try:
+            if scope["type"] == "http":
+                refusal = await self.gw.gate.admit(scope)
+                if refusal is not None:
+                    await send_refusal(send, scope, refusal)
+                    return
+                receive = BodyClock(receive, self.body_timeout_s)
             await self.dispatch(scope, receive, send)
         finally:
             self.gw.request_finished()
@@ -82,7 +91,27 @@ class ProxyApp:
             if handler is not None:
                 await handler(scope, receive, send)
                 return
-        await self.fallback(scope, receive, send)
+        await self.serve_fallback(scope, receive, send)
+
+    async def serve_fallback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Quart app. A body too slow to arrive fails inside Quart's body reader; it is
+        answered here (408, `Connection: close`) unless an answer had begun."""
+        if scope["type"] != "http":
+            await self.fallback(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.fallback(scope, receive, tracked)
+        except* RequestTimeout:
+            if not started:
+                late = RequestTimeout(f"no request body bytes arrived for {self.body_timeout_s:g} s")
+                await send_refusal(send, scope, late)
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, endpoint: str, operation: str
@@ -204,6 +233,8 @@ async def send_error(send: Send, exc: GenieHiveError, request_id: str, outcome: 
     if outcome.service_id is not None:
         headers.append((b"x-geniehive-service", outcome.service_id.encode()))
         headers.append((b"x-geniehive-model", (outcome.upstream_model or "").encode()))
+    if isinstance(exc, RequestTimeout):
+        headers.append((b"connection", b"close"))  # the rest of the body is not worth waiting for
     with trio.CancelScope(shield=True):
         await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
