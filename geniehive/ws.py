@@ -256,6 +256,7 @@ class _Connection:
         self.closed = False  # a close frame went out, or the peer is gone
         self.stopping = False
         self.seen_ready = bool(gateway.ready)
+        self.address = "-"  # the client's address, for the key gate's failure buckets
 
     # -- output -------------------------------------------------------------------------
     async def emit(self, text: str) -> None:
@@ -340,6 +341,8 @@ class _Connection:
             self.principal = self.principal or OPEN
             return
         try:
+            # Verified off the event loop (and throttled per address) before the scope check.
+            await self.gw.gate.identify(key or "", self.address)
             self.principal = self.gw.auth.authorize({"x-api-key": key or ""}, "inference")
         except GenieHiveError as exc:
             await self.refuse(exc, 4403 if isinstance(exc, PermissionDenied) else 4401)
@@ -456,13 +459,18 @@ async def serve_websocket(
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     principal: Principal | None = None
     failure: GenieHiveError | None = None
-    if gateway.auth.open_mode or presented_key(headers) is not None:
+    address = scope["client"][0] if scope.get("client") else "-"
+    key = presented_key(headers)
+    if gateway.auth.open_mode or key is not None:
         try:
+            if key is not None and not gateway.auth.open_mode:
+                await gateway.gate.identify(key, address)
             principal = gateway.auth.authorize(headers, "inference")
         except GenieHiveError as exc:
             failure = exc
     await send({"type": "websocket.accept"})
     conn = _Connection(gateway, relay, send, principal)
+    conn.address = address
     try:
         async with trio.open_nursery() as nursery:
             conn.nursery = nursery

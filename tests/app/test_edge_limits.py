@@ -331,3 +331,29 @@ async def test_past_max_connections_a_new_connection_waits_for_a_free_slot(
         await running.stop()
     assert waited == []
     assert answered == [200]
+
+
+# --- invalid keys from one address ----------------------------------------------------------
+
+
+async def test_repeated_wrong_secrets_are_429_with_retry_after_while_right_keys_pass(
+    keyed: InProcess,
+) -> None:
+    admin = {"X-Api-Key": ADMIN_KEY}
+    with trio.fail_after(20):
+        async with httpx.AsyncClient(base_url=keyed.url, timeout=5) as client:
+            created = (await client.post("/v1/admin/keys", headers=admin,
+                                         json={"name": "app", "scopes": ["inference"]})).json()
+            right = {"Authorization": f"Bearer {created['key']}"}
+            wrong = {"Authorization": f"Bearer gh_{created['key_id']}_wrong-secret"}
+            assert (await client.get("/v1/models", headers=right)).status_code == 200
+            statuses = [(await client.get("/v1/models", headers=wrong)).status_code
+                        for _ in range(11)]
+            throttled = await client.get("/v1/models", headers=wrong)
+            still = await client.post("/v1/chat/completions", json=CHAT, headers=right)
+            static = await client.get("/v1/models", headers={"X-Api-Key": KEY})
+    assert statuses == [401] * 10 + [429]
+    assert throttled.status_code == 429
+    assert throttled.json()["error"]["code"] == "too_many_auth_failures"
+    assert int(throttled.headers["retry-after"]) >= 1
+    assert (still.status_code, static.status_code) == (200, 200)
