@@ -9,7 +9,7 @@ model checks stay with the routes, which then find the key already verified.
 The salted hash of a named key runs on a worker thread (at most HASH_THREADS at once, so the
 event loop keeps serving everyone else), and an address that keeps presenting invalid keys is
 answered 429 `too_many_auth_failures` with `Retry-After` until its bucket refills
-(auth.FailureBuckets). A verified key is cached, so right keys never wait behind wrong ones.
+(auth.FailureBuckets; behind a reverse proxy on loopback, the address is its `X-Real-IP`). A verified key is cached, so right keys never wait behind wrong ones.
 
 `BodyClock` bounds each wait for request body bytes by `server.body_timeout_s`; past it the
 reader raises RequestTimeout (408), answered with `Connection: close`.
@@ -93,12 +93,23 @@ class KeyGate:
         key = scope_key(scope["headers"], node=node or scope["path"] in NODE_PATHS)
         if key is None:
             return AuthenticationFailed(MISSING_KEY)
-        client = scope.get("client")
         try:
-            await self.identify(key, client[0] if client else "-")
+            await self.identify(key, client_address(scope))
         except GenieHiveError as exc:
             return exc
         return None
+
+
+def client_address(scope: Scope) -> str:
+    """The address whose failures are counted: the peer's, or, when the peer is a reverse
+    proxy on loopback (docs/deployment.md, nginx), the `X-Real-IP` it sets."""
+    client = scope.get("client")
+    address = client[0] if client else "-"
+    if address.startswith("127.") or address == "::1":
+        for name, value in scope["headers"]:
+            if name == b"x-real-ip":
+                return value.decode("latin-1").strip() or address
+    return address
 
 
 def _is_public(scope: Scope) -> bool:

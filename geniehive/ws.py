@@ -51,6 +51,7 @@ from geniehive.errors import (
     RequestTooLarge,
     render_error,
 )
+from geniehive.gate import client_address
 from geniehive.proxy import parse_json_body, validate_body
 from geniehive.relay import Inbound, Outcome, Relay, Writer
 from geniehive.sse import EVENT_END, parse_event_lines
@@ -459,7 +460,7 @@ async def serve_websocket(
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     principal: Principal | None = None
     failure: GenieHiveError | None = None
-    address = scope["client"][0] if scope.get("client") else "-"
+    address = client_address(scope)
     key = presented_key(headers)
     if gateway.auth.open_mode or key is not None:
         try:

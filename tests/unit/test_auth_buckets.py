@@ -40,3 +40,15 @@ def test_the_table_is_bounded_and_drops_the_address_that_failed_longest_ago() ->
     assert len(buckets) == 3
     assert buckets.retry_after("a", 3.0) == 0.0  # forgotten
     assert buckets.retry_after("d", 3.0) == 1.0
+
+
+def test_failures_through_a_loopback_proxy_count_against_its_x_real_ip() -> None:
+    from geniehive.gate import client_address
+
+    def scope(peer: str, real: str | None) -> dict[str, object]:
+        headers = [(b"x-real-ip", real.encode())] if real else []
+        return {"client": (peer, 5000), "headers": headers}
+
+    assert client_address(scope("127.0.0.1", "203.0.113.7")) == "203.0.113.7"
+    assert client_address(scope("127.0.0.1", None)) == "127.0.0.1"
+    assert client_address(scope("10.0.0.8", "203.0.113.7")) == "10.0.0.8"  # not a proxy of ours
