@@ -164,6 +164,18 @@ async def _serve_connection(
         slots.release()
 
 
+async def _serve_bounded(
+    listener: trio.abc.Listener[Any], max_connections: int,
+    make_server: Callable[[Any], Awaitable[None]], handler_nursery: trio.Nursery,
+) -> None:
+    """Accept on one bind, at most `max_connections` connections open at once."""
+    slots = trio.Semaphore(max_connections)
+    await trio.serve_listeners(
+        partial(_serve_connection, slots, make_server), [BoundedListener(listener, slots)],
+        handler_nursery=handler_nursery,
+    )
+
+
 def _listeners(config: HyperConfig) -> tuple[list[trio.abc.Listener[Any]], list[str]]:
     sockets = config.create_sockets()
     ssl_context = config.create_ssl_context()
@@ -216,16 +228,13 @@ async def serve_http(
                         nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
                     for listener in listeners:
-                        slots = trio.Semaphore(max_connections)
-                        handler = partial(_serve_connection, slots, make_server)
-                        nursery.start_soon(partial(
-                            trio.serve_listeners, handler, [BoundedListener(listener, slots)],
-                            handler_nursery=server_nursery,
-                        ))
+                        nursery.start_soon(
+                            _serve_bounded, listener, max_connections, make_server, server_nursery
+                        )
             except BaseExceptionGroup as error:
                 _, others = error.split((ShutdownError, KeyboardInterrupt))
                 if others is not None:
-                    raise others
+                    raise others from None
             finally:
                 await context.terminated.set()
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout

@@ -9,7 +9,8 @@ model checks stay with the routes, which then find the key already verified.
 The salted hash of a named key runs on a worker thread (at most HASH_THREADS at once, so the
 event loop keeps serving everyone else), and an address that keeps presenting invalid keys is
 answered 429 `too_many_auth_failures` with `Retry-After` until its bucket refills
-(auth.FailureBuckets; behind a reverse proxy on loopback, the address is its `X-Real-IP`). A verified key is cached, so right keys never wait behind wrong ones.
+(auth.FailureBuckets; behind a reverse proxy on loopback, the address is its `X-Real-IP`).
+A verified key is cached, so right keys never wait behind wrong ones.
 
 `BodyClock` bounds each wait for request body bytes by `server.body_timeout_s`; past it the
 reader raises RequestTimeout (408), answered with `Connection: close`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import suppress
 from typing import Any
 
 import trio
@@ -170,10 +172,8 @@ class BodyClock:
             return await self._receive()
         message = None
         if self._nowait is not None:
-            try:
+            with suppress(trio.WouldBlock):
                 message = self._nowait()
-            except trio.WouldBlock:
-                pass
         if message is None:
             with trio.move_on_after(self._timeout_s) as waited:
                 message = await self._receive()

@@ -110,8 +110,8 @@ class ProxyApp:
             await self.fallback(scope, receive, tracked)
         except* RequestTimeout:
             if not started:
-                late = RequestTimeout(f"no request body bytes arrived for {self.body_timeout_s:g} s")
-                await send_refusal(send, scope, late)
+                late = f"no request body bytes arrived for {self.body_timeout_s:g} s"
+                await send_refusal(send, scope, RequestTimeout(late))
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, endpoint: str, operation: str

@@ -95,7 +95,9 @@ def head(method: str, path: str, *extra: str, length: int | None = None) -> byte
 async def slow(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[InProcess]:
     """Open mode, small timeouts."""
     with trio.fail_after(10):
-        running = await start_edge(nursery, tmp_path, "header_timeout_s = 0.5\nbody_timeout_s = 0.5")
+        running = await start_edge(
+            nursery, tmp_path, "header_timeout_s = 0.5\nbody_timeout_s = 0.5"
+        )
     yield running
     with trio.fail_after(10):
         await running.stop()
@@ -315,17 +317,18 @@ async def test_past_max_connections_a_new_connection_waits_for_a_free_slot(
         holders = [await connect(running.url) for _ in range(3)]
         await trio.sleep(0.2)  # let the gateway accept them
         answered: list[Any] = []
+        done = trio.Event()
 
         async def fourth() -> None:
             async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
                 answered.append((await client.get("/healthz")).status_code)
+            done.set()
 
         nursery.start_soon(fourth)
         await trio.sleep(0.5)
         waited = list(answered)
         await holders[0].aclose()
-        while not answered:
-            await trio.sleep(0.02)
+        await done.wait()
         for stream in holders[1:]:
             await stream.aclose()
         await running.stop()
