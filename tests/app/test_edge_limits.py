@@ -180,6 +180,22 @@ async def test_the_keep_alive_wait_between_requests_is_not_cut_by_the_header_tim
     assert first.extensions["network_stream"] is second.extensions["network_stream"]
 
 
+async def test_a_pipelined_head_left_unfinished_is_held_to_the_header_timeout(
+    slow: InProcess,
+) -> None:
+    with trio.fail_after(15):
+        stream = await connect(slow.url)
+        await stream.send_all(head("GET", "/healthz") + b"GET /healthz HTTP/1.1\r\nHost: x")
+        started = trio.current_time()
+        raw = await read_to_close(stream)
+        closed_after = trio.current_time() - started
+        await stream.aclose()
+    first, _, rest = raw.partition(b"HTTP/1.1 408")
+    assert first.startswith(b"HTTP/1.1 200")
+    assert b"request_timeout" in rest
+    assert 0.4 <= closed_after < 5
+
+
 # --- body timeout ---------------------------------------------------------------------------
 
 
