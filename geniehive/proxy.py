@@ -73,12 +73,21 @@ class ProxyApp:
             if scope["type"] == "http":
                 refusal = await self.gw.gate.admit(scope)
                 if refusal is not None:
-                    await send_refusal(send, scope, refusal)
+                    await self.refuse(scope, send, refusal)
                     return
                 receive = BodyClock(receive, self.body_timeout_s)
             await self.dispatch(scope, receive, send)
         finally:
             self.gw.request_finished()
+
+    async def refuse(self, scope: Scope, send: Send, refusal: GenieHiveError) -> None:
+        """Answer the key gate's refusal; on a forwarding route it counts as its request."""
+        started = trio.current_time()
+        await send_refusal(send, scope, refusal)
+        route = ROUTES.get(scope["path"].rstrip("/") or "/")
+        if route is not None and scope["method"] == "POST":
+            outcome = Outcome(status=refusal.http_status)
+            self.gw.metrics.observe_request(route[0], outcome, trio.current_time() - started)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

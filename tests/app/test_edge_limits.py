@@ -254,6 +254,19 @@ async def test_an_unauthenticated_big_post_is_refused_before_its_body_and_closed
     assert json.loads(body)["error"]["code"] == "invalid_api_key"
 
 
+async def test_a_refused_forwarding_request_is_still_counted_in_the_metrics(
+    keyed: InProcess,
+) -> None:
+    with trio.fail_after(10):
+        async with httpx.AsyncClient(base_url=keyed.url, timeout=5) as client:
+            refused = await client.post("/v1/chat/completions", json=CHAT)
+            metrics = await client.get("/metrics", headers={"X-Api-Key": ADMIN_KEY})
+    assert refused.status_code == 401
+    counted = [line for line in metrics.text.splitlines()
+               if line.startswith("geniehive_requests_total{") and 'status="401"' in line]
+    assert counted and 'endpoint="chat"' in counted[0]
+
+
 async def test_the_node_port_refuses_before_the_body_and_times_out_slow_bodies(
     nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
