@@ -28,22 +28,23 @@ from dataclasses import replace
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from geniehive import egress, nodewire, routing, strictjson
 from geniehive.auth import Principal
 from geniehive.config import TLSConfig
+from geniehive.edge import EdgeConfig, serve_http
 from geniehive.errors import (
     Conflict,
     GenieHiveError,
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    RequestTimeout,
     RequestTooLarge,
     UnknownHostError,
     render_error,
 )
+from geniehive.gate import BodyClock, send_refusal
 from geniehive.models import Host, Service, Snapshot
 from geniehive.registry import ServiceConflict, UnknownHost
 from geniehive.supervise import run_every
@@ -223,8 +224,14 @@ class NodeApp:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
         elif scope["type"] == "http":
+            if scope["path"] != "/healthz":
+                refusal = await self.gateway.gate.admit(scope, node=True)
+                if refusal is not None:
+                    await send_refusal(send, scope, refusal)
+                    return
+            receive = BodyClock(receive, self.gateway.config.server.body_timeout_s)
             status, payload = await self.respond(scope, receive)
-            await _send_json(send, status, payload)
+            await _send_json(send, status, payload, close=status == RequestTimeout.status)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
 
@@ -269,9 +276,13 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     return bytes(data)
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _send_json(
+    send: Send, status: int, payload: dict[str, Any], *, close: bool = False
+) -> None:
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -288,10 +299,10 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 def base_hypercorn_config(
     binds: Sequence[str], tls: TLSConfig | None, graceful_timeout: float
-) -> HyperConfig:
+) -> EdgeConfig:
     """Hypercorn settings both ports share: binds, keep-alive, logging, head size, TLS (with
     client certificates required when the TLS section says so)."""
-    hc = HyperConfig()
+    hc = EdgeConfig()
     hc.bind = list(binds)
     hc.graceful_timeout = graceful_timeout
     hc.keep_alive_timeout = 75
@@ -308,9 +319,19 @@ def base_hypercorn_config(
     return hc
 
 
-def node_hypercorn_config(config: Any) -> HyperConfig:
+def apply_edge_limits(hc: EdgeConfig, server: Any) -> EdgeConfig:
+    """The `[server]` connection limits, which hold on every port (geniehive/edge.py)."""
+    hc.header_timeout_s = server.header_timeout_s
+    hc.max_connections = server.max_connections
+    # The TLS handshake is part of the wait for the first request head.
+    hc.ssl_handshake_timeout = server.header_timeout_s
+    return hc
+
+
+def node_hypercorn_config(config: Any) -> EdgeConfig:
     """Hypercorn settings for the node port: `nodes.bind`, with mTLS from `nodes.tls`."""
-    return base_hypercorn_config(config.nodes.bind, config.nodes.tls, graceful_timeout=5)
+    hc = base_hypercorn_config(config.nodes.bind, config.nodes.tls, graceful_timeout=5)
+    return apply_edge_limits(hc, config.server)
 
 
 # --- the listener ---------------------------------------------------------------------------
@@ -363,7 +384,7 @@ async def expire_hosts(gateway: Any, states: dict[str, bool], now: float) -> Non
 
 async def serve_node_port(gateway: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve only the node endpoints on `nodes.bind`; reports started with the bound URLs."""
-    await hypercorn_serve(
+    await serve_http(
         NodeApp(gateway), node_hypercorn_config(gateway.config), task_status=task_status
     )
 

@@ -5,6 +5,9 @@ at all the gateway runs in open mode: every request is allowed and presented key
 ignored (the daemon only allows that when every bind is loopback).
 
 Named keys (`gh_<key id>_<secret>`) are looked up by key id and checked against a salted hash.
+That check is slow on purpose: `lookup` answers what it can at once and hands the rest back
+as a `PendingCheck` to run off the event loop (geniehive/gate.py); `FailureBuckets` throttles
+the client addresses that keep presenting invalid keys.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import fnmatch
 import hashlib
 import hmac
 import secrets
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from geniehive.errors import AuthenticationFailed, PermissionDenied
 
@@ -76,6 +80,19 @@ def named_key_host(name: str, scopes: Iterable[str], host: str | None) -> str | 
     return host or name
 
 
+@dataclass(frozen=True, slots=True)
+class PendingCheck:
+    """A named key whose secret is still to be checked against its salted hash."""
+
+    named: NamedKey
+    secret: str = field(repr=False)
+    digest: bytes = field(repr=False)
+
+    def matches(self) -> bool:
+        """Run the salted hash (milliseconds: meant for a worker thread)."""
+        return hmac.compare_digest(hash_secret(self.named.salt, self.secret), self.named.hash)
+
+
 def hash_secret(salt: bytes, secret: str) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, 10_000)
 
@@ -126,6 +143,14 @@ class Authenticator:
         """The principal of a key, or None when it is unknown or disabled."""
         if key is None:
             return None
+        found = self.lookup(key)
+        if isinstance(found, PendingCheck):
+            return self.finish(found, found.matches())
+        return found
+
+    def lookup(self, key: str) -> Principal | PendingCheck | None:
+        """What can be told of a key without the salted hash: its principal (a static key or
+        an already verified named key), None (unknown or disabled) or the check still due."""
         digest = hashlib.sha256(key.encode()).digest()
         if key.startswith("gh_") and key.count("_") >= 2:
             known = self._verified.get(digest)
@@ -133,14 +158,8 @@ class Authenticator:
                 return known
             _, key_id, secret = key.split("_", 2)
             named = self.named.get(key_id)
-            if named is not None and not named.disabled:
-                if hmac.compare_digest(hash_secret(named.salt, secret), named.hash):
-                    host = named_key_host(named.name, named.scopes, named.host)
-                    principal = Principal(named.name, named.scopes, named.models,
-                                          None if host is None else frozenset({host}))
-                    self._verified[digest] = principal
-                    return principal
-                return None
+            if named is not None:
+                return None if named.disabled else PendingCheck(named, secret, digest)
         found = None
         for static in self.static:  # no early exit: the time spent does not depend on the key
             if hmac.compare_digest(digest, static.digest):
@@ -148,6 +167,18 @@ class Authenticator:
         if found is None:
             return None
         return Principal(found.name, found.scopes, found.models, found.hosts)
+
+    def finish(self, check: PendingCheck, matched: bool) -> Principal | None:
+        """The principal of a checked named key (cached), or None. A key disabled, deleted or
+        replaced while its hash ran does not count."""
+        current = self.named.get(check.named.key_id)
+        if not matched or current is None or current.disabled or current.hash != check.named.hash:
+            return None
+        host = named_key_host(current.name, current.scopes, current.host)
+        principal = Principal(current.name, current.scopes, current.models,
+                              None if host is None else frozenset({host}))
+        self._verified[check.digest] = principal
+        return principal
 
     def authorize(self, headers: Mapping[str, str], scope: str) -> Principal:
         """The principal allowed `scope`; raises AuthenticationFailed or PermissionDenied."""
@@ -164,3 +195,44 @@ class Authenticator:
         if scope not in principal.scopes:
             raise PermissionDenied(f"this key lacks the '{scope}' scope")
         return principal
+
+
+class FailureBuckets:
+    """A token bucket of invalid-key attempts per client address; time comes in as `now`.
+
+    An address may fail `burst` times in a row, then once per `1 / refill_per_s` seconds.
+    At most `max_addresses` are remembered (the one that failed longest ago is dropped first),
+    so a flood of addresses costs bounded memory.
+    """
+
+    def __init__(
+        self, *, burst: int = 10, refill_per_s: float = 1.0, max_addresses: int = 4096
+    ) -> None:
+        self.burst = burst
+        self.refill_per_s = refill_per_s
+        self.max_addresses = max_addresses
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+
+    def _tokens(self, address: str, now: float) -> float:
+        entry = self._buckets.get(address)
+        if entry is None:
+            return float(self.burst)
+        tokens, at = entry
+        return min(float(self.burst), tokens + (now - at) * self.refill_per_s)
+
+    def retry_after(self, address: str, now: float) -> float:
+        """0 when `address` may present a key now, else the seconds until it may."""
+        if address not in self._buckets:
+            return 0.0
+        tokens = self._tokens(address, now)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.refill_per_s
+
+    def record_failure(self, address: str, now: float) -> None:
+        tokens = self._tokens(address, now)
+        self._buckets[address] = (max(tokens - 1, 0.0), now)
+        self._buckets.move_to_end(address)
+        while len(self._buckets) > self.max_addresses:
+            self._buckets.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._buckets)

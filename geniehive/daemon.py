@@ -26,16 +26,16 @@ from typing import Any
 import httpx
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from geniehive import egress, ws
 from geniehive.adapters.loader import PluginError, load_adapters
 from geniehive.api_cluster import load_named_keys, register_cluster_routes
-from geniehive.api_nodes import base_hypercorn_config, run_heartbeat_listener
+from geniehive.api_nodes import apply_edge_limits, base_hypercorn_config, run_heartbeat_listener
 from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.app import create_asgi
 from geniehive.config import ConfigError, ControlConfig, is_loopback_bind
 from geniehive.discovery import local_host, local_services, run_discovery
+from geniehive.edge import serve_http
 from geniehive.gateway import Gateway, new_instance_id
 from geniehive.launcher import LaunchError, run_launcher
 from geniehive.models import LOCAL_HOST_ID
@@ -140,13 +140,13 @@ def hypercorn_config(binds: Sequence[str], config: ControlConfig) -> HyperConfig
     hc.websocket_max_message_size = ws.HYPERCORN_MAX_MESSAGE_BYTES
     hc.websocket_ping_interval = ws.PING_INTERVAL_S
     hc.backlog = 1024
-    return hc
+    return apply_edge_limits(hc, config.server)
 
 
 async def serve_proxy(
     asgi: Any, hc: HyperConfig, shutdown: trio.Event, *, task_status: Any
 ) -> None:
-    await hypercorn_serve(asgi, hc, shutdown_trigger=shutdown.wait, task_status=task_status)
+    await serve_http(asgi, hc, shutdown_trigger=shutdown.wait, task_status=task_status)
 
 
 async def watch_signals(

@@ -5,11 +5,13 @@
     │   ├── WrongOperation              400 ... / wrong_operation
     │   ├── ModelNotFound               404 ... / model_not_found
     │   ├── NotFound                    404 ... / not_found
+    │   ├── RequestTimeout              408 ... / request_timeout
     │   └── RequestTooLarge             413 ... / request_too_large
     ├── AuthenticationFailed            401 authentication_error / invalid_api_key
     ├── PermissionDenied                403 permission_error / insufficient_scope
     ├── Conflict                        409 invalid_request_error / conflict
     ├── RateLimited                     429 rate_limit_error / rate_limited
+    │   └── TooManyAuthFailures         429 ... / too_many_auth_failures
     ├── UpstreamStatus                  the upstream's 4xx, code upstream_<status>
     ├── UpstreamFailed                  502 server_error / upstream_error
     ├── UpstreamTimeout                 504 server_error / upstream_timeout
@@ -83,6 +85,13 @@ class RequestTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    """The client stopped sending its request body (`server.body_timeout_s`)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class AuthenticationFailed(GenieHiveError):
     status = 401
     type = "authentication_error"
@@ -105,6 +114,16 @@ class RateLimited(GenieHiveError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limited"
+
+
+class TooManyAuthFailures(RateLimited):
+    """One client address presented too many invalid keys; `retry_after_s` says when to retry."""
+
+    code = "too_many_auth_failures"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamStatus(GenieHiveError):

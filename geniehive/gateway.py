@@ -21,6 +21,7 @@ from geniehive.adapters.loader import build_adapter
 from geniehive.auth import Authenticator
 from geniehive.config import ControlConfig, parse_bind
 from geniehive.errors import ModelNotFound, NoHealthyUpstream, WrongOperation
+from geniehive.gate import KeyGate
 from geniehive.live import LiveState, RuntimeView
 from geniehive.metrics import GatewayMetrics
 from geniehive.models import Policy, Service, Snapshot
@@ -58,6 +59,7 @@ class Gateway:
         self.auth = Authenticator(
             (k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys
         )
+        self.gate = KeyGate(self.auth)  # verifies keys before bodies are read, on every port
         self.ready = False
         self.active_requests = 0  # HTTP requests and websockets being served now
         self._drained: trio.Event | None = None

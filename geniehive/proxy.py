@@ -23,11 +23,13 @@ from geniehive.errors import (
     GenieHiveError,
     InvalidRequest,
     PermissionDenied,
+    RequestTimeout,
     RequestTooLarge,
     ShuttingDown,
     render_error,
 )
 from geniehive.fields import check_body, check_form
+from geniehive.gate import BodyClock, send_refusal
 from geniehive.relay import Inbound, Outcome, Relay, Upload, Writer
 from geniehive.sse import encode_error_event
 from geniehive.writes import (
@@ -80,6 +82,7 @@ class ProxyApp:
         self.write_timeout_s = gateway.config.server.write_timeout_s
         # path -> ASGI app for websocket routes served beside the proxy (websocket chat).
         self.websockets: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
+        self.body_timeout_s = gateway.config.server.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -89,9 +92,28 @@ class ProxyApp:
         # these, not for idle keep-alive connections.
         self.gw.request_started()
         try:
+            # Before the key check: a looped request carries no client key, and must be told
+            # it looped rather than that it is unauthenticated.
+            if await self.refused_loop(scope, receive, send):
+                return
+            if scope["type"] == "http":
+                refusal = await self.gw.gate.admit(scope)
+                if refusal is not None:
+                    await self.refuse(scope, send, refusal)
+                    return
+                receive = BodyClock(receive, self.body_timeout_s)
             await self.dispatch(scope, receive, send)
         finally:
             self.gw.request_finished()
+
+    async def refuse(self, scope: Scope, send: Send, refusal: GenieHiveError) -> None:
+        """Answer the key gate's refusal; on a forwarding route it counts as its request."""
+        started = trio.current_time()
+        await send_refusal(send, scope, refusal)
+        route = ROUTES.get(scope["path"].rstrip("/") or "/")
+        if route is not None and scope["method"] == "POST":
+            outcome = Outcome(status=refusal.http_status)
+            self.gw.metrics.observe_request(route[0], outcome, trio.current_time() - started)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -99,18 +121,38 @@ class ProxyApp:
             if route is not None:
                 await self.handle(scope, receive, send, *route)
                 return
-        if not await self.refused_loop(scope, receive, send):
-            if scope["type"] == "websocket":
-                handler = self.websockets.get(scope["path"])
-                if handler is not None:
-                    await handler(scope, receive, send)
-                    return
+        elif scope["type"] == "websocket":
+            handler = self.websockets.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await self.serve_fallback(scope, receive, send)
+
+    async def serve_fallback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Quart app. A body too slow to arrive fails inside Quart's body reader; it is
+        answered here (408, `Connection: close`) unless an answer had begun."""
+        if scope["type"] != "http":
             await self.fallback(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.fallback(scope, receive, tracked)
+        except* RequestTimeout:
+            if not started:
+                late = f"no request body bytes arrived for {self.body_timeout_s:g} s"
+                await send_refusal(send, scope, RequestTimeout(late))
 
     async def refused_loop(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer 508 to a request that already passed through this gateway (a probe or a
         discovery call of a service that points back here; 400 for an oversized hop header).
-        True when it was refused."""
+        True when it was refused. A forwarding route refuses it itself, so that the refusal
+        is logged and counted as its request."""
         hops = next((v for k, v in scope["headers"] if k == HOP_HEADER_BYTES), None)
         if hops is None:
             return False
@@ -119,6 +161,8 @@ class ProxyApp:
         except GenieHiveError as exc:  # LoopDetected, or InvalidRequest for a huge header
             if scope["type"] == "websocket":
                 await refuse_websocket(receive, send, exc)
+            elif scope["method"] == "POST" and scope["path"].rstrip("/") in ROUTES:
+                await self.dispatch(scope, receive, send)  # handle() raises it before the key
             else:
                 await send_error(send, exc, uuid.uuid4().hex, Outcome())
             return True
@@ -320,6 +364,8 @@ def _error_messages(
     if outcome.service_id is not None:
         headers.append((b"x-geniehive-service", outcome.service_id.encode()))
         headers.append((b"x-geniehive-model", (outcome.upstream_model or "").encode()))
+    if isinstance(exc, RequestTimeout):
+        headers.append((b"connection", b"close"))  # the rest of the body is not worth waiting for
     return (
         {"type": "http.response.start", "status": exc.http_status, "headers": headers},
         {"type": "http.response.body", "body": body, "more_body": False},

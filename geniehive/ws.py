@@ -55,6 +55,7 @@ from geniehive.errors import (
     render_error,
 )
 from geniehive.fields import check_body
+from geniehive.gate import client_address
 from geniehive.relay import Inbound, Outcome, Relay, Writer
 from geniehive.sse import EVENT_END, parse_event_lines
 from geniehive.writes import abort_connection, release_on_cut, send_bounded, wait_stalled
@@ -257,6 +258,7 @@ class _Connection:
         self.seen_ready = bool(gateway.ready)
         self.hops = b""  # the hop header its requests send upstream (see egress.py)
         self.pending_since: float | None = None  # when the frame being sent began to wait
+        self.address = "-"  # the client's address, for the key gate's failure buckets
 
     # -- output -------------------------------------------------------------------------
     async def emit(self, text: str) -> None:
@@ -358,6 +360,8 @@ class _Connection:
             self.principal = self.principal or OPEN
             return
         try:
+            # Verified off the event loop (and throttled per address) before the scope check.
+            await self.gw.gate.identify(key or "", self.address)
             self.principal = self.gw.auth.authorize({"x-api-key": key or ""}, "inference")
         except GenieHiveError as exc:
             await self.refuse(exc, 4403 if isinstance(exc, PermissionDenied) else 4401)
@@ -481,8 +485,12 @@ async def serve_websocket(
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     principal: Principal | None = None
     failure: GenieHiveError | None = None
-    if gateway.auth.open_mode or presented_key(headers) is not None:
+    address = client_address(scope)
+    key = presented_key(headers)
+    if gateway.auth.open_mode or key is not None:
         try:
+            if key is not None and not gateway.auth.open_mode:
+                await gateway.gate.identify(key, address)
             principal = gateway.auth.authorize(headers, "inference")
         except GenieHiveError as exc:
             failure = exc
@@ -490,6 +498,7 @@ async def serve_websocket(
     conn = _Connection(gateway, relay, send, principal)
     # The proxy refused a handshake that had passed through this gateway before.
     conn.hops = gateway.hops.next_hops(headers.get(HOP_HEADER))
+    conn.address = address
     try:
         async with trio.open_nursery() as nursery:
             conn.nursery = nursery

@@ -1,0 +1,242 @@
+"""Serving HTTP with hypercorn plus the connection limits its trio worker lacks (SPEC §13).
+
+hypercorn's trio worker accepts without bound and closes a connection that trickles its
+request head only when `keep_alive_timeout` runs out. `serve_http` is
+`hypercorn.trio.serve` (lifespan, sockets, TLS, graceful shutdown) with two changes, both
+read from an `EdgeConfig`:
+
+- `max_connections`: each bind holds at most this many connections open. Past it, accepting
+  waits: new connections queue in the kernel's backlog (costing this process no descriptor)
+  and are served as soon as one of the open ones closes.
+- `header_timeout_s`: a request head must be complete within this many seconds of the
+  connection opening or, on a keep-alive connection, of its first byte arriving (the idle
+  wait between requests stays `keep_alive_timeout`). Past it an HTTP/1.1 client that sent
+  part of a head gets a 408 `request_timeout` with `Connection: close`; the connection closes.
+
+Body timeouts and authentication before the body are the ASGI app's business (geniehive/gate.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Closed, RawData, Updated
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+from geniehive.errors import RequestTimeout
+
+
+class EdgeConfig(HyperConfig):
+    """hypercorn's settings plus ours (the defaults of `[server]`)."""
+
+    header_timeout_s: float = 10.0
+    max_connections: int = 4096
+
+
+def slow_head_answer(header_timeout_s: float) -> bytes:
+    """The raw HTTP/1.1 408 sent to a client whose request head is late."""
+    error = RequestTimeout(f"the request head did not arrive within {header_timeout_s:g} s")
+    body = error.body()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class EdgeTCPServer(TCPServer):
+    """hypercorn's connection handler with a deadline on each request head."""
+
+    def __init__(self, header_timeout_s: float, answer: bytes, *args: Any) -> None:
+        super().__init__(*args)
+        self._header_timeout_s = header_timeout_s
+        self._late_answer = answer
+        # The first head is due header_timeout_s after the connection opened.
+        self._head_deadline = trio.current_time() + header_timeout_s
+        self._awaiting_head = True
+        self._head_bytes = False  # part of the awaited head has arrived
+        self._receiving: trio.CancelScope | None = None
+
+    async def protocol_send(self, event: Any) -> None:
+        # Updated(idle=False): a head is complete; Updated(idle=True): the answer is done and
+        # the connection waits for the next request (hypercorn's keep-alive timer runs).
+        if isinstance(event, Updated):
+            self._awaiting_head = event.idle
+            self._head_bytes = False
+            self._set_head_deadline(math.inf)
+            if event.idle and self._buffered_head():
+                self._head_bytes = True
+                self._set_head_deadline(trio.current_time() + self._header_timeout_s)
+        await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        while True:
+            deadline = self._head_deadline if self._awaiting_head else math.inf
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._receiving = scope
+                try:
+                    data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                finally:
+                    self._receiving = None
+            if scope.cancelled_caught:
+                await self._refuse_late_head()
+                break
+            if data and self._awaiting_head and not self._head_bytes:
+                self._head_bytes = True
+                if self._head_deadline == math.inf and self._speaks_h11():
+                    self._set_head_deadline(trio.current_time() + self._header_timeout_s)
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
+        # The peer is gone: without this, hypercorn's keep-alive timer would keep the
+        # connection (its descriptor and its max_connections slot) until keep_alive_timeout.
+        await self.idle_task.stop()
+
+    def _set_head_deadline(self, deadline: float) -> None:
+        self._head_deadline = deadline
+        if self._receiving is not None:
+            self._receiving.deadline = deadline if self._awaiting_head else math.inf
+
+    def _speaks_h11(self) -> bool:
+        # HTTP/2 multiplexes requests and pings on an idle connection: only its first
+        # request is held to the deadline from the connection's opening.
+        protocol = getattr(self, "protocol", None)
+        return protocol is not None and isinstance(protocol.protocol, H11Protocol)
+
+    def _buffered_head(self) -> bool:
+        """Whether bytes of the next (pipelined) request wait in h11's buffer."""
+        if not self._speaks_h11():
+            return False
+        connection = self.protocol.protocol.connection
+        return bool(connection.trailing_data[0])
+
+    async def _refuse_late_head(self) -> None:
+        if self._head_bytes and self._speaks_h11():
+            await self.protocol_send(RawData(data=self._late_answer))
+        # hypercorn's keep-alive timer would hold the connection's task group (and its
+        # descriptor) open until keep_alive_timeout: stop it and close now.
+        await self.idle_task.stop()
+        await self._close()
+
+
+class BoundedListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener that accepts only while fewer than `slots` connections are open.
+
+    The connection's handler releases its slot when the connection ends.
+    """
+
+    def __init__(self, inner: trio.abc.Listener[Any], slots: trio.Semaphore) -> None:
+        self.inner = inner
+        self.slots = slots
+
+    async def accept(self) -> trio.abc.Stream:
+        await self.slots.acquire()
+        try:
+            return await self.inner.accept()
+        except BaseException:
+            self.slots.release()
+            raise
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _serve_connection(
+    slots: trio.Semaphore, make_server: Callable[[Any], Awaitable[None]], stream: Any
+) -> None:
+    try:
+        await make_server(stream)
+    finally:
+        slots.release()
+
+
+async def _serve_bounded(
+    listener: trio.abc.Listener[Any], max_connections: int,
+    make_server: Callable[[Any], Awaitable[None]], handler_nursery: trio.Nursery,
+) -> None:
+    """Accept on one bind, at most `max_connections` connections open at once."""
+    slots = trio.Semaphore(max_connections)
+    await trio.serve_listeners(
+        partial(_serve_connection, slots, make_server), [BoundedListener(listener, slots)],
+        handler_nursery=handler_nursery,
+    )
+
+
+def _listeners(config: HyperConfig) -> tuple[list[trio.abc.Listener[Any]], list[str]]:
+    sockets = config.create_sockets()
+    ssl_context = config.create_ssl_context()
+    listeners: list[trio.abc.Listener[Any]] = []
+    binds = []
+    for sock in sockets.secure_sockets:
+        sock.listen(config.backlog)
+        listeners.append(trio.SSLListener(
+            trio.SocketListener(trio.socket.from_stdlib_socket(sock)), ssl_context,
+            https_compatible=True,
+        ))
+        binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+        binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+    return listeners, binds
+
+
+async def serve_http(
+    app: Any,
+    config: HyperConfig,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an ASGI app on `config.bind` until `shutdown_trigger` returns, then drain for
+    `config.graceful_timeout`. Reports started with the bound URLs."""
+    header_timeout_s = getattr(config, "header_timeout_s", EdgeConfig.header_timeout_s)
+    max_connections = getattr(config, "max_connections", EdgeConfig.max_connections)
+    config.set_statsd_logger_class(StatsdLogger)
+    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    state: dict[str, Any] = {}
+    lifespan = Lifespan(asgi, config, state)
+    context = WorkerContext(None)
+    answer = slow_head_answer(header_timeout_s)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            listeners, binds = _listeners(config)
+            make_server = partial(
+                EdgeTCPServer, header_timeout_s, answer, asgi, config, context,
+                ConnectionState(state.copy()),
+            )
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery() as nursery:
+                    if shutdown_trigger is not None:
+                        nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    for listener in listeners:
+                        nursery.start_soon(
+                            _serve_bounded, listener, max_connections, make_server, server_nursery
+                        )
+            except BaseExceptionGroup as error:
+                _, others = error.split((ShutdownError, KeyboardInterrupt))
+                if others is not None:
+                    raise others from None
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
