@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from geniehive import health, routing
-from geniehive.routing import NO_RUNTIME, ServiceRuntime
+from geniehive.models import NO_RUNTIME, ServiceRuntime
 
 log = logging.getLogger("geniehive.breaker")
 

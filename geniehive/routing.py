@@ -62,6 +62,7 @@ from typing import Any
 from geniehive.health import routable
 from geniehive.models import (
     LOCAL_HOST_ID,
+    NO_RUNTIME,
     OPERATIONS,
     STRATEGIES,
     Asset,
@@ -70,30 +71,13 @@ from geniehive.models import (
     Role,
     RoutingPolicy,
     Service,
+    ServiceRuntime,
     Snapshot,
 )
 
 ROLE_PREFIX = "role/"
 BLOCKED_AVAILABILITY = frozenset({"draining", "paused", "offline", "quarantined"})
 MEASURED_MIN_SAMPLES = 5  # gateway measurements replace the node's from this many requests on
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceRuntime:
-    """Live numbers the gateway keeps per service."""
-
-    probe: str = "unknown"  # prober verdict: unknown | healthy | down
-    breaker: str = "closed"  # closed | open | half_open, already evaluated at `now`
-    trial_taken: bool = False  # a half-open trial is already in flight
-    in_flight: int = 0
-    samples: int = 0  # measured requests
-    p50_latency_ms: float | None = None
-    ttft_ms: float | None = None
-    tokens_per_sec: float | None = None
-    error_rate: float = 0.0
-
-
-NO_RUNTIME = ServiceRuntime()
 
 
 @dataclass(frozen=True, slots=True)
