@@ -411,16 +411,6 @@ def _health_gate(
     return None
 
 
-def _role_gates(
-    snapshot: Snapshot, service: Service, routing: RoutingPolicy, ctx: RoutingContext
-) -> tuple[Exclusion | None, tuple[Asset, ...]]:
-    """The first gate `service` fails for a role, or None and the assets it may serve."""
-    exclusion = exclusion_gate(snapshot, service, ctx)
-    if exclusion is not None:
-        return exclusion, ()
-    return _static_role_gates(snapshot, service, routing)
-
-
 def _static_role_gates(
     snapshot: Snapshot, service: Service, routing: RoutingPolicy
 ) -> tuple[Exclusion | None, tuple[Asset, ...]]:
@@ -534,20 +524,6 @@ def _pick_asset(assets: Sequence[Asset], families: Sequence[str]) -> Asset | Non
     return assets[0] if assets else None
 
 
-def _candidate(
-    snapshot: Snapshot,
-    service: Service,
-    asset: Asset | None,
-    name: str,
-    role: Role | None,
-    ctx: RoutingContext,
-    stream: bool,
-) -> Candidate:
-    samples = snapshot.samples_by_service.get(service.service_id, ())
-    runtime = ctx.runtime_of(service.service_id)
-    return _build_candidate(service, asset, name, role, samples, runtime, stream, True)
-
-
 def _build_candidate(
     service: Service,
     asset: Asset | None,
@@ -581,42 +557,6 @@ def _build_candidate(
         latency,
         pool,
     )
-
-
-def rank_candidates(
-    candidates: Sequence[Candidate], strategy: str, *, prefer_loaded: bool, rr_counter: int = 0
-) -> tuple[Candidate, ...]:
-    """Candidates in trial order: the pool (best tier) by strategy, then the lower tiers.
-
-    A tier is (not loaded when `prefer_loaded`, family rank); lower tiers stay as failover.
-    Round robin rotates the pool by `rr_counter`; lower tiers keep id order.
-    """
-    tiers: dict[tuple[int, int], list[Candidate]] = {}
-    for candidate in candidates:
-        cold = 1 if prefer_loaded and not candidate.loaded else 0
-        tiers.setdefault((cold, candidate.family_rank), []).append(candidate)
-    ordered: list[Candidate] = []
-    for index, key in enumerate(sorted(tiers)):
-        tier = _order_tier(tiers[key], strategy, rr_counter if index == 0 else 0)
-        ordered.extend(replace(c, pool=index == 0) for c in tier)
-    return tuple(ordered)
-
-
-def _order_tier(tier: list[Candidate], strategy: str, rr_counter: int) -> list[Candidate]:
-    if strategy == "round_robin":
-        by_id = sorted(tier, key=lambda c: c.service_id)
-        shift = rr_counter % len(by_id)
-        return by_id[shift:] + by_id[:shift]
-    if strategy == "least_loaded":
-        return sorted(
-            tier,
-            key=lambda c: (
-                c.load,
-                math.inf if c.latency_ms is None else c.latency_ms,
-                c.service_id,
-            ),
-        )
-    return sorted(tier, key=lambda c: (-(c.score or 0.0), c.family_rank, c.service_id))
 
 
 # ---------------------------------------------------------------- per-snapshot plans

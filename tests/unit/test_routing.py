@@ -31,10 +31,10 @@ from geniehive.routing import (
     fallback_order,
     is_stale,
     next_fallback,
-    rank_candidates,
     resolve,
     runtime_score,
 )
+from tests.routing_reference import rank_candidates, reference_direct, reference_role
 
 NOW = 1000.0
 
@@ -751,46 +751,8 @@ def test_a_service_whose_host_is_missing_is_stale_unless_local() -> None:
 
 # ---------------------------------------------------------------- per-snapshot plans and reuse
 # `resolve` keeps per-snapshot plans and reuses candidates while their runtime is unchanged;
-# these claims pin that it decides exactly as the gate-by-gate definition does.
-
-
-def reference_role(snap: Snapshot, name: str, r: Role, c: RoutingContext) -> tuple:
-    """The role's candidates and exclusions, service by service, gate by gate."""
-    found, excluded = [], []
-    for service_id in snap.by_operation.get(r.operation, ()):
-        svc = snap.services[service_id]
-        exclusion, assets = routing._role_gates(snap, svc, r.routing, c)
-        if exclusion is not None:
-            excluded.append(exclusion)
-            continue
-        chosen = routing._pick_asset(assets, r.routing.preferred_families)
-        found.append(routing._candidate(snap, svc, chosen, name, r, c, False))
-    ranked = rank_candidates(
-        found,
-        routing._strategy(r, c),
-        prefer_loaded=r.routing.prefer_loaded,
-        rr_counter=c.rr_counters.get(f"role:{r.role_id}", 0),
-    )
-    return ranked, tuple(excluded)
-
-
-def reference_direct(snap: Snapshot, name: str, c: RoutingContext) -> tuple:
-    found, excluded = [], []
-    for service_id in snap.by_name[("chat", name)]:
-        svc = snap.services[service_id]
-        exclusion = routing.exclusion_gate(snap, svc, c)
-        if exclusion is not None:
-            excluded.append(exclusion)
-            continue
-        chosen = routing._direct_asset(svc, name)
-        found.append(routing._candidate(snap, svc, chosen, name, None, c, False))
-    ranked = rank_candidates(
-        found,
-        routing._strategy(None, c),
-        prefer_loaded=False,
-        rr_counter=c.rr_counters.get(f"model:{name}", 0),
-    )
-    return ranked, tuple(excluded)
+# these claims pin that it decides exactly as the gate-by-gate definition does
+# (tests/routing_reference.py).
 
 
 def busy_cluster(seed: int) -> tuple[Snapshot, list[Role]]:
