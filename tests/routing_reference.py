@@ -1,7 +1,7 @@
 """The route decision defined gate by gate: the oracle the router's incremental plans match.
 
 `geniehive.routing` plans what a snapshot settles once and re-checks only what a context
-changes (its docstring, "per-snapshot plans"). These functions decide the same thing the slow,
+changes (`geniehive.routing.plan` and `.memo`). These functions decide the same thing the slow,
 obvious way — every service, every gate, every candidate rebuilt, every tier sorted — so the
 randomized tests in tests/unit/test_routing.py can compare the two on changing runtimes.
 """
@@ -12,9 +12,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 
-from geniehive import routing
 from geniehive.models import Asset, Role, RoutingPolicy, Service, Snapshot
 from geniehive.routing import Candidate, Exclusion, RoutingContext, exclusion_gate
+from geniehive.routing.decision import choose_strategy
+from geniehive.routing.gates import direct_asset, pick_asset, static_role_gates
+from geniehive.routing.scores import build_candidate
 
 
 def role_gates(
@@ -24,7 +26,7 @@ def role_gates(
     exclusion = exclusion_gate(snapshot, service, ctx)
     if exclusion is not None:
         return exclusion, ()
-    return routing._static_role_gates(snapshot, service, policy)
+    return static_role_gates(snapshot, service, policy)
 
 
 def candidate(
@@ -38,7 +40,7 @@ def candidate(
     """The service's candidate for a non-streamed request, built from scratch."""
     samples = snapshot.samples_by_service.get(service.service_id, ())
     runtime = ctx.runtime_of(service.service_id)
-    return routing._build_candidate(service, asset, name, role, samples, runtime, False, True)
+    return build_candidate(service, asset, name, role, samples, runtime, False, True)
 
 
 def rank_candidates(
@@ -89,11 +91,11 @@ def reference_role(
         if exclusion is not None:
             excluded.append(exclusion)
             continue
-        chosen = routing._pick_asset(assets, role.routing.preferred_families)
+        chosen = pick_asset(assets, role.routing.preferred_families)
         found.append(candidate(snap, svc, chosen, name, role, ctx))
     ranked = rank_candidates(
         found,
-        routing._strategy(role, ctx),
+        choose_strategy(role, ctx),
         prefer_loaded=role.routing.prefer_loaded,
         rr_counter=ctx.rr_counters.get(f"role:{role.role_id}", 0),
     )
@@ -111,11 +113,11 @@ def reference_direct(
         if exclusion is not None:
             excluded.append(exclusion)
             continue
-        chosen = routing._direct_asset(svc, name)
+        chosen = direct_asset(svc, name)
         found.append(candidate(snap, svc, chosen, name, None, ctx))
     ranked = rank_candidates(
         found,
-        routing._strategy(None, ctx),
+        choose_strategy(None, ctx),
         prefer_loaded=False,
         rr_counter=ctx.rr_counters.get(f"model:{name}", 0),
     )
