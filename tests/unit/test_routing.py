@@ -1057,3 +1057,49 @@ def test_an_incremental_decision_looks_up_only_what_changed() -> None:
         live.attempt_started("s07", 1.0)
         resolve(snap, "r", "chat", ctx(runtime=Counting(live, 1.0)))
         assert lookups == ["s07"]
+
+
+def test_any_mapping_declaring_incremental_runtimes_is_read_incrementally() -> None:
+    # The protocol is the contract, not the gateway's view: a mapping that says what changed
+    # is asked only for that; a plain mapping of the same numbers is read whole every time.
+    from collections.abc import Iterator, Mapping
+
+    from geniehive.live import LiveState, RuntimeView
+    from geniehive.routing import HealthSuspects, IncrementalRuntimes
+
+    class Recorded(Mapping[str, ServiceRuntime]):
+        def __init__(self, runtimes: dict[str, ServiceRuntime]) -> None:
+            self.runtimes, self.lookups = runtimes, []
+
+        def __getitem__(self, service_id: str) -> ServiceRuntime:
+            self.lookups.append(service_id)
+            return self.runtimes[service_id]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.runtimes)
+
+        def __len__(self) -> int:
+            return len(self.runtimes)
+
+    class Journaled(Recorded, IncrementalRuntimes):
+        changed: list[str] | None = None
+
+        def health_suspects(self) -> frozenset[str]:
+            return frozenset()
+
+        def changes_since(self, token: object) -> tuple[object, list[str] | None]:
+            return "now", None if token is None else self.changed
+
+    assert isinstance(RuntimeView(LiveState(), 0.0), IncrementalRuntimes)
+    assert not isinstance({}, HealthSuspects)
+    names = ["a", "b", "c", "d"]
+    snap = snapshot([service(n, asset("m")) for n in names], [role("r", strategy="least_loaded")])
+    for view, second_lookups in ((Recorded, names), (Journaled, ["c"])):
+        runtimes = view({n: ServiceRuntime(in_flight=i) for i, n in enumerate(names)})
+        assert order(resolve(snap, "r", "chat", ctx(runtime=runtimes))) == names
+        assert sorted(runtimes.lookups) == names  # a first decision reads everything
+        runtimes.lookups.clear()
+        runtimes.runtimes["c"] = ServiceRuntime(in_flight=9)
+        runtimes.changed = ["c"]
+        assert order(resolve(snap, "r", "chat", ctx(runtime=runtimes))) == ["a", "b", "d", "c"]
+        assert sorted(runtimes.lookups) == second_lookups, view.__name__
