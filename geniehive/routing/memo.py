@@ -17,17 +17,21 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from itertools import compress, repeat
 from operator import attrgetter, is_not
+from typing import cast
 
 from geniehive.models import NO_RUNTIME, ServiceRuntime, Snapshot
 from geniehive.routing.gates import health_gate
 from geniehive.routing.plan import Plan, snapshot_index
 from geniehive.routing.scores import build_candidate
 from geniehive.routing.values import (
+    INCREMENTAL,
+    READINGS,
     Candidate,
     Exclusion,
+    HealthSuspects,
+    IncrementalRuntimes,
     RoutingContext,
-    has_suspects,
-    is_incremental,
+    reading_of,
 )
 
 __all__ = ["Memo", "decide"]
@@ -53,8 +57,14 @@ def decide(
     memo = plan.memos.get((name, stream))
     if memo is None or memo.stale != stale_hosts or memo.limit != ctx.stale_after_s:
         memo = plan.memos[(name, stream)] = Memo(plan, stale_hosts, ctx.stale_after_s)
-    candidates, dynamic = memo.update(plan, name, ctx.runtime, stream, strategy, rr_counter)
-    overrides = _closed_overrides(plan, ctx, stale_hosts)
+    view = ctx.runtime
+    reading = READINGS.get(type(view), -1)  # inline: this runs once per decision
+    if reading < 0:
+        reading = reading_of(type(view))
+    journal = cast(IncrementalRuntimes, view) if reading == INCREMENTAL else None
+    suspects = journal if journal is not None else cast(HealthSuspects, view) if reading else None
+    candidates, dynamic = memo.update(plan, name, view, journal, stream, strategy, rr_counter)
+    overrides = _closed_overrides(plan, ctx, suspects, stale_hosts)
     excluded = plan.closed_excluded
     if overrides or dynamic:
         merged = list(excluded)
@@ -106,18 +116,21 @@ class Memo:
         plan: Plan,
         name: str,
         runtimes: Mapping[str, ServiceRuntime],
+        journal: IncrementalRuntimes | None,
         stream: bool,
         strategy: str,
         rr_counter: int,
     ) -> tuple[tuple[Candidate, ...], list[tuple[int, Exclusion]]]:
+        """The candidates and health exclusions now; `journal` is `runtimes` when it is
+        `IncrementalRuntimes`, else None (every runtime is looked up)."""
         get = runtimes.get
         changed_any = False
         ids = None
         suspects: frozenset[str] = _NONE
-        if is_incremental(runtimes):
-            self.token, ids = runtimes.changes_since(self.token)
+        if journal is not None:
+            self.token, ids = journal.changes_since(self.token)
             if ids is not None:
-                suspects = runtimes.health_suspects()
+                suspects = journal.health_suspects()
         else:
             self.token = None  # read without the journal: its old position says nothing now
         if ids is not None:
@@ -221,17 +234,24 @@ class Memo:
 
 
 def _closed_overrides(
-    plan: Plan, ctx: RoutingContext, stale_hosts: frozenset[str] | set[str]
+    plan: Plan,
+    ctx: RoutingContext,
+    suspects: HealthSuspects | None,
+    stale_hosts: frozenset[str] | set[str],
 ) -> dict[int, Exclusion]:
-    """The statically excluded services whose health gate fails first now, by index."""
+    """The statically excluded services whose health gate fails first now, by index.
+
+    `suspects` is the context's runtime mapping when it is `HealthSuspects`, else None (every
+    statically excluded service's runtime is looked at).
+    """
     touched: set[int] = set()
     for host_key in stale_hosts:
         touched.update(plan.closed_by_host.get(host_key, ()))
-    view = ctx.runtime
-    if has_suspects(view):
+    if suspects is not None:
         closed_ids = plan.closed_ids
-        suspects = view.health_suspects()
-        touched.update(i for sid in suspects if (i := closed_ids.get(sid)) is not None)
+        touched.update(
+            i for sid in suspects.health_suspects() if (i := closed_ids.get(sid)) is not None
+        )
     elif plan.closed:
         ids = plan.closed_sids
         runtimes = list(map(ctx.runtime.get, ids, repeat(NO_RUNTIME, len(ids))))

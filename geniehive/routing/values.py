@@ -10,19 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeGuard, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from geniehive.models import NO_RUNTIME, ServiceRuntime
 
 __all__ = [
+    "INCREMENTAL",
+    "PLAIN",
+    "READINGS",
+    "SUSPECTS",
     "Candidate",
     "Exclusion",
     "HealthSuspects",
     "IncrementalRuntimes",
     "RouteDecision",
     "RoutingContext",
-    "has_suspects",
-    "is_incremental",
+    "reading_of",
 ]
 
 
@@ -50,28 +53,23 @@ class IncrementalRuntimes(HealthSuspects, Protocol):
     def changes_since(self, token: object) -> tuple[object, Iterable[str] | None]: ...
 
 
-_READINGS: dict[type, int] = {}
+PLAIN, SUSPECTS, INCREMENTAL = 0, 1, 2  # how a decision reads a runtime mapping
+# by class: a runtime-checkable protocol's `isinstance` costs microseconds per call, and a
+# decision asks once per plan
+READINGS: dict[type, int] = {}
 
 
-def _reading(cls: type) -> int:
-    """2: incremental, 1: health suspects only, 0: a plain mapping. Decided once per class,
-    because a runtime-checkable protocol's `isinstance` costs microseconds per call."""
-    reading = _READINGS.get(cls)
+def reading_of(cls: type) -> int:
+    """How a decision reads a runtime mapping of class `cls`: INCREMENTAL when it is
+    `IncrementalRuntimes`, SUSPECTS when only `HealthSuspects`, else PLAIN (read whole)."""
+    reading = READINGS.get(cls)
     if reading is None:
         incremental = issubclass(cls, IncrementalRuntimes)
-        reading = 2 if incremental else 1 if issubclass(cls, HealthSuspects) else 0
-        _READINGS[cls] = reading
+        reading = (
+            INCREMENTAL if incremental else SUSPECTS if issubclass(cls, HealthSuspects) else PLAIN
+        )
+        READINGS[cls] = reading
     return reading
-
-
-def is_incremental(runtimes: object) -> TypeGuard[IncrementalRuntimes]:
-    """Whether `runtimes` can say what changed (`IncrementalRuntimes`)."""
-    return _reading(type(runtimes)) == 2
-
-
-def has_suspects(runtimes: object) -> TypeGuard[HealthSuspects]:
-    """Whether `runtimes` names its health suspects (`HealthSuspects`)."""
-    return _reading(type(runtimes)) != 0
 
 
 @dataclass(frozen=True, slots=True)
