@@ -28,7 +28,7 @@ tried, in depth-first order. When every candidate of a decision fails, the relay
 with candidates (its own `fallbacks` are the rest) or None when they are exhausted;
 `fallback_decisions` yields those decisions one by one, each computed only when asked.
 
-Choices the spec leaves open (documented here, tested in tests/unit/test_routing.py):
+Choices the rules above leave open (documented here, tested in tests/unit/test_routing.py):
   - a service is judged on the asset it would be sent (`Candidate.upstream_model`): that
     asset's `loaded` and family rank place it in a tier and feed its score;
   - role asset gates narrow the usable assets: host `allowed_model_families` keeps assets whose
