@@ -21,8 +21,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from geniehive import health, routing
-from geniehive.routing import NO_RUNTIME, ServiceRuntime
+from geniehive import health
+from geniehive.models import NO_RUNTIME, ServiceRuntime
+from geniehive.routing import IncrementalRuntimes
 
 log = logging.getLogger("geniehive.breaker")
 
@@ -323,12 +324,13 @@ class LiveState:
             )
 
 
-class RuntimeView(Mapping[str, routing.ServiceRuntime]):
+class RuntimeView(Mapping[str, ServiceRuntime], IncrementalRuntimes):
     """Live numbers computed on demand, so a decision costs only what it looks at.
 
-    `health_suspects` tells routing which services may fail a health gate on their runtime
-    (see `routing.RoutingContext`); the others need no lookup to be excluded by a role gate.
-    `changes_since` tells it which runtimes to look up again after an earlier decision.
+    The gateway's `routing.IncrementalRuntimes`: `health_suspects` tells routing which
+    services may fail a health gate on their runtime; the others need no lookup to be excluded
+    by a role gate. `changes_since` tells it which runtimes to look up again after an earlier
+    decision.
     """
 
     def __init__(self, live: LiveState, now: float) -> None:
@@ -337,13 +339,13 @@ class RuntimeView(Mapping[str, routing.ServiceRuntime]):
         self._services = live.services
         self._open_s = live.open_s
 
-    def __getitem__(self, service_id: str) -> routing.ServiceRuntime:
+    def __getitem__(self, service_id: str) -> ServiceRuntime:
         return self.get(service_id)
 
-    def get(self, service_id: str, default: Any = None) -> routing.ServiceRuntime:  # type: ignore[override]
+    def get(self, service_id: str, default: Any = None) -> ServiceRuntime:  # type: ignore[override]
         live = self._services.get(service_id)
         if live is None:
-            return routing.NO_RUNTIME
+            return NO_RUNTIME
         return live.runtime(self.now, self._open_s)
 
     def health_suspects(self) -> frozenset[str]:

@@ -1,4 +1,5 @@
-"""Value types shared by every layer: hosts, services, assets, roles, samples, snapshots.
+"""Value types shared by every layer: hosts, services, assets, roles, samples, snapshots, and
+the live numbers the gateway keeps per service.
 
 Rule: everything here is immutable and pure. A `Snapshot` is built once per registry write
 and then only read; its indexes are computed at construction so the request path never scans.
@@ -148,6 +149,24 @@ class Role:
     policy: Policy = Policy()
     routing: RoutingPolicy = RoutingPolicy()
     benchmark_workloads: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRuntime:
+    """Live numbers the gateway keeps per service, as routing reads them at one moment."""
+
+    probe: str = "unknown"  # prober verdict: unknown | healthy | down
+    breaker: str = "closed"  # closed | open | half_open, already evaluated at `now`
+    trial_taken: bool = False  # a half-open trial is already in flight
+    in_flight: int = 0
+    samples: int = 0  # measured requests
+    p50_latency_ms: float | None = None
+    ttft_ms: float | None = None
+    tokens_per_sec: float | None = None
+    error_rate: float = 0.0
+
+
+NO_RUNTIME = ServiceRuntime()  # a service the gateway has no numbers for yet
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,10 +31,11 @@ from geniehive.routing import (
     fallback_order,
     is_stale,
     next_fallback,
-    rank_candidates,
     resolve,
     runtime_score,
 )
+from geniehive.routing import plan as routing_plan
+from tests.routing_reference import rank_candidates, reference_direct, reference_role
 
 NOW = 1000.0
 
@@ -86,15 +87,20 @@ def pool(decision: RouteDecision) -> list[bool]:
     return [c.pool for c in decision.candidates]
 
 
-def test_module_is_pure() -> None:
-    tree = ast.parse(Path(routing.__file__).read_text())
-    imported = {
-        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    }
-    assert imported.isdisjoint({"trio", "httpx", "quart", "sqlite3", "time", "random"})
+def test_every_module_of_the_routing_package_is_pure() -> None:
+    package = Path(routing.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert package.name == "routing" and len(modules) > 1  # the package, not one module
+    for module in modules:
+        tree = ast.parse(module.read_text())
+        imported = {
+            (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        }
+        impure = imported & {"trio", "httpx", "quart", "sqlite3", "time", "random"}
+        assert not impure, f"{module.name} imports {sorted(impure)}"
 
 
 # ---------------------------------------------------------------- direct names
@@ -751,46 +757,8 @@ def test_a_service_whose_host_is_missing_is_stale_unless_local() -> None:
 
 # ---------------------------------------------------------------- per-snapshot plans and reuse
 # `resolve` keeps per-snapshot plans and reuses candidates while their runtime is unchanged;
-# these claims pin that it decides exactly as the gate-by-gate definition does.
-
-
-def reference_role(snap: Snapshot, name: str, r: Role, c: RoutingContext) -> tuple:
-    """The role's candidates and exclusions, service by service, gate by gate."""
-    found, excluded = [], []
-    for service_id in snap.by_operation.get(r.operation, ()):
-        svc = snap.services[service_id]
-        exclusion, assets = routing._role_gates(snap, svc, r.routing, c)
-        if exclusion is not None:
-            excluded.append(exclusion)
-            continue
-        chosen = routing._pick_asset(assets, r.routing.preferred_families)
-        found.append(routing._candidate(snap, svc, chosen, name, r, c, False))
-    ranked = rank_candidates(
-        found,
-        routing._strategy(r, c),
-        prefer_loaded=r.routing.prefer_loaded,
-        rr_counter=c.rr_counters.get(f"role:{r.role_id}", 0),
-    )
-    return ranked, tuple(excluded)
-
-
-def reference_direct(snap: Snapshot, name: str, c: RoutingContext) -> tuple:
-    found, excluded = [], []
-    for service_id in snap.by_name[("chat", name)]:
-        svc = snap.services[service_id]
-        exclusion = routing.exclusion_gate(snap, svc, c)
-        if exclusion is not None:
-            excluded.append(exclusion)
-            continue
-        chosen = routing._direct_asset(svc, name)
-        found.append(routing._candidate(snap, svc, chosen, name, None, c, False))
-    ranked = rank_candidates(
-        found,
-        routing._strategy(None, c),
-        prefer_loaded=False,
-        rr_counter=c.rr_counters.get(f"model:{name}", 0),
-    )
-    return ranked, tuple(excluded)
+# these claims pin that it decides exactly as the gate-by-gate definition does
+# (tests/routing_reference.py).
 
 
 def busy_cluster(seed: int) -> tuple[Snapshot, list[Role]]:
@@ -942,10 +910,10 @@ def test_plans_are_dropped_with_their_snapshot() -> None:
     snap = snapshot([service("a", asset("m"))], [role("r")])
     resolve(snap, "r", "chat", ctx())
     key = id(snap)
-    assert key in routing._INDEXES
+    assert key in routing_plan._INDEXES
     del snap
     gc.collect()
-    assert key not in routing._INDEXES
+    assert key not in routing_plan._INDEXES
 
 
 @pytest.mark.parametrize("journal_limit", [65536, 6])
@@ -1089,3 +1057,49 @@ def test_an_incremental_decision_looks_up_only_what_changed() -> None:
         live.attempt_started("s07", 1.0)
         resolve(snap, "r", "chat", ctx(runtime=Counting(live, 1.0)))
         assert lookups == ["s07"]
+
+
+def test_any_mapping_declaring_incremental_runtimes_is_read_incrementally() -> None:
+    # The protocol is the contract, not the gateway's view: a mapping that says what changed
+    # is asked only for that; a plain mapping of the same numbers is read whole every time.
+    from collections.abc import Iterator, Mapping
+
+    from geniehive.live import LiveState, RuntimeView
+    from geniehive.routing import HealthSuspects, IncrementalRuntimes
+
+    class Recorded(Mapping[str, ServiceRuntime]):
+        def __init__(self, runtimes: dict[str, ServiceRuntime]) -> None:
+            self.runtimes, self.lookups = runtimes, []
+
+        def __getitem__(self, service_id: str) -> ServiceRuntime:
+            self.lookups.append(service_id)
+            return self.runtimes[service_id]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.runtimes)
+
+        def __len__(self) -> int:
+            return len(self.runtimes)
+
+    class Journaled(Recorded, IncrementalRuntimes):
+        changed: list[str] | None = None
+
+        def health_suspects(self) -> frozenset[str]:
+            return frozenset()
+
+        def changes_since(self, token: object) -> tuple[object, list[str] | None]:
+            return "now", None if token is None else self.changed
+
+    assert isinstance(RuntimeView(LiveState(), 0.0), IncrementalRuntimes)
+    assert not isinstance({}, HealthSuspects)
+    names = ["a", "b", "c", "d"]
+    snap = snapshot([service(n, asset("m")) for n in names], [role("r", strategy="least_loaded")])
+    for view, second_lookups in ((Recorded, names), (Journaled, ["c"])):
+        runtimes = view({n: ServiceRuntime(in_flight=i) for i, n in enumerate(names)})
+        assert order(resolve(snap, "r", "chat", ctx(runtime=runtimes))) == names
+        assert sorted(runtimes.lookups) == names  # a first decision reads everything
+        runtimes.lookups.clear()
+        runtimes.runtimes["c"] = ServiceRuntime(in_flight=9)
+        runtimes.changed = ["c"]
+        assert order(resolve(snap, "r", "chat", ctx(runtime=runtimes))) == ["a", "b", "d", "c"]
+        assert sorted(runtimes.lookups) == second_lookups, view.__name__
