@@ -1,4 +1,4 @@
-"""The operator API (SPEC §5 route explanation, §8 operator API, §12 benchmarks, §13 keys).
+"""The operator API: route explanations, the cluster listings and operator actions, benchmarks, keys.
 
     GET    /v1/cluster/hosts                      read     hosts, staleness, heartbeat age
     DELETE /v1/cluster/hosts/<id>                 operate  forget a node host (not the local one)
@@ -252,7 +252,7 @@ def parse_sample(data: Any, index: int, default_observed_at: str) -> BenchmarkSa
 
 
 def parse_report(body: Any, now: float) -> list[BenchmarkSample]:
-    """The samples of a benchmark report (SPEC §12). Raises InvalidRequest naming the field.
+    """The samples of a benchmark report. Raises InvalidRequest naming the field.
 
     Other top-level keys (report metadata such as the per-case details) are accepted and
     not stored; a sample without `observed_at` takes the report's, else `now`.

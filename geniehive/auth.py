@@ -1,4 +1,4 @@
-"""API keys and scopes (SPEC §13).
+"""API keys and scopes (docs/deployment.md, "Keys" and "Threat model").
 
 Rule: keys are compared in constant time and never logged or echoed. With no key configured
 at all the gateway runs in open mode: every request is allowed and presented keys are

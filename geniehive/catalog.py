@@ -1,4 +1,4 @@
-"""The `/v1/models` listing (SPEC §4): one entry per asset id, alias and role, sorted.
+"""The `/v1/models` listing: one entry per asset id, alias and role, sorted.
 
 Rule: pure over a snapshot, live numbers and a routing context; listing resolves roles with
 `routing.resolve`, which never advances a round-robin counter.

@@ -327,7 +327,7 @@ def _case(case_id: str, prompt: str, expect: Sequence[str], max_tokens: int = 48
 
 
 # Thinking off: the bench sends no thinking field, so the gateway's inferred default turns
-# thinking off in the form each upstream honours (SPEC §6); the prompts ask for short answers.
+# thinking off in the form each upstream honours; the prompts ask for short answers.
 BUILTIN_WORKLOADS: Mapping[str, Workload] = {
     "chat.short_reasoning": Workload(
         "chat.short_reasoning",
@@ -582,7 +582,7 @@ def case_view(result: CaseResult) -> dict[str, Any]:
 def build_report(
     workload: str, model: str, results: Sequence[CaseResult], report_id: str, observed_at: str
 ) -> dict[str, Any]:
-    """The report of SPEC §12: one sample per (service, asset) that really served.
+    """The benchmark report: one sample per (service, asset) that really served.
 
     Cases that reached no service (no `X-GenieHive-Service`) are listed but feed no sample.
     """

@@ -1,4 +1,4 @@
-"""Upstream model discovery (SPEC §9) for the upstreams of the control file.
+"""Upstream model discovery for the upstreams of the control file.
 
 Rule: each pass asks every upstream's adapter what it serves, bounded by the upstream's
 `timeout_s`, merges that with the configured assets and writes it to the registry, which

@@ -1,4 +1,4 @@
-"""Health and breaker state transitions (SPEC §10).
+"""Health and breaker state transitions (docs/architecture.md, "Health").
 
 Rule: pure. Every function takes the current state value and `now` (monotonic seconds) and
 returns the next state value; the prober and the relay own the mutable maps that hold them.

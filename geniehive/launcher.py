@@ -1,4 +1,4 @@
-"""Managed upstream processes (SPEC §11): start each, wait until ready, restart it, stop it.
+"""Managed upstream processes: start each, wait until ready, restart it, stop it.
 
 Rule: a managed process never outlives the daemon. Two mechanisms make sure of it:
 - every child runs in its own session (`start_new_session`), so stopping signals the whole

@@ -1,4 +1,4 @@
-"""Live counters the gateway keeps per service while it forwards (SPEC §7, §10).
+"""Live counters the gateway keeps per service while it forwards.
 
 Rule: owned by the event loop thread, never persisted. Routing reads them through
 `runtime()`, which returns immutable `ServiceRuntime` values; the relay, the prober and the

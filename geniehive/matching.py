@@ -1,7 +1,7 @@
-"""Route matching (SPEC §5, `POST /v1/cluster/routes/match`): advisory, scored suggestions.
+"""Route matching (`POST /v1/cluster/routes/match`): advisory, scored suggestions.
 
 Rule: pure, like routing. Roles are scored on the service they resolve to now, services on
-their own numbers, with the formulas of SPEC §5; every score lies in [0, 1].
+their own numbers, with the formulas below; every score lies in [0, 1].
 
 Choices the spec leaves open: text overlap uses the task texts only (workload names feed the
 benchmark overlap with them); a service's text takes its host's label values, not the keys;

@@ -1,4 +1,4 @@
-"""Prometheus metrics (`GET /metrics`, SPEC §15).
+"""Prometheus metrics (`GET /metrics`; the series are listed in docs/deployment.md, "Prometheus").
 
 Rule: cardinality is bounded by what the registry knows. Request series are labelled by a
 fixed endpoint name, the route type (`direct`, `role`, `fallback`, `none`), the service that

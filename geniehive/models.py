@@ -36,7 +36,7 @@ def valid_id(value: object) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A request policy (SPEC §6). `None` fields inherit from the lower precedence level."""
+    """A request policy. `None` fields inherit from the lower precedence level."""
 
     system_prompt: str | None = None
     system_prompt_position: str = "prepend"

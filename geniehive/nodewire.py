@@ -1,4 +1,5 @@
-"""Node payloads (SPEC §8): `parse_*` what a node sends, `render_*` what the agent sends.
+"""Node payloads: `parse_*` what a node sends, `render_*` what the agent sends (register and
+heartbeat; docs/architecture.md, "Nodes and the control plane").
 
 Rule: pure. `parse_register` and `parse_heartbeat` take decoded JSON from an untrusted node
 and either return model values or raise `InvalidRequest` whose message starts with the

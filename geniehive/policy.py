@@ -1,4 +1,4 @@
-"""Request policy (SPEC §6): merge the policy layers and apply the result to a request body.
+"""Request policy: merge the policy layers and apply the result to a request body.
 
 Rule: pure, and nothing here mutates its inputs. Results are new containers; parts of the
 client's body that a step does not touch may be shared with the result, while values taken

@@ -1,7 +1,8 @@
 """Supervision of long-lived loops: a failing pass is logged and retried with backoff.
 
-Rule: one background task's unexpected exception must never stop the whole nursery
-(PITFALLS 9). Expected per-item errors are caught inside each pass; anything else lands here.
+Rule: one background task's unexpected exception must never stop the whole nursery (trio
+cancels every sibling when one task raises). Expected per-item errors are caught inside each
+pass; anything else lands here.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def build_params(xlc: Any, args: argparse.Namespace, model: Path) -> Any:
     if args.threads is not None:
         params.cpuparams.n_threads = args.threads
         params.cpuparams_batch.n_threads = args.threads
-    # The adapter reads load and slots from these (SPEC §9).
+    # The adapter reads load and slots from these.
     params.endpoint_metrics = True
     params.endpoint_slots = True
     params.endpoint_props = True
