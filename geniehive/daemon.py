@@ -28,7 +28,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 
 from geniehive import egress, ws
-from geniehive.adapters.loader import PluginError, load_adapters
+from geniehive.adapters.loader import PluginError, check_upstream_adapters, load_adapters
 from geniehive.api_cluster import load_named_keys, register_cluster_routes
 from geniehive.api_nodes import apply_edge_limits, base_hypercorn_config, run_heartbeat_listener
 from geniehive.api_nodes import register_routes as register_node_routes
@@ -58,28 +58,6 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError):
             return soft
     return soft
-
-
-def check_upstream_adapters(config: Any, specs: Any) -> None:
-    """Each upstream must name a loaded adapter that serves its operations."""
-    problems = []
-    for index, upstream in enumerate(config.upstreams):
-        spec = specs.get(upstream.adapter)
-        if spec is None:
-            known = ", ".join(sorted(specs))
-            problems.append(
-                f"upstreams[{index}].adapter: unknown adapter '{upstream.adapter}' "
-                f"(known: {known})"
-            )
-            continue
-        for op in upstream.operations:
-            if spec.operations and op not in spec.operations:
-                problems.append(
-                    f"upstreams[{index}].operations: adapter '{upstream.adapter}' "
-                    f"does not serve '{op}'"
-                )
-    if problems:
-        raise ConfigError(problems)
 
 
 async def run_managed_upstreams(gateway: Gateway, *, task_status: Any) -> None:
@@ -186,7 +164,7 @@ async def serve_control(
             raise ConfigError([f"plugins: {exc}"]) from None
         for kind, spec in specs.items():
             log.info("plugin loaded kind=%s operations=%s", kind, ",".join(sorted(spec.operations)))
-        check_upstream_adapters(config, specs)
+        check_upstream_adapters(config.upstreams, specs)
         await registry.sync_local(local_host(config.local_labels),
                                   local_services(config.upstreams))
         await registry.replace_roles(config.roles)

@@ -35,7 +35,7 @@ import trio
 
 from geniehive.adapters import ProbeResult
 from geniehive.config import UpstreamConfig
-from geniehive.prober import bounded_probe
+from geniehive.probing import bounded_probe
 from geniehive.supervise import next_backoff
 
 log = logging.getLogger("geniehive.launcher")
