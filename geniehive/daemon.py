@@ -37,7 +37,7 @@ from geniehive.config import ConfigError, ControlConfig, is_loopback_bind
 from geniehive.discovery import local_host, local_services, run_discovery
 from geniehive.edge import serve_http
 from geniehive.gateway import Gateway, new_instance_id
-from geniehive.launcher import LaunchError, run_launcher
+from geniehive.launcher import run_launcher
 from geniehive.models import LOCAL_HOST_ID
 from geniehive.pool import UpstreamPool
 from geniehive.prober import run_prober
@@ -70,10 +70,8 @@ async def run_managed_upstreams(gateway: Gateway, *, task_status: Any) -> None:
         )
         return gateway.adapter_for(service).probe()
 
-    try:
-        await run_launcher(gateway.config.upstreams, probe_for, task_status=task_status)
-    except LaunchError as exc:
-        raise ConfigError([str(exc)]) from None
+    # A LaunchError stops start-up like a ConfigError: both are configuration StartupErrors.
+    await run_launcher(gateway.config.upstreams, probe_for, task_status=task_status)
 
 
 def refuse_open_mode_off_loopback(gateway: Gateway) -> None:
@@ -153,7 +151,8 @@ async def serve_control(
     """Run the control daemon until shut down; reports started with the bound URLs.
 
     `on_gateway`, when given, is called with the gateway once it exists (for tests and
-    embedding). Raises ConfigError for an unknown adapter or a broken plugin.
+    embedding). Raises ConfigError for an unknown adapter or a broken plugin, LaunchError for a
+    managed upstream not ready in time, RegistryError for a registry it cannot open.
     """
     shutdown = trio.Event() if shutdown is None else shutdown
     raise_open_files_limit()

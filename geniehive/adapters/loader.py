@@ -27,6 +27,7 @@ from typing import Any
 
 from geniehive.adapters import API_VERSION, Adapter, AdapterSpec, UpstreamContext
 from geniehive.config import ConfigError, UpstreamConfig
+from geniehive.errors import StartupError
 from geniehive.models import OPERATIONS
 
 __all__ = [
@@ -43,8 +44,10 @@ KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
 _BUILTIN_PACKAGE = "geniehive._builtin_plugins"
 
 
-class PluginError(Exception):
+class PluginError(StartupError):
     """A plugin could not be found, imported or validated; the message names its source."""
+
+    in_config = True
 
 
 def builtin_folder() -> Path:
