@@ -1,6 +1,8 @@
 """The `geniehive` command: argument parsing and wiring only.
 
-Exit codes: 0 ok, 1 runtime or HTTP failure, 2 usage or configuration error.
+Exit codes: 0 ok, 1 runtime or HTTP failure, 2 usage or configuration error. A program that
+stops on a `StartupError` (see geniehive/errors.py) prints each of its problems on one line,
+no traceback, and exits with the error's status.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from geniehive.commands import COMMANDS as CLIENT_COMMANDS
 from geniehive.commands import add_client_commands
+from geniehive.errors import StartupError
 
 DEFAULT_CONFIG = "conf/geniehive.toml"
 
@@ -113,9 +116,7 @@ def load_control_or_exit(path: Path) -> Any:
     try:
         config = load_control(path.resolve(), os.environ)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"{path}: {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(report_startup_errors(path, [exc])) from None
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -126,32 +127,36 @@ def load_control_or_exit(path: Path) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
-    from geniehive.config import ConfigError
     from geniehive.daemon import serve_control
-    from geniehive.launcher import LaunchError
-    from geniehive.registry import RegistryError
 
     config = load_control_or_exit(args.config)
     setup_logging(config.logging.level, config.logging.format)
     started = time.monotonic()
-    problems: list[str] = []
-    storage: list[str] = []
+    stopped_by: list[StartupError] = []
     try:
         trio.run(serve_control, config)
-    except* (ConfigError, LaunchError) as group:
-        problems = [p for exc in _leaves(group) for p in getattr(exc, "problems", [str(exc)])]
-    except* RegistryError as group:  # unreadable, or written by a newer geniehive
-        storage = [str(exc) for exc in _leaves(group)]
-    if problems:
-        for problem in problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
-        return 2
-    if storage:
-        for problem in storage:
-            print(f"geniehive: {problem}", file=sys.stderr)
-        return 1
+    except* StartupError as group:
+        stopped_by = _leaves(group)
+    if stopped_by:
+        return report_startup_errors(args.config, stopped_by)
     log.info("stopped after %.1f s", time.monotonic() - started)
     return 0
+
+
+def report_startup_errors(config_path: Path, errors: Sequence[StartupError]) -> int:
+    """Print the problems of the StartupErrors that stopped the program; its exit status.
+
+    The configuration's problems (exit status 2) are named after the file and, when there are
+    any, are the only ones shown: they are what the operator has to fix first. Any other
+    problem (the stored registry, say) is shown as geniehive's own, with exit status 1.
+    """
+    in_config = [exc for exc in errors if exc.in_config]
+    shown = in_config or errors
+    prefix = str(config_path) if in_config else "geniehive"
+    for exc in shown:
+        for problem in exc.problems:
+            print(f"{prefix}: {problem}", file=sys.stderr)
+    return max(exc.exit_status for exc in shown)
 
 
 def _leaves(group: BaseExceptionGroup) -> list[Any]:
@@ -186,27 +191,22 @@ def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
     from geniehive.config import ConfigError, load_node
-    from geniehive.launcher import LaunchError
     from geniehive.node import run_node
 
     try:
         config = load_node(args.config.resolve(), os.environ)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
-        return 2
+        return report_startup_errors(args.config, [exc])
     except OSError as exc:
         print(f"{args.config}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return 2
     setup_logging(config.logging.level, config.logging.format)
-    problems: list[str] = []
+    stopped_by: list[StartupError] = []
     try:
         trio.run(supervise_node, run_node, config)
-    except* (ConfigError, LaunchError) as group:
-        problems = [p for exc in _leaves(group) for p in getattr(exc, "problems", [str(exc)])]
-    for problem in problems:
-        print(f"{args.config}: {problem}", file=sys.stderr)
-    return 2 if problems else 0
+    except* StartupError as group:
+        stopped_by = _leaves(group)
+    return report_startup_errors(args.config, stopped_by) if stopped_by else 0
 
 
 COMMANDS: dict[str, Any] = {

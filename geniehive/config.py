@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from geniehive.auth import SCOPES
+from geniehive.errors import StartupError
 from geniehive.models import (
     EMPTY,
     OPERATIONS,
@@ -54,12 +55,10 @@ def _empty() -> Mapping[str, Any]:
     return EMPTY
 
 
-class ConfigError(Exception):
+class ConfigError(StartupError):
     """One or more configuration problems; `problems` lists each with its dotted path."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = list(problems)
+    in_config = True
 
 
 # ---------------------------------------------------------------------------------------------

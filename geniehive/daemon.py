@@ -28,7 +28,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 
 from geniehive import egress, ws
-from geniehive.adapters.loader import PluginError, load_adapters
+from geniehive.adapters.loader import PluginError, check_upstream_adapters, load_adapters
 from geniehive.api_cluster import load_named_keys, register_cluster_routes
 from geniehive.api_nodes import apply_edge_limits, base_hypercorn_config, run_heartbeat_listener
 from geniehive.api_nodes import register_routes as register_node_routes
@@ -37,7 +37,7 @@ from geniehive.config import ConfigError, ControlConfig, is_loopback_bind
 from geniehive.discovery import local_host, local_services, run_discovery
 from geniehive.edge import serve_http
 from geniehive.gateway import Gateway, new_instance_id
-from geniehive.launcher import LaunchError, run_launcher
+from geniehive.launcher import run_launcher
 from geniehive.models import LOCAL_HOST_ID
 from geniehive.pool import UpstreamPool
 from geniehive.prober import run_prober
@@ -60,28 +60,6 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def check_upstream_adapters(config: Any, specs: Any) -> None:
-    """Each upstream must name a loaded adapter that serves its operations."""
-    problems = []
-    for index, upstream in enumerate(config.upstreams):
-        spec = specs.get(upstream.adapter)
-        if spec is None:
-            known = ", ".join(sorted(specs))
-            problems.append(
-                f"upstreams[{index}].adapter: unknown adapter '{upstream.adapter}' "
-                f"(known: {known})"
-            )
-            continue
-        for op in upstream.operations:
-            if spec.operations and op not in spec.operations:
-                problems.append(
-                    f"upstreams[{index}].operations: adapter '{upstream.adapter}' "
-                    f"does not serve '{op}'"
-                )
-    if problems:
-        raise ConfigError(problems)
-
-
 async def run_managed_upstreams(gateway: Gateway, *, task_status: Any) -> None:
     """Managed upstream processes (§11): started before discovery, ready once probed."""
 
@@ -92,10 +70,8 @@ async def run_managed_upstreams(gateway: Gateway, *, task_status: Any) -> None:
         )
         return gateway.adapter_for(service).probe()
 
-    try:
-        await run_launcher(gateway.config.upstreams, probe_for, task_status=task_status)
-    except LaunchError as exc:
-        raise ConfigError([str(exc)]) from None
+    # A LaunchError stops start-up like a ConfigError: both are configuration StartupErrors.
+    await run_launcher(gateway.config.upstreams, probe_for, task_status=task_status)
 
 
 def refuse_open_mode_off_loopback(gateway: Gateway) -> None:
@@ -175,7 +151,8 @@ async def serve_control(
     """Run the control daemon until shut down; reports started with the bound URLs.
 
     `on_gateway`, when given, is called with the gateway once it exists (for tests and
-    embedding). Raises ConfigError for an unknown adapter or a broken plugin.
+    embedding). Raises ConfigError for an unknown adapter or a broken plugin, LaunchError for a
+    managed upstream not ready in time, RegistryError for a registry it cannot open.
     """
     shutdown = trio.Event() if shutdown is None else shutdown
     raise_open_files_limit()
@@ -186,7 +163,7 @@ async def serve_control(
             raise ConfigError([f"plugins: {exc}"]) from None
         for kind, spec in specs.items():
             log.info("plugin loaded kind=%s operations=%s", kind, ",".join(sorted(spec.operations)))
-        check_upstream_adapters(config, specs)
+        check_upstream_adapters(config.upstreams, specs)
         await registry.sync_local(local_host(config.local_labels),
                                   local_services(config.upstreams))
         await registry.replace_roles(config.roles)

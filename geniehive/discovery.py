@@ -10,57 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import httpx
 import trio
 
 from geniehive.adapters import UpstreamError
+from geniehive.assets import fill_observed, forget_loaded, merge_assets
 from geniehive.config import UpstreamConfig
-from geniehive.models import LOCAL_HOST_ID, Asset, Host, Observed, Service
+from geniehive.models import LOCAL_HOST_ID, Host, Service
 from geniehive.supervise import run_every
 
 log = logging.getLogger("geniehive.discovery")
-
-
-def merge_assets(configured: Sequence[Asset], discovered: Sequence[Asset]) -> tuple[Asset, ...]:
-    """Configured aliases, family, context and policy are kept; `loaded` comes from discovery.
-
-    Configured assets that discovery did not report are kept, not loaded.
-    """
-    found = {a.asset_id: a for a in discovered}
-    merged: list[Asset] = []
-    for asset in configured:
-        seen = found.pop(asset.asset_id, None)
-        if seen is None:
-            merged.append(replace(asset, loaded=False if asset.loaded is None else asset.loaded))
-            continue
-        merged.append(
-            replace(
-                seen,
-                aliases=asset.aliases or seen.aliases,
-                family=asset.family or seen.family,
-                context_length=asset.context_length or seen.context_length,
-                policy=asset.policy or seen.policy,
-            )
-        )
-    merged.extend(found.values())
-    return tuple(merged)
-
-
-def forget_loaded(assets: Sequence[Asset]) -> tuple[Asset, ...]:
-    """Assets last seen, shown not loaded (their upstream did not answer)."""
-    return tuple(replace(asset, loaded=False) for asset in assets)
-
-
-def fill_observed(observed: Observed | None, assets: Sequence[Asset] | None) -> Observed:
-    """The adapter's load report, with the loaded-model count from discovery if it had none."""
-    observed = observed or Observed()
-    if observed.loaded_model_count is None and assets is not None:
-        loaded = sum(1 for asset in assets if asset.loaded)
-        observed = replace(observed, loaded_model_count=loaded)
-    return observed
 
 
 def local_host(labels: Any) -> Host:

@@ -20,11 +20,21 @@
     └── ShuttingDown                    503 server_error / shutting_down
 
 Routes raise; one handler renders `{"error": {message, type, param, code}}`.
+
+A second tree stops the program instead of answering a request; `geniehive serve` and
+`geniehive node` print each of its `problems` on a line of its own and exit:
+
+    StartupError                        exit 1, "geniehive: <problem>"
+    ├── ConfigError (config.py)         exit 2, "<config file>: <problem>"
+    ├── PluginError (adapters/loader)   exit 2
+    ├── LaunchError (launcher.py)       exit 2
+    └── RegistryError (registry.py)     exit 1 (unreadable, or written by a newer geniehive)
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 
@@ -176,3 +186,21 @@ class ShuttingDown(GenieHiveError):
 
     status = 503
     code = "shutting_down"
+
+
+class StartupError(Exception):
+    """The program cannot go on as configured; `problems` lists each reason, one line each.
+
+    `in_config` says the configuration is at fault (exit status 2, each problem shown with the
+    file's name) rather than the machine or the stored state (exit status 1).
+    """
+
+    in_config: ClassVar[bool] = False
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+    @property
+    def exit_status(self) -> int:
+        return 2 if self.in_config else 1

@@ -35,7 +35,8 @@ import trio
 
 from geniehive.adapters import ProbeResult
 from geniehive.config import UpstreamConfig
-from geniehive.prober import bounded_probe
+from geniehive.errors import StartupError
+from geniehive.probing import bounded_probe
 from geniehive.supervise import next_backoff
 
 log = logging.getLogger("geniehive.launcher")
@@ -49,8 +50,10 @@ PR_SET_PDEATHSIG = 1
 ProbeFor = Callable[[UpstreamConfig], Awaitable[ProbeResult]]
 
 
-class LaunchError(Exception):
+class LaunchError(StartupError):
     """A managed upstream could not be started or did not become ready in time."""
+
+    in_config = True
 
 
 @dataclass

@@ -9,34 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import trio
 
 from geniehive import health
-from geniehive.adapters import ProbeResult, UpstreamError
+from geniehive.probing import bounded_probe
 from geniehive.supervise import run_every
 
 log = logging.getLogger("geniehive.prober")
-
-
-async def bounded_probe(
-    call: Callable[[], Awaitable[ProbeResult]], limit_s: float, what: str
-) -> ProbeResult:
-    """One probe within `limit_s`, never raising: transport and upstream errors are an
-    unreachable verdict, any other exception (a plugin bug) is logged and fails the probe.
-    The control plane's prober, the node agent and the launcher all probe through this."""
-    with trio.move_on_after(limit_s):
-        try:
-            return await call()
-        except (httpx.HTTPError, OSError, UpstreamError) as exc:
-            return ProbeResult(False, f"unreachable: {type(exc).__name__}")
-        except Exception as exc:
-            log.exception("probe of %s failed unexpectedly", what)
-            return ProbeResult(False, f"probe error: {type(exc).__name__}")
-    return ProbeResult(False, f"no answer within {limit_s:g} s")
 
 
 async def probe_service_group(gateway: Any, service_ids: list[str]) -> None:

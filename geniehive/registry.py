@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import trio
 
 from geniehive import wire
+from geniehive.errors import StartupError
 from geniehive.models import (
     AVAILABILITIES,
     Asset,
@@ -80,8 +81,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class RegistryError(Exception):
-    """The registry could not do what was asked."""
+class RegistryError(StartupError):
+    """The registry could not do what was asked (at start: unreadable, or written by a newer
+    geniehive, which stops the daemon with exit status 1)."""
 
 
 class UnknownHost(RegistryError):

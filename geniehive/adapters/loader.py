@@ -8,7 +8,9 @@ are skipped.
 
 Rule: every problem is a `PluginError` whose message names the offending file or entry point,
 so a broken plugin stops start-up with a message its author can act on. Nothing here talks to
-an upstream; `build_adapter` only calls a validated factory.
+an upstream; `build_adapter` only calls a validated factory. `check_upstream_adapters` is the
+one start-up check, shared by `geniehive serve` and `geniehive node`, that the configured
+upstreams name loaded adapters; its problems are a `ConfigError` naming the upstream.
 """
 
 from __future__ import annotations
@@ -24,17 +26,28 @@ from types import ModuleType
 from typing import Any
 
 from geniehive.adapters import API_VERSION, Adapter, AdapterSpec, UpstreamContext
+from geniehive.config import ConfigError, UpstreamConfig
+from geniehive.errors import StartupError
 from geniehive.models import OPERATIONS
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginError", "build_adapter", "builtin_folder", "load_adapters"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginError",
+    "build_adapter",
+    "builtin_folder",
+    "check_upstream_adapters",
+    "load_adapters",
+]
 
 ENTRY_POINT_GROUP = "geniehive.adapters"
 KIND_RE = re.compile(r"[a-z][a-z0-9_]*")
 _BUILTIN_PACKAGE = "geniehive._builtin_plugins"
 
 
-class PluginError(Exception):
+class PluginError(StartupError):
     """A plugin could not be found, imported or validated; the message names its source."""
+
+    in_config = True
 
 
 def builtin_folder() -> Path:
@@ -67,6 +80,33 @@ def load_adapters(
         for source, spec in _entry_point_plugins():
             _add(specs, sources, source, spec)
     return specs
+
+
+def check_upstream_adapters(
+    upstreams: Sequence[UpstreamConfig], specs: Mapping[str, AdapterSpec]
+) -> None:
+    """Each upstream must name a loaded adapter that serves its operations.
+
+    Raises ConfigError listing every problem with its dotted path (`upstreams[i].adapter`).
+    """
+    problems = []
+    for index, upstream in enumerate(upstreams):
+        spec = specs.get(upstream.adapter)
+        if spec is None:
+            known = ", ".join(sorted(specs))
+            problems.append(
+                f"upstreams[{index}].adapter: unknown adapter '{upstream.adapter}' "
+                f"(known: {known})"
+            )
+            continue
+        for op in upstream.operations:
+            if spec.operations and op not in spec.operations:
+                problems.append(
+                    f"upstreams[{index}].operations: adapter '{upstream.adapter}' "
+                    f"does not serve '{op}'"
+                )
+    if problems:
+        raise ConfigError(problems)
 
 
 def build_adapter(specs: Mapping[str, AdapterSpec], kind: str, ctx: UpstreamContext) -> Adapter:

@@ -26,14 +26,19 @@ import httpx
 import trio
 
 from geniehive.adapters import Adapter, ProbeResult, UpstreamContext, UpstreamError
-from geniehive.adapters.loader import PluginError, build_adapter, load_adapters
+from geniehive.adapters.loader import (
+    PluginError,
+    build_adapter,
+    check_upstream_adapters,
+    load_adapters,
+)
+from geniehive.assets import fill_observed, forget_loaded, merge_assets
 from geniehive.config import ConfigError, ControlLink, NodeConfig, UpstreamConfig
-from geniehive.discovery import fill_observed, forget_loaded, merge_assets
 from geniehive.launcher import run_launcher
 from geniehive.models import Asset, Host, Service
 from geniehive.node import gpu, inventory
 from geniehive.nodewire import render_heartbeat, render_register
-from geniehive.prober import bounded_probe
+from geniehive.probing import bounded_probe
 
 log = logging.getLogger("geniehive.node")
 
@@ -280,13 +285,11 @@ def load_specs(config: NodeConfig) -> Any:
 
     Raises ConfigError naming the upstream or the plugin.
     """
-    from geniehive.daemon import check_upstream_adapters
-
     try:
         specs = load_adapters()
     except PluginError as exc:
         raise ConfigError([f"plugins: {exc}"]) from None
-    check_upstream_adapters(config, specs)
+    check_upstream_adapters(config.upstreams, specs)
     return specs
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from geniehive.assets import fill_observed
 from geniehive.config import (
     ControlLink,
     LoggingConfig,
@@ -16,7 +17,6 @@ from geniehive.config import (
     UpstreamConfig,
     load_node,
 )
-from geniehive.discovery import fill_observed
 from geniehive.models import Asset, Observed
 from geniehive.node.agent import (
     MAX_DELAY_S,
