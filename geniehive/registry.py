@@ -10,7 +10,9 @@ COMMIT publishes a new immutable `Snapshot` (version + 1). So when a write retur
 it is migrated forward and loaded whole into memory.
 
 Exceptions:
-    RegistryError            storage failed, or the database is newer than this code
+    RegistryError            storage failed, or the database is newer than this code (a
+                             StartupError: at start it stops the daemon)
+    RegistryRefusal          a write refused because of what the registry holds
     +-- UnknownHost          .host_id
     +-- UnknownService       .service_id
     +-- UnknownKey           .key_id
@@ -82,29 +84,33 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class RegistryError(StartupError):
-    """The registry could not do what was asked (at start: unreadable, or written by a newer
-    geniehive, which stops the daemon with exit status 1)."""
+    """The registry's storage failed (at start: unreadable, or written by a newer geniehive,
+    which stops the daemon with exit status 1)."""
 
 
-class UnknownHost(RegistryError):
+class RegistryRefusal(Exception):
+    """A write the registry refused because of what it holds: the caller answers it."""
+
+
+class UnknownHost(RegistryRefusal):
     def __init__(self, host_id: str) -> None:
         super().__init__(f"unknown host {host_id!r}")
         self.host_id = host_id
 
 
-class UnknownService(RegistryError):
+class UnknownService(RegistryRefusal):
     def __init__(self, service_id: str) -> None:
         super().__init__(f"unknown service {service_id!r}")
         self.service_id = service_id
 
 
-class UnknownKey(RegistryError):
+class UnknownKey(RegistryRefusal):
     def __init__(self, key_id: str) -> None:
         super().__init__(f"unknown API key {key_id!r}")
         self.key_id = key_id
 
 
-class ServiceConflict(RegistryError):
+class ServiceConflict(RegistryRefusal):
     def __init__(self, service_id: str, owner_host_id: str) -> None:
         super().__init__(f"service {service_id!r} belongs to host {owner_host_id!r}")
         self.service_id = service_id

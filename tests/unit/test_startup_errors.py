@@ -65,7 +65,6 @@ def known_adapters() -> str:
         (PluginError("plugins/x.py: import failed"), ["plugins/x.py: import failed"], 2),
         (LaunchError("upstreams[0] 'u': not ready"), ["upstreams[0] 'u': not ready"], 2),
         (RegistryError("cannot open registry r"), ["cannot open registry r"], 1),
-        (UnknownHost("h"), ["unknown host 'h'"], 1),
     ],
 )
 def test_every_startup_error_lists_its_problems_and_knows_its_exit_status(
@@ -163,3 +162,8 @@ def test_a_control_file_with_problems_exits_2_before_starting(
         cli.main(["serve", "--config", str(path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"{path}: server.extra")
+
+
+def test_a_refused_registry_write_is_not_a_startup_error() -> None:
+    # Answered by the request that asked for it (404, 409), never a reason to stop.
+    assert not isinstance(UnknownHost("h"), StartupError)
