@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 
 from geniehive import routing
@@ -84,17 +81,6 @@ def order(decision: RouteDecision) -> list[str]:
 
 def pool(decision: RouteDecision) -> list[bool]:
     return [c.pool for c in decision.candidates]
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(Path(routing.__file__).read_text())
-    imported = {
-        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    }
-    assert imported.isdisjoint({"trio", "httpx", "quart", "sqlite3", "time", "random"})
 
 
 # ---------------------------------------------------------------- direct names
