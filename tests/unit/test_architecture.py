@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,3 +252,22 @@ def test_all_lists_only_names_the_module_defines_or_imports(source: Source) -> N
 def test_every_name_in_all_resolves_on_import(source: Source) -> None:
     module = importlib.import_module(source.name)
     assert [n for n in module.__all__ if not hasattr(module, n)] == []
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_no_dependency_is_declared_only_for_pythons_the_project_does_not_support() -> None:
+    """A backport such as `tomli; python_version < '3.11'` is dead weight under >= 3.11."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    minimum = version(project["requires-python"].removeprefix(">="))
+    declared = [*project["dependencies"],
+                *(d for extra in project.get("optional-dependencies", {}).values() for d in extra)]
+    dead = [
+        dependency for dependency in declared
+        for op, bound in re.findall(r"python_(?:full_)?version\s*(<=?)\s*['\"]([\d.]+)['\"]",
+                                    dependency)
+        if version(bound) < minimum or (op == "<" and version(bound) == minimum)
+    ]
+    assert dead == []
