@@ -271,3 +271,18 @@ def test_no_dependency_is_declared_only_for_pythons_the_project_does_not_support
         if version(bound) < minimum or (op == "<" and version(bound) == minimum)
     ]
     assert dead == []
+
+
+def test_no_test_module_imports_a_test_module_or_a_conftest() -> None:
+    """What tests share lives in helper modules (tests/harness.py, tests/hive.py, ...)."""
+    tests = REPO / "tests"
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        source = Source(".".join(p for p in parts if p != "__init__"), path,
+                        ast.parse(path.read_text(encoding="utf-8"), str(path)))
+        for name, node in imports(source):
+            last = name.rpartition(".")[2]
+            if last == "conftest" or last.startswith("test_"):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} imports {name}")
+    assert found == []
