@@ -50,6 +50,7 @@ PURE: dict[str, Rule] = {
     "geniehive.fields": Rule(only=frozenset({"__future__", "re", "collections", "typing",
                                              "geniehive"})),
     "geniehive.health": Rule(),
+    "geniehive.live": Rule(),
     "geniehive.matching": Rule(),
     "geniehive.models": Rule(),
     "geniehive.nodewire": Rule(),
