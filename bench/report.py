@@ -1,13 +1,61 @@
-"""The benchmark report: target checks and the Markdown rendering of `report.json`.
+"""The benchmark report: target checks, the Markdown rendering, and the files on disk.
 
 Rule: every figure in the Markdown comes from the results dictionary, so report.json and
-report.md never disagree; a target whose figure is missing reads "n/a", never "ok".
+report.md never disagree; a target whose figure is missing reads "n/a", never "ok". This
+module is the only one that writes or reads the two files: `write_report` and `read_report`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+JSON_NAME = "report.json"
+MARKDOWN_NAME = "report.md"
+
+
+class ReportError(ValueError):
+    """A report folder whose files are missing, unreadable or disagree with each other."""
+
+
+@dataclass(frozen=True)
+class Report:
+    results: dict[str, Any]
+    markdown: str
+
+
+def write_report(folder: Path, results: dict[str, Any]) -> Report:
+    """Write report.json and report.md (rendered from the same results) into `folder`."""
+    report = Report(results, render(results))
+    (folder / JSON_NAME).write_text(
+        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / MARKDOWN_NAME).write_text(report.markdown + "\n", encoding="utf-8")
+    return report
+
+
+def read_report(folder: Path) -> Report:
+    """Read a report folder written by `write_report`.
+
+    Raises ReportError when a file is missing or not a report, or when report.md is not the
+    rendering of report.json (one of them was edited or comes from another run).
+    """
+    try:
+        results = json.loads((folder / JSON_NAME).read_text(encoding="utf-8"))
+        markdown = (folder / MARKDOWN_NAME).read_text(encoding="utf-8").removesuffix("\n")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{folder}: cannot read the report: {exc}") from exc
+    if not isinstance(results, dict):
+        raise ReportError(f"{folder / JSON_NAME}: not a results object")
+    try:
+        expected = render(results)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{folder / JSON_NAME}: not a benchmark report ({exc!r})") from exc
+    if markdown != expected:
+        raise ReportError(f"{folder / MARKDOWN_NAME} is not the rendering of {JSON_NAME}")
+    return Report(results, markdown)
 
 
 def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:

@@ -20,7 +20,6 @@ Exit status: 0 measured (targets missed are reported, not failed), 1 a run broke
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -244,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, WrkError, OSError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    markdown = report.render(results)
-    out = args.out.resolve()
-    (out / "report.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    (out / "report.md").write_text(markdown + "\n")
-    print(markdown)
+    print(report.write_report(args.out.resolve(), results).markdown)
     return 0
 
 

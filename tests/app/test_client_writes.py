@@ -15,10 +15,10 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 
 from geniehive import ws
 from geniehive.errors import ShuttingDown
-from tests.app.conftest import Hive
-from tests.app.test_ws import connect, receive, request
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import gateway_in_process, upstream_toml, write_config
+from tests.hive import Hive
+from tests.wsclient import connect, receive, request
 
 CHAT = [{"role": "user", "content": "flood me"}]
 # One-off faults name the path: the prober and discovery call the fake meanwhile.

@@ -14,10 +14,9 @@ import trio
 
 from geniehive.commands import cmd_bench_run, cmd_keys, cmd_route, cmd_status
 from geniehive.models import Host, Service
-from tests.app.conftest import Hive
-from tests.app.test_proxy_contract import CHAT, assert_openai_error
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import gateway_in_process, upstream_toml, write_config
+from tests.hive import CHAT, Hive, assert_openai_error
 
 ADMIN_KEY = "ops-secret-key-123"
 ADMIN_TOML = """

@@ -10,23 +10,9 @@ import trio
 
 from geniehive.config import ConfigError, load_control
 from geniehive.daemon import serve_control
-from tests.app.conftest import Hive
-from tests.app.test_proxy_contract import CHAT, assert_openai_error
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import gateway_in_process, upstream_toml, write_config
-
-KEYS = """
-[[auth.keys]]
-name = "apps"
-key_env = "APPS_KEY"
-scopes = ["inference"]
-
-[[auth.keys]]
-name = "ops"
-key_env = "OPS_KEY"
-scopes = ["read", "operate"]
-"""
-ENV = {"APPS_KEY": "sk-apps-123", "OPS_KEY": "sk-ops-456"}
+from tests.hive import CHAT, ENV, KEYS, Hive, assert_openai_error
 
 
 async def test_health_and_readiness_need_no_key(hive: Hive) -> None:

@@ -13,10 +13,10 @@ import trio
 from trio_websocket import ConnectionRejected
 
 from geniehive import ws
-from tests.app.test_proxy_contract import CHAT, assert_openai_error
-from tests.app.test_ws import connect, receive, request
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import InProcess, free_port, gateway_in_process, upstream_toml, write_config
+from tests.hive import CHAT, assert_openai_error
+from tests.wsclient import connect, receive, request
 
 # Neither probes nor discovery after their first pass: the loop must be stopped by the hop
 # header alone, not by a probe verdict that takes the looping service out of routing.

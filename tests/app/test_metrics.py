@@ -8,10 +8,9 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.app.conftest import Hive
-from tests.app.test_proxy_contract import CHAT, assert_openai_error
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import gateway_in_process, upstream_toml, write_config
+from tests.hive import CHAT, Hive, assert_openai_error
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

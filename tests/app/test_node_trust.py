@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from geniehive.commands import cmd_keys
-from tests.app.test_nodes_api import assert_error, heartbeat, payload, start
 from tests.harness import InProcess
+from tests.nodeapi import assert_error, heartbeat, payload, start
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 KEYS = textwrap.dedent(

@@ -24,7 +24,8 @@ from geniehive.models import Host, Snapshot
 from geniehive.node import run_node
 from geniehive.registry import open_registry
 from tests.fakes.upstream import FakeUpstream
-from tests.harness import InProcess, gateway_in_process, upstream_toml, write_config
+from tests.harness import upstream_toml, write_config
+from tests.nodeapi import assert_error, heartbeat, payload, start
 
 KEYS = textwrap.dedent(
     """
@@ -42,30 +43,6 @@ KEYS = textwrap.dedent(
 ENV = {"NODE_KEY": "node-secret", "READ_KEY": "read-secret"}
 
 
-def payload(host_id: str = "gpu-01", service: str = "gpu-01-vllm/chat", **extra: Any) -> Any:
-    return {
-        "host_id": host_id,
-        "address": "127.0.0.1",
-        "labels": {"trust_tier": "trusted"},
-        "services": [{
-            "service_id": service, "operation": "chat", "adapter": "openai",
-            "base_url": "http://127.0.0.1:9",
-            "assets": [{"asset_id": "node-model", "loaded": True}],
-        }],
-        **extra,
-    }
-
-
-def heartbeat(host_id: str = "gpu-01", services: list[Any] | None = None) -> Any:
-    return {"host_id": host_id, "metrics": {"gpu_count": 0}, "services": services or []}
-
-
-async def start(nursery: trio.Nursery, tmp_path: Path, body: str = "",
-                env: dict[str, str] | None = None) -> tuple[InProcess, httpx.AsyncClient]:
-    running = await gateway_in_process(nursery, write_config(tmp_path, body), env)
-    return running, httpx.AsyncClient(base_url=running.url, timeout=5)
-
-
 @pytest.fixture
 async def control(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Any]:
     with trio.fail_after(10):
@@ -74,14 +51,6 @@ async def control(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Any]:
     await client.aclose()
     with trio.fail_after(10):
         await running.stop()
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["code"] == code
-    return error
 
 
 async def test_register_is_in_the_snapshot_when_the_200_arrives(control: Any) -> None:

@@ -13,32 +13,15 @@ import httpx
 import pytest
 import trio
 
-from tests.app.conftest import Hive, start_hive
 from tests.fakes.replies import expected_embedding
+from tests.hive import CHAT, Hive, assert_openai_error, calls, start_hive
 
-CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hello there"}]}
 FAST_TIMEOUTS = """
 [routing]
 first_byte_timeout_s = 0.5
 idle_stream_timeout_s = 0.5
 max_attempts = 3
 """
-
-
-def assert_openai_error(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["code"] == code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body["error"]
-
-
-def calls(fake, path: str = "/v1/chat/completions") -> list[dict]:
-    """The requests the fake received on one path (discovery and probes excluded)."""
-    return [r for r in fake.requests if r["path"] == path]
 
 
 async def wait_cancelled_call(fake, path: str = "/v1/chat/completions") -> dict:

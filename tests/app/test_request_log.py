@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from geniehive.cli import JsonFormatter, TextFormatter
-from tests.app.conftest import Hive
+from tests.hive import Hive
 
 FORGED = "m1\n2026-12-02 00:00:00 INFO geniehive.request: request id=forged key=admin"
 

@@ -15,10 +15,9 @@ import httpx
 import pytest
 import trio
 
-from tests.app.conftest import Hive, start_hive
-from tests.app.test_proxy_contract import assert_openai_error, calls
-from tests.app.test_ws import connect, receive
 from tests.harness import gateway_in_process, upstream_toml, write_config
+from tests.hive import Hive, assert_openai_error, calls, start_hive
+from tests.wsclient import connect, receive
 
 CHAT: dict[str, Any] = {"model": "m1", "messages": [{"role": "user", "content": "hello there"}]}
 FORWARDED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",

@@ -7,10 +7,9 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.app.conftest import Hive
-from tests.app.test_proxy_contract import assert_openai_error, calls
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import gateway_in_process, upstream_toml, write_config
+from tests.hive import Hive, assert_openai_error, calls
 
 ASK = [{"role": "user", "content": "translate: bonjour"}]
 

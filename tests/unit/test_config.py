@@ -855,21 +855,3 @@ bind = ["127.0.0.1:0"]
 bind = ["127.0.0.1:0"]
 """)
     assert load_control(path, {}).nodes.bind == ("127.0.0.1:0",)
-
-
-def test_the_config_module_stays_pure() -> None:
-    import ast
-
-    import geniehive.config
-
-    tree = ast.parse(Path(geniehive.config.__file__).read_text(encoding="utf-8"))
-    imported = {
-        name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for name in (
-            [alias.name for alias in node.names] if isinstance(node, ast.Import)
-            else [node.module or ""]
-        )
-    }
-    assert imported.isdisjoint({"os", "trio", "httpx", "quart", "sqlite3", "time", "random"})

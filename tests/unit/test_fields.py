@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from geniehive import fields
 from geniehive.errors import InvalidRequest
 from geniehive.fields import check_body, check_form
 
@@ -292,14 +289,3 @@ def test_a_wrong_form_field_is_refused_naming_it(
         check_form(form)
     assert refused.value.param == param
     assert refused.value.http_status == 400
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(Path(fields.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "re", "collections", "typing", "geniehive"}

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
-from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 
-from geniehive import policy as policy_module
 from geniehive.models import Policy
 from geniehive.policy import (
     apply_policy,
@@ -287,14 +284,3 @@ def test_apply_policy_with_empty_policy_returns_equal_copy():
     body = {"messages": [USER]}
     result = apply_policy(body, "chat", Policy())
     assert result == body and result is not body
-
-
-def test_module_is_pure():
-    tree = ast.parse(Path(policy_module.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"trio", "httpx", "quart", "sqlite3", "time", "random"}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 
 from geniehive import routing
@@ -85,22 +82,6 @@ def order(decision: RouteDecision) -> list[str]:
 
 def pool(decision: RouteDecision) -> list[bool]:
     return [c.pool for c in decision.candidates]
-
-
-def test_every_module_of_the_routing_package_is_pure() -> None:
-    package = Path(routing.__file__).parent
-    modules = sorted(package.glob("*.py"))
-    assert package.name == "routing" and len(modules) > 1  # the package, not one module
-    for module in modules:
-        tree = ast.parse(module.read_text())
-        imported = {
-            (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name
-            for node in ast.walk(tree)
-            if isinstance(node, (ast.Import, ast.ImportFrom))
-            for alias in node.names
-        }
-        impure = imported & {"trio", "httpx", "quart", "sqlite3", "time", "random"}
-        assert not impure, f"{module.name} imports {sorted(impure)}"
 
 
 # ---------------------------------------------------------------- direct names

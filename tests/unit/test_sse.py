@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 
 import pytest
 
-from geniehive import sse
 from geniehive.sse import (
     SSEStripper,
     contains_reasoning,
@@ -263,14 +260,3 @@ def test_parse_event_lines_marks_data_position():
     assert parse_event_lines(b": comment\n\n") == ([b": comment"], None)
     # "datum:" is another field, not data.
     assert parse_event_lines(b"datum: 1\n\n") == ([b"datum: 1"], None)
-
-
-def test_module_is_pure():
-    tree = ast.parse(Path(sse.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"trio", "httpx", "quart", "sqlite3", "time", "random"}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 
 import pytest
 
@@ -134,14 +132,3 @@ def test_rejections_are_value_errors() -> None:
     # Callers that only know ValueError still refuse the text.
     with pytest.raises(ValueError):
         parse('{"a": NaN}')
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(Path(strictjson.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "json", "math", "re", "typing"}

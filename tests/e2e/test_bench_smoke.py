@@ -6,7 +6,6 @@ with the exact install command, because CI installs them.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import procs
+from bench.report import read_report
 
 pytestmark = pytest.mark.e2e
 
@@ -28,8 +28,8 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=180, cwd=str(procs.REPO), check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
-    markdown = (tmp_path / "report.md").read_text()
+    written = read_report(tmp_path)  # also checks that report.md renders report.json
+    report, markdown = written.results, written.markdown
     assert markdown.startswith("# GenieHive performance report")
     assert markdown in done.stdout
 
