@@ -85,3 +85,8 @@ def test_every_error_code_is_documented_with_its_status() -> None:
         assert rows.get(cls.code) == str(cls.status), f"{cls.__name__} ({cls.code})"
     assert rows.get("upstream_<status>") == "4xx"  # UpstreamStatus: the upstream's own code
 
+
+def test_the_readme_sends_users_to_both_references() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "](docs/configuration.md)" in readme and "](docs/api.md)" in readme
+    assert "specification" not in readme.lower()
