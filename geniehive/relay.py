@@ -21,8 +21,7 @@ import json
 import logging
 import secrets
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -40,6 +39,7 @@ from geniehive.errors import (
     UpstreamTimeout,
     render_error,
 )
+from geniehive.exchange import Inbound, Outcome, Upload, Writer
 from geniehive.models import Policy, Service
 from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError, PoolResponse
 from geniehive.routing import Candidate
@@ -56,75 +56,6 @@ log = logging.getLogger("geniehive.relay")
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 505, 507, 508})
 JSON_OPERATIONS = frozenset({"chat", "completion", "embeddings"})
 MAX_ERROR_BODY = 64 * 1024
-
-StartFn = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
-BodyFn = Callable[[bytes, bool], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class Upload:
-    """A multipart upload, spooled by the proxy: form fields plus one file."""
-
-    fields: list[tuple[str, str]]
-    file_field: str
-    filename: str
-    content_type: str
-    file: Any  # a seekable binary file object
-    size: int
-
-
-@dataclass(slots=True)
-class Inbound:
-    """One parsed client request."""
-
-    endpoint: str  # an adapters.OPENAI_PATHS key: chat, completion, embeddings, transcription...
-    operation: str
-    model: str
-    stream: bool = False
-    body: dict[str, Any] | None = None
-    raw: bytes | None = None  # the client's body bytes, sent as they are when nothing changed
-    upload: Upload | None = None
-    request_id: str = ""
-    hops: bytes = b""  # the hop header to send upstream (empty: this gateway's id alone)
-
-
-@dataclass(slots=True)
-class Writer:
-    """Where the answer goes: `start(status, headers)` once, then `body(chunk, more)`.
-
-    `sse` says the answer is an event stream (set before its start), `ended` that its last
-    body part was written, `pending_since` when the send under way began (None: none is):
-    what ends an answer cut by a shutdown, and what the write timeout watches.
-    """
-
-    start: StartFn
-    body: BodyFn
-    started: bool = False
-    bytes_out: int = 0
-    sse: bool = False
-    ended: bool = False
-    pending_since: float | None = None
-
-
-@dataclass(slots=True)
-class Outcome:
-    status: int = 0
-    service_id: str | None = None
-    upstream_model: str | None = None
-    route: str = "direct"
-    attempts: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (service id, why)
-    ttft_ms: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-    def take_usage(self, usage: Any) -> None:
-        """Remember the token counts of an upstream `usage` object, if it is one."""
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            self.prompt_tokens = prompt if isinstance(prompt, int) else None
-            self.completion_tokens = completion if isinstance(completion, int) else None
-
 
 class _Queue:
     """The candidates of a decision and then of each fallback decision, as (decision,
