@@ -3,16 +3,18 @@
     Inbound    the parsed client request (with its Upload, for multipart operations)
     Writer     where the answer goes: `start(status, headers)` once, then `body(chunk, more)`
     Outcome    what happened: status, the service that answered, attempts and their failures
+    Transport  the seam the relay sends upstream requests through (`pool.UpstreamPool` in
+               production, an in-memory fake in tests), answering `UpstreamResponse`s
 
-Rule: plain values and no I/O (no trio, httpx or quart here); the edge that builds a Writer
-supplies its two coroutines, and the relay only calls them.
+Rule: plain values and protocols, no I/O (no trio, httpx or quart here); the edge that
+builds a Writer supplies its two coroutines, and the relay only calls them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 StartFn = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
 BodyFn = Callable[[bytes, bool], Awaitable[None]]
@@ -83,3 +85,39 @@ class Outcome:
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
             self.prompt_tokens = prompt if isinstance(prompt, int) else None
             self.completion_tokens = completion if isinstance(completion, int) else None
+
+
+class UpstreamResponse(Protocol):
+    """An upstream answer whose headers have arrived (`pool.PoolResponse`).
+
+    `read_chunk` returns the next body bytes, None at the end; `aclose` is always called,
+    never blocks, and closes the connection unless the body was read to its end.
+    """
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+    def header(self, name: bytes) -> bytes | None: ...
+
+    async def read_chunk(self) -> bytes | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Sends one request upstream and returns once its response headers arrived.
+
+    Raises what `pool.UpstreamPool.request` raises: `pool.ConnectFailed`,
+    `pool.ConnectTimeout`, `pool.ProtocolFailed` (all `pool.PoolError`). Bounding the wait
+    for the headers is the caller's (a cancel scope around the call).
+    """
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes] = b"",
+        *,
+        content_length: int | None = None,
+    ) -> UpstreamResponse: ...

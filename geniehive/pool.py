@@ -37,7 +37,7 @@ import select
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, Callable
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import h11
@@ -51,9 +51,7 @@ __all__ = [
     "PoolResponse",
     "ProtocolFailed",
     "Target",
-    "Transport",
     "UpstreamPool",
-    "UpstreamResponse",
     "parse_target",
 ]
 
@@ -100,38 +98,6 @@ class BodyTooLarge(ProtocolFailed):
 
 class _Stale(Exception):
     """A reused connection was closed by the server before any response byte."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The seam: what the relay needs of an upstream client. `UpstreamPool` implements it; a test
-# hands the relay an in-memory one (tests/fakes/pool.py).
-
-
-class UpstreamResponse(Protocol):
-    """A response whose headers have arrived (as `PoolResponse`)."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-
-    def header(self, name: bytes) -> bytes | None: ...
-
-    async def read_chunk(self) -> bytes | None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class Transport(Protocol):
-    """Sends one request upstream (as `UpstreamPool.request`, whose errors it raises)."""
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes | AsyncIterable[bytes] = b"",
-        *,
-        content_length: int | None = None,
-    ) -> UpstreamResponse: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,6 +347,8 @@ def _ended_in_buffer(conn: _Conn) -> bool:
 
 class UpstreamPool:
     """Keep-alive HTTP/1.1 connections per origin (scheme, host, port), newest reused first.
+
+    The relay's `geniehive.exchange.Transport`; its responses are `UpstreamResponse`s.
 
     At most `max_connections_per_origin` requests run at once per origin (each holds its
     connection until its response is closed); further ones wait for a slot. At most

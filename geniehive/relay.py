@@ -14,8 +14,8 @@ idle-chunk timeout (a cancel scope each: `IdleTimed` moves one deadline along a 
 none caps the total duration.
 
 Each try is an `Attempt`, one small object with everything that try needs and reports; the
-requests go out through the relay's `Transport` (geniehive/pool.py: the pool in production,
-an in-memory fake in the unit tests).
+requests go out through the relay's `Transport` (geniehive/exchange.py: the pool in
+production, an in-memory fake in the unit tests).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from geniehive.errors import (
     UpstreamTimeout,
     render_error,
 )
-from geniehive.exchange import Inbound, Outcome, Upload, Writer
+from geniehive.exchange import Inbound, Outcome, Transport, Upload, UpstreamResponse, Writer
 from geniehive.models import Policy, Service
-from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError, Transport, UpstreamResponse
+from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError
 from geniehive.routing import Candidate
 from geniehive.sse import (
     SSEStripper,

@@ -127,7 +127,7 @@ class FakeResponse:
 
 @dataclass
 class FakeTransport:
-    """Implements `geniehive.pool.Transport` from per-base-URL scripts."""
+    """Implements `geniehive.exchange.Transport` from per-base-URL scripts."""
 
     scripts: dict[str, list[Answer]] = field(default_factory=dict)
     sent: list[Sent] = field(default_factory=list)

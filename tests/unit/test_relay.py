@@ -2,7 +2,9 @@
 
 The gateway here is the real one (routing, live counters, breakers, the openai adapter) over
 a hand-built snapshot; only the upstream connections are fake (tests/fakes/pool.py). The same
-rules are checked on the wire in tests/app/test_proxy_contract.py.
+rules are checked on the wire in tests/app/test_proxy_contract.py. The async tests run under
+pytest-trio (`trio_mode` in pyproject.toml), each on the `autojump_clock`: a 30 s timeout
+costs no real time, and the elapsed trio time is exact.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from geniehive import exchange
 from geniehive.adapters.loader import load_adapters
 from geniehive.config import ControlConfig, load_control
 from geniehive.errors import UpstreamFailed, UpstreamStatus, UpstreamTimeout
-from geniehive.exchange import Inbound, Outcome, Writer
+from geniehive.exchange import Inbound, Outcome, Transport, Writer
 from geniehive.gateway import Gateway
 from geniehive.models import Asset, Host, Observed, Role, RoutingPolicy, Service, Snapshot
-from geniehive.pool import Transport, UpstreamPool
+from geniehive.pool import UpstreamPool
 from geniehive.relay import Relay
 from tests.fakes.pool import FakeTransport, Refused, Reply, SlowHead, Stream
 
