@@ -348,6 +348,8 @@ def _ended_in_buffer(conn: _Conn) -> bool:
 class UpstreamPool:
     """Keep-alive HTTP/1.1 connections per origin (scheme, host, port), newest reused first.
 
+    The relay's `geniehive.exchange.Transport`; its responses are `UpstreamResponse`s.
+
     At most `max_connections_per_origin` requests run at once per origin (each holds its
     connection until its response is closed); further ones wait for a slot. At most
     `max_idle_per_origin` idle connections are kept; one idle for longer than `idle_expiry_s`

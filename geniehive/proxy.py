@@ -28,9 +28,10 @@ from geniehive.errors import (
     ShuttingDown,
     render_error,
 )
+from geniehive.exchange import Inbound, Outcome, Upload, Writer
 from geniehive.fields import check_body, check_form
 from geniehive.gate import BodyClock, send_refusal
-from geniehive.relay import Inbound, Outcome, Relay, Upload, Writer
+from geniehive.relay import Relay
 from geniehive.sse import encode_error_event
 from geniehive.writes import (
     abort_connection,

@@ -12,6 +12,10 @@ After the first byte nothing is retried: a failure ends the stream with one SSE 
 Every upstream call has a connect timeout (the pool's), a time-to-headers timeout and an
 idle-chunk timeout (a cancel scope each: `IdleTimed` moves one deadline along a stream);
 none caps the total duration.
+
+Each try is an `Attempt`, one small object with everything that try needs and reports; the
+requests go out through the relay's `Transport` (geniehive/exchange.py: the pool in
+production, an in-memory fake in the unit tests).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import logging
 import secrets
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -33,6 +37,7 @@ from geniehive import policy as policy_mod
 from geniehive.adapters import Adapter, UpstreamRequest
 from geniehive.egress import HOP_HEADER_BYTES
 from geniehive.errors import (
+    GenieHiveError,
     LoopDetected,
     NoHealthyUpstream,
     UpstreamFailed,
@@ -40,8 +45,9 @@ from geniehive.errors import (
     UpstreamTimeout,
     render_error,
 )
+from geniehive.exchange import Inbound, Outcome, Transport, Upload, UpstreamResponse, Writer
 from geniehive.models import Policy, Service
-from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError, PoolResponse
+from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError
 from geniehive.routing import Candidate
 from geniehive.sse import (
     SSEStripper,
@@ -56,74 +62,6 @@ log = logging.getLogger("geniehive.relay")
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 505, 507, 508})
 JSON_OPERATIONS = frozenset({"chat", "completion", "embeddings"})
 MAX_ERROR_BODY = 64 * 1024
-
-StartFn = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
-BodyFn = Callable[[bytes, bool], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class Upload:
-    """A multipart upload, spooled by the proxy: form fields plus one file."""
-
-    fields: list[tuple[str, str]]
-    file_field: str
-    filename: str
-    content_type: str
-    file: Any  # a seekable binary file object
-    size: int
-
-
-@dataclass(slots=True)
-class Inbound:
-    """One parsed client request."""
-
-    endpoint: str  # an adapters.OPENAI_PATHS key: chat, completion, embeddings, transcription...
-    operation: str
-    model: str
-    stream: bool = False
-    body: dict[str, Any] | None = None
-    raw: bytes | None = None  # the client's body bytes, sent as they are when nothing changed
-    upload: Upload | None = None
-    request_id: str = ""
-    hops: bytes = b""  # the hop header to send upstream (empty: this gateway's id alone)
-
-
-@dataclass(slots=True)
-class Writer:
-    """Where the answer goes: `start(status, headers)` once, then `body(chunk, more)`.
-
-    `sse` says the answer is an event stream (set before its start), `ended` that its last
-    body part was written, `pending_since` when the send under way began (None: none is):
-    what ends an answer cut by a shutdown, and what the write timeout watches.
-    """
-
-    start: StartFn
-    body: BodyFn
-    started: bool = False
-    bytes_out: int = 0
-    sse: bool = False
-    ended: bool = False
-    pending_since: float | None = None
-
-
-@dataclass(slots=True)
-class Outcome:
-    status: int = 0
-    service_id: str | None = None
-    upstream_model: str | None = None
-    route: str = "direct"
-    attempts: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (service id, why)
-    ttft_ms: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-    def take_usage(self, usage: Any) -> None:
-        """Remember the token counts of an upstream `usage` object, if it is one."""
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            self.prompt_tokens = prompt if isinstance(prompt, int) else None
-            self.completion_tokens = completion if isinstance(completion, int) else None
 
 
 class _Queue:
@@ -161,25 +99,66 @@ def floats_to_base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-class Relay:
-    """Sends one inbound request through the hive; owned by the gateway."""
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One try of one request on one service: what it sends, and where it reports.
 
-    def __init__(self, gateway: Any) -> None:
+    `Relay.run` makes one per candidate it tries; `Relay.attempt` shapes the request and
+    sends it; the answer goes to `writer`, what happened to `outcome` (shared by the
+    request's attempts) and the measurements here, for the service's live counters.
+    """
+
+    inbound: Inbound
+    writer: Writer
+    outcome: Outcome
+    decision: routing.RouteDecision  # the decision (the role's or a fallback's) it came from
+    candidate: Candidate
+    service: Service
+    adapter: Adapter
+    role_policy: Policy | None
+    more_candidates: Callable[[], bool]  # may a 429 fail over? (asked only on a 429)
+    # Set by Relay.attempt before anything is sent:
+    request: UpstreamRequest = field(init=False)
+    strip: bool = False  # reasoning is stripped from the answer
+    started: float = 0.0  # trio clock: when the request went out (TTFT counts from here)
+    # What the answer measured:
+    ttft_ms: float | None = None
+    tokens_per_sec: float | None = None
+
+    @property
+    def model(self) -> str:
+        """The model id sent upstream."""
+        return self.candidate.upstream_model
+
+
+class Relay:
+    """Sends one inbound request through the hive; owned by the gateway.
+
+    `transport` sends the upstream requests; without one, the gateway's `pool` (set before
+    the relay is made) does. The routing limits and timeouts are read once here: the config
+    of a gateway does not change while it runs.
+    """
+
+    def __init__(self, gateway: Any, transport: Transport | None = None) -> None:
         self.gw = gateway
+        transport = transport if transport is not None else gateway.pool
+        if transport is None:
+            raise ValueError("the relay needs a transport: pass one or set gateway.pool first")
+        self.transport: Transport = transport
+        settings = gateway.config.routing
+        self.max_attempts: int = settings.max_attempts
+        self.first_byte_timeout_s: float = settings.first_byte_timeout_s
+        self.idle_s: float = settings.idle_stream_timeout_s
 
     # -- shaping ------------------------------------------------------------------------
-    def shape_body(
-        self,
-        inbound: Inbound,
-        service: Service,
-        adapter: Adapter,
-        model: str,
-        role_policy: Policy | None,
-    ) -> tuple[dict[str, Any], bool]:
+    def shape_body(self, attempt: Attempt) -> tuple[dict[str, Any], bool]:
         """The body to send upstream and whether reasoning is stripped from the answer."""
+        inbound, model, adapter = attempt.inbound, attempt.model, attempt.adapter
         assert inbound.body is not None
-        asset = service.asset(model)
-        effective = policy_mod.effective_policy(asset.policy if asset else None, role_policy)
+        asset = attempt.service.asset(model)
+        effective = policy_mod.effective_policy(
+            asset.policy if asset else None, attempt.role_policy
+        )
         body = inbound.body
         if effective.system_prompt is not None or effective.body_defaults or (
             effective.body_overrides
@@ -194,6 +173,20 @@ class Relay:
         strip = effective.strip_reasoning is not False
         return body, strip
 
+    def build_request(self, attempt: Attempt) -> None:
+        """Fill the attempt's upstream request (and whether its answer is stripped)."""
+        inbound = attempt.inbound
+        if inbound.body is not None:
+            body, attempt.strip = self.shape_body(attempt)
+            attempt.request = attempt.adapter.build_request(
+                inbound.endpoint, attempt.model, body=body
+            )
+        else:
+            assert inbound.upload is not None
+            attempt.request = attempt.adapter.build_request(
+                inbound.endpoint, attempt.model, fields=inbound.upload.fields
+            )
+
     # -- the attempt loop ---------------------------------------------------------------
     async def run(self, inbound: Inbound, writer: Writer, outcome: Outcome) -> None:
         """Route and forward, filling `outcome`.
@@ -207,14 +200,14 @@ class Relay:
         gw.raise_for_decision(decision)
         gw.live.advance_round_robin(decision.rr_key)
         role_policy = gw.role_policy(decision)
-        max_attempts = gw.config.routing.max_attempts
-        timeouts = loops = 0
-        last: _Failed | None = None
+        max_attempts = self.max_attempts
         queue = _Queue(gw.decision_chain(decision, stream=inbound.stream))
 
         def more_candidates() -> bool:  # asked only on a 429: the next fallback is computed then
             return outcome.attempts < max_attempts and queue.has_next()
 
+        last: _Failed | None = None
+        timeouts = loops = 0
         for current, candidate in queue:
             if outcome.attempts >= max_attempts:
                 break
@@ -225,11 +218,13 @@ class Relay:
             outcome.attempts += 1
             outcome.service_id = service.service_id
             outcome.upstream_model = candidate.upstream_model
+            attempt = Attempt(
+                inbound=inbound, writer=writer, outcome=outcome, decision=current,
+                candidate=candidate, service=service, adapter=gw.adapter_for(service),
+                role_policy=role_policy, more_candidates=more_candidates,
+            )
             try:
-                await self.attempt(
-                    inbound, writer, service, candidate.upstream_model, role_policy,
-                    outcome, more_candidates,
-                )
+                await self.attempt(attempt)
                 return
             except _Failed as failed:
                 last = failed
@@ -240,18 +235,7 @@ class Relay:
                     "request %s: attempt %d on %s failed: %s",
                     inbound.request_id, outcome.attempts, service.service_id, failed.message,
                 )
-        if last is None:
-            raise NoHealthyUpstream(f"no routable service for '{inbound.model}' now")
-        if last.status == 429:
-            # Retried in case another candidate had room; none had: the client gets the 429.
-            raise UpstreamStatus(429, last.message)
-        summary = "; ".join(f"{service_id}: {message}" for service_id, message in outcome.failures)
-        if timeouts == len(outcome.failures):
-            raise UpstreamTimeout(f"every upstream timed out: {summary}")
-        if loops == len(outcome.failures):
-            # Each candidate led back to a gateway this request had passed (508 Loop Detected).
-            raise LoopDetected(f"every upstream looped back: {summary}")
-        raise UpstreamFailed(f"every upstream failed: {summary}")
+        raise _exhausted(inbound.model, outcome, last, timeouts, loops)
 
     def still_open(self, service: Service) -> bool:
         """Whether a failover candidate may still be tried: its breaker may have opened (or
@@ -263,90 +247,55 @@ class Relay:
             live.breaker, trio.current_time(), self.gw.live.open_s
         )
 
-    async def attempt(
-        self,
-        inbound: Inbound,
-        writer: Writer,
-        service: Service,
-        model: str,
-        role_policy: Policy | None,
-        outcome: Outcome,
-        more_candidates: Callable[[], bool],
-    ) -> None:
+    async def attempt(self, attempt: Attempt) -> None:
         """One try on one service. Raises _Failed (retryable) or UpstreamStatus."""
-        gw = self.gw
-        adapter = gw.adapter_for(service)
-        strip = False
-        if inbound.body is not None:
-            body, strip = self.shape_body(inbound, service, adapter, model, role_policy)
-            request = adapter.build_request(inbound.endpoint, model, body=body)
-        else:
-            assert inbound.upload is not None
-            request = adapter.build_request(inbound.endpoint, model, fields=inbound.upload.fields)
-        started = trio.current_time()
-        gw.live.attempt_started(service.service_id, started)
+        live = self.gw.live
+        service_id = attempt.service.service_id
+        self.build_request(attempt)
+        attempt.started = started = trio.current_time()
+        live.attempt_started(service_id, started)
         try:
-            result = await self._exchange(
-                adapter, request, inbound, writer, outcome, strip, started, more_candidates
-            )
+            ok = await self._exchange(attempt)
         except _Failed:
-            gw.live.attempt_failed(service.service_id, trio.current_time())
+            live.attempt_failed(service_id, trio.current_time())
             raise
         except UpstreamStatus:
-            gw.live.attempt_refused(service.service_id, trio.current_time())
+            live.attempt_refused(service_id, trio.current_time())
             raise
         except BaseException:
             # Cancelled (the client went away): neither a success nor a failure.
-            gw.live.attempt_abandoned(service.service_id)
+            live.attempt_abandoned(service_id)
             raise
-        ok, ttft, tps = result
         now = trio.current_time()
         if ok:
-            gw.live.attempt_succeeded(
-                service.service_id, now, latency_ms=(now - started) * 1000,
-                ttft_ms=ttft, tokens_per_sec=tps,
+            live.attempt_succeeded(
+                service_id, now, latency_ms=(now - started) * 1000,
+                ttft_ms=attempt.ttft_ms, tokens_per_sec=attempt.tokens_per_sec,
             )
         else:
-            gw.live.attempt_failed(service.service_id, now)
+            live.attempt_failed(service_id, now)
 
-    async def _exchange(
-        self,
-        adapter: Adapter,
-        request: UpstreamRequest,
-        inbound: Inbound,
-        writer: Writer,
-        outcome: Outcome,
-        strip: bool,
-        started: float,
-        more_candidates: Callable[[], bool],
-    ) -> tuple[bool, float | None, float | None]:
-        response = await self._send(adapter, request, inbound)
+    async def _exchange(self, attempt: Attempt) -> bool:
+        """Send the request and relay the answer; False when it broke off after its start."""
+        inbound = attempt.inbound
+        response = await self._send(attempt)
         try:
-            await self._check_status(adapter, response, more_candidates)
-            outcome.status = response.status
-            headers = self.gw.route_headers(inbound, outcome)
+            await self._check_status(attempt, response)
+            attempt.outcome.status = response.status
+            headers = self.gw.route_headers(inbound, attempt.outcome)
             content_type = (response.header(b"content-type") or b"").decode("latin-1")
             if inbound.stream and content_type.startswith("text/event-stream"):
-                return await self._relay_stream(
-                    response, writer, headers, strip, outcome, started
-                )
+                return await self._relay_stream(attempt, response, headers)
             if inbound.operation in JSON_OPERATIONS:
-                return await self._relay_json(
-                    adapter, inbound, request, response, content_type, writer, headers, strip,
-                    started, outcome,
-                )
-            return await self._relay_passthrough(
-                adapter, inbound, request, response, content_type, writer, headers, outcome
-            )
+                return await self._relay_json(attempt, response, content_type, headers)
+            return await self._relay_passthrough(attempt, response, content_type, headers)
         finally:
             await response.aclose()  # never blocks; closes the connection unless fully read
 
-    async def _send(
-        self, adapter: Adapter, request: UpstreamRequest, inbound: Inbound
-    ) -> PoolResponse:
-        gw = self.gw
+    async def _send(self, attempt: Attempt) -> UpstreamResponse:
+        inbound, request = attempt.inbound, attempt.request
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()]
-        headers.append((HOP_HEADER_BYTES, inbound.hops or gw.hops.own))
+        headers.append((HOP_HEADER_BYTES, inbound.hops or self.gw.hops.own))
         if inbound.request_id:
             headers.append((b"x-request-id", inbound.request_id.encode("latin-1")))
         length: int | None = None
@@ -363,11 +312,9 @@ class Relay:
                 (b"content-type", f"multipart/form-data; boundary={boundary}".encode())
             )
         try:
-            with trio.CancelScope(
-                deadline=trio.current_time() + gw.config.routing.first_byte_timeout_s
-            ):
-                return await gw.pool.request(
-                    request.method, adapter.url(request.path), headers, content,
+            with trio.CancelScope(deadline=trio.current_time() + self.first_byte_timeout_s):
+                return await self.transport.request(
+                    request.method, attempt.adapter.url(request.path), headers, content,
                     content_length=length,
                 )
             raise _Failed("timeout", "no response headers in time")  # only if it expired
@@ -378,18 +325,18 @@ class Relay:
         except PoolError as exc:
             raise _Failed("protocol", f"bad answer ({exc})") from None
 
-    async def _read_all(self, response: PoolResponse, limit: int | None = None) -> bytes:
+    async def _read_all(self, response: UpstreamResponse, limit: int | None = None) -> bytes:
         """The whole body, each gap bounded by the idle timeout; `limit` truncates."""
         parts: list[bytes] = []
         size = 0
-        async for chunk in IdleTimed(response, self.gw.config.routing.idle_stream_timeout_s):
+        async for chunk in IdleTimed(response, self.idle_s):
             parts.append(chunk)
             size += len(chunk)
             if limit is not None and size >= limit:
                 break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _read_answer(self, response: PoolResponse) -> bytes:
+    async def _read_answer(self, response: UpstreamResponse) -> bytes:
         """A whole answer before the first byte to the client: failures are retryable."""
         try:
             return await self._read_all(response)
@@ -398,9 +345,7 @@ class Relay:
         except PoolError as exc:
             raise _Failed("protocol", f"the answer broke off ({exc})") from None
 
-    async def _check_status(
-        self, adapter: Adapter, response: PoolResponse, more_candidates: Callable[[], bool]
-    ) -> None:
+    async def _check_status(self, attempt: Attempt, response: UpstreamResponse) -> None:
         status = response.status
         if status < 400:
             return
@@ -408,8 +353,8 @@ class Relay:
             body = await self._read_all(response, MAX_ERROR_BODY)
         except (trio.TooSlowError, PoolError):
             body = b""
-        message = adapter.parse_error(status, body)
-        if status == 429 and more_candidates():  # SPEC §7: tried elsewhere only if there is one
+        message = attempt.adapter.parse_error(status, body)
+        if status == 429 and attempt.more_candidates():  # SPEC §7: elsewhere only if there is one
             raise _Failed("status", message, status=429)
         if status in RETRY_STATUSES:
             raise _Failed("status", f"HTTP {status}: {message}", status=status)
@@ -418,22 +363,17 @@ class Relay:
         raise UpstreamStatus(status, message)
 
     async def _relay_stream(
-        self,
-        response: PoolResponse,
-        writer: Writer,
-        headers: list[tuple[bytes, bytes]],
-        strip: bool,
-        outcome: Outcome,
-        started: float,
-    ) -> tuple[bool, float | None, float | None]:
+        self, attempt: Attempt, response: UpstreamResponse, headers: list[tuple[bytes, bytes]]
+    ) -> bool:
         """Relay an SSE answer. TTFT counts from the attempt's start: many servers send
         their headers only with the first token."""
-        stripper = SSEStripper(strip=strip)
+        writer, outcome = attempt.writer, attempt.outcome
+        stripper = SSEStripper(strip=attempt.strip)
         first: float | None = None
         writer.sse = True
         await writer.start(200, [*SSE_HEADERS, *headers])
         try:
-            async for chunk in IdleTimed(response, self.gw.config.routing.idle_stream_timeout_s):
+            async for chunk in IdleTimed(response, self.idle_s):
                 if first is None:
                     first = trio.current_time()
                 out = stripper.feed(chunk)
@@ -447,34 +387,30 @@ class Relay:
                 f"the upstream {'stalled' if stalled else 'broke off'} mid-stream",
                 "server_error", "upstream_timeout" if stalled else "upstream_error",
             )), False)
-            return False, None, None
+            return False
         end = trio.current_time()
-        ttft = (first - started) * 1000 if first is not None else None
-        outcome.ttft_ms = ttft
+        ttft = (first - attempt.started) * 1000 if first is not None else None
+        outcome.ttft_ms = attempt.ttft_ms = ttft
         outcome.take_usage(stripper.usage)
-        return True, ttft, _tokens_per_sec(stripper.usage, stripper.events, first, end)
+        attempt.tokens_per_sec = _tokens_per_sec(stripper.usage, stripper.events, first, end)
+        return True
 
     async def _relay_json(
         self,
-        adapter: Adapter,
-        inbound: Inbound,
-        request: UpstreamRequest,
-        response: PoolResponse,
+        attempt: Attempt,
+        response: UpstreamResponse,
         content_type: str,
-        writer: Writer,
         headers: list[tuple[bytes, bytes]],
-        strip: bool,
-        started: float,
-        outcome: Outcome,
-    ) -> tuple[bool, float | None, float | None]:
+    ) -> bool:
+        inbound = attempt.inbound
         raw = await self._read_answer(response)
-        status, content_type, raw = adapter.translate_response(
-            inbound.endpoint, response.status, content_type, raw, request
+        status, content_type, raw = attempt.adapter.translate_response(
+            inbound.endpoint, response.status, content_type, raw, attempt.request
         )
         try:
             data = json.loads(raw)
             changed = False
-            if strip and isinstance(data, dict) and contains_reasoning(raw):
+            if attempt.strip and isinstance(data, dict) and contains_reasoning(raw):
                 stripped = strip_reasoning(data)
                 changed = stripped is not data
                 data = stripped
@@ -484,35 +420,35 @@ class Relay:
                 raw = encode_json(data)
         except (ValueError, RecursionError):  # not JSON, or nested past what we walk
             raise _Failed("protocol", "the upstream answered a body that is not JSON") from None
-        await writer.start(status, [*JSON_HEADERS, _length(raw), *headers])
-        await writer.body(raw, False)
+        await attempt.writer.start(status, [*JSON_HEADERS, _length(raw), *headers])
+        await attempt.writer.body(raw, False)
         usage = data.get("usage") if isinstance(data, dict) else None
-        outcome.take_usage(usage)
-        return True, None, _tokens_per_sec(usage, 0, started, trio.current_time())
+        attempt.outcome.take_usage(usage)
+        attempt.tokens_per_sec = _tokens_per_sec(
+            usage, 0, attempt.started, trio.current_time()
+        )
+        return True
 
     async def _relay_passthrough(
         self,
-        adapter: Adapter,
-        inbound: Inbound,
-        request: UpstreamRequest,
-        response: PoolResponse,
+        attempt: Attempt,
+        response: UpstreamResponse,
         content_type: str,
-        writer: Writer,
         headers: list[tuple[bytes, bytes]],
-        outcome: Outcome,
-    ) -> tuple[bool, float | None, float | None]:
+    ) -> bool:
+        writer = attempt.writer
         content_type = content_type or "application/octet-stream"
-        if inbound.upload is not None:
+        if attempt.inbound.upload is not None:
             # Transcripts are small and may need dialect translation: read them whole.
             raw = await self._read_answer(response)
-            status, content_type, raw = adapter.translate_response(
-                inbound.endpoint, response.status, content_type, raw, request
+            status, content_type, raw = attempt.adapter.translate_response(
+                attempt.inbound.endpoint, response.status, content_type, raw, attempt.request
             )
             await writer.start(
                 status, [(b"content-type", content_type.encode()), _length(raw), *headers]
             )
             await writer.body(raw, False)
-            return True, None, None
+            return True
         # Binary answers (speech, images) are streamed back as they come, with the
         # upstream's length when it gave one, so a body cut short is detectable.
         length = response.header(b"content-length")
@@ -521,15 +457,34 @@ class Relay:
             response.status, [(b"content-type", content_type.encode()), *framing, *headers]
         )
         try:
-            async for chunk in IdleTimed(response, self.gw.config.routing.idle_stream_timeout_s):
+            async for chunk in IdleTimed(response, self.idle_s):
                 await writer.body(chunk, True)
         except (trio.TooSlowError, PoolError):
             # No clean end: the response stays unfinished and the server closes the
             # connection, so the client sees a broken download, not a short "success".
-            outcome.status = 502
-            return False, None, None
+            attempt.outcome.status = 502
+            return False
         await writer.body(b"", False)
-        return True, None, None
+        return True
+
+
+def _exhausted(
+    model: str, outcome: Outcome, last: _Failed | None, timeouts: int, loops: int
+) -> GenieHiveError:
+    """The error for a request whose every try failed before the first byte: each failed
+    attempt is named in the message."""
+    if last is None:
+        return NoHealthyUpstream(f"no routable service for '{model}' now")
+    if last.status == 429:
+        # Retried in case another candidate had room; none had: the client gets the 429.
+        return UpstreamStatus(429, last.message)
+    summary = "; ".join(f"{service_id}: {message}" for service_id, message in outcome.failures)
+    if timeouts == len(outcome.failures):
+        return UpstreamTimeout(f"every upstream timed out: {summary}")
+    if loops == len(outcome.failures):
+        # Each candidate led back to a gateway this request had passed (508 Loop Detected).
+        return LoopDetected(f"every upstream looped back: {summary}")
+    return UpstreamFailed(f"every upstream failed: {summary}")
 
 
 SSE_HEADERS = (
@@ -550,7 +505,7 @@ class IdleTimed:
 
     __slots__ = ("idle_s", "response")
 
-    def __init__(self, response: PoolResponse, idle_s: float) -> None:
+    def __init__(self, response: UpstreamResponse, idle_s: float) -> None:
         self.response = response
         self.idle_s = idle_s
 

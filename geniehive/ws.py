@@ -54,9 +54,10 @@ from geniehive.errors import (
     ShuttingDown,
     render_error,
 )
+from geniehive.exchange import Inbound, Outcome, Writer
 from geniehive.fields import check_body
 from geniehive.gate import client_address
-from geniehive.relay import Inbound, Outcome, Relay, Writer
+from geniehive.relay import Relay
 from geniehive.sse import EVENT_END, parse_event_lines
 from geniehive.writes import abort_connection, release_on_cut, send_bounded, wait_stalled
 

@@ -109,9 +109,9 @@ def test_failed_attempts_are_counted_under_service_ids_that_contain_colons(
     from types import SimpleNamespace
 
     from geniehive.config import load_control
+    from geniehive.exchange import Outcome
     from geniehive.gateway import Gateway
     from geniehive.models import Snapshot
-    from geniehive.relay import Outcome
 
     config = load_control(write_config(tmp_path, ""), {})
     registry = SimpleNamespace(snapshot=Snapshot(version=1, hosts={}, services={}, roles={}))

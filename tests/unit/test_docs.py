@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import pytest
 
 from geniehive.config import check_files, load_control
+from geniehive.exchange import Outcome
 from geniehive.gateway import Gateway
 from geniehive.models import Asset, Host, Service, Snapshot
-from geniehive.relay import Outcome
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENT = REPO / "docs" / "deployment.md"
