@@ -9,7 +9,6 @@ costs no real time, and the elapsed trio time is exact.
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
 from collections.abc import Sequence
@@ -385,15 +384,6 @@ def test_the_pool_and_the_fake_take_the_transport_signature() -> None:
 
     assert parameters(UpstreamPool.request) == parameters(Transport.request)
     assert parameters(FakeTransport.request) == parameters(Transport.request)
-
-
-def test_exchange_is_pure() -> None:
-    tree = ast.parse(Path(exchange.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"__future__", "collections", "dataclasses", "typing"}
 
 
 def test_outcome_takes_only_integer_token_counts() -> None:
