@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import trio
 
-from geniehive import exchange
 from geniehive.adapters.loader import load_adapters
 from geniehive.config import ControlConfig, load_control
 from geniehive.errors import UpstreamFailed, UpstreamStatus, UpstreamTimeout
