@@ -1,4 +1,4 @@
-"""The operator API: route explanations, the cluster listings and operator actions, benchmarks, keys.
+"""The operator API: route explanations, cluster listings, operator actions, benchmarks, keys.
 
     GET    /v1/cluster/hosts                      read     hosts, staleness, heartbeat age
     DELETE /v1/cluster/hosts/<id>                 operate  forget a node host (not the local one)

@@ -44,7 +44,7 @@ class TextFormatter(logging.Formatter):
     """One line per record: values a client or node sent (a model name with a newline, say)
     cannot forge a line of their own. A traceback, written by us, keeps its lines."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
 

@@ -54,8 +54,8 @@ async def test_a_model_name_with_a_newline_cannot_forge_a_log_line(
 
 def test_text_format_escapes_every_control_character_but_keeps_tracebacks() -> None:
     formatter = TextFormatter("%(message)s")
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "v=%s", ("a\r\x00\x1b\u2028\x85é b",),
-                               None)
+    value = "a\r\x00\x1b\u2028\x85é b"
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "v=%s", (value,), None)
     assert formatter.format(record) == "v=a\\x0d\\x00\\x1b\\u2028\\x85é b"
     try:
         raise ValueError("boom")

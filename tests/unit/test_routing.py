@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from geniehive import routing
 from geniehive.models import (
     Asset,
     BenchmarkSample,

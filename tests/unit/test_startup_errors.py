@@ -17,6 +17,7 @@ from geniehive.launcher import LaunchError
 from geniehive.registry import RegistryError, UnknownHost
 from tests.startup_files import CONTROL_HEAD, NODE_HEAD, upstream
 
+
 @pytest.fixture(autouse=True)
 def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     # The commands install their own root log handler; the test keeps pytest's, and no
@@ -105,11 +106,6 @@ def test_a_control_file_with_problems_exits_2_before_starting(
         cli.main(["serve", "--config", str(path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"{path}: server.extra")
-
-
-def test_a_refused_registry_write_is_not_a_startup_error() -> None:
-    # Answered by the request that asked for it (404, 409), never a reason to stop.
-    assert not isinstance(UnknownHost("h"), StartupError)
 
 
 def test_a_refused_registry_write_is_not_a_startup_error() -> None:
