@@ -208,7 +208,7 @@ def _spawn(name: str, argv: list[str], cpu: int, port: int, logs: Path,
     handle = log.open("wb")
 
     def restore_limit() -> None:
-        # The gateway must raise its own open-files limit (SPEC §1); give it the limit the
+        # The gateway must raise its own open-files limit; give it the limit the
         # harness was started with, not the one the harness raised for its clients.
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)

@@ -1,4 +1,4 @@
-"""The task tree of `geniehive serve` (SPEC §1).
+"""The task tree of `geniehive serve`.
 
     serve_control(config)
       registry      opened, migrated, snapshot built           (started: snapshot ready)

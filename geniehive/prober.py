@@ -1,4 +1,4 @@
-"""The health prober (SPEC §10): an adapter-specific probe of every service, with hysteresis.
+"""The health prober: an adapter-specific probe of every service, with hysteresis.
 
 Rule: one probe per upstream server (services sharing a base URL and adapter share it), each
 bounded by `prober.timeout_s`; probes never generate tokens. Verdicts live in the gateway's

@@ -1,4 +1,4 @@
-"""Forwarding (SPEC §7): failover over a route's candidates, then its fallbacks; relaying.
+"""Forwarding: failover over a route's candidates, then its fallbacks; relaying.
 
 Outcomes of one attempt:
 
@@ -168,7 +168,7 @@ class Relay:
             body = adapter.thinking_off(body)
         if inbound.operation == "embeddings" and body.get("encoding_format") == "base64":
             # Ask for floats and encode ourselves: upstreams that ignore or reject base64
-            # then behave alike (SPEC §4).
+            # then behave alike.
             body = {k: v for k, v in body.items() if k != "encoding_format"}
         strip = effective.strip_reasoning is not False
         return body, strip
@@ -354,7 +354,7 @@ class Relay:
         except (trio.TooSlowError, PoolError):
             body = b""
         message = attempt.adapter.parse_error(status, body)
-        if status == 429 and attempt.more_candidates():  # SPEC §7: elsewhere only if there is one
+        if status == 429 and attempt.more_candidates():  # elsewhere only if there is one
             raise _Failed("status", message, status=429)
         if status in RETRY_STATUSES:
             raise _Failed("status", f"HTTP {status}: {message}", status=status)

@@ -174,8 +174,8 @@ async def _spawn(nursery: trio.Nursery, argv: list[str], pattern: re.Pattern[byt
 
 
 def free_port() -> int:
-    """A loopback port that was free a moment ago, for servers that take a fixed port
-    (PITFALLS 18) or must come back on the same one: bind port 0, read it, release it."""
+    """A loopback port that was free a moment ago, for servers that cannot bind port 0
+    or must come back on the same one: bind port 0, read it, release it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

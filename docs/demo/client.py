@@ -15,7 +15,7 @@ import sys
 
 import openai
 
-# Hints meaning "loaded and answering fast enough to hand small jobs to" (SPEC §4).
+# Hints meaning "loaded and answering fast enough to hand small jobs to".
 FIT = ("good_for_low_complexity", "usable_for_background_tasks")
 
 

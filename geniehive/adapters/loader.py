@@ -1,4 +1,4 @@
-"""Find, import and validate adapter plugins (SPEC §11).
+"""Find, import and validate adapter plugins.
 
 Sources, in order: the built-in plugins folder (shipped as the package
 `geniehive._builtin_plugins`), each extra folder from `[plugins] paths`, then installed

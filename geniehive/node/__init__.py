@@ -1,4 +1,4 @@
-"""The node agent that runs on each GPU host (`geniehive node`, SPEC §8).
+"""The node agent that runs on each GPU host (`geniehive node`).
 
 `run_node(config, *, task_status)` discovers the host's upstreams, registers with the control
 plane and heartbeats until cancelled. It never proxies client traffic.

@@ -1,4 +1,4 @@
-"""The node agent (`geniehive node`, SPEC §8): measure the local upstreams, register,
+"""The node agent (`geniehive node`): measure the local upstreams, register,
 heartbeat.
 
 Each step discovers every upstream afresh through its adapter (discover + observe, and a
@@ -309,7 +309,7 @@ async def run_node(
             trio.open_nursery() as nursery:
         agent = NodeAgent(config, specs, upstreams, control, rng or random.Random())
         if any(u.launch is not None for u in config.upstreams):
-            # Managed upstreams (SPEC §11) are up before the first discovery.
+            # Managed upstreams are up before the first discovery.
             await nursery.start(run_launcher, config.upstreams, agent.probe_upstream)
         delay = await _guarded_step(agent)
         task_status.started()
@@ -319,7 +319,8 @@ async def run_node(
 
 
 async def _guarded_step(agent: NodeAgent) -> float:
-    # A bug in one step must not stop the agent (PITFALLS 9): log it and back off.
+    # A bug in one step must not stop the agent (one task raising would cancel its
+    # siblings): log it and back off.
     try:
         return await agent.step()
     except Exception:

@@ -1,5 +1,5 @@
 """The operator API against an in-process gateway: listings, drain, explanations, benchmarks,
-named keys, and the client commands that read them (SPEC §1, §5, §8, §12, §13)."""
+named keys, and the client commands that read them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Discovery and probes survive upstreams that answer slowly or strangely (SPEC §1, §9)."""
+"""Discovery and probes survive upstreams that answer slowly or strangely."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Slow and hostile clients on the wire: header and body timeouts, the key gate before the
-body, the connection bound and OPTIONS without a key (SPEC §13), on real sockets."""
+body, the connection bound and OPTIONS without a key, on real sockets."""
 
 from __future__ import annotations
 

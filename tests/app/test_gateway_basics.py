@@ -1,4 +1,4 @@
-"""Readiness, auth and the model listing (SPEC §1, §4, §13) against an in-process gateway."""
+"""Readiness, auth and the model listing against an in-process gateway."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`GET /metrics`: Prometheus text whose values move with traffic (SPEC §15)."""
+"""`GET /metrics`: Prometheus text whose values move with traffic."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The client API's forwarding contract against a recording fake upstream (SPEC §4, §6, §7)."""
+"""The client API's forwarding contract against a recording fake upstream."""
 
 from __future__ import annotations
 
@@ -405,7 +405,7 @@ async def test_upstream_429_with_no_other_candidate_reaches_the_client(hive: Hiv
 async def test_a_lone_upstream_answering_429_is_not_held_against_its_breaker(
     hive: Hive,
 ) -> None:
-    # With no other candidate a 429 is returned at once (SPEC §7), like any 4xx: the upstream
+    # With no other candidate a 429 is returned at once, like any 4xx: the upstream
     # is alive, so repeated 429s must not open its breaker and turn into 503s.
     breaker = hive.gateway.config.breaker.failures
     # Only chat requests take the fault: a probe or discovery call must not use one up.

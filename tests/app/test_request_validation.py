@@ -1,4 +1,4 @@
-"""What a client or a node sends is checked before anything is forwarded (SPEC §4, §13).
+"""What a client or a node sends is checked before anything is forwarded.
 
 Against a real gateway on port 0 and the recording fake upstream: wrong-typed standard
 fields, JSON that is not JSON (NaN, Infinity) and keys given twice are 400 `invalid_request`

@@ -1,4 +1,4 @@
-"""Roles through the proxy: policy in the upstream body, fallbacks, route headers (SPEC §5, §6)."""
+"""Roles through the proxy: policy in the upstream body, fallbacks, route headers."""
 
 from __future__ import annotations
 

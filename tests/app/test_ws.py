@@ -1,4 +1,4 @@
-"""Websocket chat (SPEC §4) against an in-process gateway and a recording fake upstream."""
+"""Websocket chat against an in-process gateway and a recording fake upstream."""
 
 from __future__ import annotations
 

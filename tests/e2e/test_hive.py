@@ -1,8 +1,8 @@
 """A hive of real processes: one control plane, two node agents, fake upstreams behind them.
 
-Covers SPEC §7-§10 and §14: hosts appear, a dead agent's services leave routing within
-`stale_after_s` while requests keep succeeding on the other host, a control-plane restart on
-the same SQLite file loses nothing, a dead upstream is failed over, its breaker opens, the
+Covers forwarding, nodes, discovery, health and persistence: hosts appear, a dead agent's
+services leave routing within `stale_after_s` while requests keep succeeding on the other
+host, a control-plane restart on the same SQLite file loses nothing, a dead upstream is failed over, its breaker opens, the
 prober marks it down and it returns after a restart, and a stream whose upstream dies ends with
 one SSE error event.
 """

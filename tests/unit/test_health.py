@@ -1,4 +1,4 @@
-"""Every health and breaker transition (SPEC §10), with time passed in."""
+"""Every health and breaker transition, with time passed in."""
 
 from __future__ import annotations
 

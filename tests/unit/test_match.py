@@ -23,7 +23,7 @@ CTX = RoutingContext(now=NOW, stale_after_s=15.0)
 
 
 def worked_example() -> Snapshot:
-    """SPEC §5's example: one role, one service, one stored sample.
+    """The worked example of a match: one role, one service, one stored sample.
 
     Service text tokens: gpu, 01, chat, llamacpp, fast (from the label "fast-gpu"), qwen3, 5, 9b;
     only "fast" of the query's three tokens is among them, so its text overlap is 1/3.

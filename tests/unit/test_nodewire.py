@@ -1,4 +1,4 @@
-"""Node payload parsing: every required field, the defaults, and wrong types (SPEC §8)."""
+"""Node payload parsing: every required field, the defaults, and wrong types."""
 
 from __future__ import annotations
 
