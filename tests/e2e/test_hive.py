@@ -2,9 +2,9 @@
 
 Covers forwarding, nodes, discovery, health and persistence: hosts appear, a dead agent's
 services leave routing within `stale_after_s` while requests keep succeeding on the other
-host, a control-plane restart on the same SQLite file loses nothing, a dead upstream is failed over, its breaker opens, the
-prober marks it down and it returns after a restart, and a stream whose upstream dies ends with
-one SSE error event.
+host, a control-plane restart on the same SQLite file loses nothing, a dead upstream is failed
+over, its breaker opens, the prober marks it down and it returns after a restart, and a stream
+whose upstream dies ends with one SSE error event.
 """
 
 from __future__ import annotations
