@@ -19,38 +19,26 @@
 
 Rule: handlers read the snapshot and the live counters and never advance a round-robin
 counter; writes go through the registry, whose snapshot is published before it returns.
-The views and the benchmark report parser are pure functions of their arguments. After
-every key change the authenticator's named keys are reloaded from the registry.
+The views are pure functions of their arguments; the benchmark report is parsed by
+geniehive/benchreport.py, and the admin key routes live in geniehive/api_keys.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-from geniehive import auth, catalog, health, matching, routing, wire
+from geniehive import catalog, health, matching, routing, wire
+from geniehive.api_keys import register_key_routes
 from geniehive.api_nodes import parse_json
+from geniehive.benchreport import parse_report
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
-from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot, valid_id
-from geniehive.registry import StoredKey, UnknownHost, UnknownKey, UnknownService
+from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot
+from geniehive.registry import UnknownHost, UnknownService
 
 log = logging.getLogger("geniehive.cluster")
-
-# Numeric result fields a report may carry; other result keys are kept as sent.
-RESULT_NUMBERS = (
-    "case_count", "pass_rate", "p50_latency_ms", "ttft_ms", "tokens_per_sec",
-    "prompt_tokens", "completion_tokens", "quality_score", "completion_rate",
-    "tool_success_rate", "error_count",
-)  # fmt: skip
-SAMPLE_KEYS = frozenset(
-    {"benchmark_id", "service_id", "asset_id", "workload", "observed_at", "results"}
-)
-MAX_NAME = 128
 
 
 # --- views (pure) -----------------------------------------------------------------------------
@@ -172,209 +160,6 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-# --- benchmark reports (pure) -----------------------------------------------------------------
-
-
-def default_benchmark_id(
-    service_id: str, asset_id: str | None, workload: str, observed_at: str
-) -> str:
-    """A stable id, so ingesting the same report twice replaces rather than duplicates."""
-    text = "\x1f".join((service_id, asset_id or "", workload, observed_at))
-    return "bm_" + hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def _text(data: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> str | None:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise InvalidRequest(f"{path}{key}: required", param=f"{path}{key}")
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > 256:
-        raise InvalidRequest(f"{path}{key}: expected a non-empty string", param=f"{path}{key}")
-    return value
-
-
-def _timestamp(data: Mapping[str, Any], key: str, path: str) -> str | None:
-    value = _text(data, key, path)
-    if value is not None:
-        try:
-            datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidRequest(
-                f"{path}{key}: expected an ISO 8601 time", param=f"{path}{key}"
-            ) from None
-    return value
-
-
-def _results(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{path}: expected an object", param=path)
-    for key in RESULT_NUMBERS:
-        number = value.get(key)
-        if number is None:
-            continue
-        if (
-            isinstance(number, bool)
-            or not isinstance(number, (int, float))
-            or not math.isfinite(number)
-            or number < 0
-        ):
-            raise InvalidRequest(
-                f"{path}.{key}: expected a non-negative number", param=f"{path}.{key}"
-            )
-    return value
-
-
-def parse_sample(data: Any, index: int, default_observed_at: str) -> BenchmarkSample:
-    """One report sample. Raises InvalidRequest naming the field."""
-    path = f"samples[{index}]."
-    if not isinstance(data, dict):
-        raise InvalidRequest(f"samples[{index}]: expected an object", param=f"samples[{index}]")
-    unknown = sorted(set(data) - SAMPLE_KEYS)
-    if unknown:
-        raise InvalidRequest(f"{path}{unknown[0]}: unknown field", param=f"{path}{unknown[0]}")
-    service_id = _text(data, "service_id", path, required=True)
-    if not valid_id(service_id):
-        raise InvalidRequest(
-            f"{path}service_id: expected 1-128 letters, digits and . _ : / -",
-            param=f"{path}service_id",
-        )
-    workload = _text(data, "workload", path, required=True)
-    asset_id = _text(data, "asset_id", path)
-    observed_at = _timestamp(data, "observed_at", path) or default_observed_at
-    results = _results(data.get("results"), f"{path}results")
-    benchmark_id = _text(data, "benchmark_id", path) or default_benchmark_id(
-        str(service_id), asset_id, str(workload), observed_at
-    )
-    return BenchmarkSample(
-        benchmark_id, str(service_id), asset_id, str(workload), observed_at, results
-    )
-
-
-def parse_report(body: Any, now: float) -> list[BenchmarkSample]:
-    """The samples of a benchmark report. Raises InvalidRequest naming the field.
-
-    Other top-level keys (report metadata such as the per-case details) are accepted and
-    not stored; a sample without `observed_at` takes the report's, else `now`.
-    """
-    if not isinstance(body, dict):
-        raise InvalidRequest("body: expected a JSON object")
-    _text(body, "report_id", "")
-    _text(body, "source", "")
-    observed_at = _timestamp(body, "observed_at", "") or iso_time(now)
-    samples = body.get("samples")
-    if not isinstance(samples, list):
-        raise InvalidRequest("samples: expected a list", param="samples")
-    return [parse_sample(data, index, observed_at) for index, data in enumerate(samples)]
-
-
-def iso_time(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-# --- keys ---------------------------------------------------------------------------------------
-
-
-def named_key(stored: StoredKey) -> auth.NamedKey:
-    """The authenticator's form of a stored key (hex salt and hash back to bytes)."""
-    return auth.NamedKey(
-        key_id=stored.key_id, name=stored.name, salt=bytes.fromhex(stored.salt),
-        hash=bytes.fromhex(stored.hash), scopes=frozenset(stored.scopes),
-        models=tuple(stored.models), disabled=stored.disabled, host=stored.host,
-    )  # fmt: skip
-
-
-def load_named_keys(gateway: Any) -> None:
-    """Give the authenticator the registry's named keys (at start and after each change)."""
-    gateway.auth.set_named(named_key(k) for k in gateway.registry.api_keys.values())
-
-
-def key_view(stored: StoredKey) -> dict[str, Any]:
-    """A key as listed: never its secret, salt or hash."""
-    return {
-        "key_id": stored.key_id,
-        "name": stored.name,
-        "scopes": list(stored.scopes),
-        "models": list(stored.models),
-        "host": auth.named_key_host(stored.name, stored.scopes, stored.host),
-        "disabled": stored.disabled,
-        "created_at": stored.created_at,
-    }
-
-
-KeyRequest = tuple[str, tuple[str, ...], tuple[str, ...], str | None]
-
-
-def parse_key_request(body: Any) -> KeyRequest:
-    """(name, scopes, model globs, host) of a key creation body. Raises InvalidRequest.
-
-    A key with the `node` scope speaks for one host id: `host`, else its name, which must
-    then be a valid host id.
-    """
-    if not isinstance(body, dict):
-        raise InvalidRequest("body: expected a JSON object")
-    unknown = sorted(set(body) - {"name", "scopes", "models", "host"})
-    if unknown:
-        raise InvalidRequest(f"{unknown[0]}: unknown field", param=unknown[0])
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        raise InvalidRequest("name: expected a non-empty string", param="name")
-    scopes = body.get("scopes")
-    if not isinstance(scopes, list) or not scopes or not all(s in auth.SCOPES for s in scopes):
-        raise InvalidRequest(
-            f"scopes: expected a non-empty list of {', '.join(auth.SCOPES)}", param="scopes"
-        )
-    models = body.get("models", [])
-    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
-        raise InvalidRequest("models: expected a list of model globs", param="models")
-    return name, tuple(dict.fromkeys(scopes)), tuple(dict.fromkeys(models)), _key_host(body, scopes)
-
-
-def _key_host(body: Mapping[str, Any], scopes: list[str]) -> str | None:
-    host = body.get("host")
-    if host is not None and "node" not in scopes:
-        raise InvalidRequest("host: only a key with the 'node' scope speaks for a host",
-                             param="host")
-    if "node" not in scopes:
-        return None
-    if host is not None and not valid_id(host):
-        raise InvalidRequest("host: expected a host id of 1-128 letters, digits and . _ : / -",
-                             param="host")
-    if host is None and not valid_id(body["name"]):
-        raise InvalidRequest(
-            "host: a node key speaks for the host named like it, and this name is not a host "
-            "id; give the host id", param="host",
-        )
-    return host or body["name"]
-
-
-async def create_key(gateway: Any, body: Any) -> dict[str, Any]:
-    name, scopes, models, host = parse_key_request(body)
-    key_id, full_key, salt, digest = auth.new_named_key()
-    stored = StoredKey(key_id, name, salt.hex(), digest.hex(), scopes, models, False, time.time(),
-                       host)
-    await gateway.registry.put_api_key(stored)
-    load_named_keys(gateway)
-    log.info("created API key id=%s name=%s scopes=%s host=%s", key_id, name, ",".join(scopes),
-             host or "-")
-    return {**key_view(stored), "key": full_key}
-
-
-async def change_key(gateway: Any, key_id: str, action: str) -> dict[str, Any]:
-    """Disable, enable or delete a named key. Raises NotFound."""
-    try:
-        if action == "delete":
-            await gateway.registry.delete_api_key(key_id)
-        else:
-            await gateway.registry.set_api_key_disabled(key_id, action == "disable")
-    except UnknownKey:
-        raise NotFound(f"no API key with id '{key_id}'", param="key_id") from None
-    load_named_keys(gateway)
-    log.info("API key id=%s %sd", key_id, action)
-    stored = gateway.registry.api_keys.get(key_id)
-    return {"status": "ok", "key": key_view(stored) if stored is not None else None}
-
-
 # --- the routes -------------------------------------------------------------------------------
 
 
@@ -493,7 +278,7 @@ def register_cluster_routes(app: Any, gateway: Any) -> None:
     _register_reads(app, gateway)
     _register_explain(app, gateway)
     _register_writes(app, gateway)
-    _register_keys(app, gateway)
+    register_key_routes(app, gateway)
 
 
 def _register_reads(app: Any, gateway: Any) -> None:
@@ -572,37 +357,3 @@ def _register_writes(app: Any, gateway: Any) -> None:
     async def cluster_ingest() -> Any:
         operate()
         return jsonify(await ingest_report(gateway, parse_json(await request.get_data())))
-
-
-def _register_keys(app: Any, gateway: Any) -> None:
-    from quart import jsonify, request
-
-    def admin() -> None:
-        gateway.auth.authorize(request.headers, "admin")
-
-    @app.get("/v1/admin/keys")
-    async def admin_list_keys() -> Any:
-        admin()
-        keys = await gateway.registry.list_api_keys()
-        return jsonify(_listing([key_view(k) for k in keys]))
-
-    @app.post("/v1/admin/keys")
-    async def admin_create_key() -> Any:
-        admin()
-        created = await create_key(gateway, parse_json(await request.get_data()))
-        return jsonify(created), 201
-
-    @app.post("/v1/admin/keys/<key_id>/disable")
-    async def admin_disable_key(key_id: str) -> Any:
-        admin()
-        return jsonify(await change_key(gateway, key_id, "disable"))
-
-    @app.post("/v1/admin/keys/<key_id>/enable")
-    async def admin_enable_key(key_id: str) -> Any:
-        admin()
-        return jsonify(await change_key(gateway, key_id, "enable"))
-
-    @app.delete("/v1/admin/keys/<key_id>")
-    async def admin_delete_key(key_id: str) -> Any:
-        admin()
-        return jsonify(await change_key(gateway, key_id, "delete"))

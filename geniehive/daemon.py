@@ -29,7 +29,8 @@ from hypercorn.config import Config as HyperConfig
 
 from geniehive import egress, ws
 from geniehive.adapters.loader import PluginError, check_upstream_adapters, load_adapters
-from geniehive.api_cluster import load_named_keys, register_cluster_routes
+from geniehive.api_cluster import register_cluster_routes
+from geniehive.api_keys import load_named_keys
 from geniehive.api_nodes import apply_edge_limits, base_hypercorn_config, run_heartbeat_listener
 from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.app import create_asgi

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from geniehive import api_cluster, commands
+from geniehive import api_keys, benchreport, commands
 from geniehive.commands import (
     BUILTIN_WORKLOADS,
     Case,
@@ -179,7 +179,7 @@ def test_report_has_one_sample_per_serving_service_with_spec_results() -> None:
 
 def test_the_gateway_accepts_the_report_the_bench_writes() -> None:
     report = build_report("chat.short_reasoning", "m", results(), "rid", "2025-01-02T03:04:05Z")
-    samples = api_cluster.parse_report(report, now=0.0)
+    samples = benchreport.parse_report(report, now=0.0)
     assert [(s.benchmark_id, s.service_id, s.workload) for s in samples] == [
         ("rid-0", "x/chat", "chat.short_reasoning"), ("rid-1", "y/chat", "chat.short_reasoning"),
     ]  # fmt: skip
@@ -189,11 +189,11 @@ def test_the_gateway_accepts_the_report_the_bench_writes() -> None:
 def test_a_sample_without_ids_gets_a_stable_id_and_the_report_time() -> None:
     body = {"observed_at": "2025-01-02T03:04:05Z",
             "samples": [{"service_id": "x/chat", "workload": "w", "results": {}}]}
-    first = api_cluster.parse_report(body, now=1.0)[0]
-    again = api_cluster.parse_report(body, now=2.0)[0]
+    first = benchreport.parse_report(body, now=1.0)[0]
+    again = benchreport.parse_report(body, now=2.0)[0]
     assert first.benchmark_id == again.benchmark_id and first.benchmark_id.startswith("bm_")
     assert first.observed_at == "2025-01-02T03:04:05Z"
-    bare = api_cluster.parse_report({"samples": body["samples"]}, now=0.0)[0]
+    bare = benchreport.parse_report({"samples": body["samples"]}, now=0.0)[0]
     assert bare.observed_at == "1970-01-01T00:00:00Z"
 
 
@@ -201,7 +201,7 @@ def test_a_report_with_a_negative_rate_is_rejected() -> None:
     body = {"samples": [{"service_id": "x/chat", "workload": "w",
                          "results": {"pass_rate": -1}}]}  # fmt: skip
     with pytest.raises(InvalidRequest, match=r"^samples\[0\]\.results\.pass_rate"):
-        api_cluster.parse_report(body, now=0.0)
+        benchreport.parse_report(body, now=0.0)
 
 
 def test_stored_keys_become_authenticator_keys() -> None:
@@ -212,11 +212,11 @@ def test_stored_keys_become_authenticator_keys() -> None:
     stored = StoredKey("abc", "app", salt.hex(), hash_secret(salt, "s3cret").hex(),
                        ("inference",), ("m*",))  # fmt: skip
     authenticator = Authenticator()
-    authenticator.set_named([api_cluster.named_key(stored)])
+    authenticator.set_named([api_keys.named_key(stored)])
     principal = authenticator.identify("gh_abc_s3cret")
     assert principal is not None and principal.name == "app" and principal.models == ("m*",)
     assert authenticator.identify("gh_abc_wrong") is None
-    assert "hash" not in api_cluster.key_view(stored) and "salt" not in api_cluster.key_view(stored)
+    assert "hash" not in api_keys.key_view(stored) and "salt" not in api_keys.key_view(stored)
 
 
 def test_client_commands_register_with_argparse() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geniehive import api_cluster
+from geniehive import api_keys
 from geniehive.api_nodes import check_speaks_for
 from geniehive.auth import Authenticator, Principal, hash_secret
 from geniehive.errors import InvalidRequest, PermissionDenied
@@ -20,7 +20,7 @@ def named(name: str, scopes: tuple[str, ...], host: str | None = None) -> Stored
 
 def principal_of(stored: StoredKey) -> Principal:
     authenticator = Authenticator()
-    authenticator.set_named([api_cluster.named_key(stored)])
+    authenticator.set_named([api_keys.named_key(stored)])
     principal = authenticator.identify(f"gh_{stored.key_id}_s3cret")
     assert principal is not None
     return principal
@@ -68,7 +68,7 @@ def test_speaking_for_another_host_is_403_naming_it() -> None:
 
 
 def test_key_requests_bind_node_keys_to_a_host() -> None:
-    parse = api_cluster.parse_key_request
+    parse = api_keys.parse_key_request
     assert parse({"name": "gpu-01", "scopes": ["node"]})[3] == "gpu-01"
     assert parse({"name": "box", "scopes": ["node", "read"], "host": "gpu-07"})[3] == "gpu-07"
     assert parse({"name": "my app", "scopes": ["inference"]})[3] is None
@@ -82,11 +82,11 @@ def test_key_requests_bind_node_keys_to_a_host() -> None:
 ])
 def test_bad_host_bindings_are_400_naming_host(body: dict) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        api_cluster.parse_key_request(body)
+        api_keys.parse_key_request(body)
     assert caught.value.param == "host"
 
 
 def test_key_listing_shows_the_host_also_for_keys_stored_without_one() -> None:
-    assert api_cluster.key_view(named("gpu-01", ("node",)))["host"] == "gpu-01"
-    assert api_cluster.key_view(named("box", ("node",), host="gpu-07"))["host"] == "gpu-07"
-    assert api_cluster.key_view(named("app", ("read",)))["host"] is None
+    assert api_keys.key_view(named("gpu-01", ("node",)))["host"] == "gpu-01"
+    assert api_keys.key_view(named("box", ("node",), host="gpu-07"))["host"] == "gpu-07"
+    assert api_keys.key_view(named("app", ("read",)))["host"] is None
