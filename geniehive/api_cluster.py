@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from geniehive import auth, catalog, health, matching, routing, wire
-from geniehive.api_nodes import parse_json
+from geniehive.asgi import chunk_receive, parse_json, read_body
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
 from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot, valid_id
 from geniehive.registry import StoredKey, UnknownHost, UnknownKey, UnknownService
@@ -528,6 +528,12 @@ def _register_reads(app: Any, gateway: Any) -> None:
         return jsonify(_listing(benchmarks(gateway, request.args)))
 
 
+async def _json_body(request: Any, gateway: Any) -> dict[str, Any]:
+    """The request body as a JSON object, counted and parsed by the edge toolkit's rules."""
+    raw = await read_body(chunk_receive(request.body), gateway.config.server.max_body_bytes)
+    return parse_json(raw)
+
+
 def _register_explain(app: Any, gateway: Any) -> None:
     from quart import jsonify, request
 
@@ -539,7 +545,7 @@ def _register_explain(app: Any, gateway: Any) -> None:
     @app.post("/v1/cluster/routes/match")
     async def cluster_match() -> Any:
         gateway.auth.authorize(request.headers, "read")
-        return jsonify(match_routes(gateway, parse_json(await request.get_data())))
+        return jsonify(match_routes(gateway, await _json_body(request, gateway)))
 
 
 def _register_writes(app: Any, gateway: Any) -> None:
@@ -571,7 +577,7 @@ def _register_writes(app: Any, gateway: Any) -> None:
     @app.post("/v1/cluster/benchmarks")
     async def cluster_ingest() -> Any:
         operate()
-        return jsonify(await ingest_report(gateway, parse_json(await request.get_data())))
+        return jsonify(await ingest_report(gateway, await _json_body(request, gateway)))
 
 
 def _register_keys(app: Any, gateway: Any) -> None:
@@ -589,7 +595,7 @@ def _register_keys(app: Any, gateway: Any) -> None:
     @app.post("/v1/admin/keys")
     async def admin_create_key() -> Any:
         admin()
-        created = await create_key(gateway, parse_json(await request.get_data()))
+        created = await create_key(gateway, await _json_body(request, gateway))
         return jsonify(created), 201
 
     @app.post("/v1/admin/keys/<key_id>/disable")

@@ -31,6 +31,7 @@ import trio
 from geniehive import health, routing
 from geniehive import policy as policy_mod
 from geniehive.adapters import Adapter, UpstreamRequest
+from geniehive.asgi import route_headers
 from geniehive.egress import HOP_HEADER_BYTES
 from geniehive.errors import (
     LoopDetected,
@@ -324,7 +325,7 @@ class Relay:
         try:
             await self._check_status(adapter, response, more_candidates)
             outcome.status = response.status
-            headers = self.gw.route_headers(inbound, outcome)
+            headers = route_headers(inbound.request_id, outcome)
             content_type = (response.header(b"content-type") or b"").decode("latin-1")
             if inbound.stream and content_type.startswith("text/event-stream"):
                 return await self._relay_stream(
