@@ -92,9 +92,17 @@ def new_request_id() -> str:
 def route_headers(request_id: str, route: RouteFacts | None) -> list[tuple[bytes, bytes]]:
     """X-Request-Id, then the service and model that answered and the route and attempts
     taken (each pair once known), as sent on every answer to a forwarded request."""
-    headers = [(b"x-request-id", request_id.encode())]
     if route is None:
-        return headers
+        return [(b"x-request-id", request_id.encode())]
+    if route.service_id is not None and route.attempts:  # every answer from an upstream
+        return [
+            (b"x-request-id", request_id.encode()),
+            (b"x-geniehive-service", route.service_id.encode()),
+            (b"x-geniehive-model", (route.upstream_model or "").encode()),
+            (b"x-geniehive-route", route.route.encode()),
+            (b"x-geniehive-attempts", str(route.attempts).encode()),
+        ]
+    headers = [(b"x-request-id", request_id.encode())]
     if route.service_id is not None:
         headers.append((b"x-geniehive-service", route.service_id.encode()))
         headers.append((b"x-geniehive-model", (route.upstream_model or "").encode()))
