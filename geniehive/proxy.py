@@ -4,7 +4,8 @@ Rule: this is the hot path. It reads the body itself (counting bytes, so chunked
 cannot pass the cap), validates, routes on the immutable snapshot and relays; every other
 path goes to the Quart app. A client that goes away (`http.disconnect`) cancels the relay
 at once, which closes the upstream request. Errors before the first byte are rendered in
-the OpenAI shape; none escapes as a plain-text 500.
+the OpenAI shape; none escapes as a plain-text 500. The body reader, the error writer and
+the request log line are the edge toolkit's (geniehive/asgi.py), shared with the other ports.
 """
 
 from __future__ import annotations
