@@ -32,7 +32,7 @@ from typing import Any
 
 from geniehive import catalog, health, matching, routing, wire
 from geniehive.api_keys import register_key_routes
-from geniehive.api_nodes import parse_json
+from geniehive.asgi import read_json_body
 from geniehive.benchreport import parse_report
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
 from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot
@@ -313,6 +313,11 @@ def _register_reads(app: Any, gateway: Any) -> None:
         return jsonify(_listing(benchmarks(gateway, request.args)))
 
 
+async def _json_body(request: Any, gateway: Any) -> dict[str, Any]:
+    """The request body as a JSON object, counted and parsed by the edge toolkit's rules."""
+    return await read_json_body(request.body, gateway.config.server.max_body_bytes)
+
+
 def _register_explain(app: Any, gateway: Any) -> None:
     from quart import jsonify, request
 
@@ -324,7 +329,7 @@ def _register_explain(app: Any, gateway: Any) -> None:
     @app.post("/v1/cluster/routes/match")
     async def cluster_match() -> Any:
         gateway.auth.authorize(request.headers, "read")
-        return jsonify(match_routes(gateway, parse_json(await request.get_data())))
+        return jsonify(match_routes(gateway, await _json_body(request, gateway)))
 
 
 def _register_writes(app: Any, gateway: Any) -> None:
@@ -356,4 +361,4 @@ def _register_writes(app: Any, gateway: Any) -> None:
     @app.post("/v1/cluster/benchmarks")
     async def cluster_ingest() -> Any:
         operate()
-        return jsonify(await ingest_report(gateway, parse_json(await request.get_data())))
+        return jsonify(await ingest_report(gateway, await _json_body(request, gateway)))

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from geniehive import auth
-from geniehive.api_nodes import parse_json
+from geniehive.asgi import read_json_body
 from geniehive.errors import InvalidRequest, NotFound
 from geniehive.models import valid_id
 from geniehive.registry import StoredKey, UnknownKey
@@ -142,7 +142,9 @@ def register_key_routes(app: Any, gateway: Any) -> None:
     @app.post("/v1/admin/keys")
     async def admin_create_key() -> Any:
         admin()
-        created = await create_key(gateway, parse_json(await request.get_data()))
+        created = await create_key(
+            gateway, await read_json_body(request.body, gateway.config.server.max_body_bytes)
+        )
         return jsonify(created), 201
 
     @app.post("/v1/admin/keys/<key_id>/disable")

@@ -18,18 +18,31 @@ transition. Staleness itself is not stored: routing judges it at decision time.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import trio
 
-from geniehive import egress, nodewire, routing, strictjson
+from geniehive import egress, nodewire, routing
+from geniehive.asgi import (
+    BodyClock,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    chunk_receive,
+    parse_json,
+    read_body,
+    scope_headers,
+    scope_request_id,
+    send_error,
+    send_json,
+)
 from geniehive.auth import Principal
 from geniehive.config import TLSConfig
 from geniehive.edge import EdgeConfig, serve_http
@@ -37,14 +50,11 @@ from geniehive.errors import (
     Conflict,
     GenieHiveError,
     InvalidRequest,
+    MethodNotAllowed,
     NotFound,
     PermissionDenied,
-    RequestTimeout,
-    RequestTooLarge,
     UnknownHostError,
-    render_error,
 )
-from geniehive.gate import BodyClock, send_refusal
 from geniehive.models import Host, Service, Snapshot
 from geniehive.registry import ServiceConflict, UnknownHost
 from geniehive.supervise import run_every
@@ -56,8 +66,6 @@ REGISTER_PATH = "/v1/nodes/register"
 HEARTBEAT_PATH = "/v1/nodes/heartbeat"
 # A node with hundreds of models sends tens of kilobytes; this leaves ample room.
 NODE_MAX_BODY_BYTES = 4 * 1024 * 1024
-# Past the cap the rest is read and dropped, up to this much, so keep-alive survives the 413.
-DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 
 Headers = Mapping[str, str]
 Handler = Callable[[Any, Headers, bytes], Awaitable[dict[str, Any]]]
@@ -68,17 +76,6 @@ Handler = Callable[[Any, Headers, bytes], Awaitable[dict[str, Any]]]
 
 def body_limit(gateway: Any) -> int:
     return min(gateway.config.server.max_body_bytes, NODE_MAX_BODY_BYTES)
-
-
-def parse_json(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, read by the one strict parser (geniehive/strictjson.py).
-
-    Raises InvalidRequest (not JSON, NaN/Infinity, a key twice, too deep, not an object).
-    """
-    try:
-        return strictjson.parse_object(body)
-    except strictjson.JSONRejected as exc:
-        raise InvalidRequest(f"the request body {exc.problem}", param=exc.param) from None
 
 
 def _known_adapters(gateway: Any) -> dict[str, frozenset[str]]:
@@ -188,30 +185,21 @@ def register_routes(app: Any, gateway: Any) -> None:
         return
     from quart import jsonify, request
 
-    async def read_body() -> bytes:
-        # Counted here: Quart's own limit misses chunked bodies (PITFALLS 3).
-        limit, data = body_limit(gateway), bytearray()
-        async for chunk in request.body:
-            data.extend(chunk)
-            if len(data) > limit:
-                raise RequestTooLarge(f"body: larger than {limit} bytes")
-        return bytes(data)
+    async def body() -> bytes:
+        # Counted by the toolkit's reader: Quart's own limit misses chunked bodies.
+        return await read_body(chunk_receive(request.body), body_limit(gateway))
 
     async def nodes_register() -> Any:
-        return jsonify(await handle_register(gateway, request.headers, await read_body()))
+        return jsonify(await handle_register(gateway, request.headers, await body()))
 
     async def nodes_heartbeat() -> Any:
-        return jsonify(await handle_heartbeat(gateway, request.headers, await read_body()))
+        return jsonify(await handle_heartbeat(gateway, request.headers, await body()))
 
     app.add_url_rule(REGISTER_PATH, view_func=nodes_register, methods=["POST"])
     app.add_url_rule(HEARTBEAT_PATH, view_func=nodes_heartbeat, methods=["POST"])
 
 
 # --- on the node port (raw ASGI) ------------------------------------------------------------
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class NodeApp:
@@ -224,67 +212,42 @@ class NodeApp:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
         elif scope["type"] == "http":
-            if scope["path"] != "/healthz":
-                refusal = await self.gateway.gate.admit(scope, node=True)
-                if refusal is not None:
-                    await send_refusal(send, scope, refusal)
-                    return
-            receive = BodyClock(receive, self.gateway.config.server.body_timeout_s)
-            status, payload = await self.respond(scope, receive)
-            await _send_json(send, status, payload, close=status == RequestTimeout.status)
+            await self.serve(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
 
-    async def respond(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
-        path, method = scope["path"].rstrip("/") or "/", scope["method"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = scope_request_id(scope)
+        if scope["path"] != "/healthz":
+            refusal = await self.gateway.gate.admit(scope, node=True)
+            if refusal is not None:
+                await send_error(send, refusal, request_id, close=True)
+                return
+        receive = BodyClock(receive, self.gateway.config.server.body_timeout_s)
         try:
-            body = await _read_body(receive, body_limit(self.gateway))
-            if path == "/healthz" and method in ("GET", "HEAD"):
-                return 200, {"status": "ok"}
-            handler = ROUTES.get(path)
-            if handler is None:
-                raise NotFound(f"no node endpoint at {path}")
-            if method != "POST":
-                error = render_error(f"{path} takes POST", "invalid_request_error",
-                                     "method_not_allowed")
-                return 405, {"error": error}
-            return 200, await handler(self.gateway, headers, body)
+            payload = await self.respond(scope, receive)
+        except ClientGone:
+            return  # nobody is left to answer
         except GenieHiveError as exc:
-            return exc.http_status, {"error": exc.error_object()}
+            await send_error(send, exc, request_id)
         except Exception:
-            log.exception("node endpoint %s %s failed", method, path)
-            return 500, {"error": render_error("internal error", "server_error", "internal_error")}
+            log.exception("node endpoint %s %s failed", scope["method"], scope["path"])
+            await send_error(send, GenieHiveError("internal error"), request_id)
+        else:
+            await send_json(send, 200, payload, request_id)
 
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    """The whole body, counting bytes. Raises RequestTooLarge after draining the rest."""
-    data = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        data.extend(message.get("body", b""))
-        if len(data) > limit:
-            drained = len(data)
-            while message.get("more_body", False) and drained < DRAIN_LIMIT_BYTES:
-                message = await receive()
-                drained += len(message.get("body", b""))
-            raise RequestTooLarge(f"body: larger than {limit} bytes")
-        if not message.get("more_body", False):
-            break
-    return bytes(data)
-
-
-async def _send_json(
-    send: Send, status: int, payload: dict[str, Any], *, close: bool = False
-) -> None:
-    body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    async def respond(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """The answer to one request; raises the GenieHiveError to answer instead."""
+        path, method = scope["path"].rstrip("/") or "/", scope["method"]
+        body = await read_body(receive, body_limit(self.gateway))
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            return {"status": "ok"}
+        handler = ROUTES.get(path)
+        if handler is None:
+            raise NotFound(f"no node endpoint at {path}")
+        if method != "POST":
+            raise MethodNotAllowed(f"{path} takes POST")
+        return await handler(self.gateway, scope_headers(scope), body)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

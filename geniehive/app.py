@@ -14,7 +14,14 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from geniehive import catalog
-from geniehive.errors import GenieHiveError, NotFound, render_error
+from geniehive.asgi import new_request_id, render_error_answer
+from geniehive.errors import (
+    GenieHiveError,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    render_error,
+)
 from geniehive.metrics import CONTENT_TYPE_LATEST
 from geniehive.proxy import ProxyApp
 
@@ -35,25 +42,23 @@ def create_app(gateway: Any) -> QuartTrio:
 
     @app.errorhandler(GenieHiveError)
     async def on_error(exc: GenieHiveError) -> Response:
-        return error_response(exc.error_object(), exc.http_status)
+        return error_response(exc)
 
     @app.errorhandler(HTTPException)
     async def on_http(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        type_ = "invalid_request_error" if status < 500 else "server_error"
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
-            status, f"http_{status}"
-        )
-        return error_response(render_error(exc.description or exc.name, type_, code), status)
+        return error_response(framework_error(exc))
 
     @app.errorhandler(Exception)
     async def on_crash(exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(render_error("internal error", "server_error", "internal_error"), 500)
+        return error_response(GenieHiveError("internal error"))
 
     @app.after_request
     async def request_id(response: Response) -> Response:
-        response.headers["X-Request-Id"] = request.headers.get("X-Request-Id") or _new_id()
+        if "X-Request-Id" not in response.headers:  # an error answer carries it already
+            response.headers["X-Request-Id"] = request.headers.get("X-Request-Id") or (
+                new_request_id()
+            )
         return response
 
     @app.get("/healthz")
@@ -96,16 +101,38 @@ def create_app(gateway: Any) -> QuartTrio:
     return app
 
 
-def error_response(error: dict[str, Any], status: int) -> Response:
-    response = jsonify({"error": error})
-    response.status_code = status
-    return response
+def error_response(exc: GenieHiveError) -> Response:
+    """`exc` as a Quart response, rendered by the edge toolkit's one error writer."""
+    request_id = request.headers.get("X-Request-Id") or new_request_id()
+    status, headers, body = render_error_answer(exc, request_id)
+    return Response(
+        body, status=status,
+        headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
+    )
 
 
-def _new_id() -> str:
-    import uuid
+class _FrameworkError(GenieHiveError):
+    """An HTTP error Quart or werkzeug raised itself (no route, a bad method, ...)."""
 
-    return uuid.uuid4().hex
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.framework_status = status
+
+    @property
+    def http_status(self) -> int:
+        return self.framework_status
+
+    def error_object(self) -> dict[str, Any]:
+        status = self.framework_status
+        type_ = "invalid_request_error" if status < 500 else "server_error"
+        return render_error(self.message, type_, f"http_{status}", self.param)
+
+
+def framework_error(exc: HTTPException) -> GenieHiveError:
+    """The GenieHiveError of an HTTP error raised by Quart or werkzeug."""
+    message = exc.description or exc.name
+    known = {404: NotFound, 405: MethodNotAllowed, 413: RequestTooLarge}.get(exc.code or 500)
+    return known(message) if known is not None else _FrameworkError(exc.code or 500, message)
 
 
 def create_asgi(gateway: Any) -> ProxyApp:

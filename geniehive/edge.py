@@ -13,7 +13,8 @@ read from an `EdgeConfig`:
   wait between requests stays `keep_alive_timeout`). Past it an HTTP/1.1 client that sent
   part of a head gets a 408 `request_timeout` with `Connection: close`; the connection closes.
 
-Body timeouts and authentication before the body are the ASGI app's business (geniehive/gate.py).
+Authentication before the body (geniehive/gate.py) and body timeouts (geniehive/asgi.py) are
+the ASGI app's business.
 """
 
 from __future__ import annotations

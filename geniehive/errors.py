@@ -5,6 +5,7 @@
     │   ├── WrongOperation              400 ... / wrong_operation
     │   ├── ModelNotFound               404 ... / model_not_found
     │   ├── NotFound                    404 ... / not_found
+    │   ├── MethodNotAllowed            405 ... / method_not_allowed
     │   ├── RequestTimeout              408 ... / request_timeout
     │   └── RequestTooLarge             413 ... / request_too_large
     ├── AuthenticationFailed            401 authentication_error / invalid_api_key
@@ -88,6 +89,11 @@ class NotFound(InvalidRequest):
 
 class UnknownHostError(NotFound):
     code = "unknown_host"
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    code = "method_not_allowed"
 
 
 class RequestTooLarge(InvalidRequest):

@@ -1,4 +1,4 @@
-"""The ASGI front of both ports: the key gate and the request-body clock (SPEC §13).
+"""The ASGI front of both ports: the key gate (SPEC §13).
 
 Rule: with any key configured, an HTTP request carries a valid key or is answered 401 with
 `Connection: close` before a byte of its body is read, whatever its path or method. Only the
@@ -12,31 +12,21 @@ answered 429 `too_many_auth_failures` with `Retry-After` until its bucket refill
 (auth.FailureBuckets; behind a reverse proxy on loopback, the address is its `X-Real-IP`).
 A verified key is cached, so right keys never wait behind wrong ones.
 
-`BodyClock` bounds each wait for request body bytes by `server.body_timeout_s`; past it the
-reader raises RequestTimeout (408), answered with `Connection: close`.
+A refusal is answered by the edge toolkit's error writer (geniehive/asgi.py) with
+`Connection: close`, the body left unread; the toolkit also holds the body-gap timeout.
 """
 
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import suppress
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
+from geniehive.asgi import Scope
 from geniehive.auth import Authenticator, FailureBuckets, PendingCheck, Principal
-from geniehive.errors import (
-    AuthenticationFailed,
-    GenieHiveError,
-    RequestTimeout,
-    TooManyAuthFailures,
-)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from geniehive.errors import AuthenticationFailed, GenieHiveError, TooManyAuthFailures
 
 PROBES = frozenset({"/healthz", "/readyz"})
 PAGES = frozenset({"/playground"})
@@ -131,54 +121,3 @@ def scope_key(headers: Any, *, node: bool = False) -> str | None:
         elif node and name == b"x-geniehive-node-key":
             node_key = value.decode("latin-1")
     return node_key or bearer or api_key or None
-
-
-async def send_refusal(send: Send, scope: Scope, exc: GenieHiveError) -> None:
-    """Answer `exc` and close the connection, leaving any request body unread."""
-    body = exc.body()
-    request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id or uuid.uuid4().hex.encode()),
-        (b"connection", b"close"),
-    ]
-    if isinstance(exc, TooManyAuthFailures):
-        headers.append((b"retry-after", str(exc.retry_after_s).encode()))
-    with trio.CancelScope(shield=True):
-        await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-class BodyClock:
-    """`receive` for one HTTP request: each wait for body bytes lasts at most `timeout_s`.
-
-    Raises RequestTimeout past it. Once the body is complete, receive passes through
-    unbounded (the app then only waits for the client's disconnect).
-    """
-
-    __slots__ = ("_done", "_nowait", "_receive", "_timeout_s")
-
-    def __init__(self, receive: Receive, timeout_s: float) -> None:
-        self._receive = receive
-        self._timeout_s = timeout_s
-        self._done = False
-        # hypercorn's receive is a trio memory channel's: a message already queued (a small
-        # body usually is) is taken without arming a timer, which costs more than the read.
-        self._nowait = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
-
-    async def __call__(self) -> MutableMapping[str, Any]:
-        if self._done:
-            return await self._receive()
-        message = None
-        if self._nowait is not None:
-            with suppress(trio.WouldBlock):
-                message = self._nowait()
-        if message is None:
-            with trio.move_on_after(self._timeout_s) as waited:
-                message = await self._receive()
-            if waited.cancelled_caught:
-                raise RequestTimeout(f"no request body bytes arrived for {self._timeout_s:g} s")
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            self._done = True
-        return message

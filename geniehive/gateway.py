@@ -163,13 +163,3 @@ class Gateway:
         if decision.error == "wrong_operation":
             raise WrongOperation(decision.message, param="model")
         raise NoHealthyUpstream(decision.message)
-
-    @staticmethod
-    def route_headers(inbound: Any, outcome: Any) -> list[tuple[bytes, bytes]]:
-        return [
-            (b"x-request-id", inbound.request_id.encode()),
-            (b"x-geniehive-service", (outcome.service_id or "").encode()),
-            (b"x-geniehive-model", (outcome.upstream_model or "").encode()),
-            (b"x-geniehive-route", outcome.route.encode()),
-            (b"x-geniehive-attempts", str(outcome.attempts).encode()),
-        ]

@@ -4,33 +4,48 @@ Rule: this is the hot path. It reads the body itself (counting bytes, so chunked
 cannot pass the cap), validates, routes on the immutable snapshot and relays; every other
 path goes to the Quart app. A client that goes away (`http.disconnect`) cancels the relay
 at once, which closes the upstream request. Errors before the first byte are rendered in
-the OpenAI shape; none escapes as a plain-text 500.
+the OpenAI shape; none escapes as a plain-text 500. The body reader, the error writer and
+the request log line are the edge toolkit's (geniehive/asgi.py), shared with the other ports.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import trio
 
-from geniehive import strictjson
+from geniehive.asgi import (
+    ASGIApp,
+    BodyClock,
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    error_messages,
+    log_request,
+    new_request_id,
+    parse_json,
+    read_body,
+    receive_body,
+    refuse_websocket,
+    scope_headers,
+    scope_request_id,
+    send_error,
+)
 from geniehive.egress import HOP_HEADER, HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
     InvalidRequest,
     PermissionDenied,
     RequestTimeout,
-    RequestTooLarge,
     ShuttingDown,
     render_error,
 )
 from geniehive.exchange import Inbound, Outcome, Upload, Writer
 from geniehive.fields import check_body, check_form
-from geniehive.gate import BodyClock, send_refusal
 from geniehive.relay import Relay
 from geniehive.sse import encode_error_event
 from geniehive.writes import (
@@ -41,10 +56,6 @@ from geniehive.writes import (
 )
 
 log = logging.getLogger("geniehive.request")
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # path -> (endpoint, operation)
 ROUTES: dict[str, tuple[str, str]] = {
@@ -57,7 +68,6 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/images/generations": ("image", "image"),
 }
 MULTIPART_ENDPOINTS = frozenset({"transcription", "translation"})
-MAX_DEPTH = strictjson.MAX_DEPTH
 SPOOL_BYTES = 1024 * 1024
 # A large body is written in parts of this size, so the write timeout measures the client's
 # progress, not the time one huge send takes to drain.
@@ -67,22 +77,18 @@ SHUTTING_DOWN_EVENT = encode_error_event(render_error(
 ))
 
 
-class ClientGone(Exception):
-    """The client disconnected while we were reading its request or writing the answer."""
-
-
 class ClientStalled(ClientGone):
     """The client accepted no bytes for `server.write_timeout_s`: its connection was closed."""
 
 
 class ProxyApp:
-    def __init__(self, gateway: Any, fallback: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, gateway: Any, fallback: ASGIApp) -> None:
         self.gw = gateway
         self.fallback = fallback
         self.relay = Relay(gateway)
         self.write_timeout_s = gateway.config.server.write_timeout_s
         # path -> ASGI app for websocket routes served beside the proxy (websocket chat).
-        self.websockets: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
+        self.websockets: dict[str, ASGIApp] = {}
         self.body_timeout_s = gateway.config.server.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,7 +116,7 @@ class ProxyApp:
     async def refuse(self, scope: Scope, send: Send, refusal: GenieHiveError) -> None:
         """Answer the key gate's refusal; on a forwarding route it counts as its request."""
         started = trio.current_time()
-        await send_refusal(send, scope, refusal)
+        await send_error(send, refusal, scope_request_id(scope), close=True)
         route = ROUTES.get(scope["path"].rstrip("/") or "/")
         if route is not None and scope["method"] == "POST":
             outcome = Outcome(status=refusal.http_status)
@@ -137,7 +143,7 @@ class ProxyApp:
             return
         started = False
 
-        async def tracked(message: MutableMapping[str, Any]) -> None:
+        async def tracked(message: Message) -> None:
             nonlocal started
             started = True
             await send(message)
@@ -147,7 +153,7 @@ class ProxyApp:
         except* RequestTimeout:
             if not started:
                 late = f"no request body bytes arrived for {self.body_timeout_s:g} s"
-                await send_refusal(send, scope, RequestTimeout(late))
+                await send_error(send, RequestTimeout(late), scope_request_id(scope))
 
     async def refused_loop(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer 508 to a request that already passed through this gateway (a probe or a
@@ -165,16 +171,15 @@ class ProxyApp:
             elif scope["method"] == "POST" and scope["path"].rstrip("/") in ROUTES:
                 await self.dispatch(scope, receive, send)  # handle() raises it before the key
             else:
-                await send_error(send, exc, uuid.uuid4().hex, Outcome())
+                await send_error(send, exc, new_request_id())
             return True
         return False
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, endpoint: str, operation: str
     ) -> None:
-        # ASGI header names arrive lower-cased.
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        headers = scope_headers(scope)
+        request_id = headers.get("x-request-id") or new_request_id()
         started = trio.current_time()
         writer = _writer(send)
         outcome = Outcome()
@@ -217,7 +222,8 @@ class ProxyApp:
             if outcome.status == 0:
                 outcome.status = 499  # the client went away mid-answer
             duration = trio.current_time() - started
-            _log_request(request_id, principal_name, model, outcome, duration, writer)
+            log_request(request_id, principal_name, model, outcome, outcome.status, duration,
+                        writer.bytes_out)
             self.gw.metrics.observe_request(endpoint, outcome, duration)
             if inbound is not None and inbound.upload is not None:
                 inbound.upload.file.close()
@@ -276,8 +282,8 @@ class ProxyApp:
             upload, model = await read_multipart(headers, receive, limit)
             return Inbound(endpoint, operation, model, upload=upload)
         raw = await read_body(receive, limit)
-        body = parse_json_body(raw)
-        validate_body(body, operation)
+        body = parse_json(raw)
+        check_body(body, operation)
         stream = body.get("stream", False)
         return Inbound(
             endpoint, operation, body["model"], stream=bool(stream), body=body, raw=raw
@@ -333,110 +339,13 @@ async def end_cut(send: Send, writer: Writer, request_id: str, outcome: Outcome)
     one SSE error event (and no `[DONE]`) into a stream; any other body is just cut."""
     if not writer.started:
         exc = ShuttingDown("the gateway is shutting down")
-        await send_bounded(send, _error_messages(exc, request_id, outcome))
+        await send_bounded(send, error_messages(exc, request_id, outcome))
     elif writer.sse and not writer.ended:
         writer.ended = True
         writer.bytes_out += len(SHUTTING_DOWN_EVENT)
         await send_bounded(send, [
             {"type": "http.response.body", "body": SHUTTING_DOWN_EVENT, "more_body": False}
         ])
-
-
-async def send_error(send: Send, exc: GenieHiveError, request_id: str, outcome: Outcome) -> None:
-    start, body = _error_messages(exc, request_id, outcome)
-    with trio.CancelScope(shield=True):
-        await send(start)
-        await send(body)
-
-
-def _error_messages(
-    exc: GenieHiveError, request_id: str, outcome: Outcome
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ASGI messages of an error answer in the OpenAI shape."""
-    body = exc.body()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()),
-    ]
-    if outcome.attempts:
-        headers.append((b"x-geniehive-attempts", str(outcome.attempts).encode()))
-        headers.append((b"x-geniehive-route", outcome.route.encode()))
-    if outcome.service_id is not None:
-        headers.append((b"x-geniehive-service", outcome.service_id.encode()))
-        headers.append((b"x-geniehive-model", (outcome.upstream_model or "").encode()))
-    if isinstance(exc, RequestTimeout):
-        headers.append((b"connection", b"close"))  # the rest of the body is not worth waiting for
-    return (
-        {"type": "http.response.start", "status": exc.http_status, "headers": headers},
-        {"type": "http.response.body", "body": body, "more_body": False},
-    )
-
-
-async def refuse_websocket(receive: Receive, send: Send, exc: GenieHiveError) -> None:
-    """Deny a websocket handshake with an HTTP answer in the OpenAI error shape."""
-    if (await receive())["type"] != "websocket.connect":
-        return
-    body = exc.body()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "websocket.http.response.start", "status": exc.http_status,
-                "headers": headers})
-    await send({"type": "websocket.http.response.body", "body": body})
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body; RequestTooLarge past `limit`."""
-    chunks: list[bytes] = []
-    await receive_body(receive, limit, chunks.append, "the request body")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def receive_body(
-    receive: Receive, limit: int, sink: Callable[[bytes], object], what: str
-) -> int:
-    """Feed the request body to `sink` chunk by chunk and return its size.
-
-    Past `limit` the rest is read and discarded (up to a hard cap) and then RequestTooLarge
-    is raised, so the keep-alive connection stays usable for the client's next request.
-    Raises ClientGone when the client disconnects.
-    """
-    size = 0
-    hard_cap = _hard_cap(limit)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size <= limit:
-            sink(chunk)
-        if not message.get("more_body", False) or size > hard_cap:
-            break
-    if size > limit:
-        raise RequestTooLarge(f"{what} is over the {limit} byte limit")
-    return size
-
-
-def _hard_cap(limit: int) -> int:
-    """How much of an oversized body is read and discarded before answering 413.
-
-    Reading the rest keeps the keep-alive connection usable (the client's next request
-    works); past this much, the connection is not worth saving.
-    """
-    return limit + max(limit, 16 * 1024 * 1024)
-
-
-def parse_json_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object. Raises InvalidRequest (see geniehive/strictjson.py)."""
-    try:
-        return strictjson.parse_object(raw, max_depth=MAX_DEPTH)
-    except strictjson.JSONRejected as exc:
-        raise InvalidRequest(f"the request body {exc.problem}", param=exc.param) from None
-
-
-def validate_body(body: dict[str, Any], operation: str) -> None:
-    """Raise InvalidRequest naming the field that is missing or of the wrong type."""
-    check_body(body, operation)
 
 
 async def read_multipart(
@@ -505,16 +414,3 @@ def _parse_multipart(
         size=length,
     )
     return fields, upload
-
-
-def _log_request(
-    request_id: str, key: str, model: str, outcome: Outcome, duration_s: float, writer: Writer
-) -> None:
-    duration_ms = duration_s * 1000
-    log.info(
-        "request id=%s key=%s model=%s route=%s service=%s status=%d attempts=%d "
-        "duration_ms=%.1f bytes=%d",
-        request_id, key, model, outcome.route, outcome.service_id or "-", outcome.status,
-        outcome.attempts, duration_ms, writer.bytes_out,
-    )
-

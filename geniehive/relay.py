@@ -35,6 +35,7 @@ import trio
 from geniehive import health, routing
 from geniehive import policy as policy_mod
 from geniehive.adapters import Adapter, UpstreamRequest
+from geniehive.asgi import route_headers
 from geniehive.egress import HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
@@ -282,7 +283,7 @@ class Relay:
         try:
             await self._check_status(attempt, response)
             attempt.outcome.status = response.status
-            headers = self.gw.route_headers(inbound, attempt.outcome)
+            headers = route_headers(inbound.request_id, attempt.outcome)
             content_type = (response.header(b"content-type") or b"").decode("latin-1")
             if inbound.stream and content_type.startswith("text/event-stream"):
                 return await self._relay_stream(attempt, response, headers)

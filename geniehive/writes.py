@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from typing import Any, Protocol
 
 import trio
 
+from geniehive.asgi import Message, Send
+
 log = logging.getLogger("geniehive.request")
 
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 LAST_WORDS_BUDGET_S = 1.0  # the longest a last message at shutdown may take to go out
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -122,7 +123,7 @@ def _client_stream(send: Send) -> Any:
     return None
 
 
-async def send_bounded(send: Send, messages: Iterable[MutableMapping[str, Any]],
+async def send_bounded(send: Send, messages: Iterable[Message],
                        budget_s: float = LAST_WORDS_BUDGET_S) -> None:
     """Send `messages` shielded from the cancellation in progress, within `budget_s`; past it
     the connection is aborted, which frees a send the client never accepted."""

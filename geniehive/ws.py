@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
@@ -41,7 +39,15 @@ from typing import Any
 import trio
 from quart import Response
 
-from geniehive import strictjson
+from geniehive.asgi import (
+    Receive,
+    Scope,
+    Send,
+    log_request,
+    new_request_id,
+    parse_json,
+    scope_headers,
+)
 from geniehive.auth import OPEN, Principal, presented_key
 from geniehive.egress import HOP_HEADER
 from geniehive.errors import (
@@ -77,10 +83,6 @@ SHUTDOWN_POLL_S = 1.0
 CLOSE_BUDGET_S = 1.0  # the longest a close frame may take on the way out
 OUTBOX_SIZE = 256
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
 SHUTTING_DOWN = ShuttingDown("the gateway is shutting down").error_object()
 
 
@@ -107,9 +109,9 @@ def parse_message(raw: str | bytes) -> ClientMessage:
     if len(data) > MAX_MESSAGE_BYTES:
         raise BadMessage(RequestTooLarge(f"the message is over the {MAX_MESSAGE_BYTES} byte limit"))
     try:
-        obj = strictjson.parse_object(data)
-    except strictjson.JSONRejected as exc:
-        raise BadMessage(InvalidRequest(f"the message {exc.problem}", param=exc.param)) from None
+        obj = parse_json(data, "the message")
+    except InvalidRequest as exc:
+        raise BadMessage(exc) from None
     kind = obj.get("type")
     request_id = obj.get("id")
     if kind == "auth":
@@ -403,7 +405,7 @@ class _Connection:
         if not self.principal.may_use_model(body["model"]):
             raise PermissionDenied(f"this key may not use the model '{body['model']}'")
         inbound = Inbound("chat", "chat", body["model"], stream=True, body={**body, "stream": True})
-        inbound.request_id = uuid.uuid4().hex
+        inbound.request_id = new_request_id()
         inbound.hops = self.hops
         return inbound
 
@@ -428,7 +430,13 @@ class _Connection:
             del self.live[request.id]
             if not request.finished:
                 self.orphans.append(request)
-            _log_request(inbound, request, outcome, started, self.principal)
+            # 499 as for HTTP: the client cancelled, or went away before the end.
+            gone = request.scope.cancelled_caught or not request.finished
+            log_request(
+                inbound.request_id, self.principal.name if self.principal else "-",
+                inbound.model, outcome, 499 if gone else outcome.status,
+                trio.current_time() - started, request.writer.bytes_out, ws_id=request.id,
+            )
             if self.stopping and not self.live:
                 self.request_close(1001, "server shutting down")
             self.arm_idle()
@@ -461,21 +469,6 @@ class _Connection:
         await send_bounded(self.send, messages, CLOSE_BUDGET_S)
 
 
-def _log_request(
-    inbound: Inbound, request: _Request, outcome: Outcome, started: float,
-    principal: Principal | None,
-) -> None:
-    # 499 as for HTTP: the client cancelled, or went away before the end.
-    status = 499 if request.scope.cancelled_caught or not request.finished else outcome.status
-    log.info(
-        "request id=%s ws_id=%s key=%s model=%s route=%s service=%s status=%d attempts=%d "
-        "duration_ms=%.1f bytes=%d",
-        inbound.request_id, json.dumps(request.id), principal.name if principal else "-",
-        inbound.model, outcome.route, outcome.service_id or "-", status,
-        outcome.attempts, (trio.current_time() - started) * 1000, request.writer.bytes_out,
-    )
-
-
 async def serve_websocket(
     gateway: Any, relay: Relay, scope: Scope, receive: Receive, send: Send
 ) -> None:
@@ -483,7 +476,7 @@ async def serve_websocket(
     connect = await receive()
     if connect["type"] != "websocket.connect":
         return
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    headers = scope_headers(scope)
     principal: Principal | None = None
     failure: GenieHiveError | None = None
     address = client_address(scope)

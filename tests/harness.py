@@ -222,3 +222,51 @@ async def wait_ready(client: Any, url: str) -> None:
         except Exception:
             pass
         await trio.sleep(0.05)
+
+
+class Wire:
+    """One HTTP/1.1 client connection (h11 over a trio stream), to see what a server does
+    with the connection itself: whether an answer leaves it usable for the next request."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        import h11
+
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, url: str) -> Wire:
+        return cls(await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1])))
+
+    async def request(
+        self, method: str, path: str, parts: list[bytes], headers: tuple[tuple[str, str], ...] = ()
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send one request with a chunked body of `parts`; (status, headers, body).
+
+        Raises h11.LocalProtocolError when the previous answer closed the connection.
+        """
+        import h11
+
+        if self.conn.our_state is h11.DONE:
+            self.conn.start_next_cycle()
+        head = [("host", "127.0.0.1"), ("transfer-encoding", "chunked"), *headers]
+        await self.stream.send_all(self.conn.send(h11.Request(
+            method=method, target=path, headers=head)))
+        for part in parts:
+            await self.stream.send_all(self.conn.send(h11.Data(data=part)))
+        await self.stream.send_all(self.conn.send(h11.EndOfMessage()))
+        status, answer_headers, body = 0, {}, bytearray()
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                answer_headers = {k.decode(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                body.extend(event.data)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return status, answer_headers, bytes(body)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

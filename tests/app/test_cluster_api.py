@@ -15,7 +15,7 @@ import trio
 from geniehive.commands import cmd_bench_run, cmd_keys, cmd_route, cmd_status
 from geniehive.models import Host, Service
 from tests.fakes.upstream import FakeUpstream
-from tests.harness import gateway_in_process, upstream_toml, write_config
+from tests.harness import Wire, gateway_in_process, upstream_toml, write_config
 from tests.hive import CHAT, Hive, assert_openai_error
 
 ADMIN_KEY = "ops-secret-key-123"
@@ -197,6 +197,23 @@ async def test_match_returns_sorted_scores_within_unit_range(hive: Hive) -> None
     assert candidates[0]["candidate_id"] == "scientific_translator"
     assert assert_openai_error(bad, 400, "invalid_request")["param"] == "limit"
     assert_openai_error(not_object, 400, "invalid_request")
+
+
+async def test_an_oversized_operator_body_is_413_and_the_connection_serves_the_next_request(
+    hive: Hive,
+) -> None:
+    limit = hive.gateway.config.server.max_body_bytes
+    match = json.dumps({"task": "translate a scientific paper faithfully", "kind": "chat"})
+    with trio.fail_after(30):
+        wire = await Wire.open(hive.url)
+        # Chunked, so no Content-Length tells the server in advance.
+        big = [b" " * (1024 * 1024)] * (limit // (1024 * 1024) + 1)
+        status, _, body = await wire.request("POST", "/v1/cluster/routes/match", big)
+        assert (status, json.loads(body)["error"]["code"]) == (413, "request_too_large")
+        status, _, body = await wire.request("POST", "/v1/cluster/routes/match", [match.encode()])
+        await wire.aclose()
+    assert status == 200, body
+    assert json.loads(body)["candidates"]
 
 
 # --- benchmarks -------------------------------------------------------------------------------

@@ -141,3 +141,16 @@ def _known() -> str:
     from geniehive.adapters.loader import load_adapters
 
     return ", ".join(sorted(load_adapters()))
+
+
+async def test_errors_of_the_quart_app_carry_one_request_id(hive: Hive) -> None:
+    with trio.fail_after(10):
+        named = await hive.client.get("/v1/models/no-such-model", headers={"X-Request-Id": "r-7"})
+        unrouted = await hive.client.get("/no/such/path")
+        wrong_method = await hive.client.delete("/v1/models")
+    assert assert_openai_error(named, 404, "not_found")["param"] == "model"
+    assert named.headers.get_list("x-request-id") == ["r-7"]
+    assert_openai_error(unrouted, 404, "not_found")
+    assert_openai_error(wrong_method, 405, "method_not_allowed")
+    for response in (unrouted, wrong_method):
+        assert len(response.headers.get_list("x-request-id")) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import ssl
@@ -24,7 +25,7 @@ from geniehive.models import Host, Snapshot
 from geniehive.node import run_node
 from geniehive.registry import open_registry
 from tests.fakes.upstream import FakeUpstream
-from tests.harness import upstream_toml, write_config
+from tests.harness import Wire, upstream_toml, write_config
 from tests.nodeapi import assert_error, heartbeat, payload, start
 
 KEYS = textwrap.dedent(
@@ -265,6 +266,32 @@ async def test_with_nodes_bind_the_endpoints_leave_the_client_port(
                              "request_too_large")
                 assert (await node.get("/healthz")).status_code == 200
         await running.stop()
+
+
+@pytest.mark.parametrize("port", ["client", "node"])
+async def test_an_oversized_node_body_is_413_and_the_connection_serves_the_next_request(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture, port: str
+) -> None:
+    caplog.set_level(logging.INFO, "geniehive.nodes")
+    on_node_port = '[nodes]\nbind = ["127.0.0.1:0"]\n'
+    with trio.fail_after(20):
+        running, client = await start(nursery, tmp_path, on_node_port if port == "node" else "")
+        await client.aclose()
+        url = running.url
+        if port == "node":
+            url = re.search(r"node endpoints listening on (\S+)", caplog.text).group(1)
+        wire = await Wire.open(url)
+        big = [b" " * 65536] * 80  # 5 MiB, chunked: over the node body limit
+        status, _, body = await wire.request("POST", "/v1/nodes/heartbeat", big)
+        assert (status, json.loads(body)["error"]["code"]) == (413, "request_too_large")
+        status, headers, body = await wire.request(
+            "POST", "/v1/nodes/register", [json.dumps(payload()).encode()],
+            (("x-request-id", "register-1"),),
+        )
+        await wire.aclose()
+        await running.stop()
+    assert status == 200, body
+    assert headers["x-request-id"] == "register-1"
 
 
 def make_certs(folder: Path) -> None:
