@@ -370,7 +370,8 @@ async def test_control_endpoints_change_models_faults_and_list_requests(fake, cl
         await client.post("/_fake/models", json={"id": "org/new"})
         await client.delete("/_fake/models/m1")
         models = (await client.get("/v1/models")).json()
-        await client.post("/_fake/fault", json={"mode": "status", "status": 502, "times": 1})
+        await client.post("/_fake/fault", json={"mode": "status", "status": 502, "times": 1,
+                                                "path": "/v1/models"})
         faulted = await client.get("/v1/models")
         await client.post("/v1/embeddings", content=b"x" * 5000,
                           headers={"content-type": "text/plain"})
@@ -392,3 +393,12 @@ async def test_control_release_lets_a_held_stream_finish(fake, client):
                 await other.post("/_fake/release")
             rest = [line async for line in lines]
     assert "data: [DONE]" in rest
+
+
+async def test_a_one_off_fault_without_a_path_waits_for_a_post(fake, client):
+    # A gateway's probes and discovery calls are GETs: they must not use up the fault.
+    fake.set_fault("status", status=503, message="busy", times=1)
+    with trio.fail_after(5):
+        listed = await client.get("/v1/models")
+        failed = await client.post("/v1/chat/completions", json=CHAT)
+    assert (listed.status_code, failed.status_code) == (200, 503)

@@ -17,8 +17,10 @@ As a process: ``python -m tests.fakes.upstream --port 0 --model m1`` prints ``LI
 and serves until SIGTERM/SIGINT; the ``/_fake/...`` control endpoints drive it from outside.
 
 Fault modes, ``set_fault(mode, *, times=None, path=None, **params)``; ``times=None`` makes the
-fault persistent, ``times=n`` applies it to the next n requests (whose path starts with
-``path``, when given) and then falls back to the persistent one. ``/_fake/`` requests are
+fault persistent, ``times=n`` applies it to the next n requests whose path starts with
+``path`` (without ``path``: the next n POST requests, so that a gateway's probes and discovery
+calls, all GETs, cannot use up a fault meant for a request) and then falls back to the
+persistent one. ``/_fake/`` requests are
 never faulted nor recorded. A whole body counts as two chunks (its halves).
 
 - ``ok``
@@ -85,8 +87,10 @@ class Fault:
     remaining: int | None = None
     path: str | None = None
 
-    def applies_to(self, path: str) -> bool:
-        return self.path is None or path.startswith(self.path)
+    def applies_to(self, path: str, method: str = "POST") -> bool:
+        if self.path is None:
+            return self.remaining is None or method == "POST"
+        return path.startswith(self.path)
 
 
 class FakeUpstream:
@@ -134,9 +138,9 @@ class FakeUpstream:
         """Let every response held by `hold_stream` send the rest of its chunks."""
         self._held.set()
 
-    def _take_fault(self, path: str) -> Fault:
+    def _take_fault(self, path: str, method: str) -> Fault:
         pending = self._next
-        if pending is not None and pending.applies_to(path):
+        if pending is not None and pending.applies_to(path, method):
             pending.remaining = (pending.remaining or 1) - 1  # a one-off always has a count
             if pending.remaining <= 0:
                 self._next = None
@@ -212,7 +216,7 @@ class FakeUpstream:
         if record["control"]:
             fault, reply = Fault(), self._control(record)
         else:
-            fault = self._take_fault(record["path"])
+            fault = self._take_fault(record["path"], record["method"])
             record["fault"] = fault.mode
             reply = self._route(record)
         outcome = await self._respond(stream, conn, record, fault, reply)
