@@ -288,7 +288,7 @@ async def test_client_disconnect_cancels_stream_upstream(hive: Hive) -> None:
         gone = await hang_up_after_first_chunk(hive.client, {**CHAT, "stream": True})
     with trio.fail_after(2):
         record = await wait_cancelled_call(hive.fake)
-    assert record["cancelled_at"] - gone < 0.1
+    assert record["cancelled_at"] - gone < 0.5  # milliseconds when idle; room for a busy machine
 
 
 async def test_client_disconnect_cancels_non_streamed_request(hive: Hive) -> None:
@@ -305,7 +305,7 @@ async def test_client_disconnect_cancels_non_streamed_request(hive: Hive) -> Non
             nursery.cancel_scope.cancel()
     with trio.fail_after(2):
         record = await wait_cancelled_call(hive.fake)
-    assert record["cancelled_at"] - gone < 0.1
+    assert record["cancelled_at"] - gone < 0.5  # milliseconds when idle; room for a busy machine
 
 
 async def test_embeddings_base64_and_floats(hive: Hive) -> None:
