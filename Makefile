@@ -27,8 +27,11 @@ run: install
 test-tools:
 	bash tests/install-tools.sh
 
+# mypy first: it checks geniehive/ and plugins/ as [tool.mypy] in pyproject.toml says.
 test: install test-tools
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 
 test-fast: install
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q -m "not e2e and not realmodel"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geniehive import catalog, health, matching, routing, wire
 from geniehive.api_keys import register_key_routes
@@ -37,6 +37,11 @@ from geniehive.benchreport import parse_report
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
 from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot
 from geniehive.registry import UnknownHost, UnknownService
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from geniehive.gateway import Gateway
 
 log = logging.getLogger("geniehive.cluster")
 
@@ -87,7 +92,7 @@ def service_view(
         "assets": encoded["assets"],
         "availability": service.state.availability,
         "accept_requests": service.state.accept_requests,
-        "health": health.verdict(gate and gate.gate, runtime.probe, service.state.health),
+        "health": health.verdict(gate.gate if gate is not None else None, runtime.probe, service.state.health),
         "health_reason": gate.detail
         if gate is not None
         else (probe.reason if probe is not None else "not probed yet"),
@@ -163,7 +168,7 @@ def _round(value: float | None) -> float | None:
 # --- the routes -------------------------------------------------------------------------------
 
 
-def _hosts(gateway: Any) -> list[dict[str, Any]]:
+def _hosts(gateway: Gateway) -> list[dict[str, Any]]:
     snapshot, now = gateway.snapshot, time.time()
     counts: dict[str, int] = {}
     for service in snapshot.services.values():
@@ -175,7 +180,7 @@ def _hosts(gateway: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _services(gateway: Any) -> list[dict[str, Any]]:
+def _services(gateway: Gateway) -> list[dict[str, Any]]:
     snapshot, ctx = gateway.snapshot, gateway.routing_context()
     return [
         service_view(snapshot, snapshot.services[s], ctx, gateway.live.services.get(s))
@@ -183,7 +188,7 @@ def _services(gateway: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _roles(gateway: Any) -> list[dict[str, Any]]:
+def _roles(gateway: Gateway) -> list[dict[str, Any]]:
     snapshot, ctx = gateway.snapshot, gateway.routing_context()
     return [role_view(snapshot, r, ctx) for r in sorted(snapshot.roles)]
 
@@ -192,7 +197,7 @@ def _listing(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": items}
 
 
-def explain_route(gateway: Any, args: Mapping[str, str]) -> dict[str, Any]:
+def explain_route(gateway: Gateway, args: Mapping[str, str]) -> dict[str, Any]:
     """`routes/resolve`: the decision for `model` and `kind`, explained. Raises InvalidRequest.
 
     Resolving reads the round-robin counters and never advances them.
@@ -207,7 +212,7 @@ def explain_route(gateway: Any, args: Mapping[str, str]) -> dict[str, Any]:
     return routing.explain(gateway.resolve(model, kind, stream=stream))
 
 
-def match_routes(gateway: Any, body: Any) -> dict[str, Any]:
+def match_routes(gateway: Gateway, body: Any) -> dict[str, Any]:
     """`routes/match`. Raises InvalidRequest naming the bad field."""
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object")
@@ -219,7 +224,7 @@ def match_routes(gateway: Any, body: Any) -> dict[str, Any]:
     return matching.match(gateway.snapshot, query, gateway.routing_context())
 
 
-def benchmarks(gateway: Any, args: Mapping[str, str]) -> list[dict[str, Any]]:
+def benchmarks(gateway: Gateway, args: Mapping[str, str]) -> list[dict[str, Any]]:
     """The stored samples, oldest first, filtered by service_id, workload and asset_id."""
     filters = {k: args.get(k) for k in ("service_id", "workload", "asset_id") if args.get(k)}
     return [
@@ -229,7 +234,7 @@ def benchmarks(gateway: Any, args: Mapping[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-async def set_availability(gateway: Any, service_id: str, availability: str) -> dict[str, Any]:
+async def set_availability(gateway: Gateway, service_id: str, availability: str) -> dict[str, Any]:
     """Drain, pause or resume a service. Raises NotFound."""
     try:
         await gateway.registry.set_availability(service_id, availability)
@@ -246,7 +251,7 @@ async def set_availability(gateway: Any, service_id: str, availability: str) -> 
     return {"status": "ok", "service": view}
 
 
-async def forget_host(gateway: Any, host_id: str) -> dict[str, Any]:
+async def forget_host(gateway: Gateway, host_id: str) -> dict[str, Any]:
     """Forget a node host and its services. Raises InvalidRequest (local), UnknownHostError."""
     host = gateway.snapshot.hosts.get(host_id)
     if host is not None and host.is_local:
@@ -262,7 +267,7 @@ async def forget_host(gateway: Any, host_id: str) -> dict[str, Any]:
     return {"status": "ok", "host_id": host_id}
 
 
-async def ingest_report(gateway: Any, body: Any) -> dict[str, Any]:
+async def ingest_report(gateway: Gateway, body: Any) -> dict[str, Any]:
     samples = parse_report(body, time.time())
     await gateway.registry.upsert_samples(samples)
     return {
@@ -272,7 +277,7 @@ async def ingest_report(gateway: Any, body: Any) -> dict[str, Any]:
     }
 
 
-def register_cluster_routes(app: Any, gateway: Any) -> None:
+def register_cluster_routes(app: QuartTrio, gateway: Gateway) -> None:
     """Add the operator, benchmark and key routes to the Quart app (the daemon has loaded the
     named keys before anything serves)."""
     _register_reads(app, gateway)
@@ -281,7 +286,7 @@ def register_cluster_routes(app: Any, gateway: Any) -> None:
     register_key_routes(app, gateway)
 
 
-def _register_reads(app: Any, gateway: Any) -> None:
+def _register_reads(app: QuartTrio, gateway: Gateway) -> None:
     from quart import jsonify, request
 
     def read() -> None:
@@ -313,12 +318,12 @@ def _register_reads(app: Any, gateway: Any) -> None:
         return jsonify(_listing(benchmarks(gateway, request.args)))
 
 
-async def _json_body(request: Any, gateway: Any) -> dict[str, Any]:
+async def _json_body(request: Any, gateway: Gateway) -> dict[str, Any]:
     """The request body as a JSON object, counted and parsed by the edge toolkit's rules."""
     return await read_json_body(request.body, gateway.config.server.max_body_bytes)
 
 
-def _register_explain(app: Any, gateway: Any) -> None:
+def _register_explain(app: QuartTrio, gateway: Gateway) -> None:
     from quart import jsonify, request
 
     @app.get("/v1/cluster/routes/resolve")
@@ -332,7 +337,7 @@ def _register_explain(app: Any, gateway: Any) -> None:
         return jsonify(match_routes(gateway, await _json_body(request, gateway)))
 
 
-def _register_writes(app: Any, gateway: Any) -> None:
+def _register_writes(app: QuartTrio, gateway: Gateway) -> None:
     from quart import jsonify, request
 
     def operate() -> None:

@@ -14,13 +14,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geniehive import auth
 from geniehive.asgi import read_json_body
 from geniehive.errors import InvalidRequest, NotFound
 from geniehive.models import valid_id
 from geniehive.registry import StoredKey, UnknownKey
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from geniehive.gateway import Gateway
 
 log = logging.getLogger("geniehive.cluster")
 
@@ -36,7 +41,7 @@ def named_key(stored: StoredKey) -> auth.NamedKey:
     )  # fmt: skip
 
 
-def load_named_keys(gateway: Any) -> None:
+def load_named_keys(gateway: Gateway) -> None:
     """Give the authenticator the registry's named keys (at start and after each change)."""
     gateway.auth.set_named(named_key(k) for k in gateway.registry.api_keys.values())
 
@@ -100,7 +105,7 @@ def _key_host(body: Mapping[str, Any], scopes: list[str]) -> str | None:
     return host or body["name"]
 
 
-async def create_key(gateway: Any, body: Any) -> dict[str, Any]:
+async def create_key(gateway: Gateway, body: Any) -> dict[str, Any]:
     name, scopes, models, host = parse_key_request(body)
     key_id, full_key, salt, digest = auth.new_named_key()
     stored = StoredKey(key_id, name, salt.hex(), digest.hex(), scopes, models, False, time.time(),
@@ -112,7 +117,7 @@ async def create_key(gateway: Any, body: Any) -> dict[str, Any]:
     return {**key_view(stored), "key": full_key}
 
 
-async def change_key(gateway: Any, key_id: str, action: str) -> dict[str, Any]:
+async def change_key(gateway: Gateway, key_id: str, action: str) -> dict[str, Any]:
     """Disable, enable or delete a named key. Raises NotFound."""
     try:
         if action == "delete":
@@ -127,7 +132,7 @@ async def change_key(gateway: Any, key_id: str, action: str) -> dict[str, Any]:
     return {"status": "ok", "key": key_view(stored) if stored is not None else None}
 
 
-def register_key_routes(app: Any, gateway: Any) -> None:
+def register_key_routes(app: QuartTrio, gateway: Gateway) -> None:
     from quart import jsonify, request
 
     def admin() -> None:

@@ -22,9 +22,9 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -43,8 +43,8 @@ from geniehive.asgi import (
     send_error,
     send_json,
 )
-from geniehive.auth import Principal
-from geniehive.config import TLSConfig
+from geniehive.auth import HeaderLookup, Principal
+from geniehive.config import ControlConfig, ServerConfig, TLSConfig
 from geniehive.edge import EdgeConfig, serve_http
 from geniehive.errors import (
     Conflict,
@@ -60,6 +60,11 @@ from geniehive.registry import ServiceConflict, UnknownHost
 from geniehive.supervise import run_every
 from geniehive.wire import encode_host
 
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from geniehive.gateway import Gateway
+
 log = logging.getLogger("geniehive.nodes")
 
 REGISTER_PATH = "/v1/nodes/register"
@@ -67,18 +72,18 @@ HEARTBEAT_PATH = "/v1/nodes/heartbeat"
 # A node with hundreds of models sends tens of kilobytes; this leaves ample room.
 NODE_MAX_BODY_BYTES = 4 * 1024 * 1024
 
-Headers = Mapping[str, str]
-Handler = Callable[[Any, Headers, bytes], Awaitable[dict[str, Any]]]
+Headers = HeaderLookup  # a dict on the node port, Quart's Headers on the client port
+Handler = Callable[["Gateway", Headers, bytes], Awaitable[dict[str, Any]]]
 
 
 # --- the handlers ---------------------------------------------------------------------------
 
 
-def body_limit(gateway: Any) -> int:
+def body_limit(gateway: Gateway) -> int:
     return min(gateway.config.server.max_body_bytes, NODE_MAX_BODY_BYTES)
 
 
-def _known_adapters(gateway: Any) -> dict[str, frozenset[str]]:
+def _known_adapters(gateway: Gateway) -> dict[str, frozenset[str]]:
     return {kind: frozenset(spec.operations) for kind, spec in gateway.specs.items()}
 
 
@@ -112,7 +117,7 @@ def check_speaks_for(principal: Principal, host_id: str) -> None:
         )
 
 
-def check_upstreams(gateway: Any, address: str, services: Sequence[Service]) -> None:
+def check_upstreams(gateway: Gateway, address: str, services: Sequence[Service]) -> None:
     """Each base URL must stay off the gateway's own listeners and at the node's address or
     in `nodes.allowed_upstream_networks`. Raises InvalidRequest naming the service."""
     for index, service in enumerate(services):
@@ -127,12 +132,12 @@ def check_upstreams(gateway: Any, address: str, services: Sequence[Service]) -> 
             )
 
 
-def _answer(gateway: Any, host_id: str) -> dict[str, Any]:
+def _answer(gateway: Gateway, host_id: str) -> dict[str, Any]:
     host = gateway.snapshot.hosts.get(host_id)
     return {"status": "ok", "host": encode_host(host) if host is not None else {"host_id": host_id}}
 
 
-async def handle_register(gateway: Any, headers: Headers, body: bytes) -> dict[str, Any]:
+async def handle_register(gateway: Gateway, headers: Headers, body: bytes) -> dict[str, Any]:
     """Register a host. Raises the GenieHiveError to answer (401/403/400/409)."""
     principal = gateway.auth.authorize(headers, "node")
     host, services = nodewire.parse_register(parse_json(body), adapters=_known_adapters(gateway))
@@ -151,7 +156,7 @@ async def handle_register(gateway: Any, headers: Headers, body: bytes) -> dict[s
     return _answer(gateway, host.host_id)
 
 
-async def handle_heartbeat(gateway: Any, headers: Headers, body: bytes) -> dict[str, Any]:
+async def handle_heartbeat(gateway: Gateway, headers: Headers, body: bytes) -> dict[str, Any]:
     """Record a heartbeat. Raises the GenieHiveError to answer (401/403/400/404/409)."""
     principal = gateway.auth.authorize(headers, "node")
     host_id, metrics, services = nodewire.parse_heartbeat(
@@ -179,7 +184,7 @@ ROUTES: dict[str, Handler] = {REGISTER_PATH: handle_register, HEARTBEAT_PATH: ha
 # --- on the client port (Quart) -------------------------------------------------------------
 
 
-def register_routes(app: Any, gateway: Any) -> None:
+def register_routes(app: QuartTrio, gateway: Gateway) -> None:
     """Add the node endpoints to the client app, unless `nodes.bind` gives them their own port."""
     if gateway.config.nodes.bind:
         return
@@ -205,7 +210,7 @@ def register_routes(app: Any, gateway: Any) -> None:
 class NodeApp:
     """The ASGI app of the node port: the two node endpoints and `/healthz`, nothing else."""
 
-    def __init__(self, gateway: Any) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -282,7 +287,7 @@ def base_hypercorn_config(
     return hc
 
 
-def apply_edge_limits(hc: EdgeConfig, server: Any) -> EdgeConfig:
+def apply_edge_limits(hc: EdgeConfig, server: ServerConfig) -> EdgeConfig:
     """The `[server]` connection limits, which hold on every port (geniehive/edge.py)."""
     hc.header_timeout_s = server.header_timeout_s
     hc.max_connections = server.max_connections
@@ -291,7 +296,7 @@ def apply_edge_limits(hc: EdgeConfig, server: Any) -> EdgeConfig:
     return hc
 
 
-def node_hypercorn_config(config: Any) -> EdgeConfig:
+def node_hypercorn_config(config: ControlConfig) -> EdgeConfig:
     """Hypercorn settings for the node port: `nodes.bind`, with mTLS from `nodes.tls`."""
     hc = base_hypercorn_config(config.nodes.bind, config.nodes.tls, graceful_timeout=5)
     return apply_edge_limits(hc, config.server)
@@ -323,10 +328,10 @@ def _log_change(snapshot: Snapshot, host_id: str, stale: bool, now: float) -> No
     log.warning("host %s stale: no heartbeat for %s; its services leave routing", host_id, age)
 
 
-async def expire_hosts(gateway: Any, states: dict[str, bool], now: float) -> None:
+async def expire_hosts(gateway: Gateway, states: dict[str, bool], now: float) -> None:
     """One tick: forget long-silent hosts, then log staleness transitions."""
     nodes = gateway.config.nodes
-    hosts = gateway.snapshot.hosts.values()
+    hosts: Iterable[Host] = gateway.snapshot.hosts.values()
     # A host is forgotten only after this process itself went forget_after_s without hearing
     # from it: a control plane that was down for a weekend must not forget every node at
     # start (and their drains with them) before they had a chance to heartbeat.
@@ -345,7 +350,7 @@ async def expire_hosts(gateway: Any, states: dict[str, bool], now: float) -> Non
     states.update(new)
 
 
-async def serve_node_port(gateway: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_node_port(gateway: Gateway, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve only the node endpoints on `nodes.bind`; reports started with the bound URLs."""
     await serve_http(
         NodeApp(gateway), node_hypercorn_config(gateway.config), task_status=task_status
@@ -353,7 +358,7 @@ async def serve_node_port(gateway: Any, *, task_status: Any = trio.TASK_STATUS_I
 
 
 async def run_heartbeat_listener(
-    gateway: Any,
+    gateway: Gateway,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
     wall_clock: Callable[[], float] = time.time,

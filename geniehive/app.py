@@ -7,14 +7,17 @@ Rule: the only module (with api_* modules) that touches `quart.request`. Every e
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
-from geniehive import catalog
-from geniehive.asgi import new_request_id, render_error_answer
+from geniehive import catalog, ws
+from geniehive.api_cluster import register_cluster_routes
+from geniehive.api_nodes import register_routes as register_node_routes
+from geniehive.asgi import ASGIApp, new_request_id, render_error_answer
 from geniehive.errors import (
     GenieHiveError,
     MethodNotAllowed,
@@ -25,12 +28,15 @@ from geniehive.errors import (
 from geniehive.metrics import CONTENT_TYPE_LATEST
 from geniehive.proxy import ProxyApp
 
+if TYPE_CHECKING:
+    from geniehive.gateway import Gateway
+
 log = logging.getLogger("geniehive.app")
 
 TASKS = ("registry", "plugins", "launcher", "heartbeats", "discovery", "prober", "proxy")
 
 
-def create_app(gateway: Any) -> QuartTrio:
+def create_app(gateway: Gateway) -> QuartTrio:
     app = QuartTrio("geniehive")
     app.config["RESPONSE_TIMEOUT"] = None  # long streams must never be cut (see PITFALLS 1)
     app.config["BODY_TIMEOUT"] = None
@@ -96,8 +102,9 @@ def create_app(gateway: Any) -> QuartTrio:
             raise NotFound(f"no model or role named '{model_id}'", param="model")
         return jsonify(entries[model_id])
 
-    for register in gateway.route_modules:
-        register(app, gateway)
+    register_node_routes(app, gateway)
+    register_cluster_routes(app, gateway)
+    ws.register_playground(app, gateway)
     return app
 
 
@@ -105,10 +112,9 @@ def error_response(exc: GenieHiveError) -> Response:
     """`exc` as a Quart response, rendered by the edge toolkit's one error writer."""
     request_id = request.headers.get("X-Request-Id") or new_request_id()
     status, headers, body = render_error_answer(exc, request_id)
-    return Response(
-        body, status=status,
-        headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
-    )
+    return Response(body, status=status, headers=Headers(
+        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+    ))
 
 
 class _FrameworkError(GenieHiveError):
@@ -135,9 +141,10 @@ def framework_error(exc: HTTPException) -> GenieHiveError:
     return known(message) if known is not None else _FrameworkError(exc.code or 500, message)
 
 
-def create_asgi(gateway: Any) -> ProxyApp:
+def create_asgi(gateway: Gateway) -> ProxyApp:
     """The ASGI app hypercorn serves: the lean proxy routes in front of the Quart app."""
-    proxy = ProxyApp(gateway, create_app(gateway))
-    for register in gateway.websocket_modules:
-        register(proxy, gateway)
+    # Quart types its ASGI callable with hypercorn's TypedDict scopes; the contract is the
+    # one ASGIApp names.
+    proxy = ProxyApp(gateway, cast(ASGIApp, create_app(gateway)))
+    ws.register_websocket(proxy, gateway)
     return proxy

@@ -135,14 +135,14 @@ class BodyClock:
     async def __call__(self) -> Message:
         if self._done:
             return await self._receive()
-        message = None
+        message: Message | None = None
         if self._nowait is not None:
             with suppress(trio.WouldBlock):
                 message = self._nowait()
         if message is None:
             with trio.move_on_after(self._timeout_s) as waited:
                 message = await self._receive()
-            if waited.cancelled_caught:
+            if waited.cancelled_caught or message is None:
                 raise RequestTimeout(f"no request body bytes arrived for {self._timeout_s:g} s")
         if message["type"] != "http.request" or not message.get("more_body", False):
             self._done = True

@@ -17,8 +17,9 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from geniehive.errors import AuthenticationFailed, PermissionDenied
 
@@ -105,7 +106,14 @@ def new_named_key() -> tuple[str, str, bytes, bytes]:
     return key_id, f"gh_{key_id}_{secret}", salt, hash_secret(salt, secret)
 
 
-def presented_key(headers: Mapping[str, str], *, node: bool = False) -> str | None:
+
+class HeaderLookup(Protocol):
+    """Request headers looked up by lower-case name: a dict, or Quart's case-blind Headers."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+def presented_key(headers: HeaderLookup, *, node: bool = False) -> str | None:
     """The key a request carries: `Authorization: Bearer`, `X-Api-Key` (or the node header)."""
     if node:
         value = headers.get("x-geniehive-node-key")
@@ -180,7 +188,7 @@ class Authenticator:
         self._verified[check.digest] = principal
         return principal
 
-    def authorize(self, headers: Mapping[str, str], scope: str) -> Principal:
+    def authorize(self, headers: HeaderLookup, scope: str) -> Principal:
         """The principal allowed `scope`; raises AuthenticationFailed or PermissionDenied."""
         if self.open_mode:
             return OPEN

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import resource
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -28,13 +28,12 @@ import trio
 from hypercorn.config import Config as HyperConfig
 
 from geniehive import egress, ws
+from geniehive.adapters import ProbeResult
 from geniehive.adapters.loader import PluginError, check_upstream_adapters, load_adapters
-from geniehive.api_cluster import register_cluster_routes
 from geniehive.api_keys import load_named_keys
 from geniehive.api_nodes import apply_edge_limits, base_hypercorn_config, run_heartbeat_listener
-from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.app import create_asgi
-from geniehive.config import ConfigError, ControlConfig, is_loopback_bind
+from geniehive.config import ConfigError, ControlConfig, UpstreamConfig, is_loopback_bind
 from geniehive.discovery import local_host, local_services, run_discovery
 from geniehive.edge import serve_http
 from geniehive.gateway import Gateway, new_instance_id
@@ -64,7 +63,7 @@ def raise_open_files_limit() -> int:
 async def run_managed_upstreams(gateway: Gateway, *, task_status: Any) -> None:
     """Managed upstream processes (§11): started before discovery, ready once probed."""
 
-    def probe_for(upstream: Any) -> Any:
+    def probe_for(upstream: UpstreamConfig) -> Awaitable[ProbeResult]:
         service = next(
             s for s in gateway.snapshot.services.values()
             if s.host_id == LOCAL_HOST_ID and s.upstream_id == upstream.id
@@ -146,7 +145,7 @@ async def serve_control(
     *,
     shutdown: trio.Event | None = None,
     handle_signals: bool = True,
-    on_gateway: Any = None,
+    on_gateway: Callable[[Gateway], None] | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the control daemon until shut down; reports started with the bound URLs.
@@ -170,25 +169,20 @@ async def serve_control(
         await registry.replace_roles(config.roles)
         instance_id = new_instance_id()
         async with make_client(config, instance_id) as client:
-            gateway = Gateway(config, registry, specs, client, instance_id=instance_id)
+            pool = UpstreamPool(connect_timeout_s=config.routing.connect_timeout_s)
+            gateway = Gateway(config, registry, specs, client, instance_id=instance_id,
+                              pool=pool)
             # Named keys count as keys from the first request on, on every port.
             load_named_keys(gateway)
             refuse_open_mode_off_loopback(gateway)
-            gateway.pool = UpstreamPool(connect_timeout_s=config.routing.connect_timeout_s)
-            gateway.startup_tasks.append(run_managed_upstreams)
-            gateway.startup_tasks.append(run_heartbeat_listener)
-            gateway.route_modules.append(register_node_routes)
-            gateway.route_modules.append(register_cluster_routes)
             gateway.started.update({"registry", "plugins"})
-            gateway.websocket_modules.append(ws.register_websocket)
-            gateway.route_modules.append(ws.register_playground)
             if on_gateway is not None:
                 on_gateway(gateway)
             try:
                 await _run_tree(gateway, shutdown, handle_signals, task_status)
             finally:
                 with trio.CancelScope(shield=True):
-                    await gateway.pool.aclose()
+                    await pool.aclose()
 
 
 async def _run_tree(
@@ -199,8 +193,8 @@ async def _run_tree(
         await nursery.start(run_watchdog)
         if handle_signals:
             await nursery.start(watch_signals, shutdown, nursery.cancel_scope)
-        for start in gateway.startup_tasks:  # launcher, heartbeats (added by later modules)
-            await nursery.start(start, gateway)
+        await nursery.start(run_managed_upstreams, gateway)
+        await nursery.start(run_heartbeat_listener, gateway)
         gateway.started.update({"launcher", "heartbeats"})
         await nursery.start(run_discovery, gateway)
         await nursery.start(run_prober, gateway)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
@@ -20,6 +20,9 @@ from geniehive.assets import fill_observed, forget_loaded, merge_assets
 from geniehive.config import UpstreamConfig
 from geniehive.models import LOCAL_HOST_ID, Host, Service
 from geniehive.supervise import run_every
+
+if TYPE_CHECKING:
+    from geniehive.gateway import Gateway
 
 log = logging.getLogger("geniehive.discovery")
 
@@ -48,7 +51,7 @@ def local_services(upstreams: Sequence[UpstreamConfig]) -> list[Service]:
     ]
 
 
-async def discover_upstream(gateway: Any, upstream: UpstreamConfig) -> None:
+async def discover_upstream(gateway: Gateway, upstream: UpstreamConfig) -> None:
     """One upstream's discovery: its assets and load written to each of its services."""
     services = [
         s for s in gateway.snapshot.services.values()
@@ -90,13 +93,13 @@ async def _bounded(upstream: UpstreamConfig, what: str, call: Any) -> Any:
     return None
 
 
-async def discover_all(gateway: Any) -> None:
+async def discover_all(gateway: Gateway) -> None:
     async with trio.open_nursery() as nursery:
         for upstream in gateway.config.upstreams:
             nursery.start_soon(discover_upstream, gateway, upstream)
 
 
-async def run_discovery(gateway: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def run_discovery(gateway: Gateway, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Discovery task: started after its first pass over every upstream."""
     await discover_all(gateway)
     gateway.started.add("discovery")

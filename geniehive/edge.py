@@ -120,10 +120,9 @@ class EdgeTCPServer(TCPServer):
 
     def _buffered_head(self) -> bool:
         """Whether bytes of the next (pipelined) request wait in h11's buffer."""
-        if not self._speaks_h11():
-            return False
-        connection = self.protocol.protocol.connection
-        return bool(connection.trailing_data[0])
+        wrapper = getattr(self, "protocol", None)
+        protocol = wrapper.protocol if wrapper is not None else None
+        return isinstance(protocol, H11Protocol) and bool(protocol.connection.trailing_data[0])
 
     async def _refuse_late_head(self) -> None:
         if self._head_bytes and self._speaks_h11():
@@ -183,6 +182,7 @@ def _listeners(config: HyperConfig) -> tuple[list[trio.abc.Listener[Any]], list[
     listeners: list[trio.abc.Listener[Any]] = []
     binds = []
     for sock in sockets.secure_sockets:
+        assert ssl_context is not None  # hypercorn makes secure sockets only with a context
         sock.listen(config.backlog)
         listeners.append(trio.SSLListener(
             trio.SocketListener(trio.socket.from_stdlib_socket(sock)), ssl_context,

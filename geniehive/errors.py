@@ -36,7 +36,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from geniehive.routing import RouteDecision
 
 
 class GenieHiveError(Exception):
@@ -192,6 +195,21 @@ class ShuttingDown(GenieHiveError):
 
     status = 503
     code = "shutting_down"
+
+
+def raise_for_decision(decision: RouteDecision) -> None:
+    """Raise the client error a route decision carries (`decision.error`); nothing if none.
+
+    `model_not_found` and `wrong_operation` name the `model` parameter; any other error
+    means the model exists but no upstream can serve it now.
+    """
+    if decision.error is None:
+        return
+    if decision.error == "model_not_found":
+        raise ModelNotFound(decision.message, param="model")
+    if decision.error == "wrong_operation":
+        raise WrongOperation(decision.message, param="model")
+    raise NoHealthyUpstream(decision.message)
 
 
 class StartupError(Exception):

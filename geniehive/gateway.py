@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -20,7 +20,7 @@ from geniehive.adapters import Adapter, AdapterSpec, UpstreamContext
 from geniehive.adapters.loader import build_adapter
 from geniehive.auth import Authenticator
 from geniehive.config import ControlConfig, parse_bind
-from geniehive.errors import ModelNotFound, NoHealthyUpstream, WrongOperation
+from geniehive.exchange import Transport
 from geniehive.gate import KeyGate
 from geniehive.live import LiveState, RuntimeView
 from geniehive.metrics import GatewayMetrics
@@ -40,8 +40,9 @@ class Gateway:
         registry: Registry,
         specs: Mapping[str, AdapterSpec],
         client: httpx.AsyncClient,
-        monotonic: Any = trio.current_time,
+        monotonic: Callable[[], float] = trio.current_time,
         instance_id: str | None = None,
+        pool: Transport | None = None,
     ) -> None:
         self.config = config
         self.hops = egress.HopGuard(instance_id or new_instance_id())
@@ -54,23 +55,20 @@ class Gateway:
         self.registry = registry
         self.specs = specs
         self.client = client  # discovery, probes and adapters (httpx)
-        self.pool: Any = None  # the proxy path's upstream connections (UpstreamPool)
+        # The proxy path's upstream connections (a pool.UpstreamPool when serving); the relay
+        # sends through it. Closing it is the owner's (the daemon's) business.
+        self.pool = pool
         self.live = LiveState(open_s=config.breaker.open_s, failures=config.breaker.failures)
         self.auth = Authenticator(
             (k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys
         )
         self.gate = KeyGate(self.auth)  # verifies keys before bodies are read, on every port
-        self.ready = False
-        self.active_requests = 0  # HTTP requests and websockets being served now
+        self.ready: bool = False
+        self.active_requests: int = 0  # HTTP requests and websockets being served now
         self._drained: trio.Event | None = None
         self.started: set[str] = set()
-        self.created = int(time.time())
-        self.started_wall = time.time()  # when this process started serving
-        # Long-lived tasks other modules add to the tree (heartbeat listener, launcher) and
-        # their Quart route registrations.
-        self.startup_tasks: list[Any] = []
-        self.route_modules: list[Any] = []
-        self.websocket_modules: list[Any] = []
+        self.created: int = int(time.time())
+        self.started_wall: float = time.time()  # when this process started serving
         self.failure_counts: dict[tuple[str, str], int] = {}
         self.metrics = GatewayMetrics(self)
         self._adapters: dict[str, tuple[tuple[Any, ...], Adapter]] = {}
@@ -153,13 +151,3 @@ class Gateway:
             return None
         role = self.snapshot.roles.get(decision.role_id)
         return role.policy if role else None
-
-    @staticmethod
-    def raise_for_decision(decision: routing.RouteDecision) -> None:
-        if decision.error is None:
-            return
-        if decision.error == "model_not_found":
-            raise ModelNotFound(decision.message, param="model")
-        if decision.error == "wrong_operation":
-            raise WrongOperation(decision.message, param="model")
-        raise NoHealthyUpstream(decision.message)

@@ -186,9 +186,8 @@ async def _stop(upstream: UpstreamConfig, process: Child) -> None:
                 log.warning("managed upstream %s: pid %d still running %g s after SIGTERM; "
                             "sending SIGKILL", upstream.id, process.pid, grace_s)
                 _signal_group(process, signal.SIGKILL)
-                await process.wait()
-            log.info("managed upstream %s: stopped (%s)", upstream.id,
-                     describe_exit(process.returncode))
+            code = await process.wait()
+            log.info("managed upstream %s: stopped (%s)", upstream.id, describe_exit(code))
         else:
             await process.wait()  # it had exited already: reap it and close its pidfd
         _signal_group(process, signal.SIGKILL)  # whatever its group left behind

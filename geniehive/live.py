@@ -342,7 +342,7 @@ class RuntimeView(Mapping[str, ServiceRuntime], IncrementalRuntimes):
     def __getitem__(self, service_id: str) -> ServiceRuntime:
         return self.get(service_id)
 
-    def get(self, service_id: str, default: Any = None) -> ServiceRuntime:  # type: ignore[override]
+    def get(self, service_id: str, default: Any = None) -> ServiceRuntime:
         live = self._services.get(service_id)
         if live is None:
             return NO_RUNTIME

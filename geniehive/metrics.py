@@ -15,13 +15,16 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from geniehive import __version__, health, routing
+
+if TYPE_CHECKING:
+    from geniehive.gateway import Gateway
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 HEALTH_STATES = ("healthy", "unknown", "down", "unhealthy", "stale", "unavailable")
@@ -40,7 +43,7 @@ def route_type(route: str, routed: bool) -> str:
 
 
 class GatewayMetrics:
-    def __init__(self, gateway: Any) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "geniehive_requests", "Client API requests answered",
@@ -96,7 +99,7 @@ class GatewayMetrics:
 class _LiveCollector:
     """Gauges read from the gateway's snapshot and live counters at scrape time."""
 
-    def __init__(self, gateway: Any) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
 
     def describe(self) -> list[Metric]:
@@ -176,4 +179,4 @@ def _health_state(snapshot: Any, service: Any, ctx: Any, runtime: Any) -> str:
     gate = routing.exclusion_gate(snapshot, service, ctx)
     if gate is not None and gate.gate in ("availability", "not_accepting"):
         return "unavailable"
-    return health.verdict(gate and gate.gate, runtime.probe, service.state.health)
+    return health.verdict(gate.gate if gate is not None else None, runtime.probe, service.state.health)

@@ -68,6 +68,9 @@ CHUNKED = b"chunked"
 # Framing and Host are the pool's to set; a caller's copy would contradict ours.
 OWNED_HEADERS = frozenset({HOST, CONTENT_LENGTH, TRANSFER_ENCODING})
 NO_BODY_METHODS = frozenset({b"GET", b"HEAD"})
+# What `h11.Connection.next_event` returns; callers match on `type(event)`, and `_Conn`
+# reads more bytes itself on NEED_DATA.
+NextEvent = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 END_OF_MESSAGE = h11.EndOfMessage()
 
@@ -225,7 +228,7 @@ class _Conn:
             return False
         return True
 
-    async def next_event(self) -> h11.Event:
+    async def next_event(self) -> NextEvent:
         h = self.h11
         while True:
             event = h.next_event()
@@ -234,7 +237,9 @@ class _Conn:
             data = await self.stream.receive_some(RECEIVE_BYTES)
             if data:
                 self.got_bytes = True
-            h.receive_data(data)
+            # h11 types `data` as bytes but appends it to a bytearray: any bytes-like works,
+            # and converting would copy every read.
+            h.receive_data(data)  # type: ignore[arg-type]
 
 
 class PoolResponse:
@@ -571,9 +576,11 @@ async def _send_stream(conn: _Conn, head: bytes, body: AsyncIterable[bytes]) -> 
         return
     conn.pulled_body = True  # from here on the body cannot be replayed
     async for chunk in body:
-        if chunk and not await conn.write(
-            b"".join(h.send_with_data_passthrough(h11.Data(data=chunk)))
-        ):
+        if not chunk:
+            continue
+        parts = h.send_with_data_passthrough(h11.Data(data=chunk))
+        assert parts is not None  # h11 returns None only for ConnectionClosed
+        if not await conn.write(b"".join(parts)):
             return
     tail = h.send(END_OF_MESSAGE)
     if tail:

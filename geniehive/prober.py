@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -17,10 +17,13 @@ from geniehive import health
 from geniehive.probing import bounded_probe
 from geniehive.supervise import run_every
 
+if TYPE_CHECKING:
+    from geniehive.gateway import Gateway
+
 log = logging.getLogger("geniehive.prober")
 
 
-async def probe_service_group(gateway: Any, service_ids: list[str]) -> None:
+async def probe_service_group(gateway: Gateway, service_ids: list[str]) -> None:
     snapshot = gateway.snapshot
     service = snapshot.services.get(service_ids[0])
     if service is None:
@@ -52,13 +55,13 @@ def probe_groups(snapshot: Any) -> list[list[str]]:
     return list(groups.values())
 
 
-async def probe_all(gateway: Any) -> None:
+async def probe_all(gateway: Gateway) -> None:
     async with trio.open_nursery() as nursery:
         for group in probe_groups(gateway.snapshot):
             nursery.start_soon(probe_service_group, gateway, group)
 
 
-async def run_prober(gateway: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def run_prober(gateway: Gateway, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Prober task: started after its first pass."""
     await probe_all(gateway)
     gateway.started.add("prober")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -55,6 +55,9 @@ from geniehive.writes import (
     wait_stalled_or_gone,
 )
 
+if TYPE_CHECKING:
+    from geniehive.gateway import Gateway
+
 log = logging.getLogger("geniehive.request")
 
 # path -> (endpoint, operation)
@@ -82,7 +85,7 @@ class ClientStalled(ClientGone):
 
 
 class ProxyApp:
-    def __init__(self, gateway: Any, fallback: ASGIApp) -> None:
+    def __init__(self, gateway: Gateway, fallback: ASGIApp) -> None:
         self.gw = gateway
         self.fallback = fallback
         self.relay = Relay(gateway)

@@ -28,7 +28,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -44,6 +44,7 @@ from geniehive.errors import (
     UpstreamFailed,
     UpstreamStatus,
     UpstreamTimeout,
+    raise_for_decision,
     render_error,
 )
 from geniehive.exchange import Inbound, Outcome, Transport, Upload, UpstreamResponse, Writer
@@ -57,6 +58,9 @@ from geniehive.sse import (
     encode_json,
     strip_reasoning,
 )
+
+if TYPE_CHECKING:
+    from geniehive.gateway import Gateway
 
 log = logging.getLogger("geniehive.relay")
 
@@ -135,16 +139,16 @@ class Attempt:
 class Relay:
     """Sends one inbound request through the hive; owned by the gateway.
 
-    `transport` sends the upstream requests; without one, the gateway's `pool` (set before
-    the relay is made) does. The routing limits and timeouts are read once here: the config
+    `transport` sends the upstream requests; without one, the gateway's `pool` (given when
+    the gateway is built) does. The routing limits and timeouts are read once here: the config
     of a gateway does not change while it runs.
     """
 
-    def __init__(self, gateway: Any, transport: Transport | None = None) -> None:
+    def __init__(self, gateway: Gateway, transport: Transport | None = None) -> None:
         self.gw = gateway
         transport = transport if transport is not None else gateway.pool
         if transport is None:
-            raise ValueError("the relay needs a transport: pass one or set gateway.pool first")
+            raise ValueError("the relay needs a transport: pass one or build the gateway with a pool")
         self.transport: Transport = transport
         settings = gateway.config.routing
         self.max_attempts: int = settings.max_attempts
@@ -198,7 +202,7 @@ class Relay:
         decision = gw.resolve(inbound.model, inbound.operation, stream=inbound.stream)
         if decision.route_label:
             outcome.route = decision.route_label
-        gw.raise_for_decision(decision)
+        raise_for_decision(decision)
         gw.live.advance_round_robin(decision.rr_key)
         role_policy = gw.role_policy(decision)
         max_attempts = self.max_attempts

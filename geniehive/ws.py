@@ -34,7 +34,7 @@ import math
 from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from quart import Response
@@ -66,6 +66,12 @@ from geniehive.gate import client_address
 from geniehive.relay import Relay
 from geniehive.sse import EVENT_END, parse_event_lines
 from geniehive.writes import abort_connection, release_on_cut, send_bounded, wait_stalled
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from geniehive.gateway import Gateway
+    from geniehive.proxy import ProxyApp
 
 log = logging.getLogger("geniehive.request")
 
@@ -244,7 +250,7 @@ class _Request:
 class _Connection:
     """One websocket: a reader (this task), a sender task and one task per live request."""
 
-    def __init__(self, gateway: Any, relay: Relay, send: Send, principal: Principal | None):
+    def __init__(self, gateway: Gateway, relay: Relay, send: Send, principal: Principal | None):
         self.gw = gateway
         self.relay = relay
         self.send = send
@@ -470,7 +476,7 @@ class _Connection:
 
 
 async def serve_websocket(
-    gateway: Any, relay: Relay, scope: Scope, receive: Receive, send: Send
+    gateway: Gateway, relay: Relay, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Serve one websocket connection until either side closes it."""
     connect = await receive()
@@ -508,7 +514,7 @@ async def serve_websocket(
             await conn.say_goodbye()
 
 
-def register_websocket(proxy: Any, gateway: Any) -> None:
+def register_websocket(proxy: ProxyApp, gateway: Gateway) -> None:
     """Serve websocket chat at PATH beside the proxy's HTTP routes."""
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
@@ -517,7 +523,7 @@ def register_websocket(proxy: Any, gateway: Any) -> None:
     proxy.websockets[PATH] = handler
 
 
-def register_playground(app: Any, gateway: Any) -> None:
+def register_playground(app: QuartTrio, gateway: Gateway) -> None:
     """Serve the browser playground (one static page) at GET /playground.
 
     The page holds no data and needs no key to load: a browser cannot send one on

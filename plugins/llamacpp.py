@@ -45,7 +45,9 @@ def _int(value: Any) -> int | None:
 
 
 def _model_asset(item: dict[str, Any]) -> Asset:
-    meta = item.get("meta") if isinstance(item.get("meta"), dict) else {}
+    meta = item.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
     aliases = item.get("aliases")
     names = tuple(a for a in aliases if isinstance(a, str) and a != item["id"]) if isinstance(
         aliases, list

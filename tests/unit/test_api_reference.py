@@ -1,8 +1,8 @@
 """docs/api.md names every endpoint the gateway serves, and only those, and every error code.
 
-The routes come from where they are served: the Quart app's url_map (composed as the daemon
-composes it), the proxy's forwarding routes, the websocket path, the node endpoints and the
-probes. A new route without a line in docs/api.md fails here.
+The routes come from where they are served: the Quart app's url_map (it registers the node,
+cluster and playground routes itself), the proxy's forwarding routes, the websocket path, the
+node endpoints and the probes. A new route without a line in docs/api.md fails here.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from geniehive import api_nodes, errors, gate, proxy, ws
-from geniehive.api_cluster import register_cluster_routes
-from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.app import create_app
 from geniehive.config import load_control
 from geniehive.gateway import Gateway
@@ -32,8 +30,6 @@ def served_routes(tmp_path: Path) -> set[str]:
     control.write_text('[server]\nbind = ["127.0.0.1:8800"]\n')
     registry = SimpleNamespace(snapshot=Snapshot(version=1, hosts={}, services={}, roles={}))
     gateway = Gateway(load_control(control, {}), registry, {}, None)  # type: ignore[arg-type]
-    gateway.route_modules += [register_node_routes, register_cluster_routes,
-                              ws.register_playground]
     app = create_app(gateway)
     # Quart adds a `/static/<filename>` rule of its own; with no static folder it serves
     # nothing (404), so it is not an endpoint to document.

@@ -338,3 +338,29 @@ def test_no_module_is_longer_than_a_reader_can_hold() -> None:
         if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
+
+
+def untyped_gateway_parameters(tree: ast.Module) -> list[str]:
+    """`name:line` of each parameter named gateway or gw left unannotated or annotated Any."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = node.args
+            for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs):
+                if arg.arg in ("gateway", "gw") and (
+                    arg.annotation is None or ast.unparse(arg.annotation) == "Any"
+                ):
+                    found.append(f"{node.name}:{node.lineno}")
+    return found
+
+
+def test_every_module_handed_the_gateway_names_its_type() -> None:
+    """The gateway is the hub a request passes through: `Gateway`, never `Any`."""
+    untyped = {
+        path.relative_to(REPO).as_posix(): found
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (found := untyped_gateway_parameters(ast.parse(path.read_text(encoding="utf-8"))))
+    }
+    assert untyped == {}
+    sample = ast.parse("def f(gateway: Any, gw, ok: Gateway) -> None: ...\n")
+    assert untyped_gateway_parameters(sample) == ["f:1", "f:1"]

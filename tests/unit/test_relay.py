@@ -370,8 +370,9 @@ async def test_the_relay_sends_through_the_gateway_pool_when_given_no_transport(
     _, gateway = make_relay(tmp_path, [service("a/chat")], FakeTransport())
     with pytest.raises(ValueError, match="needs a transport"):
         Relay(gateway)
-    gateway.pool = transport
-    client = await forward(Relay(gateway), Outcome())
+    pooled = Gateway(gateway.config, gateway.registry, SPECS, None,  # type: ignore[arg-type]
+                     instance_id="gw-test", pool=transport)
+    client = await forward(Relay(pooled), Outcome())
     assert client.status == 200
     assert len(transport.sent) == 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from geniehive.errors import ModelNotFound, NoHealthyUpstream, WrongOperation, raise_for_decision
 from geniehive.models import (
     Asset,
     BenchmarkSample,
@@ -186,6 +187,21 @@ def test_unknown_name_is_model_not_found_with_close_matches() -> None:
     assert decision.message == "model 'qwen3:8' not found; close matches: qwen3:8b, qwen3"
     assert resolve(snap, "role/generl", "chat", ctx()).close_matches == ("general",)
     assert resolve(snap, "zzz", "chat", ctx()).message == "model 'zzz' not found"
+
+
+def test_a_decision_error_raises_the_client_error_the_gateway_answers() -> None:
+    snap = snapshot([service("e", asset("nomic"), op="embeddings"),
+                     service("d", asset("m"), state=ServiceState(availability="draining"))])
+    raise_for_decision(resolve(snap, "nomic", "embeddings", ctx()))  # routable: no error
+    cases = [("zzz", ModelNotFound, "model"), ("nomic", WrongOperation, "model"),
+             ("m", NoHealthyUpstream, None)]
+    for name, error, param in cases:
+        with pytest.raises(error) as raised:
+            raise_for_decision(resolve(snap, name, "chat", ctx()))
+        assert (raised.value.param, raised.value.message) == (
+            param, resolve(snap, name, "chat", ctx()).message)
+    assert (ModelNotFound.status, WrongOperation.status, NoHealthyUpstream.status) == (
+        404, 400, 503)
 
 
 def test_close_matches_ignore_case_and_keep_known_spelling() -> None:
