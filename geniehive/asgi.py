@@ -32,9 +32,9 @@ from geniehive import strictjson
 from geniehive.errors import (
     GenieHiveError,
     InvalidRequest,
+    RateLimited,
     RequestTimeout,
     RequestTooLarge,
-    TooManyAuthFailures,
 )
 
 log = logging.getLogger("geniehive.request")
@@ -67,6 +67,8 @@ class RouteFacts(Protocol):
     def route(self) -> str: ...
     @property
     def attempts(self) -> int: ...
+    @property
+    def queued_ms(self) -> float | None: ...
 
 
 # --- headers ---------------------------------------------------------------------------------
@@ -91,17 +93,22 @@ def new_request_id() -> str:
 
 def route_headers(request_id: str, route: RouteFacts | None) -> list[tuple[bytes, bytes]]:
     """X-Request-Id, then the service and model that answered and the route and attempts
-    taken (each pair once known), as sent on every answer to a forwarded request."""
+    taken (each pair once known), and how long it waited for a slot (when it did), as sent
+    on every answer to a forwarded request."""
     if route is None:
         return [(b"x-request-id", request_id.encode())]
+    queued = route.queued_ms
     if route.service_id is not None and route.attempts:  # every answer from an upstream
-        return [
+        headers = [
             (b"x-request-id", request_id.encode()),
             (b"x-geniehive-service", route.service_id.encode()),
             (b"x-geniehive-model", (route.upstream_model or "").encode()),
             (b"x-geniehive-route", route.route.encode()),
             (b"x-geniehive-attempts", str(route.attempts).encode()),
         ]
+        if queued is not None:
+            headers.append((b"x-geniehive-queued-ms", str(round(queued)).encode()))
+        return headers
     headers = [(b"x-request-id", request_id.encode())]
     if route.service_id is not None:
         headers.append((b"x-geniehive-service", route.service_id.encode()))
@@ -109,6 +116,8 @@ def route_headers(request_id: str, route: RouteFacts | None) -> list[tuple[bytes
     if route.attempts:
         headers.append((b"x-geniehive-route", route.route.encode()))
         headers.append((b"x-geniehive-attempts", str(route.attempts).encode()))
+    if queued is not None:
+        headers.append((b"x-geniehive-queued-ms", str(round(queued)).encode()))
     return headers
 
 
@@ -230,7 +239,7 @@ def render_error_answer(
 
     `close` adds `Connection: close`, for an answer given while the request body is left
     unread; a late body (RequestTimeout) always closes, as the rest is not worth waiting for.
-    A refusal for repeated invalid keys says when to retry.
+    A 429 says when to retry (`Retry-After`).
     """
     body = exc.body()
     headers = [
@@ -240,7 +249,7 @@ def render_error_answer(
     ]
     if close or isinstance(exc, RequestTimeout):
         headers.append((b"connection", b"close"))
-    if isinstance(exc, TooManyAuthFailures):
+    if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
         headers.append((b"retry-after", str(exc.retry_after_s).encode()))
     return exc.http_status, headers, body
 

@@ -12,6 +12,8 @@
     ├── PermissionDenied                403 permission_error / insufficient_scope
     ├── Conflict                        409 invalid_request_error / conflict
     ├── RateLimited                     429 rate_limit_error / rate_limited
+    │   ├── QueueFull                   429 ... / queue_full
+    │   ├── QueueTimeout                429 ... / queue_timeout
     │   └── TooManyAuthFailures         429 ... / too_many_auth_failures
     ├── UpstreamStatus                  the upstream's 4xx, code upstream_<status>
     ├── UpstreamFailed                  502 server_error / upstream_error
@@ -130,19 +132,33 @@ class Conflict(GenieHiveError):
 
 
 class RateLimited(GenieHiveError):
+    """Too many requests now; `retry_after_s` (the `Retry-After` header) says when to retry."""
+
     status = 429
     type = "rate_limit_error"
     code = "rate_limited"
 
-
-class TooManyAuthFailures(RateLimited):
-    """One client address presented too many invalid keys; `retry_after_s` says when to retry."""
-
-    code = "too_many_auth_failures"
-
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class QueueFull(RateLimited):
+    """Every candidate was full and `capacity.max_queue` requests were waiting already."""
+
+    code = "queue_full"
+
+
+class QueueTimeout(RateLimited):
+    """No slot freed on a candidate within the request's longest wait."""
+
+    code = "queue_timeout"
+
+
+class TooManyAuthFailures(RateLimited):
+    """One client address presented too many invalid keys."""
+
+    code = "too_many_auth_failures"
 
 
 class UpstreamStatus(GenieHiveError):

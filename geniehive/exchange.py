@@ -45,6 +45,13 @@ class Inbound:
     upload: Upload | None = None
     request_id: str = ""
     hops: bytes = b""  # the hop header to send upstream (empty: this gateway's id alone)
+    # Its place at the admission queue (geniehive/capacity.py): the key's name and limits,
+    # the priority class (0 high, 1 normal, 2 low) and the longest wait it asked for.
+    key: str = "open"
+    key_limit: int | None = None
+    weight: float = 1.0
+    priority: int = 1
+    max_wait_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -76,6 +83,7 @@ class Outcome:
     attempts: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (service id, why)
     ttft_ms: float | None = None
+    queued_ms: float | None = None  # how long it waited for a slot, when it did
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 

@@ -19,6 +19,7 @@ from geniehive import egress, routing
 from geniehive.adapters import Adapter, AdapterSpec, UpstreamContext
 from geniehive.adapters.loader import build_adapter
 from geniehive.auth import Authenticator
+from geniehive.capacity import Admission, KeyRates
 from geniehive.config import ControlConfig, parse_bind
 from geniehive.exchange import Transport
 from geniehive.gate import KeyGate
@@ -59,6 +60,9 @@ class Gateway:
         # sends through it. Closing it is the owner's (the daemon's) business.
         self.pool = pool
         self.live = LiveState(open_s=config.breaker.open_s, failures=config.breaker.failures)
+        # Slots per service and the requests waiting for one (geniehive/capacity.py).
+        self.admission = Admission(clock=monotonic)
+        self.key_rates = KeyRates()
         self.auth = Authenticator(
             (k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys
         )

@@ -20,12 +20,9 @@ production, an in-memory fake in the unit tests).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import secrets
-import struct
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -35,7 +32,17 @@ import trio
 from geniehive import health, routing
 from geniehive import policy as policy_mod
 from geniehive.adapters import Adapter, UpstreamRequest
+from geniehive.answers import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    IdleTimed,
+    encode_embeddings,
+    encode_multipart,
+    length_header,
+    tokens_per_sec,
+)
 from geniehive.asgi import route_headers
+from geniehive.capacity import Ticket, slots_of
 from geniehive.egress import HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
@@ -47,7 +54,7 @@ from geniehive.errors import (
     raise_for_decision,
     render_error,
 )
-from geniehive.exchange import Inbound, Outcome, Transport, Upload, UpstreamResponse, Writer
+from geniehive.exchange import Inbound, Outcome, Transport, UpstreamResponse, Writer
 from geniehive.models import Policy, Service
 from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError
 from geniehive.routing import Candidate
@@ -69,23 +76,20 @@ JSON_OPERATIONS = frozenset({"chat", "completion", "embeddings"})
 MAX_ERROR_BODY = 64 * 1024
 
 
-class _Queue:
-    """The candidates of a decision and then of each fallback decision, as (decision,
-    candidate) pairs, computed as they are reached; `has_next` looks one ahead."""
+class _Decisions:
+    """The decision, then each fallback decision, computed as reached; `has_next` looks one
+    ahead (a fallback decision always has candidates)."""
 
     def __init__(self, chain: Iterator[routing.RouteDecision]) -> None:
-        self._pairs = ((d, c) for d in chain for c in d.candidates)
-        self._ahead: list[tuple[routing.RouteDecision, Candidate]] = []
+        self._chain = chain
+        self._ahead: list[routing.RouteDecision] = []
 
-    def __iter__(self) -> _Queue:
-        return self
-
-    def __next__(self) -> tuple[routing.RouteDecision, Candidate]:
-        return self._ahead.pop() if self._ahead else next(self._pairs)
+    def next(self) -> routing.RouteDecision | None:
+        return self._ahead.pop() if self._ahead else next(self._chain, None)
 
     def has_next(self) -> bool:
         if not self._ahead:
-            self._ahead.extend(islice(self._pairs, 1))
+            self._ahead.extend(islice(self._chain, 1))
         return bool(self._ahead)
 
 
@@ -97,11 +101,6 @@ class _Failed(Exception):
         self.kind = kind  # connect | timeout | protocol | status
         self.message = message
         self.status = status
-
-
-def floats_to_base64(vector: list[float]) -> str:
-    """Little-endian float32, as the OpenAI API encodes `encoding_format: base64`."""
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 @dataclass(slots=True, eq=False)
@@ -148,7 +147,9 @@ class Relay:
         self.gw = gateway
         transport = transport if transport is not None else gateway.pool
         if transport is None:
-            raise ValueError("the relay needs a transport: pass one or build the gateway with a pool")
+            raise ValueError(
+                "the relay needs a transport: pass one or build the gateway with a pool"
+            )
         self.transport: Transport = transport
         settings = gateway.config.routing
         self.max_attempts: int = settings.max_attempts
@@ -204,43 +205,107 @@ class Relay:
             outcome.route = decision.route_label
         raise_for_decision(decision)
         gw.live.advance_round_robin(decision.rr_key)
+        ticket = Ticket(
+            inbound.key, klass=inbound.priority, weight=inbound.weight,
+            key_limit=inbound.key_limit,
+        )
+        try:
+            await self.forward(inbound, writer, outcome, decision, ticket)
+        finally:
+            gw.admission.finish(ticket)
+
+    async def forward(
+        self,
+        inbound: Inbound,
+        writer: Writer,
+        outcome: Outcome,
+        decision: routing.RouteDecision,
+        ticket: Ticket,
+    ) -> None:
+        """Try the candidates in order, each once a slot on it is taken (waiting for one
+        when all are full), then each fallback decision's, up to `max_attempts` tries."""
+        gw = self.gw
+        admission = gw.admission
         role_policy = gw.role_policy(decision)
         max_attempts = self.max_attempts
-        queue = _Queue(gw.decision_chain(decision, stream=inbound.stream))
+        decisions = _Decisions(gw.decision_chain(decision, stream=inbound.stream))
+        current = decisions.next()
+        pending: list[Candidate] = list(decision.candidates)
 
         def more_candidates() -> bool:  # asked only on a 429: the next fallback is computed then
-            return outcome.attempts < max_attempts and queue.has_next()
+            return outcome.attempts < max_attempts and (bool(pending) or decisions.has_next())
 
         last: _Failed | None = None
         timeouts = loops = 0
-        for current, candidate in queue:
-            if outcome.attempts >= max_attempts:
-                break
+        while current is not None and outcome.attempts < max_attempts:
             outcome.route = current.route_label
-            service = gw.snapshot.services.get(candidate.service_id)
-            if service is None or (outcome.attempts and not self.still_open(service)):
+            services = self.open_services(pending, bool(outcome.attempts or ticket.waited_s))
+            if not services:
+                current = decisions.next()
+                pending = list(current.candidates) if current is not None else []
                 continue
-            outcome.attempts += 1
-            outcome.service_id = service.service_id
-            outcome.upstream_model = candidate.upstream_model
-            attempt = Attempt(
-                inbound=inbound, writer=writer, outcome=outcome, decision=current,
-                candidate=candidate, service=service, adapter=gw.adapter_for(service),
-                role_policy=role_policy, more_candidates=more_candidates,
-            )
+            # The pool's candidates first: a lower tier is only a failover.
+            pool = [s for s, c in zip(services, pending, strict=True) if c.pool] or services
+            ids = [s.service_id for s in pool]
+            service_id = admission.take(ticket, ids, [slots_of(s) for s in pool])
+            if service_id is None:
+                service_id = await admission.wait(
+                    ticket, ids, self.wait_budget(inbound) - ticket.waited_s,
+                    f"model '{inbound.model}'",
+                )
+                outcome.queued_ms = ticket.waited_s * 1000
+            index = next(i for i, c in enumerate(pending) if c.service_id == service_id)
+            candidate = pending.pop(index)
+            service = gw.snapshot.services.get(service_id)
+            recheck = bool(outcome.attempts or ticket.waited_s)
             try:
+                if service is None or (recheck and not self.still_open(service)):
+                    continue  # it went away, or its breaker opened, while this waited
+                outcome.attempts += 1
+                outcome.service_id = service_id
+                outcome.upstream_model = candidate.upstream_model
+                attempt = Attempt(
+                    inbound=inbound, writer=writer, outcome=outcome, decision=current,
+                    candidate=candidate, service=service, adapter=gw.adapter_for(service),
+                    role_policy=role_policy, more_candidates=more_candidates,
+                )
                 await self.attempt(attempt)
                 return
             except _Failed as failed:
                 last = failed
                 timeouts += failed.kind == "timeout"
                 loops += failed.status == 508
-                outcome.failures.append((service.service_id, failed.message))
+                outcome.failures.append((service_id, failed.message))
                 log.warning(
                     "request %s: attempt %d on %s failed: %s",
-                    inbound.request_id, outcome.attempts, service.service_id, failed.message,
+                    inbound.request_id, outcome.attempts, service_id, failed.message,
                 )
+            finally:
+                admission.release(service_id)
         raise _exhausted(inbound.model, outcome, last, timeouts, loops)
+
+    def open_services(self, pending: list[Candidate], recheck: bool) -> list[Service]:
+        """The services of `pending` that may still be tried (dropping the others from it):
+        present in the snapshot and, once time has passed since the decision (a failed try,
+        a wait), still open (`still_open`)."""
+        services = self.gw.snapshot.services
+        kept: list[Service] = []
+        keep: list[Candidate] = []
+        for candidate in pending:
+            service = services.get(candidate.service_id)
+            if service is None or (recheck and not self.still_open(service)):
+                continue
+            kept.append(service)
+            keep.append(candidate)
+        pending[:] = keep
+        return kept
+
+    def wait_budget(self, inbound: Inbound) -> float:
+        """How long the request may wait for slots in all."""
+        budget = self.gw.admission.queue_timeout_s
+        if inbound.max_wait_s is not None:
+            budget = min(budget, inbound.max_wait_s)
+        return budget
 
     def still_open(self, service: Service) -> bool:
         """Whether a failover candidate may still be tried: its breaker may have opened (or
@@ -397,7 +462,7 @@ class Relay:
         ttft = (first - attempt.started) * 1000 if first is not None else None
         outcome.ttft_ms = attempt.ttft_ms = ttft
         outcome.take_usage(stripper.usage)
-        attempt.tokens_per_sec = _tokens_per_sec(stripper.usage, stripper.events, first, end)
+        attempt.tokens_per_sec = tokens_per_sec(stripper.usage, stripper.events, first, end)
         return True
 
     async def _relay_json(
@@ -420,16 +485,16 @@ class Relay:
                 changed = stripped is not data
                 data = stripped
             if inbound.body is not None and inbound.body.get("encoding_format") == "base64":
-                changed |= _encode_embeddings(data)
+                changed |= encode_embeddings(data)
             if changed:
                 raw = encode_json(data)
         except (ValueError, RecursionError):  # not JSON, or nested past what we walk
             raise _Failed("protocol", "the upstream answered a body that is not JSON") from None
-        await attempt.writer.start(status, [*JSON_HEADERS, _length(raw), *headers])
+        await attempt.writer.start(status, [*JSON_HEADERS, length_header(raw), *headers])
         await attempt.writer.body(raw, False)
         usage = data.get("usage") if isinstance(data, dict) else None
         attempt.outcome.take_usage(usage)
-        attempt.tokens_per_sec = _tokens_per_sec(
+        attempt.tokens_per_sec = tokens_per_sec(
             usage, 0, attempt.started, trio.current_time()
         )
         return True
@@ -450,7 +515,7 @@ class Relay:
                 attempt.inbound.endpoint, response.status, content_type, raw, attempt.request
             )
             await writer.start(
-                status, [(b"content-type", content_type.encode()), _length(raw), *headers]
+                status, [(b"content-type", content_type.encode()), length_header(raw), *headers]
             )
             await writer.body(raw, False)
             return True
@@ -490,103 +555,3 @@ def _exhausted(
         # Each candidate led back to a gateway this request had passed (508 Loop Detected).
         return LoopDetected(f"every upstream looped back: {summary}")
     return UpstreamFailed(f"every upstream failed: {summary}")
-
-
-SSE_HEADERS = (
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-)
-JSON_HEADERS = ((b"content-type", b"application/json"),)
-
-
-class IdleTimed:
-    """The body chunks of an upstream answer; trio.TooSlowError when a gap exceeds `idle_s`.
-
-    One cancel scope per read, created directly (cheaper than `trio.fail_after`'s context
-    manager on a path that runs for every chunk). Only the wait for the upstream is timed:
-    the time the caller spends writing to a slow client is not an upstream gap.
-    """
-
-    __slots__ = ("idle_s", "response")
-
-    def __init__(self, response: UpstreamResponse, idle_s: float) -> None:
-        self.response = response
-        self.idle_s = idle_s
-
-    def __aiter__(self) -> IdleTimed:
-        return self
-
-    async def __anext__(self) -> bytes:
-        with trio.CancelScope(deadline=trio.current_time() + self.idle_s) as scope:
-            chunk = await self.response.read_chunk()
-        if scope.cancelled_caught:
-            raise trio.TooSlowError
-        if chunk is None:
-            raise StopAsyncIteration
-        return chunk
-
-
-def _length(raw: bytes) -> tuple[bytes, bytes]:
-    return (b"content-length", str(len(raw)).encode())
-
-
-def _tokens_per_sec(
-    usage: Any, events: int, start: float | None, end: float
-) -> float | None:
-    if start is None or end <= start:
-        return None
-    tokens = None
-    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-        tokens = usage["completion_tokens"]
-    elif events:
-        tokens = events
-    if not tokens:
-        return None
-    return tokens / (end - start)
-
-
-def _encode_embeddings(data: Any) -> bool:
-    changed = False
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        for item in data["data"]:
-            if isinstance(item, dict) and isinstance(item.get("embedding"), list):
-                item["embedding"] = floats_to_base64(item["embedding"])
-                changed = True
-    return changed
-
-
-def encode_multipart(
-    request: UpstreamRequest, upload: Upload
-) -> tuple[str, int, AsyncIterator[bytes]]:
-    """A multipart body streamed from the spooled upload, with its exact length."""
-    boundary = f"----geniehive{secrets.token_hex(12)}"
-    head = bytearray()
-    for name, value in request.fields:
-        head += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
-        ).encode()
-        head += value.encode() + b"\r\n"
-    head += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(request.file_field)}"; '
-        f'filename="{_quote(upload.filename)}"\r\nContent-Type: {upload.content_type}\r\n\r\n'
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    length = len(head) + upload.size + len(tail)
-
-    async def body() -> AsyncIterator[bytes]:
-        yield bytes(head)
-        upload.file.seek(0)
-        while True:
-            # The spooled upload may live on disk: read it off the event loop.
-            block = await trio.to_thread.run_sync(upload.file.read, 256 * 1024)
-            if not block:
-                break
-            yield block
-        yield tail
-
-    return boundary, length, body()
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "").replace("\n", "")

@@ -68,6 +68,7 @@ CANDIDATE_COLUMNS: tuple[Column, ...] = (
     ("SCORE", lambda c: c["score"]),
     ("LOADED", lambda c: c["loaded"]),
     ("TIER", lambda c: "pool" if c["pool"] else "failover"),
+    ("SLOTS", lambda c: "full" if c.get("full") else "free"),
     ("BREAKDOWN", lambda c: _breakdown(c["breakdown"])),
 )
 EXCLUDED_COLUMNS: tuple[Column, ...] = (

@@ -20,7 +20,8 @@ Resolution of a requested name for an operation:
   5. narrowing into tiers: key (not loaded when `prefer_loaded`, family rank). The best tier is
      the pool (`Candidate.pool`); the other tiers follow it as failover, best first.
   6. strategy orders each tier: scored, round_robin (pool rotated by the counter) or
-     least_loaded.
+     least_loaded; scored and least_loaded put a candidate whose slots are all taken
+     (`Candidate.full`) after those with a free slot.
 
 Fallbacks at request time: a decision carries `fallbacks`, the fallback roles it has not
 tried, in depth-first order. When every candidate of a decision fails, the relay calls

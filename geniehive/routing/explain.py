@@ -73,6 +73,8 @@ def explain(decision: RouteDecision) -> dict[str, Any]:
                 "family_rank": c.family_rank,
                 "loaded": c.loaded,
                 "pool": c.pool,
+                "full": c.full,
+                "load": c.load,
             }
             for c in decision.candidates
         ],

@@ -39,6 +39,7 @@ __all__ = ["Memo", "decide"]
 _PROBE = attrgetter("probe")
 _BREAKER = attrgetter("breaker")
 _SCORE = attrgetter("score")
+_FULL = attrgetter("full")
 _CLOSED_ONLY = frozenset({"closed"})
 _NONE: frozenset[str] = frozenset()
 
@@ -225,6 +226,8 @@ class Memo:
                 )
             elif strategy != "round_robin":  # scored: floats here; stable, so ties keep ids
                 kept.sort(key=_SCORE, reverse=True)
+            if strategy != "round_robin" and any(map(_FULL, kept)):
+                kept.sort(key=_FULL)  # a free slot before a full one; stable: order kept
             cached = self.orders[t] = (strategy, kept)
         kept = cached[1]
         if strategy == "round_robin" and kept:

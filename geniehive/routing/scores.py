@@ -1,7 +1,8 @@
 """Scores: the `scored` runtime score, benchmark quality, and the candidate built on them.
 
 Rule: pure. Points come from whether the sent asset is loaded, latency (TTFT for streams) and
-tokens/s bands, queue and error penalties; the gateway's measurements replace the node's once it
+tokens/s bands, queue and error penalties; a candidate is `full` when the gateway holds every
+one of its service's slots; the gateway's measurements replace the node's once it
 has `MEASURED_MIN_SAMPLES` of them. A role's benchmark samples blend in at 40 %. Unknown
 numbers earn no points; scores are rounded to 6 places so equal inputs tie exactly.
 """
@@ -157,4 +158,11 @@ def build_candidate(
         _load(service, runtime),
         latency,
         pool,
+        _full(service, runtime),
     )
+
+
+def _full(service: Service, runtime: ServiceRuntime) -> bool:
+    """Whether the gateway holds every slot of the service (unknown slots: never full)."""
+    slots = service.observed.slots_total
+    return slots is not None and slots > 0 and runtime.in_flight >= slots

@@ -106,6 +106,7 @@ class Candidate:
     load: int = 0  # gateway in-flight + reported queue depth
     latency_ms: float | None = None  # the latency the score used
     pool: bool = True  # False: a lower tier, kept only as failover
+    full: bool = False  # every slot of the service is taken (geniehive/capacity.py)
 
 
 @dataclass(frozen=True, slots=True)

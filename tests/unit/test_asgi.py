@@ -88,6 +88,7 @@ class Route:
     upstream_model: str | None = None
     route: str = "direct"
     attempts: int = 0
+    queued_ms: float | None = None
 
 
 @pytest.mark.parametrize(
