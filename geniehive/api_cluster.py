@@ -34,6 +34,7 @@ from geniehive import catalog, health, matching, routing, wire
 from geniehive.api_keys import register_key_routes
 from geniehive.asgi import read_json_body
 from geniehive.benchreport import parse_report
+from geniehive.capacity import ServiceLoad, slots_of
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
 from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot
 from geniehive.registry import UnknownHost, UnknownService
@@ -76,9 +77,14 @@ def measured_view(live: Any, runtime: routing.ServiceRuntime) -> dict[str, Any]:
 
 
 def service_view(
-    snapshot: Snapshot, service: Service, ctx: routing.RoutingContext, live: Any
+    snapshot: Snapshot,
+    service: Service,
+    ctx: routing.RoutingContext,
+    live: Any,
+    load: ServiceLoad,
 ) -> dict[str, Any]:
-    """One service as `/v1/cluster/services` lists it."""
+    """One service as `/v1/cluster/services` lists it; `load` is its slots, the slots the
+    gateway holds on it and the requests waiting that it could serve."""
     runtime = ctx.runtime_of(service.service_id)
     gate = routing.exclusion_gate(snapshot, service, ctx)
     probe = live.probe if live is not None else None
@@ -102,6 +108,9 @@ def service_view(
         "breaker": runtime.breaker,
         "routable": gate is None,
         "gate": gate.gate if gate is not None else None,
+        "slots_total": load.slots_total,
+        "in_flight": load.in_flight,
+        "queued": load.queued,
         "observed": encoded["observed"],
         "measured": measured_view(live, runtime),
     }
@@ -183,8 +192,11 @@ def _hosts(gateway: Gateway) -> list[dict[str, Any]]:
 def _services(gateway: Gateway) -> list[dict[str, Any]]:
     snapshot, ctx = gateway.snapshot, gateway.routing_context()
     return [
-        service_view(snapshot, snapshot.services[s], ctx, gateway.live.services.get(s))
-        for s in sorted(snapshot.services)
+        service_view(
+            snapshot, service, ctx, gateway.live.services.get(s),
+            gateway.admission.load(s, slots_of(service)),
+        )
+        for s, service in sorted(snapshot.services.items())
     ]
 
 
@@ -242,11 +254,13 @@ async def set_availability(gateway: Gateway, service_id: str, availability: str)
         raise NotFound(f"no service with id '{service_id}'", param="service_id") from None
     log.info("service %s availability -> %s", service_id, availability)
     snapshot = gateway.snapshot
+    service = snapshot.services[service_id]
     view = service_view(
         snapshot,
-        snapshot.services[service_id],
+        service,
         gateway.routing_context(),
         gateway.live.services.get(service_id),
+        gateway.admission.load(service_id, slots_of(service)),
     )
     return {"status": "ok", "service": view}
 
@@ -306,6 +320,14 @@ def _register_reads(app: QuartTrio, gateway: Gateway) -> None:
     async def cluster_roles() -> Any:
         read()
         return jsonify(_listing(_roles(gateway)))
+
+    @app.get("/v1/cluster/capacity")
+    async def cluster_capacity() -> Any:
+        read()
+        return jsonify({
+            **gateway.admission.summary(),
+            "rate_limited": gateway.key_rates.refused,
+        })
 
     @app.get("/v1/cluster/health")
     async def cluster_health_counts() -> Any:

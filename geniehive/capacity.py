@@ -132,6 +132,9 @@ class Admission:
         self.passes: tuple[dict[str, float], ...] = ({}, {}, {})
         self.vtime = [0.0, 0.0, 0.0]
         self.releases: dict[str, deque[float]] = {}
+        self.refused: dict[str, int] = {}  # refusals by error code, for /metrics
+        # Called with the seconds each wait lasted, however it ended (the metrics' histogram).
+        self.observe_wait: Callable[[float], None] | None = None
         self._seq = 0
         self._entries = 0  # index entries, live or dropped
         self._dropped = 0
@@ -204,6 +207,7 @@ class Admission:
         wait, QueueTimeout once `budget_s` passed. A cancelled wait leaves the queue at once."""
         now = self.clock()
         if self.waiting >= self.max_queue:
+            self._count_refusal(QueueFull.code)
             raise QueueFull(
                 f"the admission queue is full: {self.waiting} requests waiting "
                 f"(capacity.max_queue {self.max_queue})",
@@ -234,9 +238,17 @@ class Admission:
         return admitted
 
     def _note_waited(self, ticket: Ticket, started: float) -> None:
-        ticket.waited_s += max(0.0, self.clock() - started)
+        waited = max(0.0, self.clock() - started)
+        ticket.waited_s += waited
+        if self.observe_wait is not None:
+            self.observe_wait(waited)
+
+    def _count_refusal(self, code: str | None) -> None:
+        key = code or "-"
+        self.refused[key] = self.refused.get(key, 0) + 1
 
     def _timeout(self, services: Sequence[str], what: str, now: float) -> QueueTimeout:
+        self._count_refusal(QueueTimeout.code)
         waiting = max((self.queued.get(sid, 0) for sid in services), default=0)
         return QueueTimeout(
             f"no slot freed for {what} in time: {waiting} requests waiting for its services",
@@ -390,6 +402,17 @@ class Admission:
                     break
 
     # -- what is shown ------------------------------------------------------------------
+    def summary(self) -> dict[str, object]:
+        """The queue as `GET /v1/cluster/capacity` shows it."""
+        return {
+            "waiting": self.waiting,
+            "waiting_by_priority": dict(zip(CLASS_NAMES, self.waiting_by_class, strict=True)),
+            "max_queue": self.max_queue,
+            "queue_timeout_s": self.queue_timeout_s,
+            "aging_s": self.aging_s,
+            "refused": dict(sorted(self.refused.items())),
+        }
+
     def load(self, service_id: str, slots_total: int | None) -> ServiceLoad:
         return ServiceLoad(
             slots_total, self.busy.get(service_id, 0), self.queued.get(service_id, 0)
@@ -421,6 +444,7 @@ class KeyRates:
 
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self.refused = 0
 
     def check(self, key: str, per_minute: int, now: float) -> None:
         """Count one request of `key`; raises RateLimited (with Retry-After) past the limit."""
@@ -428,6 +452,7 @@ class KeyRates:
         tokens, at = self._buckets.get(key, (float(per_minute), now))
         tokens = min(float(per_minute), tokens + (now - at) * refill)
         if tokens < 1.0:
+            self.refused += 1
             self._buckets[key] = (tokens, now)
             wait = math.ceil((1.0 - tokens) / refill)
             raise RateLimited(

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from geniehive import __version__, health, routing
+from geniehive.capacity import CLASS_NAMES, slots_of
 
 if TYPE_CHECKING:
     from geniehive.gateway import Gateway
@@ -70,6 +71,11 @@ class GatewayMetrics:
             "Requests ended because the client accepted no bytes for server.write_timeout_s",
             ["endpoint"], registry=self.registry,
         )
+        self.queue_wait = Histogram(
+            "geniehive_queue_wait_seconds", "Waits for a slot in the admission queue",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        gateway.admission.observe_wait = self.queue_wait.observe
         self.registry.register(_LiveCollector(gateway))
 
     def observe_request(self, endpoint: str, outcome: Any, duration_s: float) -> None:
@@ -131,11 +137,46 @@ class _LiveCollector:
         yield in_flight
         yield up
         yield breaker
+        yield from self._capacity(snapshot)
         yield from self._hosts(snapshot)
         yield from self._failures()
         info = InfoMetricFamily("geniehive_build", "GenieHive build information")
         info.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield info
+
+    def _capacity(self, snapshot: Any) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        admission = self.gw.admission
+        slots = GaugeMetricFamily(
+            "geniehive_slots", "Slots per service (known slots only)", labels=["service"]
+        )
+        queued = GaugeMetricFamily(
+            "geniehive_queued", "Requests waiting that the service could serve",
+            labels=["service"],
+        )
+        for service_id, service in sorted(snapshot.services.items()):
+            total = slots_of(service)
+            if total is not None:
+                slots.add_metric([service_id], total)
+            queued.add_metric([service_id], admission.queued.get(service_id, 0))
+        depth = GaugeMetricFamily(
+            "geniehive_queue_depth", "Requests waiting in the admission queue",
+            labels=["priority"],
+        )
+        for name, count in zip(CLASS_NAMES, admission.waiting_by_class, strict=True):
+            depth.add_metric([name], count)
+        refusals = CounterMetricFamily(
+            "geniehive_refusals", "Requests refused for capacity", labels=["code"]
+        )
+        counts = {"queue_full": 0, "queue_timeout": 0, **admission.refused}
+        counts["rate_limited"] = self.gw.key_rates.refused
+        for code, count in sorted(counts.items()):
+            refusals.add_metric([code], count)
+        yield slots
+        yield queued
+        yield depth
+        yield refusals
 
     def _hosts(self, snapshot: Any) -> Iterator[Metric]:
         age = GaugeMetricFamily(

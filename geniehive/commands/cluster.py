@@ -16,10 +16,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             hosts = call(client, "GET", "/v1/cluster/hosts")["data"]
             services = call(client, "GET", "/v1/cluster/services")["data"]
             roles = call(client, "GET", "/v1/cluster/roles")["data"]
+            capacity = call(client, "GET", "/v1/cluster/capacity")
         if getattr(args, "json", False):
-            print(json.dumps({"hosts": hosts, "services": services, "roles": roles}, indent=2))
+            print(json.dumps(
+                {"hosts": hosts, "services": services, "roles": roles, "capacity": capacity},
+                indent=2,
+            ))
         else:
-            print(render_status(hosts, services, roles))
+            print(render_status(hosts, services, roles, capacity))
         return 0
 
     return run(body, args)

@@ -50,7 +50,8 @@ SERVICE_COLUMNS: tuple[Column, ...] = (
     ("HEALTH", lambda s: s["health"]),
     ("AVAILABILITY", lambda s: s["availability"]),
     ("LOADED", lambda s: [a["asset_id"] for a in s.get("assets", []) if a.get("loaded")]),
-    ("IN-FLIGHT", lambda s: s["measured"]["in_flight"]),
+    ("SLOTS", lambda s: _slots(s)),
+    ("QUEUED", lambda s: s.get("queued")),
     ("P50 MS", lambda s: s["measured"]["p50_latency_ms"]),
     ("GATE", lambda s: s.get("gate")),
 )
@@ -97,14 +98,37 @@ def render_status(
     hosts: Sequence[Mapping[str, Any]],
     services: Sequence[Mapping[str, Any]],
     roles: Sequence[Mapping[str, Any]],
+    capacity: Mapping[str, Any] | None = None,
 ) -> str:
-    return "\n\n".join(
-        (
-            "HOSTS\n" + render_rows(HOST_COLUMNS, hosts),
-            "SERVICES\n" + render_rows(SERVICE_COLUMNS, services),
-            "ROLES\n" + render_rows(ROLE_COLUMNS, roles),
-        )
+    parts = [
+        "HOSTS\n" + render_rows(HOST_COLUMNS, hosts),
+        "SERVICES\n" + render_rows(SERVICE_COLUMNS, services),
+        "ROLES\n" + render_rows(ROLE_COLUMNS, roles),
+    ]
+    if capacity is not None:
+        parts.append("QUEUE\n" + render_queue(capacity))
+    return "\n\n".join(parts)
+
+
+def render_queue(capacity: Mapping[str, Any]) -> str:
+    """The admission queue in two lines: who waits, and what was refused."""
+    by = capacity.get("waiting_by_priority", {})
+    classes = ", ".join(f"{name} {count}" for name, count in by.items())
+    refused = dict(capacity.get("refused", {}))
+    if capacity.get("rate_limited"):
+        refused["rate_limited"] = capacity["rate_limited"]
+    said = ", ".join(f"{code} {count}" for code, count in refused.items()) or "none"
+    return (
+        f"waiting {capacity.get('waiting', 0)} of at most {capacity.get('max_queue')} "
+        f"({classes}); longest wait {capacity.get('queue_timeout_s')} s\n"
+        f"refused: {said}"
     )
+
+
+def _slots(service: Mapping[str, Any]) -> str:
+    """`in flight/slots`, or `in flight/-` for a service with unknown slots."""
+    total = service.get("slots_total")
+    return f"{service.get('in_flight', 0)}/{total if total is not None else '-'}"
 
 
 def _breakdown(parts: Mapping[str, float]) -> str:

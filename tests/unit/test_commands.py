@@ -81,15 +81,28 @@ def test_status_has_a_row_per_host_service_and_role() -> None:
                  "health": "healthy", "availability": "available", "gate": None,
                  "assets": [{"asset_id": "qwen3:8b", "loaded": True},
                             {"asset_id": "cold", "loaded": False}],
-                 "measured": {"in_flight": 2, "p50_latency_ms": 812.5}}]
+                 "slots_total": 2, "in_flight": 2, "queued": 5,
+                 "measured": {"in_flight": 2, "p50_latency_ms": 812.5}},
+                {"service_id": "b/chat", "host_id": "local", "operation": "chat",
+                 "health": "healthy", "availability": "available", "gate": None,
+                 "assets": [], "slots_total": None, "in_flight": 7, "queued": 0,
+                 "measured": {"in_flight": 7, "p50_latency_ms": None}}]
     roles = [{"role_id": "general_assistant", "operation": "chat",
               "routing": {"strategy": "scored"}, "targets": ["a/chat"], "fallback_used": None}]
-    text = render_status(hosts, services, roles)
-    service_line = next(line for line in text.splitlines() if line.startswith("a/chat"))
+    capacity = {"waiting": 5, "waiting_by_priority": {"high": 1, "normal": 4, "low": 0},
+                "max_queue": 1000, "queue_timeout_s": 60.0, "refused": {"queue_full": 3},
+                "rate_limited": 2}
+    text = render_status(hosts, services, roles, capacity)
+    lines = text.splitlines()
+    service_line = next(line for line in lines if line.startswith("a/chat"))
     assert service_line.split() == [
-        "a/chat", "local", "chat", "healthy", "available", "qwen3:8b", "2", "812", "-",
+        "a/chat", "local", "chat", "healthy", "available", "qwen3:8b", "2/2", "5", "812", "-",
     ]  # fmt: skip
+    assert next(line for line in lines if line.startswith("b/chat")).split()[6] == "7/-"
     assert "general_assistant  chat  scored" in text
+    queue = text.split("QUEUE\n", 1)[1].splitlines()
+    assert queue[0] == "waiting 5 of at most 1000 (high 1, normal 4, low 0); longest wait 60.0 s"
+    assert queue[1] == "refused: queue_full 3, rate_limited 2"
 
 
 def test_builtin_workloads_have_two_short_cases_each() -> None:
