@@ -36,7 +36,9 @@ from dataclasses import dataclass
 
 import trio
 
-from geniehive.errors import QueueFull, QueueTimeout, RateLimited
+from geniehive.auth import HeaderLookup, Principal
+from geniehive.errors import InvalidRequest, QueueFull, QueueTimeout, RateLimited
+from geniehive.exchange import Inbound
 from geniehive.models import Service
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "KeyRates",
     "ServiceLoad",
     "Ticket",
+    "place",
     "slots_of",
 ]
 
@@ -59,6 +62,57 @@ def slots_of(service: Service) -> int | None:
     """A service's slots: its `observed.slots_total` when positive, else None (unlimited)."""
     total = service.observed.slots_total
     return total if total is not None and total > 0 else None
+
+
+PRIORITY_HEADER = "x-geniehive-priority"
+MAX_WAIT_HEADER = "x-geniehive-max-wait-ms"
+
+
+def place(
+    inbound: Inbound,
+    principal: Principal,
+    headers: HeaderLookup,
+    *,
+    open_mode: bool,
+    rates: KeyRates,
+    now: float,
+) -> None:
+    """Fill the request's place at the queue from its key and its headers, and count it
+    against the key's `requests_per_minute` (raises RateLimited past it).
+
+    `X-GenieHive-Priority` picks the class; a key's `priority` is its default and its highest
+    (a key without one: normal), so a client may ask for less, never for more; in open mode
+    any class may be asked for. `X-GenieHive-Max-Wait-Ms` shortens the longest wait.
+    Raises InvalidRequest for a value that is neither.
+    """
+    limits = principal.limits
+    own = PRIORITIES[limits.priority or "normal"]
+    klass = own
+    asked = headers.get(PRIORITY_HEADER)
+    if asked is not None:
+        value = PRIORITIES.get(asked.strip().lower())
+        if value is None:
+            raise InvalidRequest(
+                f"X-GenieHive-Priority must be high, normal or low, not {asked[:40]!r}",
+                param="X-GenieHive-Priority",
+            )
+        klass = value if open_mode else max(value, own)
+    wait = headers.get(MAX_WAIT_HEADER)
+    if wait is not None:
+        text = wait.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 12:
+            raise InvalidRequest(
+                f"X-GenieHive-Max-Wait-Ms must be a whole number of milliseconds, not "
+                f"{wait[:40]!r}",
+                param="X-GenieHive-Max-Wait-Ms",
+            )
+        inbound.max_wait_s = int(text) / 1000
+    inbound.key = principal.name
+    inbound.key_limit = limits.max_in_flight
+    inbound.weight = limits.weight
+    inbound.priority = klass
+    if limits.requests_per_minute is not None:
+        rates.check(principal.name, limits.requests_per_minute, now)
 
 
 class Ticket:

@@ -35,6 +35,7 @@ from geniehive.asgi import (
     scope_request_id,
     send_error,
 )
+from geniehive.capacity import place
 from geniehive.egress import HOP_HEADER, HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
@@ -201,6 +202,8 @@ class ProxyApp:
             model = inbound.model
             if not principal.may_use_model(model):
                 raise PermissionDenied(f"this key may not use the model '{model}'")
+            place(inbound, principal, headers, open_mode=self.gw.auth.open_mode,
+                  rates=self.gw.key_rates, now=started)
             await self.run_cancellable(inbound, writer, receive, send, outcome)
         except ClientGone as gone:
             outcome.status = 499

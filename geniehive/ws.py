@@ -63,6 +63,7 @@ from geniehive.errors import (
 from geniehive.exchange import Inbound, Outcome, Writer
 from geniehive.fields import check_body
 from geniehive.gate import client_address
+from geniehive.capacity import place
 from geniehive.relay import Relay
 from geniehive.sse import EVENT_END, parse_event_lines
 from geniehive.writes import abort_connection, release_on_cut, send_bounded, wait_stalled
@@ -255,6 +256,7 @@ class _Connection:
         self.relay = relay
         self.send = send
         self.principal = principal
+        self.headers: dict[str, str] = {}  # the handshake's (priority and longest wait)
         self.live: dict[str, _Request] = {}
         self.orphans: list[_Request] = []  # cancelled with the connection before their end
         self.outbox, self.outgoing = trio.open_memory_channel[str](OUTBOX_SIZE)
@@ -413,6 +415,9 @@ class _Connection:
         inbound = Inbound("chat", "chat", body["model"], stream=True, body={**body, "stream": True})
         inbound.request_id = new_request_id()
         inbound.hops = self.hops
+        # Its place at the admission queue: from the key and the handshake's headers.
+        place(inbound, self.principal, self.headers, open_mode=self.gw.auth.open_mode,
+              rates=self.gw.key_rates, now=trio.current_time())
         return inbound
 
     async def run_request(self, request: _Request, inbound: Inbound) -> None:
@@ -496,6 +501,7 @@ async def serve_websocket(
             failure = exc
     await send({"type": "websocket.accept"})
     conn = _Connection(gateway, relay, send, principal)
+    conn.headers = headers
     # The proxy refused a handshake that had passed through this gateway before.
     conn.hops = gateway.hops.next_hops(headers.get(HOP_HEADER))
     conn.address = address
