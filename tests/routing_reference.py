@@ -63,7 +63,8 @@ def rank_candidates(
 
 
 def order_tier(tier: list[Candidate], strategy: str, rr_counter: int) -> list[Candidate]:
-    """One tier by strategy, ties broken by service id."""
+    """One tier by strategy (scored and least_loaded: full candidates last), ties broken by
+    service id."""
     if strategy == "round_robin":
         by_id = sorted(tier, key=lambda c: c.service_id)
         shift = rr_counter % len(by_id)
@@ -72,12 +73,13 @@ def order_tier(tier: list[Candidate], strategy: str, rr_counter: int) -> list[Ca
         return sorted(
             tier,
             key=lambda c: (
+                c.full,  # a free slot before a full one
                 c.load,
                 math.inf if c.latency_ms is None else c.latency_ms,
                 c.service_id,
             ),
         )
-    return sorted(tier, key=lambda c: (-(c.score or 0.0), c.family_rank, c.service_id))
+    return sorted(tier, key=lambda c: (c.full, -(c.score or 0.0), c.family_rank, c.service_id))
 
 
 def reference_role(

@@ -24,6 +24,7 @@ from geniehive.routing import (
     ServiceRuntime,
     benchmark_quality,
     close_matches,
+    explain,
     fallback_decisions,
     fallback_order,
     is_stale,
@@ -673,6 +674,38 @@ def test_least_loaded_orders_by_load_then_latency_then_id() -> None:
     assert [c.load for c in decision.candidates] == [0, 0, 1, 1]
 
 
+@pytest.mark.parametrize("strategy", ["scored", "least_loaded"])
+def test_a_candidate_at_its_slots_is_full_and_goes_after_those_with_a_free_slot(
+    strategy: str,
+) -> None:
+    fast = Observed(p50_latency_ms=100, tokens_per_sec=40, slots_total=2)
+    snap = snapshot(
+        [
+            service("a", asset("m"), observed=fast),
+            service("b", asset("m"), observed=Observed(p50_latency_ms=3000, slots_total=1)),
+            service("c", asset("m"), observed=Observed(p50_latency_ms=3000)),  # unknown slots
+        ],
+        [role("r", strategy=strategy)],
+    )
+    idle = resolve(snap, "r", "chat", ctx())
+    assert order(idle)[0] == "a" and not any(c.full for c in idle.candidates)
+    # a holds both its slots: it is full and ranks after b and c (c is never full).
+    busy = {"a": ServiceRuntime(in_flight=2), "c": ServiceRuntime(in_flight=50)}
+    decision = resolve(snap, "r", "chat", ctx(runtime=busy))
+    assert order(decision)[-1] == "a"
+    assert [c.full for c in decision.candidates] == [False, False, True]
+    assert explain(decision)["candidates"][-1]["full"] is True
+
+
+def test_round_robin_keeps_its_rotation_whatever_the_slots() -> None:
+    snap = snapshot(
+        [service(s, asset("m"), observed=Observed(slots_total=1)) for s in ("s1", "s2")],
+        [role("r", strategy="round_robin")],
+    )
+    decision = resolve(snap, "r", "chat", ctx(runtime={"s1": ServiceRuntime(in_flight=1)}))
+    assert order(decision) == ["s1", "s2"]  # the relay still takes the free one first
+
+
 def test_role_strategy_overrides_the_default_and_unknown_means_scored() -> None:
     snap = snapshot([service("a", asset("m"))], [role("r", strategy="round_robin"), role("q")])
     least = ctx(default_strategy="least_loaded")
@@ -792,7 +825,10 @@ def busy_cluster(seed: int) -> tuple[Snapshot, list[Role]]:
                 availability=rng.choice(["available", "available", "draining"]),
                 accept_requests=rng.random() > 0.1,
             ),
-            observed=Observed(p50_latency_ms=rng.choice([None, 900.0, 3000.0]), queue_depth=n % 3),
+            observed=Observed(
+                p50_latency_ms=rng.choice([None, 900.0, 3000.0]), queue_depth=n % 3,
+                slots_total=rng.choice([None, 1, 2, 8]),
+            ),
         ))
     roles = [
         role("any", preferred_families=("qwen", "llama")),
