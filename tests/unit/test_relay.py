@@ -392,3 +392,88 @@ def test_outcome_takes_only_integer_token_counts() -> None:
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (4, None)
     outcome.take_usage(None)
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (4, None)
+
+
+# -- slots and the admission queue ---------------------------------------------------------
+
+
+def slotted(service_id: str, slots: int) -> Service:
+    return Service(service_id=service_id, host_id="local", operation="chat", adapter="openai",
+                   base_url=url(service_id), assets=(Asset("m", loaded=True),),
+                   observed=Observed(slots_total=slots))
+
+
+async def test_waiting_for_a_slot_spends_no_attempt_and_is_reported(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    from geniehive.capacity import Ticket
+
+    transport = FakeTransport()
+    transport.script(url("a/chat"), Reply.json(ANSWER))
+    relay, gateway = make_relay(tmp_path, [slotted("a/chat", 1)], transport, max_attempts=1)
+    holder = Ticket("someone")
+    assert gateway.admission.take(holder, ["a/chat"], [1]) == "a/chat"
+    outcome = Outcome()
+    async with trio.open_nursery() as nursery:
+        done: list[Client] = []
+
+        async def request() -> None:
+            done.append(await forward(relay, outcome))
+
+        nursery.start_soon(request)
+        await trio.sleep(7)
+        assert transport.urls() == []  # the only slot is taken: nothing was sent
+        assert gateway.admission.load("a/chat", 1).queued == 1
+        gateway.admission.release("a/chat")
+    assert done[0].status == 200
+    assert outcome.attempts == 1  # max_attempts = 1, and the wait did not use it up
+    assert outcome.queued_ms == pytest.approx(7000, abs=50)
+    assert done[0].headers[b"x-geniehive-queued-ms"] == str(round(outcome.queued_ms)).encode()
+    assert gateway.admission.load("a/chat", 1).in_flight == 0  # the slot was given back
+
+
+async def test_a_failover_that_needs_a_slot_waits_for_it(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    from geniehive.capacity import Ticket
+
+    transport = FakeTransport()
+    transport.script(url("a/chat"), Reply.error(503, "busy"))
+    transport.script(url("b/chat"), Reply.json(ANSWER))
+    relay, gateway = make_relay(
+        tmp_path, [slotted("a/chat", 1), slotted("b/chat", 1)], transport, max_attempts=2
+    )
+    holder = Ticket("someone")
+    assert gateway.admission.take(holder, ["b/chat"], [1]) == "b/chat"
+    outcome = Outcome()
+    async with trio.open_nursery() as nursery:
+        done: list[Client] = []
+
+        async def request() -> None:
+            done.append(await forward(relay, outcome))
+
+        nursery.start_soon(request)
+        await trio.sleep(3)
+        assert transport.urls() == [url("a/chat") + "/v1/chat/completions"]  # a failed
+        gateway.admission.release("b/chat")
+    assert done[0].status == 200
+    assert transport.urls()[-1] == url("b/chat") + "/v1/chat/completions"
+    assert outcome.attempts == 2
+    assert outcome.queued_ms == pytest.approx(3000, abs=50)
+
+
+async def test_a_request_that_finds_no_slot_in_time_is_queue_timeout(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    from geniehive.capacity import Ticket
+    from geniehive.errors import QueueTimeout
+
+    transport = FakeTransport()
+    transport.script(url("a/chat"), Reply.json(ANSWER))
+    relay, gateway = make_relay(tmp_path, [slotted("a/chat", 1)], transport)
+    assert gateway.admission.take(Ticket("someone"), ["a/chat"], [1]) == "a/chat"
+    started = trio.current_time()
+    with pytest.raises(QueueTimeout):
+        await forward(relay, Outcome())
+    assert trio.current_time() - started == pytest.approx(gateway.admission.queue_timeout_s)
+    assert transport.urls() == []
