@@ -14,7 +14,8 @@ In-process::
     record = await fake.wait_cancelled(0)
 
 As a process: ``python -m tests.fakes.upstream --port 0 --model m1`` prints ``LISTENING <port>``
-and serves until SIGTERM/SIGINT; the ``/_fake/...`` control endpoints drive it from outside.
+and serves until SIGTERM/SIGINT; the ``/_fake/...`` control endpoints drive it from outside (``GET /_fake/load``: the requests
+being answered now and the most at once).
 
 Fault modes, ``set_fault(mode, *, times=None, path=None, **params)``; ``times=None`` makes the
 fault persistent, ``times=n`` applies it to the next n requests whose path starts with
@@ -108,6 +109,12 @@ class FakeUpstream:
         self.ignore_base64 = ignore_base64
         self.strict_models = strict_models  # answer 404 for models not in `models`
         self.requests: list[dict[str, Any]] = []
+        # Requests being answered now, and the most at once: a request stops counting just
+        # before its last bytes go out, so a client that sends its next request only after
+        # an answer ended never sees two counted.
+        self.active = 0
+        self.max_active = 0
+        self._answering: set[int] = set()
         self.port: int | None = None
         self._persistent = Fault()
         self._next: Fault | None = None
@@ -266,6 +273,8 @@ class FakeUpstream:
         for index in range(len(pieces) + 1):
             if await self._before_piece(fault, index, len(pieces)) == "reset":
                 return "reset"
+            if index >= len(pieces) - 1:
+                self._ending(record)
             if index == len(pieces):
                 await _send(stream, conn, h11.EndOfMessage())
             elif pieces[index]:
@@ -315,8 +324,16 @@ class FakeUpstream:
         if not record["control"]:
             record["index"] = len(self.requests)
             self.requests.append(record)
+            self._answering.add(record["index"])
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
             self._notify()
         return record
+
+    def _ending(self, record: dict[str, Any]) -> None:
+        if record["index"] in self._answering:
+            self._answering.discard(record["index"])
+            self.active -= 1
 
     def _take_body(self, record: dict[str, Any], body: bytes) -> None:
         record["body"] = body
@@ -337,6 +354,7 @@ class FakeUpstream:
         self._notify()
 
     def _finish(self, record: dict[str, Any], outcome: str) -> None:
+        self._ending(record)
         now = trio.current_time()
         record.update(outcome=outcome, finished_at=now, completed=outcome == "completed")
         if outcome == "cancelled":
@@ -403,6 +421,8 @@ class FakeUpstream:
         try:
             if (method, path) == ("GET", "/_fake/requests"):
                 return replies.json_reply([summarize(r) for r in self.requests])
+            if (method, path) == ("GET", "/_fake/load"):
+                return replies.json_reply({"active": self.active, "max_active": self.max_active})
             if (method, path) == ("POST", "/_fake/release"):
                 self.release()
             elif (method, path) == ("POST", "/_fake/fault"):
