@@ -60,7 +60,8 @@ class Gateway:
         self.pool = pool
         self.live = LiveState(open_s=config.breaker.open_s, failures=config.breaker.failures)
         self.auth = Authenticator(
-            (k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys
+            ((k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys),
+            {k.name: k.limits for k in config.auth_keys},
         )
         self.gate = KeyGate(self.auth)  # verifies keys before bodies are read, on every port
         self.ready: bool = False
