@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geniehive.auth import NO_LIMITS, OPEN, Authenticator, KeyLimits
+from geniehive import api_keys
+from geniehive.auth import NO_LIMITS, OPEN, Authenticator, KeyLimits, hash_secret
 from geniehive.config import load_control
+from geniehive.registry import StoredKey
 
 BATCH = KeyLimits(max_in_flight=2, requests_per_minute=60, priority="low", weight=0.5)
 
@@ -43,3 +45,18 @@ scopes = ["inference"]
 def test_the_open_principal_has_no_limits() -> None:
     assert Authenticator().authorize({}, "inference") is OPEN
     assert OPEN.limits == NO_LIMITS == KeyLimits(None, None, None, 1.0)
+
+
+def test_a_request_with_a_limited_named_key_carries_its_limits() -> None:
+    salt = b"\x03" * 16
+    digest = hash_secret(salt, "s3cret").hex()
+    limited = StoredKey("k1", "batch", salt.hex(), digest, ("inference",), max_in_flight=2,
+                        requests_per_minute=60, priority="low", weight=0.5)
+    plain = StoredKey("k2", "apps", salt.hex(), digest, ("inference",))
+    authenticator = Authenticator()
+    authenticator.set_named(api_keys.named_key(k) for k in (limited, plain))
+    for _ in range(2):  # checked, then from the cache of verified keys
+        batch = authenticator.authorize({"authorization": "Bearer gh_k1_s3cret"}, "inference")
+        apps = authenticator.authorize({"x-api-key": "gh_k2_s3cret"}, "inference")
+        assert (batch.name, batch.limits) == ("batch", BATCH)
+        assert (apps.name, apps.limits) == ("apps", NO_LIMITS)
