@@ -67,14 +67,20 @@ async def test_named_key_limits_are_stored_shown_and_carried_by_its_principal(
     assert batch.limits == KeyLimits(max_in_flight=4, priority="low", weight=3.0)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("max_in_flight", 0), ("max_in_flight", True), ("max_in_flight", 1.5),
-    ("requests_per_minute", -5), ("requests_per_minute", "60"),
-    ("priority", "urgent"), ("priority", 1),
-    ("weight", -1), ("weight", 0), ("weight", 1001), ("weight", True), ("weight", "2"),
+COUNT = "expected an integer >= 1"
+PRIORITY = "expected one of high, normal, low"
+WEIGHT = "expected a number > 0 and <= 1000"
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("max_in_flight", 0, COUNT), ("max_in_flight", True, COUNT), ("max_in_flight", 1.5, COUNT),
+    ("requests_per_minute", -5, COUNT), ("requests_per_minute", "60", COUNT),
+    ("priority", "urgent", PRIORITY), ("priority", 1, PRIORITY),
+    ("weight", -1, WEIGHT), ("weight", 0, WEIGHT), ("weight", 1001, WEIGHT),
+    ("weight", True, WEIGHT), ("weight", "2", WEIGHT),
 ])
 async def test_bad_key_limits_are_400_naming_the_field(
-    nursery: trio.Nursery, tmp_path: Path, field: str, value: Any
+    nursery: trio.Nursery, tmp_path: Path, field: str, value: Any, message: str
 ) -> None:
     with trio.fail_after(15):
         running, client = await start(nursery, tmp_path, KEYS, ENV)
@@ -84,7 +90,7 @@ async def test_bad_key_limits_are_400_naming_the_field(
             listed = (await client.get("/v1/admin/keys", headers=ADMIN)).json()["data"]
         await running.stop()
     error = assert_openai_error(answer, 400, "invalid_request")
-    assert error["param"] == field and error["message"].startswith(f"{field}: ")
+    assert (error["param"], error["message"]) == (field, f"{field}: {message}")
     assert listed == []
 
 
