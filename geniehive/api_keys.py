@@ -14,7 +14,6 @@ limits (`max_in_flight`, `requests_per_minute`, `priority`, `weight`; docs/deplo
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -70,6 +69,7 @@ def key_view(stored: StoredKey) -> dict[str, Any]:
 
 KeyRequest = tuple[str, tuple[str, ...], tuple[str, ...], str | None, auth.KeyLimits]
 LIMIT_FIELDS = ("max_in_flight", "requests_per_minute", "priority", "weight")
+MAX_COUNT = 2**63 - 1  # the largest integer SQLite stores
 
 
 def parse_key_request(body: Any) -> KeyRequest:
@@ -102,9 +102,12 @@ def _key_limits(body: Mapping[str, Any]) -> auth.KeyLimits:
     """The limits of a key creation body (null or absent: unset). Raises InvalidRequest."""
     for field in ("max_in_flight", "requests_per_minute"):
         value = body.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidRequest(f"{field}: expected an integer >= 1", param=field)
+        if value > MAX_COUNT:
+            raise InvalidRequest(f"{field}: expected an integer <= {MAX_COUNT}", param=field)
     priority = body.get("priority")
     if priority is not None and priority not in auth.PRIORITIES:
         raise InvalidRequest(f"priority: expected one of {', '.join(auth.PRIORITIES)}",
@@ -112,8 +115,9 @@ def _key_limits(body: Mapping[str, Any]) -> auth.KeyLimits:
     weight = body.get("weight", 1.0)
     if weight is None:
         weight = 1.0
+    # Compared before any conversion: an integer too large for a float must not raise.
     if isinstance(weight, bool) or not isinstance(weight, int | float) \
-            or not math.isfinite(weight) or not 0 < weight <= auth.MAX_WEIGHT:
+            or not 0 < weight <= auth.MAX_WEIGHT:
         raise InvalidRequest(f"weight: expected a number > 0 and <= {auth.MAX_WEIGHT:g}",
                              param="weight")
     return auth.KeyLimits(body.get("max_in_flight"), body.get("requests_per_minute"), priority,

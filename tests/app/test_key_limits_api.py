@@ -78,6 +78,8 @@ WEIGHT = "expected a number > 0 and <= 1000"
     ("priority", "urgent", PRIORITY), ("priority", 1, PRIORITY),
     ("weight", -1, WEIGHT), ("weight", 0, WEIGHT), ("weight", 1001, WEIGHT),
     ("weight", True, WEIGHT), ("weight", "2", WEIGHT),
+    pytest.param("weight", 10**400, WEIGHT, id="weight-beyond-a-float"),
+    ("max_in_flight", 2**63, "expected an integer <= 9223372036854775807"),
 ])
 async def test_bad_key_limits_are_400_naming_the_field(
     nursery: trio.Nursery, tmp_path: Path, field: str, value: Any, message: str
