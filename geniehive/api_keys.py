@@ -6,7 +6,9 @@ and deleted.
     POST   /v1/admin/keys/<id>/disable|enable     admin
     DELETE /v1/admin/keys/<id>                    admin
 
-After every key change the authenticator's named keys are reloaded from the registry.
+After every key change the authenticator's named keys are reloaded from the registry. A key's
+limits (`max_in_flight`, `requests_per_minute`, `priority`, `weight`; docs/deployment.md,
+"Keys") are set when it is created and shown with it, null when unset.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def named_key(stored: StoredKey) -> auth.NamedKey:
         key_id=stored.key_id, name=stored.name, salt=bytes.fromhex(stored.salt),
         hash=bytes.fromhex(stored.hash), scopes=frozenset(stored.scopes),
         models=tuple(stored.models), disabled=stored.disabled, host=stored.host,
+        limits=auth.KeyLimits(stored.max_in_flight, stored.requests_per_minute,
+                              stored.priority, stored.weight),
     )  # fmt: skip
 
 
@@ -56,21 +60,27 @@ def key_view(stored: StoredKey) -> dict[str, Any]:
         "host": auth.named_key_host(stored.name, stored.scopes, stored.host),
         "disabled": stored.disabled,
         "created_at": stored.created_at,
+        "max_in_flight": stored.max_in_flight,
+        "requests_per_minute": stored.requests_per_minute,
+        "priority": stored.priority,
+        "weight": stored.weight,
     }
 
 
-KeyRequest = tuple[str, tuple[str, ...], tuple[str, ...], str | None]
+KeyRequest = tuple[str, tuple[str, ...], tuple[str, ...], str | None, auth.KeyLimits]
+LIMIT_FIELDS = ("max_in_flight", "requests_per_minute", "priority", "weight")
+MAX_COUNT = 2**63 - 1  # the largest integer SQLite stores
 
 
 def parse_key_request(body: Any) -> KeyRequest:
-    """(name, scopes, model globs, host) of a key creation body. Raises InvalidRequest.
+    """(name, scopes, model globs, host, limits) of a key creation body. Raises InvalidRequest.
 
     A key with the `node` scope speaks for one host id: `host`, else its name, which must
     then be a valid host id.
     """
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object")
-    unknown = sorted(set(body) - {"name", "scopes", "models", "host"})
+    unknown = sorted(set(body) - {"name", "scopes", "models", "host", *LIMIT_FIELDS})
     if unknown:
         raise InvalidRequest(f"{unknown[0]}: unknown field", param=unknown[0])
     name = body.get("name")
@@ -84,7 +94,34 @@ def parse_key_request(body: Any) -> KeyRequest:
     models = body.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
         raise InvalidRequest("models: expected a list of model globs", param="models")
-    return name, tuple(dict.fromkeys(scopes)), tuple(dict.fromkeys(models)), _key_host(body, scopes)
+    return (name, tuple(dict.fromkeys(scopes)), tuple(dict.fromkeys(models)),
+            _key_host(body, scopes), _key_limits(body))
+
+
+def _key_limits(body: Mapping[str, Any]) -> auth.KeyLimits:
+    """The limits of a key creation body (null or absent: unset). Raises InvalidRequest."""
+    for field in ("max_in_flight", "requests_per_minute"):
+        value = body.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequest(f"{field}: expected an integer >= 1", param=field)
+        if value > MAX_COUNT:
+            raise InvalidRequest(f"{field}: expected an integer <= {MAX_COUNT}", param=field)
+    priority = body.get("priority")
+    if priority is not None and priority not in auth.PRIORITIES:
+        raise InvalidRequest(f"priority: expected one of {', '.join(auth.PRIORITIES)}",
+                             param="priority")
+    weight = body.get("weight", 1.0)
+    if weight is None:
+        weight = 1.0
+    # Compared before any conversion: an integer too large for a float must not raise.
+    if isinstance(weight, bool) or not isinstance(weight, int | float) \
+            or not 0 < weight <= auth.MAX_WEIGHT:
+        raise InvalidRequest(f"weight: expected a number > 0 and <= {auth.MAX_WEIGHT:g}",
+                             param="weight")
+    return auth.KeyLimits(body.get("max_in_flight"), body.get("requests_per_minute"), priority,
+                          float(weight))
 
 
 def _key_host(body: Mapping[str, Any], scopes: list[str]) -> str | None:
@@ -106,10 +143,12 @@ def _key_host(body: Mapping[str, Any], scopes: list[str]) -> str | None:
 
 
 async def create_key(gateway: Gateway, body: Any) -> dict[str, Any]:
-    name, scopes, models, host = parse_key_request(body)
+    name, scopes, models, host, limits = parse_key_request(body)
     key_id, full_key, salt, digest = auth.new_named_key()
     stored = StoredKey(key_id, name, salt.hex(), digest.hex(), scopes, models, False, time.time(),
-                       host)
+                       host, max_in_flight=limits.max_in_flight,
+                       requests_per_minute=limits.requests_per_minute,
+                       priority=limits.priority, weight=limits.weight)
     await gateway.registry.put_api_key(stored)
     load_named_keys(gateway)
     log.info("created API key id=%s name=%s scopes=%s host=%s", key_id, name, ",".join(scopes),

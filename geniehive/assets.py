@@ -5,7 +5,8 @@ Shared by the control plane's discovery (`discovery.py`) and the node agent
 
 Rule: pure. The configured aliases, family, context length and policy of an asset win over
 what discovery reports; whether it is loaded comes from discovery. An upstream that did not
-answer keeps its last known assets, shown not loaded, so that their names stay known.
+answer keeps its last known assets, shown not loaded, so that their names stay known. A
+configured `max_in_flight` is the service's slot count whatever the upstream reports.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import replace
 
 from geniehive.models import Asset, Observed
 
-__all__ = ["fill_observed", "forget_loaded", "merge_assets"]
+__all__ = ["configured_slots", "fill_observed", "forget_loaded", "merge_assets"]
 
 
 def merge_assets(configured: Sequence[Asset], discovered: Sequence[Asset]) -> tuple[Asset, ...]:
@@ -55,3 +56,10 @@ def fill_observed(observed: Observed | None, assets: Sequence[Asset] | None) -> 
         loaded = sum(1 for asset in assets if asset.loaded)
         observed = replace(observed, loaded_model_count=loaded)
     return observed
+
+
+def configured_slots(observed: Observed, max_in_flight: int | None) -> Observed:
+    """The load report with the configured slot count, if any, in place of the reported one."""
+    if max_in_flight is None:
+        return observed
+    return replace(observed, slots_total=max_in_flight)

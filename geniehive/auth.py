@@ -4,6 +4,9 @@ Rule: keys are compared in constant time and never logged or echoed. With no key
 at all the gateway runs in open mode: every request is allowed and presented keys are
 ignored (the daemon only allows that when every bind is loopback).
 
+Every principal carries its key's `KeyLimits` (in flight, per minute, priority class and
+weight), which the admission queue applies; the open principal has none.
+
 Named keys (`gh_<key id>_<secret>`) are looked up by key id and checked against a salted hash.
 That check is slow on purpose: `lookup` answers what it can at once and hands the rest back
 as a `PendingCheck` to run off the event loop (geniehive/gate.py); `FailureBuckets` throttles
@@ -17,13 +20,28 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from geniehive.errors import AuthenticationFailed, PermissionDenied
 
 SCOPES = ("inference", "read", "operate", "admin", "node")
+PRIORITIES = ("high", "normal", "low")  # the admission queue's classes, first served first
+MAX_WEIGHT = 1000.0  # the largest share a key may have against the others of its class
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """What the admission queue allows one key (None: no limit; docs/deployment.md, "Keys")."""
+
+    max_in_flight: int | None = None  # requests served at once; more wait for a slot
+    requests_per_minute: int | None = None  # more are answered 429 `rate_limited`
+    priority: str | None = None  # one of PRIORITIES: the key's default and highest class
+    weight: float = 1.0  # its share against the other keys of its class
+
+
+NO_LIMITS = KeyLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +53,7 @@ class Principal:
     models: tuple[str, ...] = ()
     # Node traffic only: the host ids this key may register and heartbeat (None: any).
     hosts: frozenset[str] | None = None
+    limits: KeyLimits = NO_LIMITS
 
     def may_use_model(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, g) for g in self.models)
@@ -53,6 +72,7 @@ class StaticKey:
     scopes: frozenset[str]
     models: tuple[str, ...] = ()
     hosts: frozenset[str] | None = None  # node traffic: the host ids it may speak for
+    limits: KeyLimits = NO_LIMITS
 
 
 def bound_hosts(scopes: frozenset[str], hosts: Iterable[str]) -> frozenset[str] | None:
@@ -71,6 +91,7 @@ class NamedKey:
     models: tuple[str, ...] = ()
     disabled: bool = False
     host: str | None = None  # the one host id a key with the node scope speaks for
+    limits: KeyLimits = NO_LIMITS
 
 
 def named_key_host(name: str, scopes: Iterable[str], host: str | None) -> str | None:
@@ -127,11 +148,14 @@ def presented_key(headers: HeaderLookup, *, node: bool = False) -> str | None:
 
 class Authenticator:
     def __init__(self, static: Iterable[tuple[str, str, Iterable[str], Iterable[str],
-                                              Iterable[str]]] = ()):
-        """`static`: (name, key, scopes, model globs, host ids) of each configured key."""
+                                              Iterable[str]]] = (),
+                 limits: Mapping[str, KeyLimits] | None = None):
+        """`static`: (name, key, scopes, model globs, host ids) of each configured key;
+        `limits`: the limits of the static keys that have any, by key name."""
+        limits = limits or {}
         self.static = tuple(
             StaticKey(name, hashlib.sha256(key.encode()).digest(), frozenset(scopes), tuple(m),
-                      bound_hosts(frozenset(scopes), hosts))
+                      bound_hosts(frozenset(scopes), hosts), limits.get(name, NO_LIMITS))
             for name, key, scopes, m, hosts in static
         )
         self.named: dict[str, NamedKey] = {}
@@ -174,7 +198,7 @@ class Authenticator:
                 found = static
         if found is None:
             return None
-        return Principal(found.name, found.scopes, found.models, found.hosts)
+        return Principal(found.name, found.scopes, found.models, found.hosts, found.limits)
 
     def finish(self, check: PendingCheck, matched: bool) -> Principal | None:
         """The principal of a checked named key (cached), or None. A key disabled, deleted or
@@ -184,7 +208,7 @@ class Authenticator:
             return None
         host = named_key_host(current.name, current.scopes, current.host)
         principal = Principal(current.name, current.scopes, current.models,
-                              None if host is None else frozenset({host}))
+                              None if host is None else frozenset({host}), current.limits)
         self._verified[check.digest] = principal
         return principal
 

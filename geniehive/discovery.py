@@ -3,7 +3,8 @@
 Rule: each pass asks every upstream's adapter what it serves, bounded by the upstream's
 `timeout_s`, merges that with the configured assets and writes it to the registry, which
 publishes a new snapshot only when something changed. An unreachable upstream keeps its last
-known assets (shown not loaded) so that its names stay known.
+known assets (shown not loaded) so that its names stay known. A configured `max_in_flight` is
+the services' slot count from their first registration on, whatever the upstream reports.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import httpx
 import trio
 
 from geniehive.adapters import UpstreamError
-from geniehive.assets import fill_observed, forget_loaded, merge_assets
+from geniehive.assets import configured_slots, fill_observed, forget_loaded, merge_assets
 from geniehive.config import UpstreamConfig
-from geniehive.models import LOCAL_HOST_ID, Host, Service
+from geniehive.models import LOCAL_HOST_ID, Host, Observed, Service
 from geniehive.supervise import run_every
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def local_services(upstreams: Sequence[UpstreamConfig]) -> list[Service]:
             adapter=u.adapter,
             base_url=u.base_url,
             assets=tuple(u.assets),
+            observed=configured_slots(Observed(), u.max_in_flight),
             upstream_id=u.id,
             timeout_s=u.timeout_s,
             api_key=u.api_key,
@@ -69,7 +71,7 @@ async def discover_upstream(gateway: Gateway, upstream: UpstreamConfig) -> None:
         observed = await _bounded(upstream, "observation", adapter.observe)
     # No reading means no load known now, as for a node's services: an old queue depth
     # must not keep steering routing.
-    observed = fill_observed(observed, discovered)
+    observed = configured_slots(fill_observed(observed, discovered), upstream.max_in_flight)
     for service in services:
         if discovered is None:
             assets = forget_loaded(service.assets)

@@ -64,7 +64,8 @@ class Gateway:
         self.admission = Admission(clock=monotonic)
         self.key_rates = KeyRates()
         self.auth = Authenticator(
-            (k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys
+            ((k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys),
+            {k.name: k.limits for k in config.auth_keys},
         )
         self.gate = KeyGate(self.auth)  # verifies keys before bodies are read, on every port
         self.ready: bool = False

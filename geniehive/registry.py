@@ -79,6 +79,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: a named node key speaks for one host id (NULL: the key's name, see auth.py).
     ("ALTER TABLE api_keys ADD COLUMN host TEXT",),
+    # 3: a named key's limits (auth.KeyLimits; NULL: no limit, and a weight of 1).
+    (
+        "ALTER TABLE api_keys ADD COLUMN max_in_flight INTEGER",
+        "ALTER TABLE api_keys ADD COLUMN requests_per_minute INTEGER",
+        "ALTER TABLE api_keys ADD COLUMN priority TEXT",
+        "ALTER TABLE api_keys ADD COLUMN weight REAL NOT NULL DEFAULT 1",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -130,6 +137,11 @@ class StoredKey:
     disabled: bool = False
     created_at: float = 0.0
     host: str | None = None  # the host id a node key speaks for (None: its name)
+    # Its limits, as auth.KeyLimits holds them (None: no limit).
+    max_in_flight: int | None = None
+    requests_per_minute: int | None = None
+    priority: str | None = None
+    weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,7 +514,8 @@ _SAMPLES = _Table(
 )
 _KEYS = _Table(
     "api_keys",
-    ("key_id", "name", "salt", "hash", "scopes", "models", "disabled", "created_at", "host"),
+    ("key_id", "name", "salt", "hash", "scopes", "models", "disabled", "created_at", "host",
+     "max_in_flight", "requests_per_minute", "priority", "weight"),
     frozenset({"scopes", "models"}),
     frozenset({"disabled"}),
     _encode_key,

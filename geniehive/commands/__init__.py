@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geniehive.auth import SCOPES
+from geniehive.auth import PRIORITIES, SCOPES
 from geniehive.benchreport import SOURCE, CaseResult, build_report, case_view, sample_results
 from geniehive.commands.bench import (
     cmd_bench,
@@ -82,6 +82,14 @@ def _add_keys(sub: Any) -> None:
     create.add_argument(
         "--host", help="node keys: the host id it registers and heartbeats (default: NAME)"
     )
+    create.add_argument("--max-in-flight", type=int, metavar="N",
+                        help="its requests served at once; more wait (default: no limit)")
+    create.add_argument("--requests-per-minute", type=int, metavar="N",
+                        help="more are answered 429 (default: no limit)")
+    create.add_argument("--priority", choices=PRIORITIES,
+                        help="its default and highest priority class")
+    create.add_argument("--weight", type=float, metavar="W",
+                        help="its share against the keys of its class (default 1)")
     client_args(create)
     client_args(actions.add_parser("list", help="list keys (never their secrets)"))
     for action in ("disable", "enable", "delete"):

@@ -7,7 +7,10 @@ import json
 import sys
 
 from geniehive.commands.client import call, open_client, run
-from geniehive.commands.tables import render_explanation, render_keys, render_status
+from geniehive.commands.tables import key_limits, render_explanation, render_keys, render_status
+
+# `keys create` options sent as the key's limits when given.
+LIMIT_OPTIONS = ("max_in_flight", "requests_per_minute", "priority", "weight")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -57,11 +60,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 }
                 if getattr(args, "host", None):
                     payload["host"] = args.host
+                for field in LIMIT_OPTIONS:
+                    if getattr(args, field, None) is not None:
+                        payload[field] = getattr(args, field)
                 created = call(client, "POST", "/v1/admin/keys", json=payload)
                 host = f", host {created['host']}" if created.get("host") else ""
+                limits = key_limits(created)
                 print(
                     f"created key {created['key_id']} ({created['name']}, "
-                    f"scopes {','.join(created['scopes'])}{host})"
+                    f"scopes {','.join(created['scopes'])}{host}"
+                    f"{', ' + limits if limits else ''})"
                 )
                 print(f"key: {created['key']}")
                 print("store it now: it is not shown again", file=sys.stderr)

@@ -85,6 +85,7 @@ KEY_COLUMNS: tuple[Column, ...] = (
     ("STATE", lambda k: "disabled" if k["disabled"] else "enabled"),
     ("HOST", lambda k: k.get("host")),
     ("CREATED", lambda k: _when(k.get("created_at"))),
+    ("LIMITS", lambda k: key_limits(k)),
 )
 
 
@@ -166,6 +167,20 @@ def render_explanation(expl: Mapping[str, Any]) -> str:
 
 def render_keys(keys: Sequence[Mapping[str, Any]]) -> str:
     return render_rows(KEY_COLUMNS, keys)
+
+
+def key_limits(key: Mapping[str, Any]) -> str | None:
+    """A key's limits in one cell (`2 in flight, 60/min, high, weight 2`); None: no limits."""
+    parts = []
+    if key.get("max_in_flight") is not None:
+        parts.append(f"{key['max_in_flight']} in flight")
+    if key.get("requests_per_minute") is not None:
+        parts.append(f"{key['requests_per_minute']}/min")
+    if key.get("priority"):
+        parts.append(key["priority"])
+    if key.get("weight", 1) != 1:
+        parts.append(f"weight {key['weight']:g}")
+    return ", ".join(parts) or None
 
 
 def _when(seconds: float | None) -> str | None:

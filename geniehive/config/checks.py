@@ -140,6 +140,16 @@ def _non_negative(value: Any) -> float:
     return float(value)
 
 
+def positive_up_to(maximum: float) -> Kind:
+    def check(value: Any) -> float:
+        number = _positive(value)
+        if number > maximum:
+            raise bad(f"expected a number > 0 and <= {maximum:g}, got {value}")
+        return number
+
+    return Kind(f"number > 0 and ≤ {maximum:g}", check)
+
+
 def choice(options: Sequence[str]) -> Kind:
     def check(value: Any) -> str:
         if _string(value) not in options:

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from geniehive.auth import SCOPES
+from geniehive.auth import MAX_WEIGHT, PRIORITIES, SCOPES, KeyLimits
 from geniehive.config.checks import (
     BIND,
     BOOL,
@@ -28,6 +28,7 @@ from geniehive.config.checks import (
     integer,
     list_of,
     parse_bind,
+    positive_up_to,
 )
 from geniehive.config.roles import CATALOGS, catalog_paths, load_catalogs
 from geniehive.config.schema import InFolder, Key, Section, Table, secret
@@ -44,6 +45,7 @@ from geniehive.config.values import (
     DEFAULT_BIND,
     AuthKeyConfig,
     BreakerConfig,
+    CapacityConfig,
     ControlConfig,
     DiscoveryConfig,
     NodesConfig,
@@ -90,6 +92,19 @@ REGISTRY = Section("registry", "The state the gateway keeps between runs.", (
         "the SQLite file (its folder is created when missing)"),
 ))
 
+# A key's limits, applied by the admission queue (docs/deployment.md, "Keys").
+KEY_LIMITS = (
+    Key("max_in_flight", integer(1), None,
+        "requests of this key served at once; more wait in the admission queue; "
+        "absent: no limit"),
+    Key("requests_per_minute", integer(1), None,
+        "requests a minute; more are answered 429 `rate_limited`; absent: no limit"),
+    Key("priority", choice(PRIORITIES), None,
+        "its default and highest priority class; a request may ask for a lower one"),
+    Key("weight", positive_up_to(MAX_WEIGHT), 1.0,
+        "its share of the slots against the other keys of its priority class"),
+)
+
 AUTH = Section("auth", "Who may call the gateway. No key at all: open mode, allowed only when "
                "every bind is loopback.", tables=(Section(
                    "keys", "A static key.", (
@@ -103,6 +118,7 @@ AUTH = Section("auth", "Who may call the gateway. No key at all: open mode, allo
                            "the models and roles it may use; empty: all"),
                        Key("hosts", list_of(IDENTIFIER), (),
                            "a `node` key: the host ids it may speak for; empty: any"),
+                       *KEY_LIMITS,
                    ), array=True),))
 
 ROUTING = Section("routing", "How requests pick a service and how long they wait for it.", (
@@ -115,6 +131,15 @@ ROUTING = Section("routing", "How requests pick a service and how long they wait
         "seconds from sending a request until the upstream's response headers"),
     Key("idle_stream_timeout_s", POSITIVE, 120.0,
         "longest gap in seconds between two chunks of an upstream answer"),
+))
+
+CAPACITY = Section("capacity", "The admission queue: a request waits in the gateway while "
+                   "every service that could serve it has all its slots busy.", (
+    Key("max_queue", integer(0), 1000,
+        "requests waiting for a slot at once, over all services; 0: a request never waits"),
+    Key("queue_timeout_s", POSITIVE, 60.0, "the longest a request waits for a slot, in seconds"),
+    Key("aging_s", POSITIVE, 30.0,
+        "seconds of waiting after which a request moves up one priority class"),
 ))
 
 BREAKER = Section("breaker", "The per-service circuit breaker fed by real traffic.", (
@@ -146,7 +171,7 @@ LOCAL = Section("local", "The control host itself, as the routing gates see it."
 ))
 
 CONTROL_FILE = Section("", "The control file.", tables=(
-    SERVER, NODES, REGISTRY, AUTH, ROUTING, BREAKER, PROBER, DISCOVERY, PLUGINS, CATALOGS,
+    SERVER, NODES, REGISTRY, AUTH, ROUTING, CAPACITY, BREAKER, PROBER, DISCOVERY, PLUGINS, CATALOGS,
     LOCAL, LOGGING, UPSTREAMS,
 ))
 
@@ -203,6 +228,8 @@ def _auth_keys(t: Table, environ: Mapping[str, str]) -> tuple[AuthKeyConfig, ...
         scopes = k.get("scopes")
         models = k.get("models")
         hosts = k.get("hosts")
+        limits = KeyLimits(k.get("max_in_flight"), k.get("requests_per_minute"),
+                           k.get("priority"), k.get("weight"))
         k.done()
         if hosts and "node" not in scopes:
             t.report("keys", "hosts applies only to keys with the 'node' scope",
@@ -212,7 +239,7 @@ def _auth_keys(t: Table, environ: Mapping[str, str]) -> tuple[AuthKeyConfig, ...
         if key and any(other.key == key for other in keys):
             t.report("keys", "the same key as another entry", f"[{index}].key_env")
         keys.append(AuthKeyConfig(name, key or "", key_env or "", frozenset(scopes), models,
-                                  hosts))
+                                  hosts, limits))
     t.done()
     return tuple(keys)
 
@@ -232,6 +259,7 @@ def parse_control(data: dict[str, Any], path: Path, environ: Mapping[str, str],
     nodes = _nodes(top.table("nodes"), server)
     registry = _flat(top, "registry", RegistryConfig)
     routing = _flat(top, "routing", RoutingConfig)
+    capacity = _flat(top, "capacity", CapacityConfig)
     breaker = _flat(top, "breaker", BreakerConfig)
     prober = _flat(top, "prober", ProberConfig)
     discovery = _flat(top, "discovery", DiscoveryConfig)
@@ -247,7 +275,7 @@ def parse_control(data: dict[str, Any], path: Path, environ: Mapping[str, str],
     roles = load_catalogs(catalogs, problems)
     return ControlConfig(
         server=server, nodes=nodes, registry=registry, auth_keys=auth_keys, routing=routing,
-        breaker=breaker, prober=prober, discovery=discovery, plugins=plugins,
+        capacity=capacity, breaker=breaker, prober=prober, discovery=discovery, plugins=plugins,
         roles=MappingProxyType(roles), role_catalogs=catalogs, local_labels=local_labels,
         upstreams=upstreams, logging=logging, source=path,
     )

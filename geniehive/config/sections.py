@@ -110,6 +110,9 @@ UPSTREAMS = Section(
             "operations it serves"),
         Key("api_key_env", TEXT, None, ENV_KEY_MEANING + "a bearer key sent upstream"),
         Key("timeout_s", POSITIVE, 5.0, "seconds allowed for each discovery and probe call"),
+        Key("max_in_flight", integer(1), None,
+            "its slots: requests it serves at once, more wait in the admission queue; absent: "
+            "what discovery reads (llama.cpp's `total_slots`), else no limit"),
     ),
     tables=(ASSET, LAUNCH),
     array=True,
@@ -202,6 +205,7 @@ def _upstream(t: Table, environ: Mapping[str, str]) -> UpstreamConfig:
         timeout_s=t.get("timeout_s"),
         launch=_launch(t.table("launch")),
         assets=assets,
+        max_in_flight=t.get("max_in_flight"),
     )
     t.done()
     return config

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geniehive.auth import NO_LIMITS, KeyLimits
 from geniehive.errors import StartupError
 from geniehive.models import EMPTY, Asset, Role
 
@@ -73,6 +74,7 @@ class AuthKeyConfig:
     scopes: frozenset[str]
     models: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()  # node keys: the host ids it may speak for (empty: any)
+    limits: KeyLimits = NO_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,13 @@ class RoutingConfig:
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 600.0
     idle_stream_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityConfig:
+    max_queue: int = 1000  # requests waiting for a slot in all; 0: none ever waits
+    queue_timeout_s: float = 60.0
+    aging_s: float = 30.0  # a request waiting longer moves up one priority class
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,7 @@ class UpstreamConfig:
     timeout_s: float = 5.0
     launch: LaunchConfig | None = None
     assets: tuple[Asset, ...] = ()
+    max_in_flight: int | None = None  # its slots, overriding what discovery reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +154,7 @@ class ControlConfig:
     registry: RegistryConfig
     auth_keys: tuple[AuthKeyConfig, ...]
     routing: RoutingConfig
+    capacity: CapacityConfig
     breaker: BreakerConfig
     prober: ProberConfig
     discovery: DiscoveryConfig

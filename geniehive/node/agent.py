@@ -4,7 +4,8 @@ heartbeat.
 Each step discovers every upstream afresh through its adapter (discover + observe, and a
 probe for `state.health`, each bounded by the upstream's `timeout_s`), reads the GPUs, then
 registers (first time, or after the control plane answered 404 `unknown_host`) or
-heartbeats; a heartbeat always carries the services, an empty list meaning none now.
+heartbeats; a heartbeat always carries the services, an empty list meaning none now. A
+configured `max_in_flight` is reported as the services' slot count, whatever the upstream says.
 
 Rule: the agent never stops for the control plane. While it is unreachable (or answers 5xx)
 the agent backs off exponentially with jitter up to 60 s; a refused key (401/403) or a
@@ -32,7 +33,7 @@ from geniehive.adapters.loader import (
     check_upstream_adapters,
     load_adapters,
 )
-from geniehive.assets import fill_observed, forget_loaded, merge_assets
+from geniehive.assets import configured_slots, fill_observed, forget_loaded, merge_assets
 from geniehive.config import ConfigError, ControlLink, NodeConfig, UpstreamConfig
 from geniehive.launcher import run_launcher
 from geniehive.models import Asset, Host, Service
@@ -133,9 +134,9 @@ class NodeAgent:
         else:
             assets = forget_loaded(self.last_assets.get(upstream.id, upstream.assets))
         health = await self.probe(upstream)
+        load = configured_slots(fill_observed(observed, discovered), upstream.max_in_flight)
         return inventory.upstream_services(
-            self.config.node.host_id, self.config.node.address, upstream, assets,
-            fill_observed(observed, discovered), health,
+            self.config.node.host_id, self.config.node.address, upstream, assets, load, health,
         )
 
     async def probe_upstream(self, upstream: UpstreamConfig) -> ProbeResult:

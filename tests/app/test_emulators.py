@@ -1,4 +1,5 @@
-"""Claims about the Ollama, vLLM and whisper.cpp emulators, checked with the real adapters.
+"""Claims about the Ollama, vLLM, llama.cpp and whisper.cpp emulators, checked with the real
+adapters.
 
 Each emulator runs in-process on 127.0.0.1 port 0 and is driven over real sockets, mostly
 through the adapter that will talk to the real server, so emulator and adapter are held to
@@ -28,9 +29,11 @@ from geniehive.adapters import (
     UpstreamContext,
     UpstreamError,
 )
+from plugins.llamacpp import LlamaCppAdapter
 from plugins.ollama import OllamaAdapter
 from plugins.vllm import VllmAdapter
 from plugins.whispercpp import WhisperCppAdapter
+from tests.fakes.llamacpp import FakeLlamaCpp
 from tests.fakes.ollama import FakeOllama, parse_keep_alive, render_expiry
 from tests.fakes.replies import BadRequest
 from tests.fakes.upstream import FakeUpstream
@@ -207,6 +210,25 @@ async def test_vllm_chat_records_the_thinking_off_body():
     assert fake.requests[0]["json"]["chat_template_kwargs"] == {"enable_thinking": False}
 
 
+# --- llama.cpp ------------------------------------------------------------------------------
+
+
+async def test_llamacpp_models_props_and_slots_through_the_adapter():
+    fake = FakeLlamaCpp(["smollm2"], total_slots=8, n_ctx=2048, n_ctx_train=8192)
+    with trio.fail_after(10):
+        async with serving(fake, LlamaCppAdapter) as (adapter, client):
+            assets = await adapter.discover()
+            idle = await adapter.observe()
+            controlled = await client.post("/_fake/llamacpp/slots", json={"busy": 3})
+            busy = await adapter.observe()
+            healthy = await adapter.probe()
+    assert assets == [Asset(asset_id="smollm2", loaded=True, context_length=2048)]
+    assert idle == Observed(slots_total=8, slots_busy=0)
+    assert controlled.json() == {"ok": True, "total": 8, "busy": 3}
+    assert busy == Observed(slots_total=8, slots_busy=3)
+    assert healthy == ProbeResult(True, "HTTP 200")
+
+
 # --- whisper.cpp ----------------------------------------------------------------------------
 
 
@@ -301,6 +323,8 @@ async def read_line(stream: Any) -> bytes:
         ("tests.fakes.upstream", ["--model", "p1"], "/v1/models", "p1"),
         ("tests.fakes.ollama", [], "/api/version", {"version": "0.9.6"}),
         ("tests.fakes.vllm", [], "/v1/models", "Qwen/Qwen3-8B"),
+        ("tests.fakes.llamacpp", ["--total-slots", "2"], "/props",
+         {"total_slots": 2, "default_generation_settings": {"n_ctx": 4096}}),
         ("tests.fakes.whispercpp", [], "/health", {"status": "ok"}),
     ],
 )

@@ -247,3 +247,32 @@ def test_client_commands_register_with_argparse() -> None:
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["keys", "create", "app", "--scope", "root"])
     assert exit_info.value.code == 2
+
+
+def test_keys_create_takes_the_limits_and_keys_list_shows_them_in_one_cell() -> None:
+    parser = argparse.ArgumentParser(prog="geniehive")
+    commands.add_client_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["keys", "create", "app", "--max-in-flight", "2",
+                              "--requests-per-minute", "60", "--priority", "high",
+                              "--weight", "2"])
+    assert (args.max_in_flight, args.requests_per_minute, args.priority, args.weight) == (
+        2, 60, "high", 2.0)
+    plain = parser.parse_args(["keys", "create", "app"])
+    assert (plain.max_in_flight, plain.requests_per_minute, plain.priority, plain.weight) == (
+        None, None, None, None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["keys", "create", "app", "--priority", "urgent"])
+    key = {"key_id": "abc", "name": "app", "scopes": ["inference"], "models": [],
+           "disabled": False, "created_at": 0}
+    table = commands.render_keys([
+        {**key, "max_in_flight": 2, "requests_per_minute": 60, "priority": "high",
+         "weight": 2.0},
+        {**key, "key_id": "def", "max_in_flight": None, "requests_per_minute": 30,
+         "priority": None, "weight": 1.0},
+        {**key, "key_id": "ghi", "max_in_flight": None, "requests_per_minute": None,
+         "priority": None, "weight": 1.0},
+    ]).splitlines()
+    assert table[0].endswith("LIMITS")
+    assert table[1].endswith("2 in flight, 60/min, high, weight 2")
+    assert table[2].endswith("  30/min")
+    assert table[3].endswith("  -")

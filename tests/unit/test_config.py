@@ -10,6 +10,7 @@ import pytest
 from geniehive.config import (
     AuthKeyConfig,
     BreakerConfig,
+    CapacityConfig,
     ConfigError,
     ControlLink,
     DiscoveryConfig,
@@ -32,6 +33,7 @@ from geniehive.config import (
     load_role_catalog,
     parse_bind,
 )
+from geniehive.auth import NO_LIMITS, KeyLimits
 from geniehive.models import Asset, Policy, Role, RoutingPolicy
 
 NODE_MINIMAL = """
@@ -77,6 +79,7 @@ def test_an_empty_control_file_takes_every_default(tmp_path: Path) -> None:
     assert config.registry == RegistryConfig(tmp_path / "state/geniehive.sqlite3")
     assert config.auth_keys == ()
     assert config.routing == RoutingConfig("scored", 3, 5.0, 600.0, 120.0)
+    assert config.capacity == CapacityConfig(max_queue=1000, queue_timeout_s=60.0, aging_s=30.0)
     assert config.breaker == BreakerConfig(3, 30.0)
     assert config.prober == ProberConfig(10.0, 5.0, 2, 1)
     assert config.discovery == DiscoveryConfig(30.0)
@@ -351,6 +354,43 @@ def test_binds_need_host_and_port_in_range(tmp_path: Path, bind: str, ok: bool) 
         ]
 
 
+def test_capacity_key_limits_and_upstream_slots_load(tmp_path: Path) -> None:
+    path = write(tmp_path, "geniehive.toml", """
+[capacity]
+max_queue = 0
+queue_timeout_s = 2.5
+aging_s = 10
+[[auth.keys]]
+name = "batch"
+key_env = "BATCH_KEY"
+scopes = ["inference"]
+max_in_flight = 2
+requests_per_minute = 60
+priority = "low"
+weight = 0.5
+[[auth.keys]]
+name = "plain"
+key_env = "PLAIN_KEY"
+scopes = ["read"]
+[[upstreams]]
+id = "gpu"
+adapter = "llamacpp"
+base_url = "http://h:8080"
+max_in_flight = 3
+[[upstreams]]
+id = "other"
+adapter = "openai"
+base_url = "http://h:8081"
+""")
+    config = load_control(path, {"BATCH_KEY": "b", "PLAIN_KEY": "p"})
+    assert config.capacity == CapacityConfig(max_queue=0, queue_timeout_s=2.5, aging_s=10.0)
+    batch, plain = config.auth_keys
+    assert batch.limits == KeyLimits(max_in_flight=2, requests_per_minute=60, priority="low",
+                                     weight=0.5)
+    assert plain.limits == NO_LIMITS
+    assert [u.max_in_flight for u in config.upstreams] == [3, None]
+
+
 def upstream(extra: str = "", *, id_: str = "u", base_url: str = "http://h:1") -> str:
     return f'[[upstreams]]\nid = "{id_}"\nadapter = "ollama"\nbase_url = "{base_url}"\n{extra}\n'
 
@@ -404,12 +444,18 @@ def upstream(extra: str = "", *, id_: str = "u", base_url: str = "http://h:1") -
          "upstreams[0].assets[0].policy.body_overrides.stop[0]: expected a JSON value "
          "(string, number, boolean, list, table)"),
         (upstream() + upstream(), "upstreams[1].id: duplicate upstream id 'u'"),
+        (upstream("max_in_flight = 0"),
+         "upstreams[0].max_in_flight: expected an integer >= 1, got 0"),
+        (upstream("max_in_flight = 2.5"), "upstreams[0].max_in_flight: expected an integer"),
     ],
 )
 def test_upstream_problems_name_their_dotted_path(
     tmp_path: Path, text: str, problem: str
 ) -> None:
     assert control_problems(tmp_path, text, {"EMPTY": ""}) == [problem]
+
+
+KEY = '[[auth.keys]]\nname = "n"\nkey_env = "K"\nscopes = ["read"]\n'
 
 
 @pytest.mark.parametrize(
@@ -434,12 +480,39 @@ def test_upstream_problems_name_their_dotted_path(
          '[[auth.keys]]\nname = "m"\nkey_env = "K"\nscopes = ["read"]',
          "auth.keys[1].key_env: the same key as another entry"),
         ("[auth]\nkeys = []\nstatic = 1", "auth.static: unknown key"),
+        (KEY + "max_in_flight = 0", "auth.keys[0].max_in_flight: expected an integer >= 1, got 0"),
+        (KEY + "requests_per_minute = true",
+         "auth.keys[0].requests_per_minute: expected an integer"),
+        (KEY + 'priority = "urgent"',
+         "auth.keys[0].priority: expected one of high, normal, low, got 'urgent'"),
+        (KEY + "weight = -1", "auth.keys[0].weight: expected a positive number, got -1"),
+        (KEY + "weight = 0", "auth.keys[0].weight: expected a positive number, got 0"),
+        (KEY + "weight = 1000.5",
+         "auth.keys[0].weight: expected a number > 0 and <= 1000, got 1000.5"),
+        (KEY + "weight = nan", "auth.keys[0].weight: expected a finite number"),
+        (KEY + 'weight = "2"', "auth.keys[0].weight: expected a number"),
     ],
 )
 def test_auth_key_problems_name_their_dotted_path(
     tmp_path: Path, text: str, problem: str
 ) -> None:
     assert control_problems(tmp_path, text, {"K": "k", "K2": "k2"}) == [problem]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("max_queue = -1", "capacity.max_queue: expected an integer >= 0, got -1"),
+        ("max_queue = 1.5", "capacity.max_queue: expected an integer"),
+        ("queue_timeout_s = 0", "capacity.queue_timeout_s: expected a positive number, got 0"),
+        ('aging_s = "30"', "capacity.aging_s: expected a number"),
+        ("queue = 5", "capacity.queue: unknown key"),
+    ],
+)
+def test_capacity_problems_name_their_dotted_path(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    assert control_problems(tmp_path, f"[capacity]\n{text}\n") == [problem]
 
 
 def test_tls_files_must_exist_and_client_certs_need_a_ca(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from geniehive.config import (
     BreakerConfig,
+    CapacityConfig,
     DiscoveryConfig,
     LaunchConfig,
     LoggingConfig,
@@ -35,6 +36,7 @@ from geniehive.config import (
     roles,
     sections,
 )
+from geniehive.auth import KeyLimits
 from geniehive.config.checks import TEXT
 from geniehive.config.reference import COMMAND, _toml, render
 from geniehive.config.schema import Key, Section, Table
@@ -119,7 +121,8 @@ def test_a_node_file_spelling_out_every_default_loads_like_a_minimal_one(tmp_pat
     ("section", "values"),
     [
         (control.SERVER, ServerConfig), (control.NODES, NodesConfig),
-        (control.ROUTING, RoutingConfig), (control.BREAKER, BreakerConfig),
+        (control.ROUTING, RoutingConfig), (control.CAPACITY, CapacityConfig),
+        (control.AUTH.table("keys"), KeyLimits), (control.BREAKER, BreakerConfig),
         (control.PROBER, ProberConfig), (control.DISCOVERY, DiscoveryConfig),
         (control.PLUGINS, PluginsConfig), (sections.LOGGING, LoggingConfig),
         (sections.LAUNCH, LaunchConfig), (sections.UPSTREAMS, UpstreamConfig),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -72,3 +73,26 @@ async def test_a_discovery_without_a_load_reading_counts_the_loaded_models() -> 
     assert [(a.asset_id, a.loaded) for a in assets] == [("m", True), ("n", False)]
     assert observed == Observed(loaded_model_count=1)
     assert gateway.failures == []
+
+
+async def test_configured_slots_are_there_from_registration_and_win_over_discovery() -> None:
+    upstream = replace(UPSTREAM, max_in_flight=3)
+    [registered] = local_services([upstream])
+    assert registered.observed == Observed(slots_total=3)
+    for reading in (Observed(slots_total=8, slots_busy=5), None):
+        gateway = Gateway(upstream, Adapter([Asset("m", loaded=True)], reading))
+        with trio.fail_after(5):
+            await discover_upstream(gateway, upstream)
+        [(_, _, observed)] = gateway.written
+        assert observed is not None and observed.slots_total == 3
+    assert observed == Observed(slots_total=3, loaded_model_count=1)
+
+
+async def test_without_configured_slots_the_reported_count_stands() -> None:
+    [registered] = local_services([UPSTREAM])
+    assert registered.observed.slots_total is None
+    gateway = Gateway(UPSTREAM, Adapter([Asset("m", loaded=True)], Observed(slots_total=8)))
+    with trio.fail_after(5):
+        await discover_upstream(gateway, UPSTREAM)
+    [(_, _, observed)] = gateway.written
+    assert observed == Observed(slots_total=8, loaded_model_count=1)

@@ -178,6 +178,30 @@ async def test_keys_stored_before_host_binding_load_with_no_host(db_path: Path) 
     assert keys["k2"].host == "gpu-02" and keys["k1"].host is None
 
 
+async def test_keys_stored_before_key_limits_keep_working_with_no_limits(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    db = sqlite3.connect(db_path)
+    for migration in registry_module.MIGRATIONS[:2]:
+        for sql in migration:
+            db.execute(sql)
+    db.execute("INSERT INTO api_keys VALUES ('k1', 'app', '00', 'ab', ?, '[]', 0, 1.0, NULL)",
+               ('["inference"]',))
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    limited = replace(KEY, key_id="k2", max_in_flight=2, requests_per_minute=60, priority="high",
+                      weight=2.5)
+    async with opened(db_path) as registry:
+        [old] = await registry.list_api_keys()
+        await registry.put_api_key(limited)
+    async with opened(db_path) as registry:
+        keys = {k.key_id: k for k in await registry.list_api_keys()}
+    assert (old.name, old.scopes, old.salt, old.hash) == ("app", ("inference",), "00", "ab")
+    assert (old.max_in_flight, old.requests_per_minute, old.priority, old.weight) == (
+        None, None, None, 1.0)
+    assert keys == {"k1": old, "k2": limited}
+
+
 async def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
     async with opened(db_path):
         pass

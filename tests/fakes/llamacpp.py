@@ -1,0 +1,83 @@
+"""A llama.cpp `llama-server` emulator: the recording fake upstream with its slots and props.
+
+`FakeLlamaCpp` is a `FakeUpstream` (same recording, waiting helpers and fault modes) that
+answers what the llama.cpp adapter reads:
+
+- ``GET /v1/models`` with ``owned_by: "llamacpp"`` and ``meta.n_ctx_train``;
+- ``GET /props`` with ``total_slots`` and ``default_generation_settings.n_ctx``;
+- ``GET /slots`` one entry per slot, the first ``busy`` of them ``is_processing``;
+- ``GET /health`` ``{"status": "ok"}``;
+- ``/v1/chat/completions`` and the other OpenAI endpoints of the base fake.
+
+Control: ``POST /_fake/llamacpp/slots {"total"?, "busy"?}``. Run alone:
+``python -m tests.fakes.llamacpp --port 0 --model smollm2 --total-slots 4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import trio
+
+from tests.fakes import replies
+from tests.fakes.process import serve_until_signalled
+from tests.fakes.replies import Reply
+from tests.fakes.upstream import FakeUpstream
+
+
+class FakeLlamaCpp(FakeUpstream):
+    """A llama-server holding one model, with a settable number of slots."""
+
+    def __init__(self, models: list[str] | None = None, *, total_slots: int = 1,
+                 n_ctx: int = 4096, n_ctx_train: int = 8192, **kwargs: Any) -> None:
+        kwargs.setdefault("name", "llamacpp")
+        super().__init__(models if models is not None else ["smollm2"], **kwargs)
+        self.total_slots = total_slots
+        self.busy = 0
+        self.n_ctx = n_ctx
+        self.n_ctx_train = n_ctx_train
+
+    def _route(self, record: dict[str, Any]) -> Reply:
+        key = (record["method"], record["path"])
+        if key == ("GET", "/v1/models"):
+            data = [{"id": m, "object": "model", "created": replies.CREATED,
+                     "owned_by": "llamacpp", "meta": {"n_ctx_train": self.n_ctx_train}}
+                    for m in self.models]
+            return replies.json_reply({"object": "list", "data": data})
+        if key == ("GET", "/props"):
+            return replies.json_reply({"total_slots": self.total_slots,
+                                       "default_generation_settings": {"n_ctx": self.n_ctx}})
+        if key == ("GET", "/slots"):
+            slots = [{"id": i, "n_ctx": self.n_ctx, "is_processing": i < self.busy}
+                     for i in range(self.total_slots)]
+            return replies.json_reply(slots)
+        return super()._route(record)
+
+    def _control(self, record: dict[str, Any]) -> Reply:
+        if (record["method"], record["path"]) != ("POST", "/_fake/llamacpp/slots"):
+            return super()._control(record)
+        body = record["json"] if isinstance(record["json"], dict) else {}
+        try:
+            self.total_slots = int(body.get("total", self.total_slots))
+            self.busy = int(body.get("busy", self.busy))
+        except (ValueError, TypeError) as exc:
+            return replies.error_reply(400, f"bad control request: {exc}")
+        return replies.json_reply({"ok": True, "total": self.total_slots, "busy": self.busy})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.llamacpp",
+                                     description="A llama.cpp llama-server emulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--model", action="append", dest="models", default=None)
+    parser.add_argument("--total-slots", type=int, default=1)
+    parser.add_argument("--reply", default=None)
+    args = parser.parse_args(argv)
+    fake = FakeLlamaCpp(args.models, total_slots=args.total_slots, reply=args.reply)
+    trio.run(serve_until_signalled, fake, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
