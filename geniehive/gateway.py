@@ -61,7 +61,11 @@ class Gateway:
         self.pool = pool
         self.live = LiveState(open_s=config.breaker.open_s, failures=config.breaker.failures)
         # Slots per service and the requests waiting for one (geniehive/capacity.py).
-        self.admission = Admission(clock=monotonic)
+        capacity = config.capacity
+        self.admission = Admission(
+            max_queue=capacity.max_queue, queue_timeout_s=capacity.queue_timeout_s,
+            aging_s=capacity.aging_s, clock=monotonic,
+        )
         self.key_rates = KeyRates()
         self.auth = Authenticator(
             ((k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys),

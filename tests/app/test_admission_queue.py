@@ -47,7 +47,8 @@ def chat(text: str, *, stream: bool = False) -> dict[str, Any]:
 
 
 def auth(key: str, **headers: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {ENV[key]}", **headers}
+    """The headers of a request made with the key named `key` (its secret is ENV's)."""
+    return {"authorization": f"Bearer {ENV[key.upper() + '_KEY']}", **headers}
 
 
 class Gate:
@@ -98,7 +99,7 @@ class Gate:
 
 async def start(
     nursery: trio.Nursery, tmp_path: Path, *, slots: int | None = 1, extra: str = "",
-    more: str = "",
+    more: str = "", grace: float | None = None,
 ) -> Gate:
     fake = FakeUpstream(["m1"])
     port = await nursery.start(fake.serve)
@@ -107,8 +108,21 @@ async def start(
         tmp_path,
         KEYS + extra + upstream_toml("fake", port, ["chat"], extra=upstream_extra) + more,
     )
+    if grace is not None:
+        text = config.read_text().replace("shutdown_grace_s = 5", f"shutdown_grace_s = {grace}")
+        config.write_text(text)
     running = await gateway_in_process(nursery, config, ENV)
-    return Gate(running, fake)
+    gate = Gate(running, fake)
+    nursery.start_soon(close_at_end, gate.client)
+    return gate
+
+
+async def close_at_end(client: httpx.AsyncClient) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await client.aclose()
 
 
 async def test_a_service_gets_no_more_requests_than_its_slots_and_the_rest_wait(
@@ -368,7 +382,7 @@ async def test_shutdown_answers_those_still_waiting_503_at_the_end_of_the_grace(
     nursery: trio.Nursery, tmp_path: Path, grace: float
 ) -> None:
     with trio.fail_after(20):
-        gate = await start(nursery, tmp_path, extra=f"[server]\nshutdown_grace_s = {grace}\n")
+        gate = await start(nursery, tmp_path, grace=grace)
         await gate.hold_the_slot(nursery)
         done: list[httpx.Response] = []
         async with trio.open_nursery() as waiting:
