@@ -109,7 +109,7 @@ class FakeUpstream:
         self.ignore_base64 = ignore_base64
         self.strict_models = strict_models  # answer 404 for models not in `models`
         self.requests: list[dict[str, Any]] = []
-        # Requests being answered now, and the most at once: a request stops counting just
+        # POST requests being answered now, and the most at once: a request stops counting just
         # before its last bytes go out, so a client that sends its next request only after
         # an answer ended never sees two counted.
         self.active = 0
@@ -324,9 +324,10 @@ class FakeUpstream:
         if not record["control"]:
             record["index"] = len(self.requests)
             self.requests.append(record)
-            self._answering.add(record["index"])
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
+            if record["method"] == "POST":  # requests, not a gateway's probes and discovery
+                self._answering.add(record["index"])
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
             self._notify()
         return record
 
