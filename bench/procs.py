@@ -202,7 +202,7 @@ class Proc:
             return ""
 
 
-def _spawn(name: str, argv: list[str], cpu: int, port: int, logs: Path,
+def spawn(name: str, argv: list[str], cpu: int, port: int, logs: Path,
            env: dict[str, str] | None = None, nofile: tuple[int, int] | None = None) -> Proc:
     log = logs / f"{name}.log"
     handle = log.open("wb")
@@ -327,12 +327,12 @@ def open_stack(out: Path, event_count: int, nofile: tuple[int, int]) -> Iterator
         conf = work / "nginx.conf"
         conf.write_text(nginx_conf(work, json_port, sse_port))
         nginx = find_tool("nginx") or "nginx"
-        procs["nginx"] = _spawn(
+        procs["nginx"] = spawn(
             "nginx", [nginx, "-p", str(work), "-e", str(work / "nginx-error.log"), "-c", str(conf)],
             load_cpu, json_port, logs,
         )
         procs["nginx_sse"] = Proc("nginx", procs["nginx"].popen, sse_port, procs["nginx"].log)
-        procs["stream"] = _spawn(
+        procs["stream"] = spawn(
             "upstream", [sys.executable, "-m", "bench.upstream", "--port", str(stream_port),
                          "--events", str(event_count)],
             load_cpu, stream_port, logs,
@@ -344,7 +344,7 @@ def open_stack(out: Path, event_count: int, nofile: tuple[int, int]) -> Iterator
             work, gw_port, {"nginx-json": json_port, "nginx-sse": sse_port, "stream": stream_port}
         ))
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        procs["gateway"] = _spawn(
+        procs["gateway"] = spawn(
             "gateway", [sys.executable, "-m", "geniehive", "serve", "--config", str(config)],
             gw_cpu, gw_port, logs, env=env, nofile=nofile,
         )
@@ -356,8 +356,13 @@ def open_stack(out: Path, event_count: int, nofile: tuple[int, int]) -> Iterator
                 stop(procs[name])
 
 
-def wait_ready(gateway: Proc, timeout_s: float = 60.0) -> None:
-    """Poll /readyz, then check each benchmark model answers 200 through the gateway."""
+BENCH_MODELS = (("bench-json", False), ("bench-sse", True), ("bench-events", True))
+
+
+def wait_ready(gateway: Proc, timeout_s: float = 60.0,
+               models: tuple[tuple[str, bool], ...] = BENCH_MODELS) -> None:
+    """Poll /readyz, then check each of `models` (name, streamed) answers 200 through the
+    gateway."""
     base = f"http://127.0.0.1:{gateway.port}"
     wait_port(gateway, timeout_s)
     deadline = time.monotonic() + timeout_s
@@ -369,8 +374,7 @@ def wait_ready(gateway: Proc, timeout_s: float = 60.0) -> None:
             if gateway.popen.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gateway never became ready:\n{gateway.tail()}")
             time.sleep(0.1)
-        for model, stream in (("bench-json", False), ("bench-sse", True),
-                              ("bench-events", True)):
+        for model, stream in models:
             body = {"model": model, "stream": stream,
                     "messages": [{"role": "user", "content": "hi"}]}
             response = client.post(f"{base}/v1/chat/completions", json=body)

@@ -124,6 +124,28 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for shape in ("direct10_live", "role_gated_live", "role_all_live", "role_all_live_churn"):
         checks.append(_target(f"route time growth per 10x services ({shape})",
                               growth.get(shape), 10, False, "x (10 = linear)"))
+    checks += _capacity_targets(results)
+    return checks
+
+
+def _capacity_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    cap = results.get("capacity") or {}
+    checks = []
+    for count in (1, 3, 50):
+        both = [v for v in (cap.get(f"idle_{count}_us"), cap.get(f"idle_{count}_rpm_us"))
+                if v is not None]
+        worst = max(both) if len(both) == 2 else None
+        checks.append(_target(f"admission with nothing waiting, {count} candidate(s)", worst,
+                              20, False, "µs"))
+    checks.append(_target("admitting one of 1,000 waiting over 50 services (median)",
+                          cap.get("admit_median_us"), 100, False, "µs"))
+    checks.append(_target("admitting one of 1,000 waiting over 50 services (p99)",
+                          cap.get("admit_p99_us"), 100, False, "µs", "aim"))
+    for row in results.get("capacity_burst") or [{"queue": "?", "problems": None}]:
+        problems = row.get("problems")
+        checks.append(_target(f"burst of 10x the slots, {row['queue']}: lost, over-slot or "
+                              "unexplained answers", None if problems is None else len(problems),
+                              0, False, "problems"))
     return checks
 
 
@@ -177,6 +199,7 @@ def render(results: dict[str, Any]) -> str:
     out += _chat_section(results)
     out += _stream_section(results)
     out += _route_section(results)
+    out += _capacity_section(results)
     if results.get("profile"):
         out += _profile_section(results["profile"])
     return "\n".join(out)
@@ -267,6 +290,36 @@ def _route_section(results: dict[str, Any]) -> list[str]:
     if growth:
         out += ["Worst growth per 10x services (10 = linear): " + ", ".join(
             f"{shape} {_fmt(value)}" for shape, value in growth.items()), ""]
+    return out
+
+
+def _capacity_section(results: dict[str, Any]) -> list[str]:
+    cap = results.get("capacity")
+    if not cap:
+        return []
+    out = ["## The admission queue (geniehive/capacity.py)", "",
+           "Nothing waiting: one request's place, ticket, slot taken and given back, median µs "
+           "(a named key with max_in_flight, weight and priority; *with rpm*: also a "
+           "requests-per-minute limit).", ""]
+    out += _table(["candidates", "µs", "µs with rpm"],
+                  [[n, cap.get(f"idle_{n}_us"), cap.get(f"idle_{n}_rpm_us")] for n in (1, 3, 50)])
+    out += [f"Admitting one of {cap['waiting']:,} waiting requests over {cap['services']} full "
+            f"services ({cap['keys']} keys, three classes, each request wanting 3 services), "
+            f"{cap['releases']:,} releases timed one by one: median "
+            f"{_fmt(cap['admit_median_us'])} µs, p99 {_fmt(cap['admit_p99_us'])} µs, max "
+            f"{_fmt(cap['admit_max_us'])} µs.", ""]
+    bursts = results.get("capacity_burst") or []
+    if bursts:
+        out += ["A burst of 10x the slots at once (two upstreams with max_in_flight each, "
+                "`geniehive serve`, real sockets):", ""]
+        out += _table(
+            ["queue", "max_queue", "sent", "answered", "200", "429 (with Retry-After)",
+             "most at once per upstream", "slots", "queued ms median / max", "s", "problems"],
+            [[b["queue"], b["max_queue"], b["sent"], b["answered"], b["ok"],
+              f"{b['refused_429']} ({b['refused_with_retry_after']})",
+              ", ".join(str(m) for m in b["max_active"]), b["slots_per_upstream"],
+              f"{_fmt(b['queued_median_ms'], 1)} / {_fmt(b['queued_max_ms'], 1)}",
+              b["seconds"], "; ".join(b["problems"]) or "none"] for b in bursts])
     return out
 
 

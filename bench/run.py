@@ -11,7 +11,9 @@ load source to the other, then measures, in one run and on the same processes:
   - relayed SSE events per second over many concurrent streams;
   - (with --profile) where the gateway's time goes, sampled with py-spy under load;
   - the gateway's RSS with many concurrently open streams;
-  - route-decision time for 10 to 10,000 services (in-process).
+  - route-decision time for 10 to 10,000 services (in-process);
+  - the admission queue: its cost per request with nothing waiting and to admit one of
+    1,000 waiting (in-process), and a burst of 10x a hive's slots (real processes).
 It writes report.json and report.md under --out and prints the Markdown. Nothing is
 installed: a missing tool is reported with the command that installs it (exit 2).
 Exit status: 0 measured (targets missed are reported, not failed), 1 a run broke, 2 usage.
@@ -33,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `geniehive` i
 
 import trio
 
-from bench import procs, report, routes, streams
+from bench import capacity, procs, report, routes, streams
 from bench.procs import Proc
 from bench.wrkrun import WrkError, run_wrk, summarize
 
@@ -52,12 +54,13 @@ class Plan:
     route_repeat: int
     profile_s: int
     settle_s: float  # idle time before a new body kind and the profile (see settle())
+    admit_releases: int  # timed admissions of one of 1,000 waiting requests
 
 
 PLANS = {
-    "full": Plan(3, 5, (1, 16, 64), 2, 200, 200, 200, 1000, (10, 100, 1000, 10000), 5, 8, 6),
-    "quick": Plan(1, 1, (1, 16, 64), 1, 200, 200, 50, 1000, (10, 100, 1000, 10000), 3, 3, 6),
-    "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0),
+    "full": Plan(3, 5, (1, 16, 64), 2, 200, 200, 200, 1000, (10, 100, 1000, 10000), 5, 8, 6, 5000),
+    "quick": Plan(1, 1, (1, 16, 64), 1, 200, 200, 50, 1000, (10, 100, 1000, 10000), 3, 3, 6, 2000),
+    "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0, 200),
 }
 
 
@@ -201,6 +204,8 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         print(f"{plan.held_streams} concurrently open streams", file=sys.stderr)
         results["held_streams"] = measure_held(stack["gateway"], plan)
         results["gateway_log_problems"] = _log_problems(stack["gateway"])
+    print("a burst of 10x the slots through the admission queue", file=sys.stderr)
+    results["capacity_burst"] = capacity.measure_burst(out, nofile)
     print("route decisions", file=sys.stderr)
     os.sched_setaffinity(0, {gw_cpu})  # the routing timings run alone, on the quiet CPU
     # The smoke run only checks that the timing works: a few fixed loops are enough.
@@ -208,6 +213,8 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     results["routes"] = routes.measure(plan.route_sizes, plan.route_repeat, loops)
     results["route_growth"] = {shape: routes.growth(results["routes"], shape)
                                for shape in routes.COLUMNS}
+    print("the admission queue's decisions", file=sys.stderr)
+    results["capacity"] = capacity.measure(plan.route_repeat, loops, plan.admit_releases)
     results["targets"] = report.check_targets(results)
     return results
 

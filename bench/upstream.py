@@ -7,9 +7,13 @@ its cost per event is one `send_all`. The request's `model` picks the behaviour:
   bench-events  an SSE chat stream of `--events` chunks, each written separately (so the
                 gateway relays them one by one, as it would tokens), then `data: [DONE]`;
   bench-hold    one SSE chunk, then the stream stays open until the peer closes it;
-  anything else a small non-streamed chat completion.
+  bench-slow    the small chat completion after `--slow-ms` (the capacity burst);
+  anything else the small chat completion at once.
 
-`GET /v1/models` lists those models, which is all discovery and the prober need.
+`GET /v1/models` lists those models, which is all discovery and the prober need. The
+process counts the chat requests it is answering at once: `GET /_load` says how many now
+(`active`), the most ever (`max_active`) and how many it answered; `POST /_load/reset`
+zeroes the last two.
 Prints `LISTENING <port>` on stdout once the socket is bound.
 """
 
@@ -25,7 +29,8 @@ import trio
 
 EVENTS_MODEL = "bench-events"
 HOLD_MODEL = "bench-hold"
-MODELS = (EVENTS_MODEL, HOLD_MODEL)
+SLOW_MODEL = "bench-slow"
+MODELS = (EVENTS_MODEL, HOLD_MODEL, SLOW_MODEL)
 MAX_HEAD = 64 * 1024
 
 
@@ -114,13 +119,43 @@ class Peer:
         return bool(data)
 
 
-async def serve_peer(stream: trio.SocketStream, events: list[bytes]) -> None:
+class Load:
+    """The chat requests being answered at once, the most ever, and how many were answered."""
+
+    def __init__(self) -> None:
+        self.active = self.max_active = self.answered = 0
+
+    def reply(self) -> bytes:
+        return canned(json.dumps({"active": self.active, "max_active": self.max_active,
+                                  "answered": self.answered}).encode())
+
+
+async def answer_slowly(stream: trio.SocketStream, load: Load, slow_s: float) -> None:
+    load.active += 1
+    load.max_active = max(load.max_active, load.active)
+    try:
+        await trio.sleep(slow_s)
+        await stream.send_all(JSON_REPLY)
+        load.answered += 1
+    finally:
+        load.active -= 1
+
+
+async def serve_peer(stream: trio.SocketStream, events: list[bytes], load: Load,
+                     slow_s: float) -> None:
     peer = Peer(stream)
     try:
         while (request := await peer.read_request()) is not None:
             line, body = request
-            if line.startswith(b"GET"):
+            if line.startswith(b"GET /_load"):
+                await stream.send_all(load.reply())
+            elif line.startswith(b"POST /_load/reset"):
+                load.max_active = load.answered = 0
+                await stream.send_all(load.reply())
+            elif line.startswith(b"GET"):
                 await stream.send_all(MODELS_REPLY)
+            elif SLOW_MODEL.encode() in body:
+                await answer_slowly(stream, load, slow_s)
             elif EVENTS_MODEL.encode() in body:
                 await stream.send_all(SSE_HEAD + events[0])
                 for event in events[1:]:
@@ -146,14 +181,15 @@ def raise_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(port: int, event_count: int) -> None:
+async def serve(port: int, event_count: int, slow_s: float = 0.0) -> None:
     events = [chunk(sse_event(i)) for i in range(event_count)]
+    load = Load()
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
     bound = listeners[0].socket.getsockname()[1]
     print(f"LISTENING {bound}", flush=True)
 
     async def handler(stream: trio.SocketStream) -> None:
-        await serve_peer(stream, events)
+        await serve_peer(stream, events, load, slow_s)
 
     await trio.serve_listeners(handler, listeners)
 
@@ -162,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--events", type=int, default=200, help="events per bench-events stream")
+    parser.add_argument("--slow-ms", type=float, default=50.0,
+                        help="how long a bench-slow answer takes")
     args = parser.parse_args(argv)
     raise_open_files()
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(serve, args.port, max(1, args.events))
+        trio.run(serve, args.port, max(1, args.events), max(0.0, args.slow_ms) / 1000)
     return 0
 
 

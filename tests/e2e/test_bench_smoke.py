@@ -53,4 +53,20 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
         assert row["role_all_live_churn_candidates"] == row["services"]
         assert row["role_all_live_churn_us"] > 0
     assert set(report["route_growth"]) >= {"role_all_live", "role_all_live_churn"}
+    capacity = report["capacity"]
+    for count in (1, 3, 50):
+        assert capacity[f"idle_{count}_us"] > 0 and capacity[f"idle_{count}_rpm_us"] > 0
+    # Every timed release admitted one waiting request, with 1,000 waiting each time.
+    assert capacity["admitted"] == capacity["releases"] > 0
+    assert 0 < capacity["admit_median_us"] <= capacity["admit_p99_us"]
+    bursts = {row["queue"]: row for row in report["capacity_burst"]}
+    assert set(bursts) == {"roomy queue", "short queue"}
+    for row in bursts.values():
+        assert row["problems"] == [], row
+        assert row["answered"] == row["sent"]
+        assert max(row["max_active"]) <= row["slots_per_upstream"]
+    assert bursts["roomy queue"]["ok"] == bursts["roomy queue"]["sent"]
+    short = bursts["short queue"]
+    assert short["refused_429"] > 0 and short["refused_with_retry_after"] == short["refused_429"]
+    assert "## The admission queue" in markdown
     assert report["targets"] and "## Targets" in markdown
