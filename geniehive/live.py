@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from geniehive import health
-from geniehive.models import NO_RUNTIME, ServiceRuntime
+from geniehive.models import NO_MODELS, NO_RUNTIME, ModelsLive, ServiceRuntime
 from geniehive.routing import IncrementalRuntimes
 
 log = logging.getLogger("geniehive.breaker")
@@ -81,13 +81,18 @@ class ServiceLive:
 
     __slots__ = (
         "_breaker",
+        "_busy",
         "_in_flight",
         "_journal",
+        "_load_ms",
+        "_loading",
+        "_models",
         "_probe",
         "_runtime",
         "_stats",
         "_suspects",
         "failures",
+        "last_used",
         "latencies_ms",
         "outcomes",
         "requests",
@@ -117,6 +122,13 @@ class ServiceLive:
         # (samples, p50 latency, p50 TTFT, p50 tokens/s, error rate), None once stale
         self._stats: tuple[int, float | None, float | None, float | None, float] | None = None
         self._runtime: ServiceRuntime | None = None
+        # Its models (ModelsLive, rebuilt when one of these changes): requests in flight per
+        # model, the models loading now, when each was last used, each one's load time.
+        self._busy: dict[str, int] = {}
+        self._loading: set[str] = set()
+        self.last_used: dict[str, float] = {}
+        self._load_ms: dict[str, float] = {}
+        self._models: ModelsLive | None = NO_MODELS
 
     @property
     def in_flight(self) -> int:
@@ -151,6 +163,46 @@ class ServiceLive:
         self._breaker = state
         self._runtime = None
         self._mark()
+        self._journal.add(self.service_id)
+
+    # -- its models (geniehive/demand.py) ------------------------------------------------
+    def model_started(self, model: str, now: float) -> None:
+        """A request for `model` runs on this service."""
+        self._busy[model] = self._busy.get(model, 0) + 1
+        self.last_used[model] = now
+        self._models_changed()
+
+    def model_finished(self, model: str, now: float) -> None:
+        left = self._busy.get(model, 1) - 1
+        if left > 0:
+            self._busy[model] = left
+        else:
+            self._busy.pop(model, None)
+        self.last_used[model] = now
+        self._models_changed()
+
+    def loading(self, model: str, busy: bool, load_ms: float | None = None) -> None:
+        """`model` starts (`busy`) or ends loading; a load that finished took `load_ms`."""
+        if busy:
+            self._loading.add(model)
+        else:
+            self._loading.discard(model)
+        if load_ms is not None:
+            self._load_ms[model] = load_ms
+        self._models_changed()
+
+    def models(self) -> ModelsLive:
+        models = self._models
+        if models is None:
+            models = self._models = ModelsLive(
+                loading=frozenset(self._loading), busy=frozenset(self._busy),
+                last_used=dict(self.last_used), load_ms=dict(self._load_ms),
+            )
+        return models
+
+    def _models_changed(self) -> None:
+        self._models = None
+        self._runtime = None
         self._journal.add(self.service_id)
 
     def _mark(self) -> None:
@@ -227,6 +279,7 @@ class ServiceLive:
             ttft_ms=ttft,
             tokens_per_sec=tok_s,
             error_rate=error_rate,
+            models=self.models(),
         )
         return cached
 

@@ -73,6 +73,7 @@ class Observed:
     tokens_per_sec: float | None = None
     vram_used_bytes: int | None = None
     loaded_model_count: int | None = None
+    max_loaded_models: int | None = None  # configured bound where memory is not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,23 @@ class Role:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelsLive:
+    """What the gateway knows of a service's models beyond its snapshot (geniehive/demand.py).
+
+    `loading` are being loaded now; `busy` have requests in flight; `last_used` (model ->
+    monotonic seconds) orders eviction; `load_ms` is each model's last measured load time.
+    """
+
+    loading: frozenset[str] = frozenset()
+    busy: frozenset[str] = frozenset()
+    last_used: Mapping[str, float] = field(default_factory=_empty)
+    load_ms: Mapping[str, float] = field(default_factory=_empty)
+
+
+NO_MODELS = ModelsLive()
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceRuntime:
     """Live numbers the gateway keeps per service, as routing reads them at one moment."""
 
@@ -164,6 +182,7 @@ class ServiceRuntime:
     ttft_ms: float | None = None
     tokens_per_sec: float | None = None
     error_rate: float = 0.0
+    models: ModelsLive = NO_MODELS  # its models' state (geniehive/demand.py)
 
 
 NO_RUNTIME = ServiceRuntime()  # a service the gateway has no numbers for yet

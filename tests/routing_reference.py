@@ -16,6 +16,7 @@ from geniehive.models import Asset, Role, RoutingPolicy, Service, Snapshot
 from geniehive.routing import Candidate, Exclusion, RoutingContext, exclusion_gate
 from geniehive.routing.decision import choose_strategy
 from geniehive.routing.gates import direct_asset, pick_asset, static_role_gates
+from geniehive.routing.placement import DOES_NOT_FIT, arrange
 from geniehive.routing.scores import build_candidate
 
 
@@ -40,7 +41,15 @@ def candidate(
     """The service's candidate for a non-streamed request, built from scratch."""
     samples = snapshot.samples_by_service.get(service.service_id, ())
     runtime = ctx.runtime_of(service.service_id)
-    return build_candidate(service, asset, name, role, samples, runtime, False, True)
+    host = snapshot.hosts.get(service.host_id)
+    return build_candidate(service, asset, name, role, samples, runtime, False, True, host)
+
+
+def placement_gate(found: Candidate) -> Exclusion | None:
+    """A candidate whose model cannot fit there is an exclusion instead."""
+    if found.placement.klass == DOES_NOT_FIT:
+        return Exclusion(found.service_id, DOES_NOT_FIT, found.placement.detail)
+    return None
 
 
 def rank_candidates(
@@ -63,23 +72,26 @@ def rank_candidates(
 
 
 def order_tier(tier: list[Candidate], strategy: str, rr_counter: int) -> list[Candidate]:
-    """One tier by strategy (scored and least_loaded: full candidates last), ties broken by
-    service id."""
+    """One tier by strategy, ties broken by service id, then by placement (scored and
+    least_loaded: warm and free first; round robin: warm before cold)."""
     if strategy == "round_robin":
         by_id = sorted(tier, key=lambda c: c.service_id)
         shift = rr_counter % len(by_id)
-        return by_id[shift:] + by_id[:shift]
+        rotated = by_id[shift:] + by_id[:shift]
+        return sorted(rotated, key=lambda c: c.placement.cold)
     if strategy == "least_loaded":
-        return sorted(
+        ordered = sorted(
             tier,
             key=lambda c: (
-                c.full,  # a free slot before a full one
                 c.load,
                 math.inf if c.latency_ms is None else c.latency_ms,
                 c.service_id,
             ),
         )
-    return sorted(tier, key=lambda c: (c.full, -(c.score or 0.0), c.family_rank, c.service_id))
+    else:
+        ordered = sorted(tier, key=lambda c: (-(c.score or 0.0), c.family_rank, c.service_id))
+    arrange(ordered)
+    return ordered
 
 
 def reference_role(
@@ -94,7 +106,11 @@ def reference_role(
             excluded.append(exclusion)
             continue
         chosen = pick_asset(assets, role.routing.preferred_families)
-        found.append(candidate(snap, svc, chosen, name, role, ctx))
+        built = candidate(snap, svc, chosen, name, role, ctx)
+        if (misfit := placement_gate(built)) is not None:
+            excluded.append(misfit)
+            continue
+        found.append(built)
     ranked = rank_candidates(
         found,
         choose_strategy(role, ctx),
@@ -116,7 +132,11 @@ def reference_direct(
             excluded.append(exclusion)
             continue
         chosen = direct_asset(svc, name)
-        found.append(candidate(snap, svc, chosen, name, None, ctx))
+        built = candidate(snap, svc, chosen, name, None, ctx)
+        if (misfit := placement_gate(built)) is not None:
+            excluded.append(misfit)
+            continue
+        found.append(built)
     ranked = rank_candidates(
         found,
         choose_strategy(None, ctx),

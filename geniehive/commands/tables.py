@@ -70,6 +70,7 @@ CANDIDATE_COLUMNS: tuple[Column, ...] = (
     ("LOADED", lambda c: c["loaded"]),
     ("TIER", lambda c: "pool" if c["pool"] else "failover"),
     ("SLOTS", lambda c: "full" if c.get("full") else "free"),
+    ("PLACEMENT", lambda c: _placement(c.get("placement"))),
     ("BREAKDOWN", lambda c: _breakdown(c["breakdown"])),
 )
 EXCLUDED_COLUMNS: tuple[Column, ...] = (
@@ -187,3 +188,16 @@ def _when(seconds: float | None) -> str | None:
     if not seconds:
         return None
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _placement(placement: Any) -> str | None:
+    """`cold_evicts (unload a, b; waits)`-style cell for a candidate's placement."""
+    if not isinstance(placement, Mapping):
+        return None
+    text = str(placement.get("class"))
+    notes = []
+    if placement.get("evict"):
+        notes.append("unload " + ", ".join(map(str, placement["evict"])))
+    if placement.get("waits"):
+        notes.append("waits for models in use")
+    return f"{text} ({'; '.join(notes)})" if notes else text

@@ -75,6 +75,13 @@ def explain(decision: RouteDecision) -> dict[str, Any]:
                 "pool": c.pool,
                 "full": c.full,
                 "load": c.load,
+                "placement": {
+                    "class": c.placement.klass,
+                    "evict": list(c.placement.evict),
+                    "waits": c.placement.waits,
+                    "wait_ms": c.placement.wait_ms,
+                    "load_ms": c.placement.load_ms,
+                },
             }
             for c in decision.candidates
         ],

@@ -21,6 +21,7 @@ from typing import cast
 
 from geniehive.models import NO_RUNTIME, ServiceRuntime, Snapshot
 from geniehive.routing.gates import health_gate
+from geniehive.routing.placement import DOES_NOT_FIT, arrange, warm_first
 from geniehive.routing.plan import Plan, snapshot_index
 from geniehive.routing.scores import build_candidate
 from geniehive.routing.values import (
@@ -39,7 +40,6 @@ __all__ = ["Memo", "decide"]
 _PROBE = attrgetter("probe")
 _BREAKER = attrgetter("breaker")
 _SCORE = attrgetter("score")
-_FULL = attrgetter("full")
 _CLOSED_ONLY = frozenset({"closed"})
 _NONE: frozenset[str] = frozenset()
 
@@ -195,8 +195,15 @@ class Memo:
                 self.excluded[t][i] = exclusion
                 self.status[t][i] = None
                 return
+        built = self._build(plan, name, stream, t, i, runtime, self.first)
+        if built.placement.klass == DOES_NOT_FIT:
+            self.excluded[t][i] = Exclusion(
+                entry.service.service_id, DOES_NOT_FIT, built.placement.detail
+            )
+            self.status[t][i] = None
+            return
         self.excluded[t].pop(i, None)
-        self.status[t][i] = self._build(plan, name, stream, t, i, runtime, self.first)
+        self.status[t][i] = built
 
     @staticmethod
     def _build(
@@ -213,7 +220,8 @@ class Memo:
         service = entry.service
         samples = plan.samples[service.service_id]
         return build_candidate(
-            service, entry.asset, name, plan.role, samples, runtime, stream, t == first
+            service, entry.asset, name, plan.role, samples, runtime, stream, t == first,
+            entry.host,
         )
 
     def _order(self, t: int, strategy: str, rr_counter: int) -> list[Candidate]:
@@ -226,13 +234,15 @@ class Memo:
                 )
             elif strategy != "round_robin":  # scored: floats here; stable, so ties keep ids
                 kept.sort(key=_SCORE, reverse=True)
-            if strategy != "round_robin" and any(map(_FULL, kept)):
-                kept.sort(key=_FULL)  # a free slot before a full one; stable: order kept
+            if strategy != "round_robin":
+                arrange(kept)  # warm and free first, then busy, then cold (placement.py)
             cached = self.orders[t] = (strategy, kept)
         kept = cached[1]
         if strategy == "round_robin" and kept:
             shift = rr_counter % len(kept)
-            return kept[shift:] + kept[:shift]
+            rotated = kept[shift:] + kept[:shift]
+            warm_first(rotated)
+            return rotated
         return kept
 
 

@@ -15,7 +15,7 @@ import weakref
 from functools import partial
 from typing import TYPE_CHECKING
 
-from geniehive.models import LOCAL_HOST_ID, NO_RUNTIME, Asset, Role, Service, Snapshot
+from geniehive.models import LOCAL_HOST_ID, NO_RUNTIME, Asset, Host, Role, Service, Snapshot
 from geniehive.routing.gates import (
     direct_asset,
     family_rank,
@@ -32,7 +32,7 @@ __all__ = ["Plan", "direct_plan", "role_plan", "snapshot_index"]
 
 
 class _Entry:
-    __slots__ = ("asset", "excluded", "host_key", "position", "service", "tier")
+    __slots__ = ("asset", "excluded", "host", "host_key", "position", "service", "tier")
 
     def __init__(
         self,
@@ -41,10 +41,12 @@ class _Entry:
         asset: Asset | None,
         tier: tuple[int, int],
         excluded: Exclusion | None,
+        host: Host | None = None,
     ) -> None:
         self.position = position  # in the name's or operation's service order
         self.service = service
         self.host_key = service.host_id
+        self.host = host  # its memory decides placement
         self.asset = asset
         self.tier = tier  # (not loaded when prefer_loaded, family rank)
         self.excluded = excluded  # the first static gate failed, or None
@@ -168,7 +170,8 @@ def direct_plan(snapshot: Snapshot, name: str, operation: str, ids: tuple[str, .
     for position, service_id in enumerate(ids):
         service = snapshot.services[service_id]
         excluded = health_gate(service, False, NO_RUNTIME, 0.0)
-        entries.append(_Entry(position, service, direct_asset(service, name), (0, 0), excluded))
+        entries.append(_Entry(position, service, direct_asset(service, name), (0, 0), excluded,
+                              snapshot.hosts.get(service.host_id)))
     plan = index.plans[key] = Plan(ids, None, entries, snapshot)
     return plan
 
@@ -191,6 +194,7 @@ def role_plan(snapshot: Snapshot, role: Role) -> Plan:
             asset = pick_asset(assets, families) if excluded is None else None
         cold = 1 if policy.prefer_loaded and not (asset is not None and asset.loaded is True) else 0
         tier = (cold, family_rank(asset, families))
-        entries.append(_Entry(position, service, asset, tier, excluded))
+        entries.append(_Entry(position, service, asset, tier, excluded,
+                              snapshot.hosts.get(service.host_id)))
     plan = index.plans[key] = Plan(role, role, entries, snapshot)
     return plan

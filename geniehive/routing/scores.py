@@ -2,7 +2,7 @@
 
 Rule: pure. Points come from whether the sent asset is loaded, latency (TTFT for streams) and
 tokens/s bands, queue and error penalties; a candidate is `full` when the gateway holds every
-one of its service's slots; the gateway's measurements replace the node's once it
+one of its service's slots, and has a placement (geniehive/routing/placement.py); the gateway's measurements replace the node's once it
 has `MEASURED_MIN_SAMPLES` of them. A role's benchmark samples blend in at 40 %. Unknown
 numbers earn no points; scores are rounded to 6 places so equal inputs tie exactly.
 """
@@ -13,8 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from geniehive.models import Asset, BenchmarkSample, Role, Service, ServiceRuntime
+from geniehive.models import Asset, BenchmarkSample, Host, Role, Service, ServiceRuntime
 from geniehive.routing.gates import family_rank
+from geniehive.routing.placement import place
 from geniehive.routing.values import Candidate
 
 __all__ = [
@@ -135,6 +136,7 @@ def build_candidate(
     runtime: ServiceRuntime,
     stream: bool,
     pool: bool,
+    host: Host | None = None,
 ) -> Candidate:
     loaded = asset is not None and asset.loaded is True
     score, parts = runtime_score(service, runtime, stream=stream, loaded=loaded)
@@ -147,6 +149,7 @@ def build_candidate(
             score = round(0.6 * score + 0.4 * bench, 6)
             parts = {**parts, "benchmark": bench}
     latency, _ = measures(service, runtime, stream)
+    full = _full(service, runtime)
     return Candidate(
         service.service_id,
         service.host_id,
@@ -158,7 +161,8 @@ def build_candidate(
         _load(service, runtime),
         latency,
         pool,
-        _full(service, runtime),
+        full,
+        place(service, asset, runtime, host, full, latency),
     )
 
 

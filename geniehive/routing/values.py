@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from geniehive.models import NO_RUNTIME, ServiceRuntime
+from geniehive.routing.placement import WARM_FREE_PLACEMENT, Placement
 
 __all__ = [
     "INCREMENTAL",
@@ -107,6 +108,7 @@ class Candidate:
     latency_ms: float | None = None  # the latency the score used
     pool: bool = True  # False: a lower tier, kept only as failover
     full: bool = False  # every slot of the service is taken (geniehive/capacity.py)
+    placement: Placement = WARM_FREE_PLACEMENT  # warm or cold, and what a load would evict
 
 
 @dataclass(frozen=True, slots=True)
