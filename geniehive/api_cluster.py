@@ -95,6 +95,7 @@ def service_view(
         "operation": service.operation,
         "adapter": service.adapter,
         "base_url": service.base_url,
+        "keep_alive": service.keep_alive,
         "assets": encoded["assets"],
         "availability": service.state.availability,
         "accept_requests": service.state.accept_requests,
