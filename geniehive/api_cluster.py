@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from geniehive import catalog, health, matching, routing, wire
+from geniehive.memory import host_memory
 from geniehive.api_keys import register_key_routes
 from geniehive.asgi import read_json_body
 from geniehive.benchreport import parse_report
@@ -50,15 +51,18 @@ log = logging.getLogger("geniehive.cluster")
 # --- views (pure) -----------------------------------------------------------------------------
 
 
-def host_view(host: Host, now: float, stale_after_s: float, service_count: int) -> dict[str, Any]:
-    """One host as `/v1/cluster/hosts` lists it."""
+def host_view(
+    host: Host, now: float, stale_after_s: float, services: Sequence[Service]
+) -> dict[str, Any]:
+    """One host as `/v1/cluster/hosts` lists it; `services` are its own."""
     seen = host.last_seen
     stale = routing.is_stale(host, now, stale_after_s)
     return {
         **wire.encode_host(host),
         "state": "stale" if stale else "online",
         "last_heartbeat_age_s": None if seen is None else round(max(0.0, now - seen), 3),
-        "service_count": service_count,
+        "service_count": len(services),
+        "memory": host_memory(host, services),
     }
 
 
@@ -95,6 +99,7 @@ def service_view(
         "operation": service.operation,
         "adapter": service.adapter,
         "base_url": service.base_url,
+        "keep_alive": service.keep_alive,
         "assets": encoded["assets"],
         "availability": service.state.availability,
         "accept_requests": service.state.accept_requests,
@@ -179,12 +184,12 @@ def _round(value: float | None) -> float | None:
 
 def _hosts(gateway: Gateway) -> list[dict[str, Any]]:
     snapshot, now = gateway.snapshot, time.time()
-    counts: dict[str, int] = {}
-    for service in snapshot.services.values():
-        counts[service.host_id] = counts.get(service.host_id, 0) + 1
+    by_host: dict[str, list[Service]] = {}
+    for _, service in sorted(snapshot.services.items()):
+        by_host.setdefault(service.host_id, []).append(service)
     stale_after_s = gateway.config.nodes.stale_after_s
     return [
-        host_view(snapshot.hosts[h], now, stale_after_s, counts.get(h, 0))
+        host_view(snapshot.hosts[h], now, stale_after_s, by_host.get(h, []))
         for h in sorted(snapshot.hosts)
     ]
 

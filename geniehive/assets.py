@@ -6,7 +6,8 @@ Shared by the control plane's discovery (`discovery.py`) and the node agent
 Rule: pure. The configured aliases, family, context length and policy of an asset win over
 what discovery reports; whether it is loaded comes from discovery. An upstream that did not
 answer keeps its last known assets, shown not loaded, so that their names stay known. A
-configured `max_in_flight` is the service's slot count whatever the upstream reports.
+configured `max_in_flight` is the service's slot count whatever the upstream reports, and a
+configured `max_loaded_models` its loaded-model limit (no upstream reports one).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import replace
 
 from geniehive.models import Asset, Observed
 
-__all__ = ["configured_slots", "fill_observed", "forget_loaded", "merge_assets"]
+__all__ = [
+    "configured_models", "configured_slots", "fill_observed", "forget_loaded", "merge_assets",
+]
 
 
 def merge_assets(configured: Sequence[Asset], discovered: Sequence[Asset]) -> tuple[Asset, ...]:
@@ -63,3 +66,10 @@ def configured_slots(observed: Observed, max_in_flight: int | None) -> Observed:
     if max_in_flight is None:
         return observed
     return replace(observed, slots_total=max_in_flight)
+
+
+def configured_models(observed: Observed, max_loaded_models: int | None) -> Observed:
+    """The load report with the configured loaded-model limit, if any."""
+    if max_loaded_models is None:
+        return observed
+    return replace(observed, max_loaded_models=max_loaded_models)

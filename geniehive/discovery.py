@@ -4,7 +4,8 @@ Rule: each pass asks every upstream's adapter what it serves, bounded by the ups
 `timeout_s`, merges that with the configured assets and writes it to the registry, which
 publishes a new snapshot only when something changed. An unreachable upstream keeps its last
 known assets (shown not loaded) so that its names stay known. A configured `max_in_flight` is
-the services' slot count from their first registration on, whatever the upstream reports.
+the services' slot count from their first registration on, whatever the upstream reports; a
+configured `max_loaded_models` is carried onto their observed state the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import httpx
 import trio
 
 from geniehive.adapters import UpstreamError
-from geniehive.assets import configured_slots, fill_observed, forget_loaded, merge_assets
+from geniehive.assets import (
+    configured_models,
+    configured_slots,
+    fill_observed,
+    forget_loaded,
+    merge_assets,
+)
 from geniehive.config import UpstreamConfig
 from geniehive.models import LOCAL_HOST_ID, Host, Observed, Service
 from geniehive.supervise import run_every
@@ -33,6 +40,12 @@ def local_host(labels: Any) -> Host:
                 labels=labels, is_local=True)
 
 
+def configured_load(observed: Observed, upstream: UpstreamConfig) -> Observed:
+    """`observed` with the upstream's configured slots and loaded-model limit, if any."""
+    return configured_models(configured_slots(observed, upstream.max_in_flight),
+                             upstream.max_loaded_models)
+
+
 def local_services(upstreams: Sequence[UpstreamConfig]) -> list[Service]:
     """The control file's upstreams as services `<upstream id>/<operation>` of the local host."""
     return [
@@ -43,9 +56,10 @@ def local_services(upstreams: Sequence[UpstreamConfig]) -> list[Service]:
             adapter=u.adapter,
             base_url=u.base_url,
             assets=tuple(u.assets),
-            observed=configured_slots(Observed(), u.max_in_flight),
+            observed=configured_load(Observed(), u),
             upstream_id=u.id,
             timeout_s=u.timeout_s,
+            keep_alive=u.keep_alive,
             api_key=u.api_key,
         )
         for u in upstreams
@@ -71,7 +85,7 @@ async def discover_upstream(gateway: Gateway, upstream: UpstreamConfig) -> None:
         observed = await _bounded(upstream, "observation", adapter.observe)
     # No reading means no load known now, as for a node's services: an old queue depth
     # must not keep steering routing.
-    observed = configured_slots(fill_observed(observed, discovered), upstream.max_in_flight)
+    observed = configured_load(fill_observed(observed, discovered), upstream)
     for service in services:
         if discovered is None:
             assets = forget_loaded(service.assets)

@@ -115,7 +115,8 @@ class Gateway:
 
     # -- adapters -----------------------------------------------------------------------
     def adapter_for(self, service: Service) -> Adapter:
-        key = (service.adapter, service.base_url, service.api_key, service.timeout_s)
+        key = (service.adapter, service.base_url, service.api_key, service.timeout_s,
+               service.keep_alive)
         cached = self._adapters.get(service.service_id)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -126,6 +127,7 @@ class Gateway:
             timeout_s=service.timeout_s,
             configured_assets=service.assets,
             api_key=service.api_key,
+            keep_alive=service.keep_alive,
         )
         adapter = build_adapter(self.specs, service.adapter, ctx)
         self._adapters[service.service_id] = (key, adapter)

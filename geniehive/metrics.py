@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from geniehive import __version__, health, routing
 from geniehive.capacity import CLASS_NAMES, slots_of
+from geniehive.memory import gpu_memory, loaded_model_memory
 
 if TYPE_CHECKING:
     from geniehive.gateway import Gateway
@@ -139,6 +140,7 @@ class _LiveCollector:
         yield breaker
         yield from self._capacity(snapshot)
         yield from self._hosts(snapshot)
+        yield from self._memory(snapshot)
         yield from self._failures()
         info = InfoMetricFamily("geniehive_build", "GenieHive build information")
         info.add_metric([], {"version": __version__, "python": platform.python_version()})
@@ -196,6 +198,27 @@ class _LiveCollector:
             stale.add_metric([host_id], 1.0 if routing.is_stale(host, now, stale_after) else 0.0)
         yield age
         yield stale
+
+    def _memory(self, snapshot: Any) -> Iterator[Metric]:
+        gpus = GaugeMetricFamily(
+            "geniehive_gpu_memory_bytes", "GPU memory per host and GPU, total and used "
+            "(nvidia-smi on the node, as last reported)", labels=["host", "gpu", "kind"],
+        )
+        for host_id, host in sorted(snapshot.hosts.items()):
+            for gpu in gpu_memory(host):
+                for kind in ("total", "used"):
+                    value = gpu[f"{kind}_bytes"]
+                    if value is not None:
+                        gpus.add_metric([host_id, str(gpu["index"]), kind], value)
+        models = GaugeMetricFamily(
+            "geniehive_model_memory_bytes", "VRAM of each loaded model, per service offering it",
+            labels=["service", "model"],
+        )
+        services = (service for _, service in sorted(snapshot.services.items()))
+        for service_id, model, vram in loaded_model_memory(services):
+            models.add_metric([service_id, model], vram)
+        yield gpus
+        yield models
 
     def _failures(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily

@@ -21,6 +21,10 @@ STRATEGIES = ("scored", "round_robin", "least_loaded")
 LOCAL_HOST_ID = "local"
 
 ID_RE = re.compile(r"^[A-Za-z0-9._:/\-]{1,128}$")
+# A duration as Ollama's `keep_alive` takes it: "5m", "1h30m", "90s", "1.5h", "500ms".
+KEEP_ALIVE_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:h|ms|m|s))+$")
+KEEP_ALIVE_EXPECTED = ('a duration such as "30m" or "1h30m", a whole number of seconds >= 1, '
+                       "or -1 (forever)")
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -32,6 +36,19 @@ def _empty() -> Mapping[str, Any]:
 def valid_id(value: object) -> bool:
     """True for a host or service id: 1-128 letters, digits and `. _ : / -`."""
     return isinstance(value, str) and ID_RE.match(value) is not None
+
+
+def valid_keep_alive(value: object) -> bool:
+    """True for how long a loaded model stays in memory: a positive duration string ("30m",
+    "1h30m", "90s"), a whole number of seconds >= 1, or -1 for forever. Zero is refused: it
+    would unload the model as soon as it is loaded."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value == -1 or value >= 1
+    if not isinstance(value, str) or KEEP_ALIVE_RE.match(value) is None:
+        return False
+    return any(c in "123456789" for c in value)  # "0m" or "0.0s" is zero
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +90,7 @@ class Observed:
     tokens_per_sec: float | None = None
     vram_used_bytes: int | None = None
     loaded_model_count: int | None = None
-    max_loaded_models: int | None = None  # configured bound where memory is not known
+    max_loaded_models: int | None = None  # models it may hold in memory at once (configured)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +114,7 @@ class Service:
     observed: Observed = Observed()
     upstream_id: str | None = None
     timeout_s: float = 5.0
+    keep_alive: str | int | None = None  # how long `load` keeps a model; None: adapter's default
     api_key: str | None = field(default=None, repr=False)
 
     def asset(self, asset_id: str) -> Asset | None:

@@ -11,7 +11,9 @@ Choices where the spec is silent:
 - `null` in an optional field means "not sent" and takes the default;
 - an asset may also carry `expires_at` and `policy` (a configured request policy on the
   node), which the control plane keeps as it would from its own file;
-- the host id `local` is reserved for the control plane's own upstreams.
+- the host id `local` is reserved for the control plane's own upstreams;
+- a service may carry its upstream's `keep_alive` (how long a load keeps a model) and its
+  observed state a configured `max_loaded_models`, both from the node's file.
 `render_*` produce exactly what `parse_*` accept (absent values left out).
 """
 
@@ -28,6 +30,7 @@ from geniehive.errors import InvalidRequest
 from geniehive.models import (
     AVAILABILITIES,
     HEALTHS,
+    KEEP_ALIVE_EXPECTED,
     LOCAL_HOST_ID,
     OPERATIONS,
     SYSTEM_PROMPT_POSITIONS,
@@ -38,6 +41,7 @@ from geniehive.models import (
     Service,
     ServiceState,
     valid_id,
+    valid_keep_alive,
 )
 from geniehive.wire import encode_policy
 
@@ -46,6 +50,7 @@ _ADAPTER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 _COUNT_FIELDS = ("queue_depth", "in_flight", "slots_total", "slots_busy", "vram_used_bytes",
                  "loaded_model_count")
 _RATE_FIELDS = ("kv_cache_usage", "p50_latency_ms", "tokens_per_sec")
+_LIMIT_FIELDS = ("max_loaded_models",)
 
 Check = Callable[[Any, str], Any]
 # adapter kind -> the operations it serves (empty: any)
@@ -124,6 +129,12 @@ def _count(value: Any, where: str) -> int:
 def _positive_int(value: Any, where: str) -> int:
     if _count(value, where) < 1:
         raise _fail(where, "expected an integer >= 1")
+    return value
+
+
+def _keep_alive(value: Any, where: str) -> str | int:
+    if not valid_keep_alive(value):
+        raise _fail(where, f"expected {KEEP_ALIVE_EXPECTED}")
     return value
 
 
@@ -272,6 +283,7 @@ def _observed(value: Any, where: str) -> Observed:
     o = _Object(value, where)
     values = {name: o.optional(name, _count) for name in _COUNT_FIELDS}
     values.update({name: o.optional(name, _rate) for name in _RATE_FIELDS})
+    values.update({name: o.optional(name, _positive_int) for name in _LIMIT_FIELDS})
     o.done()
     return Observed(**values)
 
@@ -292,6 +304,7 @@ def _service(value: Any, where: str, host_id: str, adapters: KnownAdapters | Non
         assets=o.optional("assets", _assets, ()),
         state=o.optional("state", _state, ServiceState()),
         observed=o.optional("observed", _observed, Observed()),
+        keep_alive=o.optional("keep_alive", _keep_alive),
     )
     o.done()
     return service
@@ -398,8 +411,9 @@ def render_asset(asset: Asset) -> dict[str, Any]:
 
 def render_service(service: Service) -> dict[str, Any]:
     """A service as a node sends it (its host is implied by the payload)."""
-    observed = {name: getattr(service.observed, name) for name in _COUNT_FIELDS + _RATE_FIELDS}
-    return {
+    observed = {name: getattr(service.observed, name)
+                for name in _COUNT_FIELDS + _RATE_FIELDS + _LIMIT_FIELDS}
+    out: dict[str, Any] = {
         "service_id": service.service_id,
         "operation": service.operation,
         "adapter": service.adapter,
@@ -412,6 +426,9 @@ def render_service(service: Service) -> dict[str, Any]:
         },
         "observed": {k: v for k, v in observed.items() if v is not None},
     }
+    if service.keep_alive is not None:
+        out["keep_alive"] = service.keep_alive
+    return out
 
 
 def render_register(host: Host, services: Sequence[Service]) -> dict[str, Any]:

@@ -488,7 +488,7 @@ _HOSTS = _Table(
 )  # fmt: skip
 _SERVICES = _Table(
     "services",
-    # No api_key column: it is a secret from the config, re-applied at every start.
+    # No api_key (a secret) or keep_alive column: config, re-applied at start or heartbeat.
     ("service_id", "host_id", "operation", "adapter", "base_url", "upstream_id", "timeout_s",
      "assets", "state", "observed"),
     frozenset({"assets", "state", "observed"}),

@@ -3,7 +3,10 @@
 Discovery joins `/api/tags` (what is pulled: name, family, size) with `/api/ps` (what is in
 memory: VRAM, expiry, allocated context). Ollama has no `/health`, so the probe asks
 `/api/version`, which answers without touching a model. Loading and unloading are
-`/api/generate` calls without a prompt, which only change `keep_alive`.
+`/api/generate` calls without a prompt, which only change `keep_alive`: loading sends the
+upstream's configured `keep_alive` (default "30m"), unloading sends 0. Discovery, observation
+and the probe only read (`/api/tags`, `/api/ps`, `/api/version`): they never generate, so they
+never load a model nor extend how long one stays.
 
 Rule: like every plugin, this file imports only the public API `geniehive.adapters` (and the
 httpx exceptions its injected client raises).
@@ -133,8 +136,12 @@ class OllamaAdapter(OpenAICompatibleAdapter):
         return {**body, "reasoning_effort": "none"}
 
     async def load(self, model: str) -> None:
-        """Load `model` into memory for 30 minutes. Raises UpstreamError or httpx.HTTPError."""
-        await self._keep_alive(model, LOAD_KEEP_ALIVE)
+        """Load `model` into memory for the upstream's `keep_alive` (default 30 minutes).
+
+        Raises UpstreamError or httpx.HTTPError.
+        """
+        keep_alive = self.ctx.keep_alive if self.ctx.keep_alive is not None else LOAD_KEEP_ALIVE
+        await self._keep_alive(model, keep_alive)
 
     async def unload(self, model: str) -> None:
         """Evict `model` from memory now. Raises UpstreamError or httpx.HTTPError."""

@@ -63,6 +63,9 @@ class UpstreamContext:
     timeout_s: float = 5.0
     configured_assets: tuple[Asset, ...] = ()
     api_key: str | None = field(default=None, repr=False)
+    # How long `load` keeps a model in memory (the upstream's `keep_alive`); None: the
+    # adapter's own default.
+    keep_alive: str | int | None = None
 
     @property
     def auth_headers(self) -> dict[str, str]:

@@ -41,6 +41,7 @@ HOST_COLUMNS: tuple[Column, ...] = (
     ("STATE", lambda h: h["state"]),
     ("HEARTBEAT AGE S", lambda h: h.get("last_heartbeat_age_s")),
     ("SERVICES", lambda h: h.get("service_count")),
+    ("MEMORY", lambda h: memory_cell(h.get("memory"))),
     ("LOCAL", lambda h: "yes" if h.get("is_local") else ""),
 )
 SERVICE_COLUMNS: tuple[Column, ...] = (
@@ -125,6 +126,32 @@ def render_queue(capacity: Mapping[str, Any]) -> str:
         f"({classes}); longest wait {capacity.get('queue_timeout_s')} s\n"
         f"refused: {said}"
     )
+
+
+GIB = 1024**3
+
+
+def memory_cell(memory: Mapping[str, Any] | None) -> str | None:
+    """A host's memory in one cell: `GPU 3.1/24.0 GiB, 2 loaded (6.6 GiB)`.
+
+    GPU used/total (`?` for an unknown part) when the host reports GPUs; the loaded models'
+    count always, with their VRAM when known. None (shown `-`) without any memory view.
+    """
+    if not memory:
+        return None
+    parts = []
+    total, used = memory.get("gpu_total_bytes"), memory.get("gpu_used_bytes")
+    if memory.get("gpus"):
+        parts.append(f"GPU {_gib(used)}/{_gib(total)} GiB")
+    loaded = f"{memory.get('loaded_count', 0)} loaded"
+    if memory.get("loaded_vram_bytes"):
+        loaded += f" ({_gib(memory['loaded_vram_bytes'])} GiB)"
+    parts.append(loaded)
+    return ", ".join(parts)
+
+
+def _gib(value: Any) -> str:
+    return "?" if not isinstance(value, int) else f"{value / GIB:.1f}"
 
 
 def _slots(service: Mapping[str, Any]) -> str:

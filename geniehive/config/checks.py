@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from geniehive.models import valid_id
+from geniehive.models import KEEP_ALIVE_EXPECTED, valid_id, valid_keep_alive
 
 Check = Callable[[Any], Any]
 
@@ -210,6 +210,12 @@ def _network(value: Any) -> str:
             from None
 
 
+def _keep_alive(value: Any) -> str | int:
+    if not valid_keep_alive(value):
+        raise bad(f"expected {KEEP_ALIVE_EXPECTED}, got {value!r}")
+    return value
+
+
 STRING = Kind("string", _string)
 TEXT = Kind("non-empty string", _text)
 BOOL = Kind("boolean", _bool)
@@ -224,6 +230,7 @@ BIND = Kind('bind address (`"host:port"` or `"[v6]:port"`)', _bind,
 ADDRESS = Kind("host name or IP address", _address)
 NETWORK = Kind('network in CIDR form (`"10.0.0.0/24"`)', _network,
                plural='networks in CIDR form (`"10.0.0.0/24"`)')
+KEEP_ALIVE = Kind('duration (`"30m"`, `"1h30m"`), seconds ≥ 1, or -1 (forever)', _keep_alive)
 ENV_NAME = Kind("name of an environment variable", _text)
 
 

@@ -15,6 +15,7 @@ from geniehive.config.checks import (
     FOLDER,
     IDENTIFIER,
     JSON_TABLE,
+    KEEP_ALIVE,
     NON_NEGATIVE,
     POSITIVE,
     STRING,
@@ -113,6 +114,12 @@ UPSTREAMS = Section(
         Key("max_in_flight", integer(1), None,
             "its slots: requests it serves at once, more wait in the admission queue; absent: "
             "what discovery reads (llama.cpp's `total_slots`), else no limit"),
+        Key("max_loaded_models", integer(1), None,
+            "models it can hold in memory at once (Ollama's `OLLAMA_MAX_LOADED_MODELS`), "
+            "reported on its services for placement; absent: unknown"),
+        Key("keep_alive", KEEP_ALIVE, None,
+            "how long a model loaded by GenieHive stays in memory once idle; absent: the "
+            "adapter's default (Ollama: `\"30m\"`)"),
     ),
     tables=(ASSET, LAUNCH),
     array=True,
@@ -206,6 +213,8 @@ def _upstream(t: Table, environ: Mapping[str, str]) -> UpstreamConfig:
         launch=_launch(t.table("launch")),
         assets=assets,
         max_in_flight=t.get("max_in_flight"),
+        max_loaded_models=t.get("max_loaded_models"),
+        keep_alive=t.get("keep_alive"),
     )
     t.done()
     return config

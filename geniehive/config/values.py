@@ -145,6 +145,8 @@ class UpstreamConfig:
     launch: LaunchConfig | None = None
     assets: tuple[Asset, ...] = ()
     max_in_flight: int | None = None  # its slots, overriding what discovery reads
+    max_loaded_models: int | None = None  # models it can hold in memory at once
+    keep_alive: str | int | None = None  # how long `load` keeps a model; None: adapter default
 
 
 @dataclass(frozen=True, slots=True)

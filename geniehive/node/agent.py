@@ -5,7 +5,8 @@ Each step discovers every upstream afresh through its adapter (discover + observ
 probe for `state.health`, each bounded by the upstream's `timeout_s`), reads the GPUs, then
 registers (first time, or after the control plane answered 404 `unknown_host`) or
 heartbeats; a heartbeat always carries the services, an empty list meaning none now. A
-configured `max_in_flight` is reported as the services' slot count, whatever the upstream says.
+configured `max_in_flight` is reported as the services' slot count, whatever the upstream says,
+and a configured `max_loaded_models` as their loaded-model limit.
 
 Rule: the agent never stops for the control plane. While it is unreachable (or answers 5xx)
 the agent backs off exponentially with jitter up to 60 s; a refused key (401/403) or a
@@ -33,7 +34,13 @@ from geniehive.adapters.loader import (
     check_upstream_adapters,
     load_adapters,
 )
-from geniehive.assets import configured_slots, fill_observed, forget_loaded, merge_assets
+from geniehive.assets import (
+    configured_models,
+    configured_slots,
+    fill_observed,
+    forget_loaded,
+    merge_assets,
+)
 from geniehive.config import ConfigError, ControlLink, NodeConfig, UpstreamConfig
 from geniehive.launcher import run_launcher
 from geniehive.models import Asset, Host, Service
@@ -101,7 +108,7 @@ class NodeAgent:
         self.adapters: dict[str, Adapter] = {
             u.id: build_adapter(specs, u.adapter, UpstreamContext(
                 upstream_id=u.id, base_url=u.base_url, client=upstreams, timeout_s=u.timeout_s,
-                configured_assets=u.assets, api_key=u.api_key,
+                configured_assets=u.assets, api_key=u.api_key, keep_alive=u.keep_alive,
             ))
             for u in config.upstreams
         }
@@ -135,6 +142,7 @@ class NodeAgent:
             assets = forget_loaded(self.last_assets.get(upstream.id, upstream.assets))
         health = await self.probe(upstream)
         load = configured_slots(fill_observed(observed, discovered), upstream.max_in_flight)
+        load = configured_models(load, upstream.max_loaded_models)
         return inventory.upstream_services(
             self.config.node.host_id, self.config.node.address, upstream, assets, load, health,
         )

@@ -94,6 +94,7 @@ def upstream_services(
             observed=observed,
             upstream_id=upstream.id,
             timeout_s=upstream.timeout_s,
+            keep_alive=upstream.keep_alive,
         )
         for operation in upstream.operations
     ]

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from geniehive.commands import cmd_bench_run, cmd_keys, cmd_route, cmd_status
-from geniehive.models import Host, Service
+from geniehive.models import Asset, Host, Service
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import Wire, gateway_in_process, upstream_toml, write_config
 from tests.hive import CHAT, Hive, assert_openai_error
@@ -74,6 +74,43 @@ async def test_hosts_list_local_online_and_silent_node_stale(hive: Hive) -> None
     assert hosts["gpu-01"]["state"] == "stale"
     assert hosts["gpu-01"]["last_heartbeat_age_s"] >= 100
     assert hosts["gpu-01"]["labels"] == {"trust_tier": "trusted"}
+
+
+GIB = 1024**3
+
+
+async def add_ollama_node(h: Hive) -> None:
+    """A node with one GPU (as nvidia-smi read it) and an Ollama serving chat and embeddings,
+    one model loaded and one only installed."""
+    now = time.time()
+    gpus = [{"index": 0, "name": "RTX 4090", "memory_total_bytes": 24 * GIB,
+             "memory_used_bytes": 7 * GIB, "utilization_pct": 5.0}]
+    host = Host("gpu-01", "127.0.0.1", resources={"gpu_count": 1}, last_heartbeat=now,
+                registered_at=now, metrics={"gpu_count": 1, "gpus": gpus})
+    assets = (Asset("qwen3:8b", loaded=True, size_bytes=5 * GIB, vram_bytes=6 * GIB,
+                    expires_at="2025-01-01T00:30:00Z"),
+              Asset("llama3.2:3b", loaded=False, size_bytes=2 * GIB))
+    services = [Service(f"ol/{op}", "gpu-01", op, "ollama", "http://127.0.0.1:9", assets=assets)
+                for op in ("chat", "embeddings")]
+    await h.gateway.registry.register_host(host, services)
+
+
+async def test_hosts_show_their_gpus_and_the_memory_of_their_models(hive: Hive) -> None:
+    with trio.fail_after(10):
+        await add_ollama_node(hive)
+        hosts = by_id((await hive.client.get("/v1/cluster/hosts")).json()["data"], "host_id")
+    memory = hosts["gpu-01"]["memory"]
+    assert memory["gpus"] == [{"index": 0, "name": "RTX 4090", "total_bytes": 24 * GIB,
+                               "used_bytes": 7 * GIB}]
+    assert (memory["gpu_total_bytes"], memory["gpu_used_bytes"]) == (24 * GIB, 7 * GIB)
+    assert memory["models"] == [
+        {"model": "qwen3:8b", "services": ["ol/chat", "ol/embeddings"], "loaded": True,
+         "size_bytes": 5 * GIB, "vram_bytes": 6 * GIB, "expires_at": "2025-01-01T00:30:00Z"},
+        {"model": "llama3.2:3b", "services": ["ol/chat", "ol/embeddings"], "loaded": False,
+         "size_bytes": 2 * GIB, "vram_bytes": None, "expires_at": None},
+    ]
+    assert (memory["loaded_count"], memory["loaded_vram_bytes"]) == (1, 6 * GIB)
+    assert hosts["local"]["memory"]["gpus"] == []
 
 
 async def test_services_show_health_breaker_and_measured_load(hive: Hive) -> None:

@@ -174,6 +174,93 @@ async def test_ollama_generate_with_a_prompt_answers_and_loads():
     ]
 
 
+async def test_ollama_loading_takes_the_delay_and_ps_lists_the_model_only_then(
+    autojump_clock: trio.abc.Clock,
+):
+    fake = FakeOllama(["qwen3:8b"])
+    seen: list[list[str]] = []
+    with trio.fail_after(120):
+        async with serving(fake, OllamaAdapter) as (adapter, client):
+            configured = await client.post("/_fake/ollama/config", json={"load_delay_s": 30})
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(adapter.load, "qwen3:8b")
+                await fake.wait_for_request(lambda r: r["path"] == "/api/generate")
+                await trio.sleep(10)
+                seen.append([a.asset_id for a in await adapter.discover() if a.loaded])
+            took = trio.current_time() - start
+            seen.append([a.asset_id for a in await adapter.discover() if a.loaded])
+            again = trio.current_time()
+            await adapter.load("qwen3:8b")  # already in memory: no second wait
+            reloaded = trio.current_time() - again
+    assert configured.json() == {"ok": True, "load_delay_s": 30.0, "max_loaded": None}
+    assert seen == [[], ["qwen3:8b"]]
+    assert 30 <= took < 31
+    assert reloaded < 1
+
+
+async def test_ollama_max_loaded_evicts_the_least_recently_used_model():
+    fake = FakeOllama(["a:1b", "b:1b", "c:1b"])
+    chat = {"model": "a:1b", "messages": [{"role": "user", "content": "hi"}]}
+    with trio.fail_after(10):
+        async with serving(fake, OllamaAdapter) as (adapter, client):
+            await client.post("/_fake/ollama/config", json={"max_loaded": 2})
+            await adapter.load("a:1b")
+            await adapter.load("b:1b")
+            await client.post("/v1/chat/completions", json=chat)  # a is now the most recent
+            await adapter.load("c:1b")
+            ps = await client.get("/api/ps")
+    assert [m["name"] for m in ps.json()["models"]] == ["a:1b", "c:1b"]
+
+
+async def test_ollama_models_have_their_own_vram_size_in_ps():
+    fake = FakeOllama(["qwen3:8b"])
+    with trio.fail_after(10):
+        async with serving(fake, OllamaAdapter) as (adapter, client):
+            await client.post("/_fake/ollama/models",
+                              json={"name": "big:70b", "size": 40, "size_vram": 38})
+            await adapter.load("big:70b")
+            await adapter.load("qwen3:8b")
+            observed = await adapter.observe()
+            assets = {a.asset_id: a for a in await adapter.discover()}
+    assert (assets["big:70b"].size_bytes, assets["big:70b"].vram_bytes) == (40, 38)
+    assert assets["qwen3:8b"].vram_bytes == 1_000_000_000
+    assert observed == Observed(loaded_model_count=2, vram_used_bytes=1_000_000_038)
+
+
+async def test_ollama_records_every_native_call_with_its_model():
+    fake = FakeOllama(["qwen3:8b"])
+    with trio.fail_after(10):
+        async with serving(fake, OllamaAdapter) as (adapter, client):
+            await adapter.probe()
+            await adapter.discover()
+            await adapter.load("qwen3:8b")
+            await client.post("/v1/chat/completions", json={"model": "qwen3:8b", "messages": []})
+            listed = await client.get("/_fake/ollama/calls")
+    assert listed.json() == fake.native_calls == [
+        {"method": "GET", "path": "/api/version", "model": None},
+        {"method": "GET", "path": "/api/ps", "model": None},
+        {"method": "GET", "path": "/api/tags", "model": None},
+        {"method": "POST", "path": "/api/generate", "model": "qwen3:8b"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [({"load_delay_s": -1}, "'load_delay_s' must be a number >= 0"),
+     ({"max_loaded": 0}, "'max_loaded' must be an integer >= 1 or null"),
+     ({"delay": 1}, "unknown fields ['delay']")],
+)
+async def test_ollama_config_control_refuses_bad_values(body, problem):
+    fake = FakeOllama(["qwen3:8b"])
+    with trio.fail_after(10):
+        async with serving(fake, OllamaAdapter) as (_, client):
+            refused = await client.post("/_fake/ollama/config", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == f"bad control request: {problem}"
+    assert (fake.load_delay_s, fake.max_loaded) == (0.0, None)
+
+
 # --- vLLM -----------------------------------------------------------------------------------
 
 

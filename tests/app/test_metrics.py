@@ -124,3 +124,34 @@ def test_failed_attempts_are_counted_under_service_ids_that_contain_colons(
                   service="node-1:a/chat", outcome="failed") == 1
     assert sample(text, "geniehive_upstream_attempts_total",
                   service="node-1:b/chat", outcome="answered") == 1
+
+
+def test_gpu_and_loaded_model_memory_are_exported(tmp_path: Path) -> None:
+    from types import MappingProxyType, SimpleNamespace
+
+    from geniehive.config import load_control
+    from geniehive.gateway import Gateway
+    from geniehive.models import Asset, Host, Service, Snapshot
+
+    gpus = [{"index": 0, "name": "RTX 4090", "memory_total_bytes": 25_769_803_776,
+             "memory_used_bytes": 3_221_225_472},
+            {"index": 1, "name": "RTX 4090", "memory_total_bytes": 100, "memory_used_bytes": None}]
+    host = Host("gpu-01", "127.0.0.1", metrics=MappingProxyType({"gpus": gpus}))
+    assets = (Asset("qwen3:8b", loaded=True, size_bytes=5, vram_bytes=6_654_289_920),
+              Asset("llama3.2:3b", loaded=False, size_bytes=2))
+    service = Service("ol/chat", "gpu-01", "chat", "ollama", "http://127.0.0.1:9", assets=assets)
+    snapshot = Snapshot(version=1, hosts={"gpu-01": host}, services={"ol/chat": service},
+                        roles={})
+    config = load_control(write_config(tmp_path, ""), {})
+    registry = SimpleNamespace(snapshot=snapshot)
+    gateway = Gateway(config, registry, {}, None, monotonic=lambda: 0.0)  # type: ignore[arg-type]
+    text = gateway.metrics.render().decode()
+    assert sample(text, "geniehive_gpu_memory_bytes", host="gpu-01", gpu="0",
+                  kind="total") == 25_769_803_776
+    assert sample(text, "geniehive_gpu_memory_bytes", host="gpu-01", gpu="0",
+                  kind="used") == 3_221_225_472
+    assert sample(text, "geniehive_gpu_memory_bytes", host="gpu-01", gpu="1", kind="total") == 100
+    assert sample(text, "geniehive_gpu_memory_bytes", host="gpu-01", gpu="1", kind="used") is None
+    assert sample(text, "geniehive_model_memory_bytes", service="ol/chat",
+                  model="qwen3:8b") == 6_654_289_920
+    assert sample(text, "geniehive_model_memory_bytes", model="llama3.2:3b") is None

@@ -11,16 +11,28 @@ answers what the Ollama adapter reads and drives:
 - ``/v1/*`` the OpenAI endpoints of the base fake (the body is recorded, so a test can see
   ``reasoning_effort``); a request for a model loads it, as Ollama does; unknown models 404.
 
-Control: ``POST /_fake/ollama/models {"name", "family"?, "size"?}`` adds a model (the base
-``/_fake/models {"id"}`` works too). Expiry times count from a fixed instant so answers are
-byte-stable. Run alone: ``python -m tests.fakes.ollama --port 0 --model qwen3:8b``.
+Loading as Ollama does it: a model not in memory takes ``load_delay_s`` to load, during which
+``/api/ps`` does not list it yet and the request that loads it (``/api/generate`` or ``/v1``)
+is answered only once it is in; with ``max_loaded`` set, loading one more evicts the least
+recently used (``OLLAMA_MAX_LOADED_MODELS``). Each model has a ``size_vram`` (default: its
+size). Every native call (``/`` and ``/api/*``) is kept in ``native_calls`` as
+``{"method", "path", "model"}`` so a test can assert which endpoints were called.
+
+Control: ``POST /_fake/ollama/models {"name", "family"?, "size"?, "size_vram"?}`` adds a model
+(the base ``/_fake/models {"id"}`` works too); ``POST /_fake/ollama/config {"load_delay_s"?,
+"max_loaded"?}`` sets the loading behaviour (``max_loaded`` null: no limit);
+``GET /_fake/ollama/calls`` lists the native calls. Expiry times count from a fixed instant so
+answers are byte-stable. Run alone: ``python -m tests.fakes.ollama --port 0 --model qwen3:8b
+[--load-delay-s 0.5] [--max-loaded 1]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,30 +81,71 @@ def render_expiry(seconds: float | None) -> str:
 class FakeOllama(FakeUpstream):
     """An Ollama server: pulled models, models in memory, and its OpenAI-compatible `/v1`."""
 
-    def __init__(self, models: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, models: list[str] | None = None, *, load_delay_s: float = 0.0,
+                 max_loaded: int | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("name", "ollama")
         kwargs.setdefault("strict_models", True)
         super().__init__(models if models is not None else ["qwen3:8b"], **kwargs)
         self.version = VERSION
         self.details: dict[str, dict[str, Any]] = {}
-        self.running: dict[str, dict[str, Any]] = {}
+        self.running: dict[str, dict[str, Any]] = {}  # in memory or loading
+        self.load_delay_s = load_delay_s
+        self.max_loaded = max_loaded
+        self.native_calls: list[dict[str, Any]] = []
+        self._ready_at: dict[str, float] = {}  # trio time a loading model is in memory
+        self._used: dict[str, int] = {}  # when each running model was last asked for
+        self._uses = itertools.count()
 
     # -- state ------------------------------------------------------------------------------
 
-    def add_model(self, name: str, *, family: str | None = None, size: int | None = None) -> None:
+    def add_model(self, name: str, *, family: str | None = None, size: int | None = None,
+                  size_vram: int | None = None) -> None:
         if name not in self.models:
             self.models.append(name)
         self.details[name] = {"family": family or name.split(":")[0],
                               "size": size or DEFAULT_SIZE}
+        if size_vram is not None:
+            self.details[name]["size_vram"] = size_vram
 
-    def load_model(self, name: str, keep_alive: Any = DEFAULT_KEEP_ALIVE) -> None:
+    def configure(self, *, load_delay_s: float | None = None,
+                  max_loaded: int | None | str = "unchanged") -> None:
+        """Set the load delay and the loaded-model limit (None: no limit)."""
+        if load_delay_s is not None:
+            self.load_delay_s = float(load_delay_s)
+        if max_loaded != "unchanged":
+            self.max_loaded = None if max_loaded is None else int(max_loaded)
+
+    def load_model(self, name: str, keep_alive: Any = DEFAULT_KEEP_ALIVE) -> float:
+        """Load (or, at keep_alive 0, unload) `name`; the trio time it is (was) in memory.
+
+        A model not yet running evicts the least recently used first when `max_loaded` are.
+        """
         seconds = parse_keep_alive(keep_alive)
         if seconds == 0:
-            self.running.pop(name, None)
-            return
+            self._evict(name)
+            return -math.inf
+        if name not in self.running:
+            if self.max_loaded is not None:
+                while self.running and len(self.running) >= self.max_loaded:
+                    self._evict(min(self.running, key=lambda n: self._used[n]))
+            self._ready_at[name] = (trio.current_time() + self.load_delay_s
+                                    if self.load_delay_s > 0 else -math.inf)
+        detail = self._detail(name)
         self.running[name] = {"expires_at": render_expiry(seconds),
-                              "size_vram": self._detail(name)["size"],
+                              "size_vram": detail.get("size_vram", detail["size"]),
                               "context_length": CONTEXT_LENGTH}
+        self._used[name] = next(self._uses)
+        return self._ready_at[name]
+
+    def loaded(self) -> list[str]:
+        """The models in memory now (those still loading left out), as /api/ps lists them."""
+        waiting = [t for t in self._ready_at.values() if t > -math.inf]
+        now = trio.current_time() if waiting else 0.0
+        return [n for n in self.running if self._ready_at[n] <= now]
+
+    def _evict(self, name: str) -> None:
+        for state in (self.running, self._ready_at, self._used):
+            state.pop(name, None)
 
     def _detail(self, name: str) -> dict[str, Any]:
         return self.details.get(name) or {"family": name.split(":")[0], "size": DEFAULT_SIZE}
@@ -119,6 +172,11 @@ class FakeOllama(FakeUpstream):
             ("POST", "/api/generate"): self._generate,
             ("POST", "/api/pull"): self._pull,
         }.get((record["method"], record["path"]))
+        if record["path"] == "/" or record["path"].startswith("/api/"):
+            body = record["json"] if isinstance(record["json"], dict) else {}
+            model = body.get("model") or body.get("name")
+            self.native_calls.append({"method": record["method"], "path": record["path"],
+                                      "model": model if isinstance(model, str) else None})
         if native is not None:
             try:
                 return native(record)
@@ -127,15 +185,23 @@ class FakeOllama(FakeUpstream):
         body = record["json"]
         if record["path"].startswith("/v1/") and isinstance(body, dict) \
                 and body.get("model") in self.models:
-            self.load_model(body["model"])  # a request loads its model, as in Ollama
+            # A request loads its model, as in Ollama, and is answered once it is in.
+            record["ready_at"] = self.load_model(body["model"])
         return super()._route(record)
+
+    async def _deliver(self, stream: Any, conn: Any, fault: Any, reply: Reply,
+                       record: dict[str, Any]) -> str:
+        ready_at = record.get("ready_at", -math.inf)
+        if ready_at > -math.inf:
+            await trio.sleep_until(ready_at)
+        return await super()._deliver(stream, conn, fault, reply, record)
 
     def _tags(self, record: dict[str, Any]) -> Reply:
         models = [{**self._entry(n), "modified_at": "2025-01-01T00:00:00Z"} for n in self.models]
         return replies.json_reply({"models": models})
 
     def _ps(self, record: dict[str, Any]) -> Reply:
-        models = [{**self._entry(n), **state} for n, state in self.running.items()]
+        models = [{**self._entry(n), **self.running[n]} for n in self.loaded()]
         return replies.json_reply({"models": models})
 
     def _known(self, body: Any) -> str:
@@ -150,7 +216,7 @@ class FakeOllama(FakeUpstream):
         model = self._known(body)
         prompt = body.get("prompt") or ""
         keep_alive = body.get("keep_alive", DEFAULT_KEEP_ALIVE)
-        self.load_model(model, keep_alive)
+        record["ready_at"] = self.load_model(model, keep_alive)
         if prompt:
             reason, text = "stop", f"echo: {prompt}"
         else:
@@ -177,13 +243,34 @@ class FakeOllama(FakeUpstream):
         ])
 
     def _control(self, record: dict[str, Any]) -> Reply:
-        if (record["method"], record["path"]) != ("POST", "/_fake/ollama/models"):
-            return super()._control(record)
+        route = (record["method"], record["path"])
         body = record["json"] if isinstance(record["json"], dict) else {}
+        if route == ("GET", "/_fake/ollama/calls"):
+            return replies.json_reply(self.native_calls)
+        if route == ("POST", "/_fake/ollama/config"):
+            return self._configure(body)
+        if route != ("POST", "/_fake/ollama/models"):
+            return super()._control(record)
         if not isinstance(body.get("name"), str):
             return replies.error_reply(400, "bad control request: 'name' is required")
-        self.add_model(body["name"], family=body.get("family"), size=body.get("size"))
+        self.add_model(body["name"], family=body.get("family"), size=body.get("size"),
+                       size_vram=body.get("size_vram"))
         return replies.json_reply({"ok": True, "models": self.models})
+
+    def _configure(self, body: dict[str, Any]) -> Reply:
+        unknown = sorted(set(body) - {"load_delay_s", "max_loaded"})
+        delay, limit = body.get("load_delay_s"), body.get("max_loaded", "unchanged")
+        if unknown:
+            problem = f"unknown fields {unknown}"
+        elif delay is not None and (not isinstance(delay, int | float) or delay < 0):
+            problem = "'load_delay_s' must be a number >= 0"
+        elif limit not in ("unchanged", None) and (not isinstance(limit, int) or limit < 1):
+            problem = "'max_loaded' must be an integer >= 1 or null"
+        else:
+            self.configure(load_delay_s=delay, max_loaded=limit)
+            return replies.json_reply({"ok": True, "load_delay_s": self.load_delay_s,
+                                       "max_loaded": self.max_loaded})
+        return replies.error_reply(400, f"bad control request: {problem}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,8 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--model", action="append", dest="models", default=None)
     parser.add_argument("--reply", default=None)
+    parser.add_argument("--load-delay-s", type=float, default=0.0)
+    parser.add_argument("--max-loaded", type=int, default=None)
     args = parser.parse_args(argv)
-    fake = FakeOllama(args.models, reply=args.reply)
+    fake = FakeOllama(args.models, reply=args.reply, load_delay_s=args.load_delay_s,
+                      max_loaded=args.max_loaded)
     trio.run(serve_until_signalled, fake, args.host, args.port)
 
 

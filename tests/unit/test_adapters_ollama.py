@@ -228,6 +228,19 @@ async def test_load_and_unload_post_generate_without_a_prompt(method, keep_alive
     ]
 
 
+@pytest.mark.parametrize("keep_alive", ["1h30m", 600, -1])
+async def test_load_sends_the_configured_keep_alive_and_unload_still_sends_zero(keep_alive):
+    seen: list[httpx.Request] = []
+    answer = {"model": "qwen3:8b", "response": "", "done": True}
+    handler = routes({("POST", "/api/generate"): httpx.Response(200, json=answer)}, seen)
+    with trio.fail_after(5):
+        async with open_adapter(OllamaAdapter, handler, base_url=BASE_URL,
+                                keep_alive=keep_alive) as adapter:
+            await adapter.load("qwen3:8b")
+            await adapter.unload("qwen3:8b")
+    assert [json.loads(r.content)["keep_alive"] for r in seen] == [keep_alive, 0]
+
+
 async def test_load_of_an_unknown_model_raises_with_ollamas_message():
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, json={"error": "model 'nope' not found"})

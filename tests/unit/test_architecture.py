@@ -59,6 +59,7 @@ PURE: dict[str, Rule] = {
     "geniehive.health": Rule(),
     "geniehive.live": Rule(),
     "geniehive.matching": Rule(),
+    "geniehive.memory": Rule(),
     "geniehive.models": Rule(),
     "geniehive.nodewire": Rule(),
     "geniehive.policy": Rule(),

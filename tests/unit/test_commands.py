@@ -105,6 +105,28 @@ def test_status_has_a_row_per_host_service_and_role() -> None:
     assert queue[1] == "refused: queue_full 3, rate_limited 2"
 
 
+GIB = 1024**3
+
+
+def test_status_shows_each_host_s_memory_in_one_cell() -> None:
+    gpu = {"host_id": "gpu-01", "address": "10.0.0.5", "state": "online",
+           "last_heartbeat_age_s": 1.5, "service_count": 2, "is_local": False,
+           "memory": {"gpus": [{"index": 0}], "gpu_total_bytes": 24 * GIB,
+                      "gpu_used_bytes": int(3.1 * GIB), "models": [], "loaded_count": 2,
+                      "loaded_vram_bytes": int(6.6 * GIB)}}
+    cpu = {**gpu, "host_id": "cpu-01", "memory": {"gpus": [], "gpu_total_bytes": None,
+                                                   "gpu_used_bytes": None, "models": [],
+                                                   "loaded_count": 0,
+                                                   "loaded_vram_bytes": None}}
+    unread = {**gpu, "host_id": "gpu-02",
+              "memory": {**gpu["memory"], "gpu_used_bytes": None, "loaded_vram_bytes": None}}
+    lines = render_status([gpu, cpu, unread], [], []).splitlines()
+    assert "MEMORY" in lines[1].split()
+    assert "GPU 3.1/24.0 GiB, 2 loaded (6.6 GiB)" in next(li for li in lines if "gpu-01" in li)
+    assert "  0 loaded  " in next(li for li in lines if "cpu-01" in li)
+    assert "GPU ?/24.0 GiB, 2 loaded  " in next(li for li in lines if "gpu-02" in li)
+
+
 def test_builtin_workloads_have_two_short_cases_each() -> None:
     assert set(BUILTIN_WORKLOADS) == {"chat.short_reasoning", "chat.concise_support"}
     for workload in BUILTIN_WORKLOADS.values():

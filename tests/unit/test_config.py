@@ -391,6 +391,47 @@ base_url = "http://h:8081"
     assert [u.max_in_flight for u in config.upstreams] == [3, None]
 
 
+@pytest.mark.parametrize("keep_alive", ['"30m"', '"1h30m"', '"90s"', '"1.5h"', "600", "-1"])
+def test_upstream_keep_alive_and_max_loaded_models_load_in_control_and_node_files(
+    tmp_path: Path, keep_alive: str
+) -> None:
+    extra = f"keep_alive = {keep_alive}\nmax_loaded_models = 2\n"
+    control = load_control(write(tmp_path, "geniehive.toml", upstream(extra) + upstream(
+        id_="plain")), {})
+    node = load_node(write(tmp_path, "node.toml", NODE_MINIMAL + upstream(extra)), {})
+    expected = int(keep_alive) if keep_alive.lstrip("-").isdigit() else keep_alive.strip('"')
+    for config in (control, node):
+        assert (config.upstreams[0].keep_alive, config.upstreams[0].max_loaded_models) == (
+            expected, 2)
+    assert (control.upstreams[1].keep_alive, control.upstreams[1].max_loaded_models) == (
+        None, None)
+
+
+KEEP_ALIVE_EXPECTED = ('expected a duration such as "30m" or "1h30m", a whole number of '
+                       "seconds >= 1, or -1 (forever), got ")
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [('"soon"', "'soon'"), ('"5x"', "'5x'"), ('"0m"', "'0m'"), ('"-1"', "'-1'"), ("0", "0"),
+     ("-5", "-5"), ("1.5", "1.5"), ("true", "True"), ('"5 m"', "'5 m'")],
+)
+def test_a_bad_keep_alive_names_its_dotted_path_in_control_and_node_files(
+    tmp_path: Path, value: str, got: str
+) -> None:
+    problem = f"upstreams[0].keep_alive: {KEEP_ALIVE_EXPECTED}{got}"
+    text = upstream(f"keep_alive = {value}")
+    assert control_problems(tmp_path, text) == [problem]
+    assert node_problems(tmp_path, NODE_MINIMAL + text) == [problem]
+
+
+def test_max_loaded_models_must_be_a_whole_number_of_at_least_one(tmp_path: Path) -> None:
+    assert control_problems(tmp_path, upstream("max_loaded_models = 0")) == [
+        "upstreams[0].max_loaded_models: expected an integer >= 1, got 0"]
+    assert node_problems(tmp_path, NODE_MINIMAL + upstream("max_loaded_models = 1.5")) == [
+        "upstreams[0].max_loaded_models: expected an integer"]
+
+
 def upstream(extra: str = "", *, id_: str = "u", base_url: str = "http://h:1") -> str:
     return f'[[upstreams]]\nid = "{id_}"\nadapter = "ollama"\nbase_url = "{base_url}"\n{extra}\n'
 
