@@ -341,10 +341,12 @@ class Launcher:
         """
         slot = self._slot(upstream_id)
         began = trio.current_time()
+        waited = False
         while True:
             if slot.state == RUNNING:
-                slot.last_active = trio.current_time()
-                return trio.current_time() - began
+                slot.last_active = now = trio.current_time()
+                return now - began if waited else 0.0
+            waited = True
             if slot.state == STOPPING:
                 await slot.stopped.wait()
                 continue
@@ -421,6 +423,7 @@ class Launcher:
     async def _run_process(self, slot: _Slot, attempt: _Attempt, scope: trio.CancelScope) -> None:
         """Start, wait until ready, then watch the process until it dies or is stopped."""
         upstream, state = slot.upstream, slot.process
+        failure = f"upstreams[{slot.index}] {upstream.id!r}: stopped before it was ready"
         try:
             with scope:
                 try:
@@ -428,7 +431,7 @@ class Launcher:
                     assert state.process is not None
                     await _wait_ready(slot.index, upstream, state.process, self.probe_for)
                 except LaunchError as exc:
-                    attempt.finish(str(exc))
+                    failure = str(exc)
                     return
                 slot.state, slot.last_active = RUNNING, trio.current_time()
                 attempt.finish()
@@ -443,9 +446,9 @@ class Launcher:
             if state.process is not None:
                 await _stop(upstream, state.process)
             state.process, state.pid = None, None
-            attempt.finish(f"upstreams[{slot.index}] {upstream.id!r}: stopped before it "
-                           "was ready")
+            # Cold before the waiters hear of a failure (a success was told them already).
             slot.state, slot.attempt, slot.scope = COLD, None, None
+            attempt.finish(failure)
             slot.stopped.set()
 
     async def _supervise(self, slot: _Slot) -> None:
