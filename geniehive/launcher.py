@@ -45,6 +45,7 @@ import trio
 from geniehive.adapters import ProbeResult
 from geniehive.config import UpstreamConfig
 from geniehive.errors import StartupError
+from geniehive.models import MANAGED_STATES
 from geniehive.probing import bounded_probe
 from geniehive.supervise import next_backoff
 
@@ -58,7 +59,7 @@ PR_SET_PDEATHSIG = 1
 # The idle reaper looks at most this often (more often for shorter idle_ttl_s).
 REAP_POLL_S = 1.0
 
-COLD, STARTING, RUNNING, STOPPING = "cold", "starting", "running", "stopping"
+COLD, STARTING, RUNNING, STOPPING = MANAGED_STATES
 
 ProbeFor = Callable[[UpstreamConfig], Awaitable[ProbeResult]]
 

@@ -29,6 +29,7 @@ from geniehive.models import (
     AVAILABILITIES,
     HEALTHS,
     LOCAL_HOST_ID,
+    MANAGED_STATES,
     OPERATIONS,
     SYSTEM_PROMPT_POSITIONS,
     Asset,
@@ -292,6 +293,7 @@ def _service(value: Any, where: str, host_id: str, adapters: KnownAdapters | Non
         assets=o.optional("assets", _assets, ()),
         state=o.optional("state", _state, ServiceState()),
         observed=o.optional("observed", _observed, Observed()),
+        managed=o.optional("managed", _choice(MANAGED_STATES)),
     )
     o.done()
     return service
@@ -397,9 +399,10 @@ def render_asset(asset: Asset) -> dict[str, Any]:
 
 
 def render_service(service: Service) -> dict[str, Any]:
-    """A service as a node sends it (its host is implied by the payload)."""
+    """A service as a node sends it (its host is implied by the payload); `managed` only for
+    a managed upstream, so payloads of unmanaged ones read as before."""
     observed = {name: getattr(service.observed, name) for name in _COUNT_FIELDS + _RATE_FIELDS}
-    return {
+    out: dict[str, Any] = {
         "service_id": service.service_id,
         "operation": service.operation,
         "adapter": service.adapter,
@@ -412,6 +415,9 @@ def render_service(service: Service) -> dict[str, Any]:
         },
         "observed": {k: v for k, v in observed.items() if v is not None},
     }
+    if service.managed is not None:
+        out["managed"] = service.managed
+    return out
 
 
 def render_register(host: Host, services: Sequence[Service]) -> dict[str, Any]:
