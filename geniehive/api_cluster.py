@@ -16,11 +16,12 @@
     POST   /v1/admin/keys                         admin    create a named key, shown once
     POST   /v1/admin/keys/<id>/disable|enable     admin
     DELETE /v1/admin/keys/<id>                    admin
+    POST   /v1/admin/nodes/<host_id>/orders       admin    queue a start/stop order for a node
 
 Rule: handlers read the snapshot and the live counters and never advance a round-robin
 counter; writes go through the registry, whose snapshot is published before it returns.
 The views are pure functions of their arguments; the benchmark report is parsed by
-geniehive/benchreport.py, and the admin key routes live in geniehive/api_keys.py.
+geniehive/benchreport.py, and the admin key routes live in geniehive/api_keys.py, the order route in geniehive/orders.py.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from geniehive.benchreport import parse_report
 from geniehive.capacity import ServiceLoad, slots_of
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
 from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot
+from geniehive.orders import register_order_routes
 from geniehive.registry import UnknownHost, UnknownService
 
 if TYPE_CHECKING:
@@ -298,6 +300,7 @@ def register_cluster_routes(app: QuartTrio, gateway: Gateway) -> None:
     _register_explain(app, gateway)
     _register_writes(app, gateway)
     register_key_routes(app, gateway)
+    register_order_routes(app, gateway)
 
 
 def _register_reads(app: QuartTrio, gateway: Gateway) -> None:

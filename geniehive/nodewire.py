@@ -441,3 +441,42 @@ def render_heartbeat(
         "metrics": _plain(metrics),
         "services": [render_service(service) for service in services],
     }
+
+
+# --- orders (the long poll of POST /v1/nodes/orders) ------------------------------------------
+
+ORDER_ACTIONS = ("start", "stop")
+
+
+def parse_orders_poll(payload: Any) -> str:
+    """The host id of an orders poll (`{"host_id"}`). Raises InvalidRequest naming the field."""
+    o = _Object(payload, "")
+    host_id = _host_id(o)
+    o.done()
+    return host_id
+
+
+def render_orders_poll(host_id: str) -> dict[str, Any]:
+    return {"host_id": host_id}
+
+
+def parse_orders(payload: Any) -> list[dict[str, str]]:
+    """The orders of an answer (`{"orders": [{"id", "action", "upstream_id"}]}`), checked.
+
+    Raises InvalidRequest naming the field (a node reads its control plane's answer with it).
+    """
+    o = _Object(payload, "")
+    orders = o.required("orders", _list(_order))
+    o.done()
+    return list(orders)
+
+
+def _order(value: Any, where: str) -> dict[str, str]:
+    o = _Object(value, where)
+    order = {
+        "id": o.required("id", _identifier),
+        "action": o.required("action", _choice(ORDER_ACTIONS)),
+        "upstream_id": o.required("upstream_id", _identifier),
+    }
+    o.done()
+    return order
