@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from geniehive import catalog, health, matching, routing, wire
@@ -37,7 +38,7 @@ from geniehive.asgi import read_json_body
 from geniehive.benchreport import parse_report
 from geniehive.capacity import ServiceLoad, slots_of
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
-from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot
+from geniehive.models import LOCAL_HOST_ID, OPERATIONS, BenchmarkSample, Host, Service, Snapshot
 from geniehive.orders import register_order_routes
 from geniehive.registry import UnknownHost, UnknownService
 
@@ -107,6 +108,7 @@ def service_view(
         "health_since": probe.since if probe is not None else None,
         "probe": runtime.probe,
         "node_health": service.state.health,
+        "managed": service.managed,
         "breaker": runtime.breaker,
         "routable": gate is None,
         "gate": gate.gate if gate is not None else None,
@@ -195,11 +197,18 @@ def _services(gateway: Gateway) -> list[dict[str, Any]]:
     snapshot, ctx = gateway.snapshot, gateway.routing_context()
     return [
         service_view(
-            snapshot, service, ctx, gateway.live.services.get(s),
+            snapshot, _with_local_managed(gateway, service), ctx, gateway.live.services.get(s),
             gateway.admission.load(s, slots_of(service)),
         )
         for s, service in sorted(snapshot.services.items())
     ]
+
+
+def _with_local_managed(gateway: Gateway, service: Service) -> Service:
+    """A local service with its launcher's state now (a node's comes with its heartbeat)."""
+    if service.host_id != LOCAL_HOST_ID or service.upstream_id is None:
+        return service
+    return replace(service, managed=gateway.launcher.managed_state(service.upstream_id))
 
 
 def _roles(gateway: Gateway) -> list[dict[str, Any]]:
