@@ -21,7 +21,8 @@
 Rule: handlers read the snapshot and the live counters and never advance a round-robin
 counter; writes go through the registry, whose snapshot is published before it returns.
 The views are pure functions of their arguments; the benchmark report is parsed by
-geniehive/benchreport.py, and the admin key routes live in geniehive/api_keys.py, the order route in geniehive/orders.py.
+geniehive/benchreport.py, the admin key routes live in geniehive/api_keys.py and the order
+route in geniehive/orders.py.
 """
 
 from __future__ import annotations
