@@ -16,11 +16,13 @@
     POST   /v1/admin/keys                         admin    create a named key, shown once
     POST   /v1/admin/keys/<id>/disable|enable     admin
     DELETE /v1/admin/keys/<id>                    admin
+    POST   /v1/admin/nodes/<host_id>/orders       admin    queue a start/stop order for a node
 
 Rule: handlers read the snapshot and the live counters and never advance a round-robin
 counter; writes go through the registry, whose snapshot is published before it returns.
 The views are pure functions of their arguments; the benchmark report is parsed by
-geniehive/benchreport.py, and the admin key routes live in geniehive/api_keys.py.
+geniehive/benchreport.py, the admin key routes live in geniehive/api_keys.py and the order
+route in geniehive/orders.py.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from geniehive import catalog, health, matching, routing, wire
@@ -37,7 +40,8 @@ from geniehive.asgi import read_json_body
 from geniehive.benchreport import parse_report
 from geniehive.capacity import ServiceLoad, slots_of
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
-from geniehive.models import OPERATIONS, BenchmarkSample, Host, Service, Snapshot
+from geniehive.models import LOCAL_HOST_ID, OPERATIONS, BenchmarkSample, Host, Service, Snapshot
+from geniehive.orders import register_order_routes
 from geniehive.registry import UnknownHost, UnknownService
 
 if TYPE_CHECKING:
@@ -110,6 +114,7 @@ def service_view(
         "health_since": probe.since if probe is not None else None,
         "probe": runtime.probe,
         "node_health": service.state.health,
+        "managed": service.managed,
         "breaker": runtime.breaker,
         "routable": gate is None,
         "gate": gate.gate if gate is not None else None,
@@ -198,11 +203,18 @@ def _services(gateway: Gateway) -> list[dict[str, Any]]:
     snapshot, ctx = gateway.snapshot, gateway.routing_context()
     return [
         service_view(
-            snapshot, service, ctx, gateway.live.services.get(s),
+            snapshot, _with_local_managed(gateway, service), ctx, gateway.live.services.get(s),
             gateway.admission.load(s, slots_of(service)),
         )
         for s, service in sorted(snapshot.services.items())
     ]
+
+
+def _with_local_managed(gateway: Gateway, service: Service) -> Service:
+    """A local service with its launcher's state now (a node's comes with its heartbeat)."""
+    if service.host_id != LOCAL_HOST_ID or service.upstream_id is None:
+        return service
+    return replace(service, managed=gateway.launcher.managed_state(service.upstream_id))
 
 
 def _roles(gateway: Gateway) -> list[dict[str, Any]]:
@@ -303,6 +315,7 @@ def register_cluster_routes(app: QuartTrio, gateway: Gateway) -> None:
     _register_explain(app, gateway)
     _register_writes(app, gateway)
     register_key_routes(app, gateway)
+    register_order_routes(app, gateway)
 
 
 def _register_reads(app: QuartTrio, gateway: Gateway) -> None:

@@ -2,6 +2,7 @@
 
     POST /v1/nodes/register    upsert a host and replace its services
     POST /v1/nodes/heartbeat   record a heartbeat and replace the host's services
+    POST /v1/nodes/orders      long poll for start/stop orders (geniehive/orders.py)
 
 Rule: both answer 200 only after the registry call returns, and the registry publishes the
 new snapshot before it returns, so the next request sees the write. A malformed payload is a
@@ -56,6 +57,7 @@ from geniehive.errors import (
     UnknownHostError,
 )
 from geniehive.models import Host, Service, Snapshot
+from geniehive.orders import ORDERS_PATH, handle_orders
 from geniehive.registry import ServiceConflict, UnknownHost
 from geniehive.supervise import run_every
 from geniehive.wire import encode_host
@@ -178,7 +180,9 @@ async def handle_heartbeat(gateway: Gateway, headers: Headers, body: bytes) -> d
     return _answer(gateway, host_id)
 
 
-ROUTES: dict[str, Handler] = {REGISTER_PATH: handle_register, HEARTBEAT_PATH: handle_heartbeat}
+ROUTES: dict[str, Handler] = {
+    REGISTER_PATH: handle_register, HEARTBEAT_PATH: handle_heartbeat, ORDERS_PATH: handle_orders,
+}
 
 
 # --- on the client port (Quart) -------------------------------------------------------------
@@ -194,21 +198,21 @@ def register_routes(app: QuartTrio, gateway: Gateway) -> None:
         # Counted by the toolkit's reader: Quart's own limit misses chunked bodies.
         return await read_body(chunk_receive(request.body), body_limit(gateway))
 
-    async def nodes_register() -> Any:
-        return jsonify(await handle_register(gateway, request.headers, await body()))
+    def view(handler: Handler) -> Callable[[], Awaitable[Any]]:
+        async def node_endpoint() -> Any:
+            return jsonify(await handler(gateway, request.headers, await body()))
+        return node_endpoint
 
-    async def nodes_heartbeat() -> Any:
-        return jsonify(await handle_heartbeat(gateway, request.headers, await body()))
-
-    app.add_url_rule(REGISTER_PATH, view_func=nodes_register, methods=["POST"])
-    app.add_url_rule(HEARTBEAT_PATH, view_func=nodes_heartbeat, methods=["POST"])
+    for path, handler in ROUTES.items():
+        app.add_url_rule(path, endpoint=f"nodes:{path}", view_func=view(handler),
+                         methods=["POST"])
 
 
 # --- on the node port (raw ASGI) ------------------------------------------------------------
 
 
 class NodeApp:
-    """The ASGI app of the node port: the two node endpoints and `/healthz`, nothing else."""
+    """The ASGI app of the node port: the node endpoints and `/healthz`, nothing else."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import resource
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -28,17 +28,14 @@ import trio
 from hypercorn.config import Config as HyperConfig
 
 from geniehive import egress, ws
-from geniehive.adapters import ProbeResult
 from geniehive.adapters.loader import PluginError, check_upstream_adapters, load_adapters
 from geniehive.api_keys import load_named_keys
 from geniehive.api_nodes import apply_edge_limits, base_hypercorn_config, run_heartbeat_listener
 from geniehive.app import create_asgi
-from geniehive.config import ConfigError, ControlConfig, UpstreamConfig, is_loopback_bind
+from geniehive.config import ConfigError, ControlConfig, is_loopback_bind
 from geniehive.discovery import local_host, local_services, run_discovery
 from geniehive.edge import serve_http
 from geniehive.gateway import Gateway, new_instance_id
-from geniehive.launcher import run_launcher
-from geniehive.models import LOCAL_HOST_ID
 from geniehive.pool import UpstreamPool
 from geniehive.prober import run_prober
 from geniehive.registry import open_registry
@@ -61,17 +58,10 @@ def raise_open_files_limit() -> int:
 
 
 async def run_managed_upstreams(gateway: Gateway, *, task_status: Any) -> None:
-    """Managed upstream processes (§11): started before discovery, ready once probed."""
-
-    def probe_for(upstream: UpstreamConfig) -> Awaitable[ProbeResult]:
-        service = next(
-            s for s in gateway.snapshot.services.values()
-            if s.host_id == LOCAL_HOST_ID and s.upstream_id == upstream.id
-        )
-        return gateway.adapter_for(service).probe()
-
+    """Managed upstream processes: the boot ones started before discovery, ready once
+    probed; on_demand ones started when `gateway.launcher.ensure_running` asks."""
     # A LaunchError stops start-up like a ConfigError: both are configuration StartupErrors.
-    await run_launcher(gateway.config.upstreams, probe_for, task_status=task_status)
+    await gateway.launcher.run(task_status=task_status)
 
 
 def refuse_open_mode_off_loopback(gateway: Gateway) -> None:
@@ -211,6 +201,7 @@ async def _run_tree(
         await notify_ready()
         await shutdown.wait()
         gateway.ready = False
+        gateway.node_orders.close()  # the nodes' long polls must not hold up the drain
         await notify_stopping()
         # hypercorn drains in-flight requests for shutdown_grace_s, then returns; the
         # other tasks are cancelled once it has.

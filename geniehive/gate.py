@@ -32,7 +32,7 @@ PROBES = frozenset({"/healthz", "/readyz"})
 PAGES = frozenset({"/playground"})
 PAGE_METHODS = frozenset({"GET", "HEAD"})
 # The routes that take the node key header (geniehive/api_nodes.py).
-NODE_PATHS = frozenset({"/v1/nodes/register", "/v1/nodes/heartbeat"})
+NODE_PATHS = frozenset({"/v1/nodes/register", "/v1/nodes/heartbeat", "/v1/nodes/orders"})
 HASH_THREADS = 2
 MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'"
 

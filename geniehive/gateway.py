@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
 import trio
 
 from geniehive import egress, routing
-from geniehive.adapters import Adapter, AdapterSpec, UpstreamContext
+from geniehive.adapters import Adapter, AdapterSpec, ProbeResult, UpstreamContext
 from geniehive.adapters.loader import build_adapter
 from geniehive.auth import Authenticator
 from geniehive.capacity import Admission, KeyRates
-from geniehive.config import ControlConfig, parse_bind
+from geniehive.config import ControlConfig, UpstreamConfig, parse_bind
 from geniehive.exchange import Transport
 from geniehive.gate import KeyGate
+from geniehive.launcher import Launcher, never_busy
 from geniehive.live import LiveState, RuntimeView
 from geniehive.metrics import GatewayMetrics
-from geniehive.models import Policy, Service, Snapshot
+from geniehive.models import LOCAL_HOST_ID, Policy, Service, Snapshot
+from geniehive.orders import NodeOrders
 from geniehive.registry import Registry
 
 
@@ -44,7 +46,11 @@ class Gateway:
         monotonic: Callable[[], float] = trio.current_time,
         instance_id: str | None = None,
         pool: Transport | None = None,
+        busy: Callable[[str], bool] = never_busy,
     ) -> None:
+        """`busy(upstream_id)` tells the launcher's idle reaper that a local managed upstream
+        serves a request now; whoever tracks requests per upstream passes it in (by default
+        nothing is ever busy)."""
         self.config = config
         self.hops = egress.HopGuard(instance_id or new_instance_id())
         self.upstream_networks = egress.parse_networks(config.nodes.allowed_upstream_networks)
@@ -82,6 +88,10 @@ class Gateway:
         self.metrics = GatewayMetrics(self)
         self._adapters: dict[str, tuple[tuple[Any, ...], Adapter]] = {}
         self._monotonic = monotonic
+        # The local managed upstreams (`launch`); `run_managed_upstreams` runs it.
+        self.launcher = Launcher(config.upstreams, self.probe_local_upstream, busy=busy)
+        # Start/stop orders for the nodes' managed upstreams, taken by their long polls.
+        self.node_orders = NodeOrders()
 
     def listening_on(self, urls: Iterable[str]) -> None:
         """Add the URLs a server of this gateway is bound to (so node URLs cannot point there)."""
@@ -114,6 +124,14 @@ class Gateway:
         self.failure_counts[key] = self.failure_counts.get(key, 0) + 1
 
     # -- adapters -----------------------------------------------------------------------
+    def probe_local_upstream(self, upstream: UpstreamConfig) -> Awaitable[ProbeResult]:
+        """The probe of one of the control plane's own upstreams, through its adapter."""
+        service = next(
+            s for s in self.snapshot.services.values()
+            if s.host_id == LOCAL_HOST_ID and s.upstream_id == upstream.id
+        )
+        return self.adapter_for(service).probe()
+
     def adapter_for(self, service: Service) -> Adapter:
         key = (service.adapter, service.base_url, service.api_key, service.timeout_s,
                service.keep_alive)

@@ -1,4 +1,11 @@
-"""Managed upstream processes: start each, wait until ready, restart it, stop it.
+"""Managed upstream processes: start each, wait until ready, restart or reap it, stop it.
+
+`Launcher` owns them all. A boot upstream (`launch` without `on_demand`) is started with the
+launcher and restarted with backoff whenever it dies. An `on_demand` one stays "cold" until
+`Launcher.ensure_running` asks for it (concurrent callers share one start), goes back to
+"cold" when it dies, and is stopped by the idle reaper after `launch.idle_ttl_s` without
+activity (never while the owner's `busy` says it serves a request). States: "cold",
+"starting", "running", "stopping".
 
 Rule: a managed process never outlives the daemon. Two mechanisms make sure of it:
 - every child runs in its own session (`start_new_session`), so stopping signals the whole
@@ -9,13 +16,15 @@ Rule: a managed process never outlives the daemon. Two mechanisms make sure of i
   The kernel sends it when the forking *thread* ends; children are forked from the Trio
   thread, which lives as long as the daemon. Grandchildren are not covered by this one.
 
-Stopping (cancellation of `run_launcher`) is shielded: SIGTERM to the group, up to
-`launch.stop_grace_s` for the process to exit, then SIGKILL. Children inherit our stdout and
-stderr, so their logs land where ours do (the journal under systemd).
+Stopping (`Launcher.stop`, the reaper, or cancellation of `Launcher.run`) is shielded:
+SIGTERM to the group, up to `launch.stop_grace_s` for the process to exit, then SIGKILL.
+Children inherit our stdout and stderr, so their logs land where ours do (the journal under
+systemd).
 
 Exceptions: `LaunchError` — a managed upstream could not be started or was not ready within
-`launch.ready_timeout_s`; raised by `run_launcher` before it reports started, after every
-process it had started has been stopped.
+`launch.ready_timeout_s`; raised by `Launcher.run` (and `run_launcher`) for a boot upstream
+before it reports started, after every process it had started has been stopped, and by
+`Launcher.ensure_running` to every caller waiting for a failed start.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import trio
 from geniehive.adapters import ProbeResult
 from geniehive.config import UpstreamConfig
 from geniehive.errors import StartupError
+from geniehive.models import MANAGED_STATES
 from geniehive.probing import bounded_probe
 from geniehive.supervise import next_backoff
 
@@ -46,6 +56,10 @@ POLL_S = 0.5
 # again; one that keeps dying sooner backs off exponentially.
 STABLE_S = 60.0
 PR_SET_PDEATHSIG = 1
+# The idle reaper looks at most this often (more often for shorter idle_ttl_s).
+REAP_POLL_S = 1.0
+
+COLD, STARTING, RUNNING, STOPPING = MANAGED_STATES
 
 ProbeFor = Callable[[UpstreamConfig], Awaitable[ProbeResult]]
 
@@ -228,47 +242,277 @@ async def _wait_ready(
     )
 
 
-async def _supervise(index: int, upstream: UpstreamConfig, state: ManagedProcess) -> None:
-    """Restart the process whenever it dies, with backoff; runs until cancelled."""
-    backoff = 0.0
-    while True:
-        if state.process is not None:
-            code = await state.process.wait()
-            _signal_group(state.process, signal.SIGKILL)  # its stragglers would hold the port
-            state.last_exit = describe_exit(code)
-        ran_s = trio.current_time() - state.started_at
-        backoff = next_backoff(0.0 if ran_s >= STABLE_S else backoff)
-        log.warning("managed upstream %s: %s after %.1f s; restarting in %g s",
-                    upstream.id, state.last_exit, ran_s, backoff)
-        await trio.sleep(backoff)
-        state.restarts += 1
+class _Attempt:
+    """One start of one upstream, shared by every caller waiting for it (collation)."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: str | None = None
+
+    def finish(self, error: str | None = None) -> None:
+        """Settle the attempt once; later calls change nothing."""
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+@dataclass(eq=False)
+class _Slot:
+    """What the launcher knows of one managed upstream."""
+
+    index: int
+    upstream: UpstreamConfig
+    process: ManagedProcess
+    state: str = COLD
+    last_active: float = 0.0
+    attempt: _Attempt | None = None
+    scope: trio.CancelScope | None = None
+    stopped: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def on_demand(self) -> bool:
+        return self.upstream.launch is not None and self.upstream.launch.on_demand
+
+
+def never_busy(upstream_id: str) -> bool:
+    """The `busy` of a launcher whose owner tracks no requests: never busy."""
+    return False
+
+
+class Launcher:
+    """Owns every managed upstream (`launch`): starts, supervises, reaps and stops them.
+
+    Rules:
+    - `run` starts the boot upstreams (no `on_demand`) concurrently and reports started, with
+      the `ManagedProcess` of every managed upstream, once all of them answer their probe; a
+      boot upstream that dies is restarted with backoff;
+    - an `on_demand` upstream stays "cold" until `ensure_running` asks for it; concurrent
+      callers share one start; one that dies goes back to "cold" and stays there until asked
+      again;
+    - the idle reaper stops an `on_demand` upstream that has not been touched (nor ensured)
+      for `launch.idle_ttl_s` while `busy(upstream_id)` was False; while `busy` says True it
+      counts as active. `busy` is given by the owner: on the control plane, whoever tracks
+      the requests in flight per upstream; by default nothing is ever busy;
+    - cancelling `run` stops every process it started.
+    """
+
+    def __init__(
+        self,
+        upstreams: Sequence[UpstreamConfig],
+        probe_for: ProbeFor,
+        *,
+        busy: Callable[[str], bool] = never_busy,
+    ) -> None:
+        self.probe_for = probe_for
+        self.busy = busy
+        self._slots = {
+            up.id: _Slot(index, up, ManagedProcess(up.id))
+            for index, up in enumerate(upstreams) if up.launch is not None
+        }
+        self._nursery: trio.Nursery | None = None
+        self.states: Mapping[str, ManagedProcess] = {
+            uid: slot.process for uid, slot in self._slots.items()
+        }
+
+    # -- what callers ask ------------------------------------------------------------------
+
+    def is_managed(self, upstream_id: str) -> bool:
+        return upstream_id in self._slots
+
+    def state(self, upstream_id: str) -> str:
+        """"cold", "starting", "running" or "stopping". KeyError for an unmanaged upstream."""
+        return self._slot(upstream_id).state
+
+    def managed_state(self, upstream_id: str) -> str | None:
+        """The state of a managed upstream, None for one run by someone else."""
+        slot = self._slots.get(upstream_id)
+        return None if slot is None else slot.state
+
+    def touch(self, upstream_id: str) -> None:
+        """Note activity on the upstream now (it postpones the idle reaper)."""
+        self._slot(upstream_id).last_active = trio.current_time()
+
+    async def ensure_running(self, upstream_id: str) -> float:
+        """Start the upstream if cold and wait until its probe passes.
+
+        Returns the seconds this call waited (0.0 when it was running). Concurrent callers
+        share one start; a caller cancelled while waiting leaves the start to the others.
+        Raises LaunchError naming the upstream when the start fails (the process is stopped
+        and the upstream is cold again), KeyError for an unmanaged upstream.
+        """
+        slot = self._slot(upstream_id)
+        began = trio.current_time()
+        waited = False
+        while True:
+            if slot.state == RUNNING:
+                slot.last_active = now = trio.current_time()
+                return now - began if waited else 0.0
+            waited = True
+            if slot.state == STOPPING:
+                await slot.stopped.wait()
+                continue
+            attempt = slot.attempt if slot.state == STARTING else None
+            if attempt is None:
+                attempt = self._begin(slot)
+            await attempt.done.wait()
+            if attempt.error is not None:
+                raise LaunchError(attempt.error)
+
+    async def stop(self, upstream_id: str) -> None:
+        """Stop the upstream (SIGTERM to its group, SIGKILL after stop_grace_s): cold after.
+
+        A start in progress is abandoned (its waiters get LaunchError). Shielded: the process
+        is stopped even when the caller is cancelled.
+        """
+        slot = self._slot(upstream_id)
+        if slot.state == COLD:
+            return
+        slot.state = STOPPING
+        assert slot.scope is not None
+        slot.scope.cancel()
+        with trio.CancelScope(shield=True):
+            await slot.stopped.wait()
+
+    # -- the task --------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        task_status: trio.TaskStatus[Mapping[str, ManagedProcess]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Start the boot upstreams, then supervise and reap until cancelled; stops them all.
+
+        Raises LaunchError (naming `upstreams[i]` and its id) if a boot upstream cannot start
+        or become ready; every process started is stopped first.
+        """
+        failures: list[str] = []
         try:
-            await _start(index, upstream, state)
-        except LaunchError as exc:
-            log.error("%s", exc)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                boot = [self._begin(s) for s in self._slots.values() if not s.on_demand]
+                async with trio.open_nursery() as waiting:
+                    for attempt in boot:
+                        waiting.start_soon(_settle_boot, attempt, failures, waiting.cancel_scope)
+                if failures:
+                    nursery.cancel_scope.cancel()
+                else:
+                    nursery.start_soon(self._reap)
+                    task_status.started(self.states)
+                    await trio.sleep_forever()
+        finally:
+            self._nursery = None
+        if failures:
+            raise LaunchError(failures[0])
+
+    def _slot(self, upstream_id: str) -> _Slot:
+        try:
+            return self._slots[upstream_id]
+        except KeyError:
+            raise KeyError(f"{upstream_id!r} is not a managed upstream") from None
+
+    def _begin(self, slot: _Slot) -> _Attempt:
+        """Start the upstream's process task in the launcher's nursery; its attempt."""
+        if self._nursery is None:
+            raise LaunchError(f"upstreams[{slot.index}] {slot.upstream.id!r}: the launcher "
+                              "is not running")
+        attempt = _Attempt()
+        slot.state, slot.attempt, slot.scope = STARTING, attempt, trio.CancelScope()
+        slot.stopped = trio.Event()
+        self._nursery.start_soon(self._run_process, slot, attempt, slot.scope)
+        return attempt
+
+    async def _run_process(self, slot: _Slot, attempt: _Attempt, scope: trio.CancelScope) -> None:
+        """Start, wait until ready, then watch the process until it dies or is stopped."""
+        upstream, state = slot.upstream, slot.process
+        failure = f"upstreams[{slot.index}] {upstream.id!r}: stopped before it was ready"
+        try:
+            with scope:
+                try:
+                    await _start(slot.index, upstream, state)
+                    assert state.process is not None
+                    await _wait_ready(slot.index, upstream, state.process, self.probe_for)
+                except LaunchError as exc:
+                    failure = str(exc)
+                    return
+                slot.state, slot.last_active = RUNNING, trio.current_time()
+                attempt.finish()
+                if slot.on_demand:
+                    code = await state.process.wait()
+                    state.last_exit = describe_exit(code)
+                    log.warning("managed upstream %s: %s; cold until asked for again",
+                                upstream.id, state.last_exit)
+                else:
+                    await self._supervise(slot)
+        finally:
+            if state.process is not None:
+                await _stop(upstream, state.process)
             state.process, state.pid = None, None
-            state.last_exit = "could not be started"
-            state.started_at = trio.current_time()
+            # Cold before the waiters hear of a failure (a success was told them already).
+            slot.state, slot.attempt, slot.scope = COLD, None, None
+            attempt.finish(failure)
+            slot.stopped.set()
+
+    async def _supervise(self, slot: _Slot) -> None:
+        """Restart a boot upstream whenever it dies, with backoff; runs until cancelled."""
+        upstream, state = slot.upstream, slot.process
+        backoff = 0.0
+        while True:
+            if state.process is not None:
+                code = await state.process.wait()
+                _signal_group(state.process, signal.SIGKILL)  # stragglers would hold the port
+                state.last_exit = describe_exit(code)
+                state.process, state.pid = None, None
+            ran_s = trio.current_time() - state.started_at
+            backoff = next_backoff(0.0 if ran_s >= STABLE_S else backoff)
+            log.warning("managed upstream %s: %s after %.1f s; restarting in %g s",
+                        upstream.id, state.last_exit, ran_s, backoff)
+            # Callers of ensure_running meanwhile wait for this restart.
+            restart = slot.attempt = _Attempt()
+            slot.state = STARTING
+            try:
+                await trio.sleep(backoff)
+                state.restarts += 1
+                await _start(slot.index, upstream, state)
+            except LaunchError as exc:
+                log.error("%s", exc)
+                restart.finish(str(exc))
+                state.last_exit = "could not be started"
+                state.started_at = trio.current_time()
+            else:
+                # Not waited for: the prober reports when it answers again.
+                slot.state = RUNNING
+                restart.finish()
+
+    async def _reap(self) -> None:
+        """Stop the on_demand upstreams idle for their idle_ttl_s; runs until cancelled."""
+        ttls = [s.upstream.launch.idle_ttl_s for s in self._slots.values()
+                if s.on_demand and s.upstream.launch is not None]
+        if not ttls:
+            return
+        poll_s = min(REAP_POLL_S, min(ttls) / 2)
+        while True:
+            await trio.sleep(poll_s)
+            now = trio.current_time()
+            for uid, slot in self._slots.items():
+                if not slot.on_demand or slot.state != RUNNING:
+                    continue
+                if self.busy(uid):
+                    slot.last_active = now
+                    continue
+                assert slot.upstream.launch is not None
+                if now - slot.last_active >= slot.upstream.launch.idle_ttl_s:
+                    log.info("managed upstream %s: idle for %g s; stopping it", uid,
+                             now - slot.last_active)
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self.stop, uid)
 
 
-async def _run_managed(
-    index: int,
-    upstream: UpstreamConfig,
-    probe_for: ProbeFor,
-    state: ManagedProcess,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Start one upstream, report started once ready, then keep it running until cancelled."""
-    try:
-        await _start(index, upstream, state)
-        assert state.process is not None
-        await _wait_ready(index, upstream, state.process, probe_for)
-        task_status.started()
-        await _supervise(index, upstream, state)
-    finally:
-        if state.process is not None:
-            await _stop(upstream, state.process)
+async def _settle_boot(attempt: _Attempt, failures: list[str], waiting: trio.CancelScope) -> None:
+    """Wait for one boot start; on failure record it and stop waiting for the others."""
+    await attempt.done.wait()
+    if attempt.error is not None:
+        failures.append(attempt.error)
+        waiting.cancel()
 
 
 async def run_launcher(
@@ -277,43 +521,5 @@ async def run_launcher(
     *,
     task_status: trio.TaskStatus[Mapping[str, ManagedProcess]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every upstream that has `launch`; started (with their states) once all are ready.
-
-    Processes start concurrently. Runs until cancelled, then stops them all. Raises
-    LaunchError (naming `upstreams[i]` and its id) if any cannot start or become ready; the
-    others are stopped first.
-    """
-    managed = [(index, up) for index, up in enumerate(upstreams) if up.launch is not None]
-    states = {up.id: ManagedProcess(up.id) for _, up in managed}
-    failures: list[LaunchError] = []
-    async with trio.open_nursery() as nursery:
-        async with trio.open_nursery() as starting:
-            for index, upstream in managed:
-                starting.start_soon(
-                    _start_one, nursery, starting.cancel_scope, failures,
-                    index, upstream, probe_for, states[upstream.id],
-                )
-        if failures:
-            nursery.cancel_scope.cancel()
-        else:
-            task_status.started(states)
-            await trio.sleep_forever()
-    if failures:
-        raise failures[0]
-
-
-async def _start_one(
-    nursery: trio.Nursery,
-    starting: trio.CancelScope,
-    failures: list[LaunchError],
-    index: int,
-    upstream: UpstreamConfig,
-    probe_for: ProbeFor,
-    state: ManagedProcess,
-) -> None:
-    """Start one managed upstream in `nursery`; on failure record it and stop the others."""
-    try:
-        await nursery.start(_run_managed, index, upstream, probe_for, state)
-    except LaunchError as exc:
-        failures.append(exc)
-        starting.cancel()
+    """Run a `Launcher` over `upstreams` (see `Launcher.run`)."""
+    await Launcher(upstreams, probe_for).run(task_status=task_status)

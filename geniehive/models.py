@@ -16,6 +16,8 @@ from typing import Any
 OPERATIONS = ("chat", "completion", "embeddings", "transcription", "speech", "image")
 AVAILABILITIES = ("available", "draining", "paused", "offline", "quarantined")
 HEALTHS = ("unknown", "healthy", "unhealthy", "down")
+# The process state of a managed upstream (`launch`), as its launcher reports it.
+MANAGED_STATES = ("cold", "starting", "running", "stopping")
 SYSTEM_PROMPT_POSITIONS = ("prepend", "append", "replace")
 STRATEGIES = ("scored", "round_robin", "least_loaded")
 LOCAL_HOST_ID = "local"
@@ -116,6 +118,8 @@ class Service:
     timeout_s: float = 5.0
     keep_alive: str | int | None = None  # how long `load` keeps a model; None: adapter's default
     api_key: str | None = field(default=None, repr=False)
+    # The process state when a launcher manages the upstream (MANAGED_STATES), else None.
+    managed: str | None = None
 
     def asset(self, asset_id: str) -> Asset | None:
         for asset in self.assets:

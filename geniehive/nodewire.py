@@ -32,6 +32,7 @@ from geniehive.models import (
     HEALTHS,
     KEEP_ALIVE_EXPECTED,
     LOCAL_HOST_ID,
+    MANAGED_STATES,
     OPERATIONS,
     SYSTEM_PROMPT_POSITIONS,
     Asset,
@@ -305,6 +306,7 @@ def _service(value: Any, where: str, host_id: str, adapters: KnownAdapters | Non
         state=o.optional("state", _state, ServiceState()),
         observed=o.optional("observed", _observed, Observed()),
         keep_alive=o.optional("keep_alive", _keep_alive),
+        managed=o.optional("managed", _choice(MANAGED_STATES)),
     )
     o.done()
     return service
@@ -410,7 +412,8 @@ def render_asset(asset: Asset) -> dict[str, Any]:
 
 
 def render_service(service: Service) -> dict[str, Any]:
-    """A service as a node sends it (its host is implied by the payload)."""
+    """A service as a node sends it (its host is implied by the payload); `managed` only for
+    a managed upstream, so payloads of unmanaged ones read as before."""
     observed = {name: getattr(service.observed, name)
                 for name in _COUNT_FIELDS + _RATE_FIELDS + _LIMIT_FIELDS}
     out: dict[str, Any] = {
@@ -428,6 +431,8 @@ def render_service(service: Service) -> dict[str, Any]:
     }
     if service.keep_alive is not None:
         out["keep_alive"] = service.keep_alive
+    if service.managed is not None:
+        out["managed"] = service.managed
     return out
 
 
@@ -452,3 +457,42 @@ def render_heartbeat(
         "metrics": _plain(metrics),
         "services": [render_service(service) for service in services],
     }
+
+
+# --- orders (the long poll of POST /v1/nodes/orders) ------------------------------------------
+
+ORDER_ACTIONS = ("start", "stop")
+
+
+def parse_orders_poll(payload: Any) -> str:
+    """The host id of an orders poll (`{"host_id"}`). Raises InvalidRequest naming the field."""
+    o = _Object(payload, "")
+    host_id = _host_id(o)
+    o.done()
+    return host_id
+
+
+def render_orders_poll(host_id: str) -> dict[str, Any]:
+    return {"host_id": host_id}
+
+
+def parse_orders(payload: Any) -> list[dict[str, str]]:
+    """The orders of an answer (`{"orders": [{"id", "action", "upstream_id"}]}`), checked.
+
+    Raises InvalidRequest naming the field (a node reads its control plane's answer with it).
+    """
+    o = _Object(payload, "")
+    orders = o.required("orders", _list(_order))
+    o.done()
+    return list(orders)
+
+
+def _order(value: Any, where: str) -> dict[str, str]:
+    o = _Object(value, where)
+    order = {
+        "id": o.required("id", _identifier),
+        "action": o.required("action", _choice(ORDER_ACTIONS)),
+        "upstream_id": o.required("upstream_id", _identifier),
+    }
+    o.done()
+    return order

@@ -83,6 +83,12 @@ LAUNCH = Section(
         Key("stop_grace_s", NON_NEGATIVE, 10.0,
             "seconds between SIGTERM and SIGKILL when stopping it"),
         Key("cwd", FOLDER, None, "working folder of the process; absent: that of GenieHive"),
+        Key("on_demand", BOOL, False,
+            "start the process when a request first needs it instead of at start-up; it goes "
+            "back to cold after `idle_ttl_s` without requests or when it dies"),
+        Key("idle_ttl_s", POSITIVE, 600.0,
+            "seconds without activity after which an `on_demand` process is stopped (never "
+            "while it serves a request); only with `on_demand = true`"),
     ))
 
 ASSET = Section(
@@ -185,7 +191,11 @@ def _launch(t: Table) -> LaunchConfig | None:
         ready_timeout_s=t.get("ready_timeout_s"),
         stop_grace_s=t.get("stop_grace_s"),
         cwd=t.get("cwd"),
+        on_demand=t.get("on_demand"),
+        idle_ttl_s=t.get("idle_ttl_s"),
     )
+    if t.has("idle_ttl_s") and not config.on_demand:
+        t.report("idle_ttl_s", "only meaningful with on_demand = true")
     t.done()
     return config
 

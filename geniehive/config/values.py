@@ -131,6 +131,8 @@ class LaunchConfig:
     ready_timeout_s: float = 60.0
     stop_grace_s: float = 10.0
     cwd: Path | None = None
+    on_demand: bool = False  # started when first asked for, not at boot
+    idle_ttl_s: float = 600.0  # an on_demand process idle this long is stopped
 
 
 @dataclass(frozen=True, slots=True)

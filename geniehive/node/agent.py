@@ -13,6 +13,11 @@ the agent backs off exponentially with jitter up to 60 s; a refused key (401/403
 rejected payload (400/409) is retried on the same slow backoff. Each of these is logged once
 per change of state, never once per attempt. `run_node` reports started after the first
 attempt, successful or not, so a node may start before its control plane.
+
+Managed upstreams (`launch`) belong to the agent's `Launcher`: boot ones are up before the
+first look, `on_demand` ones stay cold until an order (geniehive/node/orders.py) starts
+them. Each managed service is reported with its `managed` state; one not running is not
+asked anything: its configured assets are reported, not loaded.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -42,9 +47,10 @@ from geniehive.assets import (
     merge_assets,
 )
 from geniehive.config import ConfigError, ControlLink, NodeConfig, UpstreamConfig
-from geniehive.launcher import run_launcher
-from geniehive.models import Asset, Host, Service
+from geniehive.launcher import RUNNING, Launcher
+from geniehive.models import Asset, Host, Observed, Service
 from geniehive.node import gpu, inventory
+from geniehive.node.orders import run_orders
 from geniehive.nodewire import render_heartbeat, render_register
 from geniehive.probing import bounded_probe
 
@@ -113,6 +119,9 @@ class NodeAgent:
             for u in config.upstreams
         }
         self.last_assets: dict[str, tuple[Asset, ...]] = {}
+        # The managed upstreams (`launch`); `run_node` runs it, orders start and stop them.
+        self.launcher = Launcher(config.upstreams, self.probe_upstream)
+        self.wake = trio.Event()  # set: send the next report now, not after the interval
         self.health: dict[str, str] = {}
         self.nvidia_smi = gpu.find_nvidia_smi()
         self.registered = False
@@ -123,7 +132,23 @@ class NodeAgent:
     # -- looking at the node -----------------------------------------------------------------
 
     async def discover(self, upstream: UpstreamConfig) -> list[Service]:
-        """The services of one upstream now: assets, load and health."""
+        """The services of one upstream now: assets, load, health and managed state.
+
+        A managed upstream whose process is not running (cold, starting, stopping) is not
+        asked: its configured (else last known) assets are reported not loaded, unhealthy.
+        """
+        managed = self.launcher.managed_state(upstream.id)
+        if managed is not None and managed != RUNNING:
+            assets = forget_loaded(self.last_assets.get(upstream.id, upstream.assets))
+            services = inventory.upstream_services(
+                self.config.node.host_id, self.config.node.address, upstream, assets,
+                configured_slots(Observed(), upstream.max_in_flight), "unhealthy",
+            )
+            return [replace(s, managed=managed) for s in services]
+        services = await self._discover_running(upstream)
+        return services if managed is None else [replace(s, managed=managed) for s in services]
+
+    async def _discover_running(self, upstream: UpstreamConfig) -> list[Service]:
         adapter = self.adapters[upstream.id]
         discovered: list[Asset] | None = None
         observed = None
@@ -317,13 +342,16 @@ async def run_node(
     async with upstream_client() as upstreams, control_client(config.control) as control, \
             trio.open_nursery() as nursery:
         agent = NodeAgent(config, specs, upstreams, control, rng or random.Random())
-        if any(u.launch is not None for u in config.upstreams):
-            # Managed upstreams are up before the first discovery.
-            await nursery.start(run_launcher, config.upstreams, agent.probe_upstream)
+        # Boot managed upstreams are up before the first discovery; on_demand ones wait.
+        await nursery.start(agent.launcher.run)
         delay = await _guarded_step(agent)
+        if any(u.launch is not None for u in config.upstreams):
+            nursery.start_soon(run_orders, agent)
         task_status.started()
         while True:
-            await trio.sleep(delay)
+            with trio.move_on_after(delay):
+                await agent.wake.wait()
+            agent.wake = trio.Event()
             delay = await _guarded_step(agent)
 
 

@@ -468,6 +468,12 @@ def upstream(extra: str = "", *, id_: str = "u", base_url: str = "http://h:1") -
          "upstreams[0].launch.env.A: expected a string"),
         (upstream('launch = { command = ["x"], stop_grace_s = -1 }'),
          "upstreams[0].launch.stop_grace_s: expected a number >= 0, got -1"),
+        (upstream('launch = { command = ["x"], on_demand = "yes" }'),
+         "upstreams[0].launch.on_demand: expected true or false"),
+        (upstream('launch = { command = ["x"], on_demand = true, idle_ttl_s = 0 }'),
+         "upstreams[0].launch.idle_ttl_s: expected a positive number, got 0"),
+        (upstream('launch = { command = ["x"], idle_ttl_s = 30 }'),
+         "upstreams[0].launch.idle_ttl_s: only meaningful with on_demand = true"),
         (upstream("[[upstreams.assets]]\nfamily = \"q\""),
          "upstreams[0].assets[0].asset_id: required key missing"),
         (upstream('[[upstreams.assets]]\nasset_id = "m"\ncontext_length = 0'),
@@ -719,6 +725,9 @@ def test_an_empty_node_section_reports_its_required_keys(tmp_path: Path) -> None
         ("[control.tls]\nca_certs = \"x\"", "control.tls.certfile: required key missing"),
         ('[[upstreams]]\nid = "v"\nadapter = "vllm"\nbase_url = "http//x"',
          "upstreams[0].base_url: expected an http(s) URL"),
+        ('[[upstreams]]\nid = "v"\nadapter = "vllm"\nbase_url = "http://x"\n'
+         'launch = { command = ["x"], on_demand = true, idle_ttl_s = -1 }',
+         "upstreams[0].launch.idle_ttl_s: expected a positive number, got -1"),
     ],
 )
 def test_node_file_problems_name_their_dotted_path(
@@ -969,3 +978,17 @@ bind = ["127.0.0.1:0"]
 bind = ["127.0.0.1:0"]
 """)
     assert load_control(path, {}).nodes.bind == ("127.0.0.1:0",)
+
+
+def test_on_demand_launch_reads_its_idle_ttl_in_control_and_node_files(tmp_path: Path) -> None:
+    launch = 'launch = { command = ["x"], on_demand = true, idle_ttl_s = 45 }\n'
+    node = load_node(write(tmp_path, "node.toml", NODE_MINIMAL + (
+        '[[upstreams]]\nid = "v"\nadapter = "vllm"\nbase_url = "http://x"\n' + launch)), {})
+    assert node.upstreams[0].launch == LaunchConfig(
+        command=("x",), on_demand=True, idle_ttl_s=45.0)
+    boot = load_node(write(tmp_path, "boot.toml", NODE_MINIMAL + (
+        '[[upstreams]]\nid = "v"\nadapter = "vllm"\nbase_url = "http://x"\n'
+        'launch = { command = ["x"] }\n')), {})
+    assert boot.upstreams[0].launch is not None
+    assert (boot.upstreams[0].launch.on_demand, boot.upstreams[0].launch.idle_ttl_s) == (
+        False, 600.0)

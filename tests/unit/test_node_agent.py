@@ -217,3 +217,27 @@ async def test_a_plugin_bug_in_a_probe_marks_the_upstream_unhealthy_and_is_logge
     assert "probe of" in caplog.text and "KeyError" in caplog.text  # the bug has a traceback
     assert "unreachable: ConnectError" in caplog.text
     assert f"no answer within {upstream.timeout_s:g} s" in caplog.text
+
+
+async def test_a_cold_on_demand_upstream_is_reported_with_its_assets_and_not_asked() -> None:
+    from geniehive.adapters.loader import load_adapters
+    from geniehive.config import LaunchConfig, UpstreamConfig
+
+    specs = load_adapters()
+    lazy = UpstreamConfig(
+        id="lazy", adapter="openai", base_url="http://127.0.0.1:9", max_in_flight=2,
+        launch=LaunchConfig(command=("serve",), on_demand=True),
+        assets=(Asset("big-model", loaded=True, context_length=8192),),
+    )
+    config = NodeConfig(
+        node=NodeSection("gpu-01", "10.0.0.5"), control=ControlLink("http://control:8800"),
+        heartbeat_interval_s=5, model_roots=(), upstreams=(lazy,), logging=LoggingConfig(),
+        source=Path("node.toml"),
+    )
+    # No upstream client at all: asking the upstream anything would fail loudly.
+    agent = NodeAgent(config, specs, None, None, random.Random(3))  # type: ignore[arg-type]
+    (service,) = await agent.discover(lazy)
+    assert service.managed == "cold"
+    assert service.assets == (Asset("big-model", loaded=False, context_length=8192),)
+    assert service.state.health == "unhealthy"
+    assert service.observed.slots_total == 2

@@ -155,6 +155,7 @@ def test_a_trailing_slash_of_base_url_is_dropped() -> None:
         ("services[0].assets", [{"asset_id": "a", "aliases": "x"}], None),
         ("services[0].assets", [{"asset_id": "a"}, {"asset_id": "a"}], None),
         ("services[0].assets", [{"asset_id": "a", "colour": "red"}], None),
+        ("services[0].managed", "asleep", "expected one of cold, starting, running, stopping"),
     ],
 )
 def test_wrong_values_are_400_naming_the_field(path: str, value: Any, message: Any) -> None:
@@ -275,3 +276,17 @@ def test_random_wrong_types_never_raise_anything_but_invalid_request() -> None:
                 parse(payload)
             except InvalidRequest as exc:
                 assert exc.message.startswith(f"{exc.param or 'body'}: ")
+
+
+def test_the_managed_state_of_a_service_is_read_and_rendered_only_when_known() -> None:
+    assert parse_register(register_payload())[1][0].managed is None  # an older node's payload
+    payload = register_payload()
+    payload["services"][0]["managed"] = "cold"
+    host, services = parse_register(payload)
+    assert services[0].managed == "cold"
+    assert render_register(host, services)["services"][0]["managed"] == "cold"
+    running = replace(services[0], managed="running")
+    hb = parse_heartbeat(render_heartbeat(host.host_id, {}, [running]))
+    assert hb[2][0].managed == "running"
+    unmanaged = replace(services[0], managed=None)
+    assert "managed" not in render_heartbeat(host.host_id, {}, [unmanaged])["services"][0]
