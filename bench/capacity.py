@@ -23,7 +23,6 @@ import functools
 import random
 import statistics
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -154,39 +153,11 @@ def measure(repeat: int, loops: int | None, releases: int) -> dict[str, Any]:
 
 # -- the burst, with real processes ---------------------------------------------------------
 def burst_config(work: Path, port: int, upstream_ports: list[int], max_queue: int) -> str:
-    upstreams = "".join(
-        textwrap.dedent(f"""
-            [[upstreams]]
-            id = "slow-{index}"
-            adapter = "openai"
-            base_url = "http://127.0.0.1:{upstream_port}"
-            operations = ["chat"]
-            timeout_s = 30
-            max_in_flight = {BURST_SLOTS}
-            """)
-        for index, upstream_port in enumerate(upstream_ports)
+    return procs.gateway_config(
+        work, port, {f"slow-{i}": p for i, p in enumerate(upstream_ports)}, name="burst",
+        timeout_s=30, upstream_extra=f"max_in_flight = {BURST_SLOTS}\n",
+        extra=f"\n[capacity]\nmax_queue = {max_queue}\nqueue_timeout_s = 30\n",
     )
-    return textwrap.dedent(f"""\
-        [server]
-        bind = ["127.0.0.1:{port}"]
-        shutdown_grace_s = 2
-
-        [registry]
-        path = "{work}/state/burst.sqlite3"
-
-        [logging]
-        level = "warning"
-
-        [prober]
-        interval_s = 60
-
-        [discovery]
-        interval_s = 60
-
-        [capacity]
-        max_queue = {max_queue}
-        queue_timeout_s = 30
-        """) + upstreams
 
 
 async def _burst(gateway: int, upstreams: list[int], count: int) -> dict[str, Any]:

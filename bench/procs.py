@@ -281,18 +281,21 @@ def nginx_conf(work: Path, json_port: int, sse_port: int) -> str:
     )
 
 
-def gateway_config(work: Path, port: int, ports: dict[str, int]) -> str:
-    """The control file: one upstream per fake server, discovery and probes kept quiet."""
+def gateway_config(work: Path, port: int, ports: dict[str, int], *, name: str = "geniehive",
+                   timeout_s: float = 5, upstream_extra: str = "", extra: str = "") -> str:
+    """The control file: one upstream per fake server, discovery and probes kept quiet;
+    `upstream_extra` is added to every upstream, `extra` (whole tables) to the file; the
+    registry is `<name>.sqlite3`."""
     upstreams = "".join(
         textwrap.dedent(f"""
             [[upstreams]]
-            id = "{name}"
+            id = "{upstream}"
             adapter = "openai"
             base_url = "http://127.0.0.1:{upstream_port}"
             operations = ["chat"]
-            timeout_s = 5
-            """)
-        for name, upstream_port in ports.items()
+            timeout_s = {timeout_s:g}
+            """) + upstream_extra
+        for upstream, upstream_port in ports.items()
     )
     return textwrap.dedent(f"""\
         [server]
@@ -300,7 +303,7 @@ def gateway_config(work: Path, port: int, ports: dict[str, int]) -> str:
         shutdown_grace_s = 2
 
         [registry]
-        path = "{work}/state/geniehive.sqlite3"
+        path = "{work}/state/{name}.sqlite3"
 
         [logging]
         level = "warning"
@@ -310,7 +313,7 @@ def gateway_config(work: Path, port: int, ports: dict[str, int]) -> str:
 
         [discovery]
         interval_s = 60
-        """) + upstreams
+        """) + extra + upstreams
 
 
 @contextlib.contextmanager
