@@ -84,11 +84,13 @@ LAUNCH = Section(
             "seconds between SIGTERM and SIGKILL when stopping it"),
         Key("cwd", FOLDER, None, "working folder of the process; absent: that of GenieHive"),
         Key("on_demand", BOOL, False,
-            "start the process when a request first needs it instead of at start-up; it goes "
-            "back to cold after `idle_ttl_s` without requests or when it dies"),
+            "do not start the process at start-up: it stays cold until a start order "
+            "(`POST /v1/admin/nodes/{host_id}/orders`, for a node's upstream) asks for it, and "
+            "goes back to cold after `idle_ttl_s` or when it dies. Requests do not start it "
+            "yet, and a control file's on_demand upstream has no start order yet"),
         Key("idle_ttl_s", POSITIVE, 600.0,
-            "seconds without activity after which an `on_demand` process is stopped (never "
-            "while it serves a request); only with `on_demand = true`"),
+            "seconds after its start (or last start order) after which an `on_demand` process "
+            "is stopped; only with `on_demand = true`"),
     ))
 
 ASSET = Section(
