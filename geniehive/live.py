@@ -165,7 +165,7 @@ class ServiceLive:
         self._mark()
         self._journal.add(self.service_id)
 
-    # -- its models (geniehive/demand.py) ------------------------------------------------
+    # -- its models, as placement reads them (geniehive/routing/placement.py) -----------
     def model_started(self, model: str, now: float) -> None:
         """A request for `model` runs on this service."""
         self._busy[model] = self._busy.get(model, 0) + 1

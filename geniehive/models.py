@@ -176,7 +176,7 @@ class Role:
 
 @dataclass(frozen=True, slots=True)
 class ModelsLive:
-    """What the gateway knows of a service's models beyond its snapshot (geniehive/demand.py).
+    """What the gateway knows of a service's models beyond its snapshot.
 
     `loading` are being loaded now; `busy` have requests in flight; `last_used` (model ->
     monotonic seconds) orders eviction; `load_ms` is each model's last measured load time.
@@ -204,7 +204,7 @@ class ServiceRuntime:
     ttft_ms: float | None = None
     tokens_per_sec: float | None = None
     error_rate: float = 0.0
-    models: ModelsLive = NO_MODELS  # its models' state (geniehive/demand.py)
+    models: ModelsLive = NO_MODELS  # its models' state (read by geniehive/routing/placement.py)
 
 
 NO_RUNTIME = ServiceRuntime()  # a service the gateway has no numbers for yet

@@ -103,3 +103,23 @@ def test_a_client_error_answer_closes_a_half_open_breaker_without_a_measurement(
     assert live.get("s").breaker == health.CLOSED
     assert live.get("s").in_flight == 0
     assert live.get("s").p50_latency_ms() is None
+
+
+def test_a_services_models_reach_its_runtime_and_a_change_makes_a_new_one() -> None:
+    live = LiveState()
+    service = live.get("s")
+    before = live.runtime("s", 0.0)
+    assert before.models.busy == frozenset() and live.runtime("s", 0.0) is before
+    service.model_started("a", 10.0)
+    running = live.runtime("s", 0.0)
+    assert running is not before  # a decision sees the change (memos compare by identity)
+    assert running.models.busy == {"a"} and running.models.last_used == {"a": 10.0}
+    service.loading("b", True)
+    assert live.runtime("s", 0.0).models.loading == {"b"}
+    service.loading("b", False, load_ms=1500.0)
+    service.model_finished("a", 20.0)
+    after = live.runtime("s", 0.0).models
+    assert (after.busy, after.loading) == (frozenset(), frozenset())
+    assert after.load_ms == {"b": 1500.0} and after.last_used == {"a": 20.0}
+    # Changed services are in the journal decisions read.
+    assert "s" in (live.changes.since(0) or [])
