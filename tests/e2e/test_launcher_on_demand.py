@@ -50,6 +50,13 @@ def fake_server(uid: str, **launch: object) -> UpstreamConfig:
     return managed(uid, command, port, **launch)
 
 
+# Tests on trio's fake clock that also wait for a real process (its exit after a stop) let
+# the clock jump only once nothing happened for this long in real time, so the jump cannot
+# overtake the real wait and fire the test's deadline.
+REAL_WAIT_S = 5.0
+SHORT_REAL_WAIT_S = 0.2
+
+
 def sleeper(uid: str, **launch: object) -> UpstreamConfig:
     return managed(uid, ["sleep", "300"], **launch)
 
@@ -143,6 +150,11 @@ async def test_the_reaper_stops_it_after_idle_ttl_and_never_while_busy(autojump_
             await trio.sleep(590)
             assert launcher.state("lazy") == "running"
             await trio.sleep(20)
+            # The reaper has begun stopping it. The process's exit takes real time: from now
+            # on the fake clock jumps only after 5 real seconds of nothing happening.
+            assert launcher.state("lazy") in ("stopping", "cold")
+            autojump_clock.autojump_threshold = REAL_WAIT_S
+            await launcher.stop("lazy")
             assert launcher.state("lazy") == "cold"
             assert states["lazy"].pid is None
             assert not alive(pid)
@@ -152,6 +164,7 @@ async def test_the_reaper_stops_it_after_idle_ttl_and_never_while_busy(autojump_
 async def test_a_caller_cancelled_while_waiting_leaves_the_start_to_the_others(autojump_clock):
     lazy = sleeper("lazy", on_demand=True, ready_timeout_s=60)
     launcher = Launcher([lazy], probe_ready_after(10))  # ready after ~4.5 s of polling
+    autojump_clock.autojump_threshold = SHORT_REAL_WAIT_S  # the process's stop is real time
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
             await nursery.start(launcher.run)
@@ -204,6 +217,7 @@ async def test_a_start_that_is_never_ready_is_stopped_and_cold(autojump_clock):
         return ProbeResult(False, "HTTP 503")
 
     launcher = Launcher([lazy], never)
+    autojump_clock.autojump_threshold = SHORT_REAL_WAIT_S  # the process's stop is real time
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
             states = await nursery.start(launcher.run)
