@@ -34,12 +34,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from geniehive import catalog, health, matching, routing, wire
-from geniehive.memory import host_memory
 from geniehive.api_keys import register_key_routes
 from geniehive.asgi import read_json_body
 from geniehive.benchreport import parse_report
 from geniehive.capacity import ServiceLoad, slots_of
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
+from geniehive.memory import host_memory
 from geniehive.models import LOCAL_HOST_ID, OPERATIONS, BenchmarkSample, Host, Service, Snapshot
 from geniehive.orders import register_order_routes
 from geniehive.registry import UnknownHost, UnknownService

@@ -3,8 +3,9 @@
 Rule: pure. Points come from whether the sent asset is loaded, latency (TTFT for streams) and
 tokens/s bands, queue and error penalties; a candidate is `full` when the gateway holds every
 one of its service's slots, and has a placement (geniehive/routing/placement.py); the
-gateway's measurements replace the node's once it has `MEASURED_MIN_SAMPLES` of them. A role's benchmark samples blend in at 40 %. Unknown
-numbers earn no points; scores are rounded to 6 places so equal inputs tie exactly.
+gateway's measurements replace the node's once it has `MEASURED_MIN_SAMPLES` of them. A
+role's benchmark samples blend in at 40 %. Unknown numbers earn no points; scores are
+rounded to 6 places so equal inputs tie exactly.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import trio.testing
 
 from geniehive.adapters import ProbeResult
 from geniehive.config import LaunchConfig, UpstreamConfig
-from geniehive.launcher import LaunchError, Launcher
+from geniehive.launcher import Launcher, LaunchError
 from tests.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]

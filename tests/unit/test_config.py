@@ -7,6 +7,7 @@ from types import MappingProxyType
 
 import pytest
 
+from geniehive.auth import NO_LIMITS, KeyLimits
 from geniehive.config import (
     AuthKeyConfig,
     BreakerConfig,
@@ -33,7 +34,6 @@ from geniehive.config import (
     load_role_catalog,
     parse_bind,
 )
-from geniehive.auth import NO_LIMITS, KeyLimits
 from geniehive.models import Asset, Policy, Role, RoutingPolicy
 
 NODE_MINIMAL = """
