@@ -33,6 +33,7 @@ import trio.testing
 
 from bench import procs
 from bench.procs import Proc
+from bench.routes import time_call
 from geniehive.auth import KeyLimits, Principal
 from geniehive.capacity import Admission, KeyRates, Ticket, place, slots_of
 from geniehive.exchange import Inbound
@@ -85,8 +86,6 @@ def idle_call(count: int, rate_limited: bool) -> Any:
 
 
 def measure_idle(repeat: int, loops: int | None) -> dict[str, Any]:
-    from bench.routes import time_call
-
     row: dict[str, Any] = {}
     for count in CANDIDATES:
         for limited in (False, True):

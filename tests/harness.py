@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from geniehive.config import load_control
+from geniehive.config import LaunchConfig, UpstreamConfig, load_control
 
 REPO = Path(__file__).resolve().parent.parent
 LISTEN_RE = re.compile(rb"GenieHive listening on (http://[0-9.]+:\d+)")
@@ -69,6 +69,54 @@ def upstream_toml(upstream_id: str, port: int, operations: list[str],
         """
     ) + textwrap.dedent(extra)
 
+
+
+def node_file(tmp_path: Path, control_url: str, upstreams: str, *,
+              host_id: str = "gpu-t") -> Path:
+    """A node's file: `host_id` on 127.0.0.1, its key from NODE_KEY, heartbeats every 0.1 s,
+    then `upstreams` (e.g. `upstream_toml(...)`)."""
+    path = tmp_path / "node.toml"
+    path.write_text(textwrap.dedent(
+        f"""
+        [node]
+        host_id = "{host_id}"
+        address = "127.0.0.1"
+
+        [control]
+        url = "{control_url}"
+        node_key_env = "NODE_KEY"
+
+        [heartbeat]
+        interval_s = 0.1
+        """
+    ) + upstreams)
+    return path
+
+
+def managed_upstream(uid: str, command: list[str], port: int | None = None,
+                     **launch: object) -> UpstreamConfig:
+    """A managed upstream (`launch`) running `command` from the repository, on `port`."""
+    return UpstreamConfig(
+        id=uid, adapter="openai", base_url=f"http://127.0.0.1:{port or free_port()}",
+        timeout_s=1.0,
+        launch=LaunchConfig(command=tuple(command), cwd=REPO, **launch),  # type: ignore[arg-type]
+    )
+
+
+def managed_fake(uid: str, **launch: object) -> UpstreamConfig:
+    """A managed upstream running the recording fake upstream (tests/fakes/upstream.py)."""
+    port = free_port()
+    command = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port), "--name", uid]
+    return managed_upstream(uid, command, port, **launch)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (dead, not yet reaped by its new parent) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 @dataclass
 class InProcess:

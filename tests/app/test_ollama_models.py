@@ -6,7 +6,6 @@ from a node file through a real node agent."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from geniehive.config import load_node
 from geniehive.models import Service
 from geniehive.node import run_node
 from tests.fakes.ollama import FakeOllama
-from tests.harness import gateway_in_process, upstream_toml, write_config
+from tests.harness import gateway_in_process, node_file, upstream_toml, write_config
 from tests.nodeapi import start
 
 READS = {("GET", "/api/version"), ("GET", "/api/tags"), ("GET", "/api/ps")}
@@ -100,23 +99,6 @@ async def test_a_control_file_ollama_is_only_read_until_loaded_with_its_keep_ali
     assert not [r for r in fake.requests if r["path"].startswith("/v1/")]
 
 
-def node_file(tmp_path: Path, control_url: str, upstream_port: int, extra: str) -> Path:
-    path = tmp_path / "node.toml"
-    path.write_text(textwrap.dedent(
-        f"""
-        [node]
-        host_id = "gpu-t"
-        address = "127.0.0.1"
-
-        [control]
-        url = "{control_url}"
-        node_key_env = "NODE_KEY"
-
-        [heartbeat]
-        interval_s = 0.1
-        """
-    ) + upstream_toml("gpu-t-ol", upstream_port, ["chat"], "ollama", extra))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -132,7 +114,8 @@ async def test_a_node_reports_max_loaded_models_and_keep_alive_and_only_reads_it
         port = await nursery.start(fake.serve)
         running, client = await start(nursery, tmp_path, NODE_KEYS, ENV)
         await client.aclose()
-        config = load_node(node_file(tmp_path, running.url, port, extra), ENV)
+        upstream = upstream_toml("gpu-t-ol", port, ["chat"], "ollama", extra)
+        config = load_node(node_file(tmp_path, running.url, upstream), ENV)
         agent = trio.CancelScope()
 
         async def run_agent(*, task_status: Any) -> None:

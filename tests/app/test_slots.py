@@ -3,7 +3,6 @@ llama.cpp reports, on the control file's own upstreams and on a node's."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import trio
 from geniehive.config import load_node
 from geniehive.node import run_node
 from tests.fakes.llamacpp import FakeLlamaCpp
-from tests.harness import gateway_in_process, upstream_toml, write_config
+from tests.harness import gateway_in_process, node_file, upstream_toml, write_config
 from tests.nodeapi import start
 
 NODE_KEYS = """
@@ -51,23 +50,6 @@ async def test_a_control_file_upstream_has_its_configured_slots_else_the_reporte
     assert (observed.slots_total, observed.slots_busy) == (slots, 0)
 
 
-def node_file(tmp_path: Path, control_url: str, upstream_port: int, extra: str) -> Path:
-    path = tmp_path / "node.toml"
-    path.write_text(textwrap.dedent(
-        f"""
-        [node]
-        host_id = "gpu-t"
-        address = "127.0.0.1"
-
-        [control]
-        url = "{control_url}"
-        node_key_env = "NODE_KEY"
-
-        [heartbeat]
-        interval_s = 0.1
-        """
-    ) + upstream_toml("gpu-t-llama", upstream_port, ["chat"], "llamacpp", extra))
-    return path
 
 
 @pytest.mark.parametrize(("extra", "slots"), [("max_in_flight = 2\n", 2), ("", 8)])
@@ -79,7 +61,8 @@ async def test_a_node_reports_its_configured_slots_in_registration_and_heartbeat
         port = await nursery.start(fake.serve)
         running, client = await start(nursery, tmp_path, NODE_KEYS, ENV)
         await client.aclose()
-        config = load_node(node_file(tmp_path, running.url, port, extra), ENV)
+        upstream = upstream_toml("gpu-t-llama", port, ["chat"], "llamacpp", extra)
+        config = load_node(node_file(tmp_path, running.url, upstream), ENV)
         agent = trio.CancelScope()
 
         async def run_agent(*, task_status: Any) -> None:

@@ -19,9 +19,11 @@ import pytest
 import trio
 
 from geniehive.adapters import ProbeResult
-from geniehive.config import LaunchConfig, UpstreamConfig
+from geniehive.config import UpstreamConfig
 from geniehive.launcher import LaunchError, describe_exit, run_launcher
-from tests.harness import free_port
+from tests.harness import alive
+from tests.harness import managed_fake as fake_server
+from tests.harness import managed_upstream as upstream
 
 REPO = Path(__file__).resolve().parents[2]
 SLEEPER = textwrap.dedent("""
@@ -35,13 +37,6 @@ SLEEPER = textwrap.dedent("""
 """)
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie (dead, not yet reaped by its new parent) counts as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 async def wait_gone(pid: int) -> None:
@@ -50,19 +45,8 @@ async def wait_gone(pid: int) -> None:
         await trio.sleep(0.02)
 
 
-def upstream(uid: str, command: list[str], port: int | None = None,
-             **launch: object) -> UpstreamConfig:
-    return UpstreamConfig(
-        id=uid, adapter="openai", base_url=f"http://127.0.0.1:{port or free_port()}",
-        timeout_s=1.0,
-        launch=LaunchConfig(command=tuple(command), cwd=REPO, **launch),  # type: ignore[arg-type]
-    )
 
 
-def fake_server(uid: str, **launch: object) -> UpstreamConfig:
-    port = free_port()
-    command = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port), "--name", uid]
-    return upstream(uid, command, port, **launch)
 
 
 def sleeper(uid: str, marker: Path, mode: str = "plain", **launch: object) -> UpstreamConfig:

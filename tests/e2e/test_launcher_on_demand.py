@@ -19,35 +19,19 @@ import trio
 import trio.testing
 
 from geniehive.adapters import ProbeResult
-from geniehive.config import LaunchConfig, UpstreamConfig
+from geniehive.config import UpstreamConfig
 from geniehive.launcher import Launcher, LaunchError
-from tests.harness import free_port
+from tests.harness import alive
+from tests.harness import managed_fake as fake_server
+from tests.harness import managed_upstream as managed
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie counts as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def managed(uid: str, command: list[str], port: int | None = None,
-            **launch: object) -> UpstreamConfig:
-    return UpstreamConfig(
-        id=uid, adapter="openai", base_url=f"http://127.0.0.1:{port or free_port()}",
-        timeout_s=1.0,
-        launch=LaunchConfig(command=tuple(command), cwd=REPO, **launch),  # type: ignore[arg-type]
-    )
 
 
-def fake_server(uid: str, **launch: object) -> UpstreamConfig:
-    port = free_port()
-    command = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port), "--name", uid]
-    return managed(uid, command, port, **launch)
 
 
 # Tests on trio's fake clock that also wait for a real process (its exit after a stop) let
