@@ -72,13 +72,12 @@ def rank_candidates(
 
 
 def order_tier(tier: list[Candidate], strategy: str, rr_counter: int) -> list[Candidate]:
-    """One tier by strategy, ties broken by service id, then by placement (scored and
-    least_loaded: warm and free first; round robin: warm before cold)."""
+    """One tier by strategy, ties broken by service id, then (scored and least_loaded) by
+    placement: warm and free first. Round robin keeps its rotation."""
     if strategy == "round_robin":
         by_id = sorted(tier, key=lambda c: c.service_id)
         shift = rr_counter % len(by_id)
-        rotated = by_id[shift:] + by_id[:shift]
-        return sorted(rotated, key=lambda c: c.placement.cold)
+        return by_id[shift:] + by_id[:shift]
     if strategy == "least_loaded":
         ordered = sorted(
             tier,

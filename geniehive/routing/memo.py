@@ -21,7 +21,7 @@ from typing import cast
 
 from geniehive.models import NO_RUNTIME, ServiceRuntime, Snapshot
 from geniehive.routing.gates import health_gate
-from geniehive.routing.placement import DOES_NOT_FIT, arrange, warm_first
+from geniehive.routing.placement import DOES_NOT_FIT, arrange
 from geniehive.routing.plan import Plan, snapshot_index
 from geniehive.routing.scores import build_candidate
 from geniehive.routing.values import (
@@ -240,9 +240,7 @@ class Memo:
         kept = cached[1]
         if strategy == "round_robin" and kept:
             shift = rr_counter % len(kept)
-            rotated = kept[shift:] + kept[:shift]
-            warm_first(rotated)
-            return rotated
+            return kept[shift:] + kept[:shift]
         return kept
 
 

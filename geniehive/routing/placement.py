@@ -40,7 +40,6 @@ __all__ = [
     "Placement",
     "arrange",
     "place",
-    "warm_first",
 ]
 
 WARM_FREE, WARM_BUSY, COLD_FITS, COLD_EVICTS, DOES_NOT_FIT = (
@@ -98,15 +97,6 @@ def arrange(candidates: list[P]) -> None:
         return rank, p.waits, 0
 
     candidates.sort(key=key)
-
-
-def warm_first(candidates: list[P]) -> None:
-    """Round robin keeps its rotation, except that a cold candidate never comes before a
-    warm one (in place, stably)."""
-    if any(c.placement.cold for c in candidates):
-        candidates.sort(key=lambda c: c.placement.cold)
-
-
 
 
 WARM_FREE_PLACEMENT = Placement(WARM_FREE)

@@ -17,7 +17,7 @@ from geniehive.models import (
     Snapshot,
 )
 from geniehive.routing import RoutingContext, resolve
-from geniehive.routing.placement import Placement, arrange, place, warm_first
+from geniehive.routing.placement import Placement, arrange, place
 
 GIB = 2**30
 
@@ -110,21 +110,22 @@ def test_what_cannot_fit_on_an_empty_server_is_excluded_with_the_reason() -> Non
     assert "80.0 GiB" in decision.excluded[0].detail and "24.0 GiB" in decision.excluded[0].detail
 
 
-def test_warm_candidates_come_before_cold_ones_in_every_strategy() -> None:
+def test_warm_candidates_come_before_cold_ones_when_scored_or_least_loaded() -> None:
     services = [ollama("a-cold", cold("m")), ollama("b-warm", warm("m")),
                 ollama("c-evicts", warm("z"), cold("m"), limit=1)]
     snap = Snapshot(
         version=1, hosts={"h1": gpu_host("h1", None, None)},
         services={s.service_id: s for s in services}, roles={},
     )
-    for strategy in ("scored", "least_loaded", "round_robin"):
-        for counter in range(3):
-            ctx = RoutingContext(now=1000.0, default_strategy=strategy,
-                                 rr_counters={"model:m": counter})
-            found = [c.service_id for c in resolve(snap, "m", "chat", ctx).candidates]
-            assert found[0] == "b-warm", (strategy, counter, found)
-            if strategy != "round_robin":
-                assert found == ["b-warm", "a-cold", "c-evicts"], strategy
+    for strategy in ("scored", "least_loaded"):
+        ctx = RoutingContext(now=1000.0, default_strategy=strategy)
+        found = [c.service_id for c in resolve(snap, "m", "chat", ctx).candidates]
+        assert found == ["b-warm", "a-cold", "c-evicts"], strategy
+    # Round robin keeps its rotation, as it does for full services.
+    for counter, first in ((0, "a-cold"), (1, "b-warm"), (2, "c-evicts")):
+        ctx = RoutingContext(now=1000.0, default_strategy="round_robin",
+                             rr_counters={"model:m": counter})
+        assert resolve(snap, "m", "chat", ctx).candidates[0].service_id == first
 
 
 class _C:
@@ -143,8 +144,3 @@ def test_a_full_server_with_a_longer_wait_than_a_load_goes_after_the_cold_one() 
              _C("cold", Placement("cold_fits", load_ms=2000.0))]
     arrange(quick)
     assert [c.name for c in quick] == ["busy", "cold"]
-    # Round robin's rotation is kept among warm ones; the cold goes after them.
-    rotated = [_C("c1", Placement("cold_fits")), _C("w1", Placement("warm_free")),
-               _C("w2", Placement("warm_busy"))]
-    warm_first(rotated)
-    assert [c.name for c in rotated] == ["w1", "w2", "c1"]
