@@ -84,13 +84,14 @@ LAUNCH = Section(
             "seconds between SIGTERM and SIGKILL when stopping it"),
         Key("cwd", FOLDER, None, "working folder of the process; absent: that of GenieHive"),
         Key("on_demand", BOOL, False,
-            "do not start the process at start-up: it stays cold until a start order "
-            "(`POST /v1/admin/nodes/{host_id}/orders`, for a node's upstream) asks for it, and "
-            "goes back to cold after `idle_ttl_s` or when it dies. Requests do not start it "
-            "yet, and a control file's on_demand upstream has no start order yet"),
+            "do not start the process at start-up: its assets are listed cold until a request "
+            "for one of them starts it (a node's: by an order from the control plane, or "
+            "`POST /v1/admin/nodes/{host_id}/orders`); the request waits until it is ready. "
+            "It goes back to cold after `idle_ttl_s` idle, or when it dies"),
         Key("idle_ttl_s", POSITIVE, 600.0,
-            "seconds after its start (or last start order) after which an `on_demand` process "
-            "is stopped; only with `on_demand = true`"),
+            "seconds with no request in flight, waiting or loading after which an `on_demand` "
+            "process is stopped (on a node: keep it well above the heartbeat interval); only "
+            "with `on_demand = true`"),
     ))
 
 ASSET = Section(
