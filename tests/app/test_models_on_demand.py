@@ -212,3 +212,31 @@ async def test_an_on_demand_upstream_starts_for_its_first_request_and_stops_when
     assert second.headers["x-geniehive-load"] == "warm"
     assert stopped and cold["state"] == "cold"
     assert again.status_code == 200 and again.headers["x-geniehive-load"] == "cold"
+
+
+@pytest.mark.e2e
+async def test_an_on_demand_upstream_serving_a_long_request_is_not_stopped(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        port = free_port()
+        config = write_config(tmp_path, on_demand_toml(port, idle_ttl_s=0.5))
+        running = await gateway_in_process(nursery, config)
+        launcher = running.gateway.launcher
+        async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+            await client.post("/v1/chat/completions", json=chat("lazy-model"))
+            await client.post(f"http://127.0.0.1:{port}/_fake/fault", json={
+                "mode": "hold_stream", "after_chunks": 1, "times": 1})
+            async with client.stream("POST", "/v1/chat/completions",
+                                     json=chat("lazy-model", stream=True)) as held:
+                chunks = held.aiter_bytes()
+                await chunks.__anext__()
+                # Three idle TTLs with the stream open (a real process: real time passes).
+                await trio.sleep(1.5)
+                during = launcher.state("lazy")
+                await client.post(f"http://127.0.0.1:{port}/_fake/release")
+                body = b"".join([chunk async for chunk in chunks])
+            await wait_for(lambda: launcher.state("lazy") == "cold")
+        await running.stop()
+    assert during == "running"
+    assert b"[DONE]" in body
