@@ -47,7 +47,7 @@ from geniehive.assets import (
     merge_assets,
 )
 from geniehive.config import ConfigError, ControlLink, NodeConfig, UpstreamConfig
-from geniehive.launcher import RUNNING, Launcher
+from geniehive.launcher import RUNNING, STOPPING, Launcher
 from geniehive.models import Asset, Host, Observed, Service
 from geniehive.node import gpu, inventory
 from geniehive.node.orders import run_orders
@@ -71,6 +71,16 @@ def next_delay(attempt: int, rng: random.Random) -> float:
     1 s, capped at 60 s, with jitter in the upper half so nodes spread out but never spin."""
     ceiling = min(MAX_DELAY_S, FIRST_DELAY_S * 2.0 ** min(max(attempt, 1) - 1, 16))
     return ceiling / 2 + rng.random() * ceiling / 2
+
+
+def not_running_health(managed: str) -> str:
+    """The health reported for a managed upstream that is not running (never asked).
+
+    Cold and starting are "unknown", which the routing gates let through: its assets say
+    not loaded, so placement sees it cold, and the control plane may order it started for a
+    request that picks it. Stopping is "unhealthy": it is going away.
+    """
+    return "unhealthy" if managed == STOPPING else "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +145,17 @@ class NodeAgent:
         """The services of one upstream now: assets, load, health and managed state.
 
         A managed upstream whose process is not running (cold, starting, stopping) is not
-        asked: its configured (else last known) assets are reported not loaded, unhealthy.
+        asked: its configured (else last known) assets are reported not loaded, with the
+        health `not_running_health` gives it (cold and starting stay routable, so a request
+        may pick one and have it started).
         """
         managed = self.launcher.managed_state(upstream.id)
         if managed is not None and managed != RUNNING:
             assets = forget_loaded(self.last_assets.get(upstream.id, upstream.assets))
             services = inventory.upstream_services(
                 self.config.node.host_id, self.config.node.address, upstream, assets,
-                configured_slots(Observed(), upstream.max_in_flight), "unhealthy",
+                configured_slots(Observed(), upstream.max_in_flight),
+                not_running_health(managed),
             )
             return [replace(s, managed=managed) for s in services]
         services = await self._discover_running(upstream)

@@ -26,6 +26,7 @@ from geniehive.node.agent import (
     UNREACHABLE,
     NodeAgent,
     next_delay,
+    not_running_health,
 )
 from geniehive.node.gpu import parse_nvidia_smi, summarize
 from geniehive.node.inventory import (
@@ -219,11 +220,12 @@ async def test_a_plugin_bug_in_a_probe_marks_the_upstream_unhealthy_and_is_logge
     assert f"no answer within {upstream.timeout_s:g} s" in caplog.text
 
 
-async def test_a_cold_on_demand_upstream_is_reported_with_its_assets_and_not_asked() -> None:
+def lazy_agent() -> tuple[NodeAgent, UpstreamConfig]:
+    """An agent with one cold on_demand upstream serving `big-model`, and no client at all:
+    asking the upstream or the control plane anything would fail loudly."""
     from geniehive.adapters.loader import load_adapters
-    from geniehive.config import LaunchConfig, UpstreamConfig
+    from geniehive.config import LaunchConfig
 
-    specs = load_adapters()
     lazy = UpstreamConfig(
         id="lazy", adapter="openai", base_url="http://127.0.0.1:9", max_in_flight=2,
         launch=LaunchConfig(command=("serve",), on_demand=True),
@@ -234,10 +236,40 @@ async def test_a_cold_on_demand_upstream_is_reported_with_its_assets_and_not_ask
         heartbeat_interval_s=5, model_roots=(), upstreams=(lazy,), logging=LoggingConfig(),
         source=Path("node.toml"),
     )
-    # No upstream client at all: asking the upstream anything would fail loudly.
-    agent = NodeAgent(config, specs, None, None, random.Random(3))  # type: ignore[arg-type]
+    return NodeAgent(config, load_adapters(), None, None, random.Random(3)), lazy  # type: ignore[arg-type]
+
+
+async def test_a_cold_on_demand_upstream_is_reported_with_its_assets_and_not_asked() -> None:
+    agent, lazy = lazy_agent()
     (service,) = await agent.discover(lazy)
     assert service.managed == "cold"
     assert service.assets == (Asset("big-model", loaded=False, context_length=8192),)
-    assert service.state.health == "unhealthy"
+    assert service.state.health == "unknown"
     assert service.observed.slots_total == 2
+
+
+@pytest.mark.parametrize(
+    ("managed", "health"), [("cold", "unknown"), ("starting", "unknown"), ("stopping", "unhealthy")]
+)
+def test_a_managed_upstream_not_running_is_unknown_unless_it_is_going_away(
+    managed: str, health: str
+) -> None:
+    assert not_running_health(managed) == health
+
+
+async def test_a_cold_managed_node_service_is_a_routing_candidate_to_be_started() -> None:
+    # A request must be able to pick a cold upstream, so the control plane can start it:
+    # the node's report passes every routing gate and is placed as a cold model that fits.
+    from geniehive.models import Host, Snapshot
+    from geniehive.routing import RoutingContext, resolve
+
+    agent, lazy = lazy_agent()
+    (service,) = await agent.discover(lazy)
+    host = Host("gpu-01", "10.0.0.5", last_heartbeat=1000.0)
+    snapshot = Snapshot(1, {"gpu-01": host}, {service.service_id: service}, {})
+    decision = resolve(snapshot, "big-model", "chat",
+                       RoutingContext(now=1001.0, stale_after_s=15.0))
+    assert decision.error is None and decision.excluded == ()
+    assert [c.service_id for c in decision.candidates] == ["lazy/chat"]
+    assert decision.chosen is not None
+    assert decision.chosen.placement.klass == "cold_fits"
