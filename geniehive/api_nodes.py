@@ -12,6 +12,10 @@ Quart app, when `nodes.bind` is empty) and on the node port (a small ASGI app se
 own hypercorn, optionally with mTLS, when `nodes.bind` is set; then the client port does not
 serve them).
 
+Register and heartbeat answer `{"status": "ok", "host", "active_upstreams"}`: the host's
+upstream ids the gateway is using now (`active_upstreams`), which the node's idle reaper
+counts as active, so it never stops an upstream under a request.
+
 The listener also expires hosts: each tick it forgets the hosts not heard from for
 `nodes.forget_after_s` and logs each host going stale or coming back online once per
 transition. Staleness itself is not stored: routing judges it at decision time.
@@ -45,6 +49,7 @@ from geniehive.asgi import (
     send_json,
 )
 from geniehive.auth import HeaderLookup, Principal
+from geniehive.capacity import Admission
 from geniehive.config import ControlConfig, ServerConfig, TLSConfig
 from geniehive.edge import EdgeConfig, serve_http
 from geniehive.errors import (
@@ -57,6 +62,7 @@ from geniehive.errors import (
     UnknownHostError,
 )
 from geniehive.models import Host, Service, Snapshot
+from geniehive.live import ServiceLive
 from geniehive.orders import ORDERS_PATH, handle_orders
 from geniehive.registry import ServiceConflict, UnknownHost
 from geniehive.supervise import run_every
@@ -134,9 +140,50 @@ def check_upstreams(gateway: Gateway, address: str, services: Sequence[Service])
             )
 
 
+def upstream_of(service: Service) -> str:
+    """The upstream a service belongs to: its `upstream_id`, else the part of its id before
+    the last `/` (a node names its services `<upstream id>/<operation>`); "" when neither."""
+    return service.upstream_id or service.service_id.rpartition("/")[0]
+
+
+def active_upstreams(
+    snapshot: Snapshot,
+    host_id: str,
+    live: Mapping[str, ServiceLive],
+    admission: Admission,
+) -> list[str]:
+    """The sorted upstream ids of `host_id` the gateway is using now.
+
+    Rule: an upstream is in use while one of its services has a request in flight (an
+    attempt, or a slot taken), a request queued for a slot on it, or a model loading. The
+    node's idle reaper counts each listed upstream as active, so a managed upstream is never
+    stopped under a request.
+    """
+    found: set[str] = set()
+    for service in snapshot.services.values():
+        if service.host_id != host_id:
+            continue
+        sid = service.service_id
+        counters = live.get(sid)
+        busy = counters is not None and (counters.in_flight > 0 or counters.models().loading)
+        if busy or admission.busy.get(sid, 0) > 0 or admission.queued.get(sid, 0) > 0:
+            upstream = upstream_of(service)
+            if upstream:
+                found.add(upstream)
+    return sorted(found)
+
+
 def _answer(gateway: Gateway, host_id: str) -> dict[str, Any]:
-    host = gateway.snapshot.hosts.get(host_id)
-    return {"status": "ok", "host": encode_host(host) if host is not None else {"host_id": host_id}}
+    """The answer to a register or heartbeat: the host as stored, and `active_upstreams`."""
+    snapshot = gateway.snapshot
+    host = snapshot.hosts.get(host_id)
+    return {
+        "status": "ok",
+        "host": encode_host(host) if host is not None else {"host_id": host_id},
+        "active_upstreams": active_upstreams(
+            snapshot, host_id, gateway.live.services, gateway.admission
+        ),
+    }
 
 
 async def handle_register(gateway: Gateway, headers: Headers, body: bytes) -> dict[str, Any]:

@@ -138,6 +138,23 @@ async def test_heartbeat_replaces_the_services_and_records_metrics(control: Any)
     assert snapshot.hosts["gpu-01"].last_heartbeat >= before
 
 
+async def test_the_answer_names_the_hosts_upstreams_with_requests_in_flight(
+    control: Any,
+) -> None:
+    running, client = control
+    with trio.fail_after(5):
+        registered = await client.post("/v1/nodes/register", json=payload())
+        assert registered.json()["active_upstreams"] == []
+        running.gateway.live.attempt_started("gpu-01-vllm/chat", 0.0)  # a request runs there
+        beat = await client.post("/v1/nodes/heartbeat",
+                                 json=heartbeat(services=payload()["services"]))
+        assert beat.json()["active_upstreams"] == ["gpu-01-vllm"]
+        running.gateway.live.attempt_abandoned("gpu-01-vllm/chat")
+        beat = await client.post("/v1/nodes/heartbeat",
+                                 json=heartbeat(services=payload()["services"]))
+        assert beat.json()["active_upstreams"] == []
+
+
 async def test_node_endpoints_need_a_key_with_the_node_scope(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
