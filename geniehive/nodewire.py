@@ -496,3 +496,18 @@ def _order(value: Any, where: str) -> dict[str, str]:
     }
     o.done()
     return order
+
+
+# --- the register and heartbeat answer, as the node reads it ---------------------------------
+
+
+def parse_active_upstreams(answer: Any) -> list[str]:
+    """The `active_upstreams` of a register or heartbeat answer: the node's upstream ids the
+    control plane is using now. Never raises: a missing or malformed field (not a list) means
+    none, and items that are not ids are skipped."""
+    if not isinstance(answer, Mapping):
+        return []
+    ids = answer.get("active_upstreams")
+    if not isinstance(ids, list):
+        return []
+    return [uid for uid in ids if valid_id(uid)]

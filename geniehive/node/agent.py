@@ -17,7 +17,10 @@ attempt, successful or not, so a node may start before its control plane.
 Managed upstreams (`launch`) belong to the agent's `Launcher`: boot ones are up before the
 first look, `on_demand` ones stay cold until an order (geniehive/node/orders.py) starts
 them. Each managed service is reported with its `managed` state; one not running is not
-asked anything: its configured assets are reported, not loaded.
+asked anything: its configured assets are reported, not loaded. Every register or heartbeat
+answer names the upstreams the control plane is using (`active_upstreams`); each managed one
+listed counts as active for the idle reaper, so one serving requests is never reaped as long
+as heartbeats come more often than its `launch.idle_ttl_s`.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from geniehive.launcher import RUNNING, STOPPING, Launcher
 from geniehive.models import Asset, Host, Observed, Service
 from geniehive.node import gpu, inventory
 from geniehive.node.orders import run_orders
-from geniehive.nodewire import render_heartbeat, render_register
+from geniehive.nodewire import parse_active_upstreams, render_heartbeat, render_register
 from geniehive.probing import bounded_probe
 
 log = logging.getLogger("geniehive.node")
@@ -254,6 +257,7 @@ class NodeAgent:
             return UNREACHABLE, str(exc) or type(exc).__name__
         status = response.status_code
         if status == 200:
+            self.keep_active(_json_or_none(response))
             return OK, ""
         error = _error_object(response)
         detail = f"HTTP {status}: {error.get('message') or response.reason_phrase}"
@@ -264,6 +268,14 @@ class NodeAgent:
         if status >= 500 or status == 429:
             return UNREACHABLE, detail
         return REJECTED, detail
+
+    def keep_active(self, answer: Any) -> None:
+        """Count each managed upstream the control plane says it is using (`active_upstreams`
+        of a register or heartbeat answer) as active now, so the idle reaper leaves it alone.
+        Ids this agent does not manage are ignored; a missing or malformed field means none."""
+        for upstream_id in parse_active_upstreams(answer):
+            if self.launcher.is_managed(upstream_id):
+                self.launcher.touch(upstream_id)
 
     async def register(self, look: Inventory) -> tuple[str, str]:
         host = await self.host(look)
@@ -317,6 +329,13 @@ class NodeAgent:
             return self.config.heartbeat_interval_s
         self.failures += 1
         return next_delay(self.failures, self.rng)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _error_object(response: httpx.Response) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 from geniehive.errors import InvalidRequest
 from geniehive.models import Asset, Host, Observed, Policy, Service, ServiceState
 from geniehive.nodewire import (
+    parse_active_upstreams,
     parse_heartbeat,
     parse_register,
     render_heartbeat,
@@ -290,3 +291,23 @@ def test_the_managed_state_of_a_service_is_read_and_rendered_only_when_known() -
     assert hb[2][0].managed == "running"
     unmanaged = replace(services[0], managed=None)
     assert "managed" not in render_heartbeat(host.host_id, {}, [unmanaged])["services"][0]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"status": "ok", "active_upstreams": ["b", "a/x"]}, ["b", "a/x"]),
+        ({"status": "ok"}, []),  # an older control plane: none
+        ({"active_upstreams": None}, []),
+        ({"active_upstreams": "lazy"}, []),
+        ({"active_upstreams": {"lazy": True}}, []),
+        ({"active_upstreams": ["lazy", 3, None, "", "bad id!", ["x"]]}, ["lazy"]),
+        (["lazy"], []),
+        (None, []),
+    ],
+)
+def test_the_active_upstreams_of_an_answer_are_read_defensively(
+    answer: Any, expected: list[str]
+) -> None:
+    assert parse_active_upstreams(answer) == expected
+
