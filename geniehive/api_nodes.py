@@ -165,7 +165,7 @@ def active_upstreams(
             continue
         sid = service.service_id
         counters = live.get(sid)
-        busy = counters is not None and (counters.in_flight > 0 or counters.models().loading)
+        busy = counters is not None and (counters.in_flight > 0 or counters.busy_models())
         if busy or admission.busy.get(sid, 0) > 0 or admission.queued.get(sid, 0) > 0:
             upstream = upstream_of(service)
             if upstream:

@@ -90,8 +90,9 @@ LAUNCH = Section(
             "It goes back to cold after `idle_ttl_s` idle, or when it dies"),
         Key("idle_ttl_s", POSITIVE, 600.0,
             "seconds with no request in flight, waiting or loading after which an `on_demand` "
-            "process is stopped (on a node: keep it well above the heartbeat interval); only "
-            "with `on_demand = true`"),
+            "process is stopped (on a node, which hears of the control plane's requests in "
+            "each heartbeat answer: keep it well above `heartbeat.interval_s`); only with "
+            "`on_demand = true`"),
     ))
 
 ASSET = Section(

@@ -77,6 +77,7 @@ async def test_an_order_starts_a_cold_upstream_on_a_node_and_another_stops_it(
         async with httpx.AsyncClient(base_url=control.url, timeout=10) as client:
             cold = await service(client)
             assert cold["managed"] == "cold"
+            assert cold["node_health"] == "unknown"  # not asked, yet still routable
             assert [(a["asset_id"], a["loaded"]) for a in cold["assets"]] == [
                 ("lazy-model", False)]
             assert not await answers(port)

@@ -236,7 +236,9 @@ def lazy_agent() -> tuple[NodeAgent, UpstreamConfig]:
         heartbeat_interval_s=5, model_roots=(), upstreams=(lazy,), logging=LoggingConfig(),
         source=Path("node.toml"),
     )
-    return NodeAgent(config, load_adapters(), None, None, random.Random(3)), lazy  # type: ignore[arg-type]
+    specs = load_adapters()
+    agent = NodeAgent(config, specs, None, None, random.Random(3))  # type: ignore[arg-type]
+    return agent, lazy
 
 
 async def test_a_cold_on_demand_upstream_is_reported_with_its_assets_and_not_asked() -> None:
