@@ -69,6 +69,8 @@ class RouteFacts(Protocol):
     def attempts(self) -> int: ...
     @property
     def queued_ms(self) -> float | None: ...
+    @property
+    def load_ms(self) -> float | None: ...
 
 
 # --- headers ---------------------------------------------------------------------------------
@@ -91,10 +93,15 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+WARM = (b"x-geniehive-load", b"warm")
+COLD = (b"x-geniehive-load", b"cold")
+
+
 def route_headers(request_id: str, route: RouteFacts | None) -> list[tuple[bytes, bytes]]:
     """X-Request-Id, then the service and model that answered and the route and attempts
     taken (each pair once known), and how long it waited for a slot (when it did), as sent
-    on every answer to a forwarded request."""
+    on every answer to a forwarded request; an upstream's answer also says whether the model
+    was warm or had to be started or loaded first, and then how long that took."""
     if route is None:
         return [(b"x-request-id", request_id.encode())]
     queued = route.queued_ms
@@ -108,6 +115,12 @@ def route_headers(request_id: str, route: RouteFacts | None) -> list[tuple[bytes
         ]
         if queued is not None:
             headers.append((b"x-geniehive-queued-ms", str(round(queued)).encode()))
+        load = route.load_ms
+        if load is None:
+            headers.append(WARM)
+        else:
+            headers.append(COLD)
+            headers.append((b"x-geniehive-load-ms", str(round(load)).encode()))
         return headers
     headers = [(b"x-request-id", request_id.encode())]
     if route.service_id is not None:

@@ -30,6 +30,20 @@ def offload_hint(loaded: bool, p50_ms: float | None) -> str:
     return "available_but_slow"
 
 
+STATES = ("loaded", "loading", "cold")  # best first: a name's state is its best service's
+
+
+def asset_state(loaded: bool | None, loading: bool, asleep: bool) -> str:
+    """`loaded`, `loading` or `cold`: a model loading now is `loading`; one on a managed
+    server not running, or that its server reports not loaded, is `cold`; otherwise (loaded,
+    or an engine that does not say) `loaded`."""
+    if loading:
+        return "loading"
+    if asleep or loaded is False:
+        return "cold"
+    return "loaded"
+
+
 def policy_dict(policy: Policy) -> dict[str, Any]:
     return {
         "system_prompt": policy.system_prompt,
@@ -64,11 +78,15 @@ def describe_services(
     services = [snapshot.services[s] for s in service_ids if s in snapshot.services]
     numbers = [_service_numbers(s, ctx.runtime_of(s.service_id)) for s in services]
     loaded = False
+    states: set[str] = set()
     contexts: list[float | None] = []
     for service in services:
+        models = ctx.runtime_of(service.service_id).models
         for asset in service.assets:
             if name is None or name == asset.asset_id or name in asset.aliases:
-                loaded |= bool(asset.loaded)
+                state = asset_state(asset.loaded, asset.asset_id in models.loading, models.asleep)
+                states.add(state)
+                loaded |= state == "loaded" and asset.loaded is True
                 contexts.append(asset.context_length)
     healthy = [
         s.service_id for s in services
@@ -80,6 +98,7 @@ def describe_services(
         "services": [s.service_id for s in services],
         "hosts": sorted({s.host_id for s in services}),
         "loaded": loaded,
+        "state": next((st for st in STATES if st in states), "cold"),
         "health": "healthy" if healthy else "unavailable",
         "healthy_services": healthy,
         "p50_latency_ms": p50,

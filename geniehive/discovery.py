@@ -46,6 +46,11 @@ def configured_load(observed: Observed, upstream: UpstreamConfig) -> Observed:
                              upstream.max_loaded_models)
 
 
+def local_service_ids(upstream: UpstreamConfig) -> list[str]:
+    """The ids of the services `upstream` becomes: `<upstream id>/<operation>`."""
+    return [f"{upstream.id}/{operation}" for operation in upstream.operations]
+
+
 def local_services(upstreams: Sequence[UpstreamConfig]) -> list[Service]:
     """The control file's upstreams as services `<upstream id>/<operation>` of the local host."""
     return [
@@ -68,7 +73,11 @@ def local_services(upstreams: Sequence[UpstreamConfig]) -> list[Service]:
 
 
 async def discover_upstream(gateway: Gateway, upstream: UpstreamConfig) -> None:
-    """One upstream's discovery: its assets and load written to each of its services."""
+    """One upstream's discovery: its assets and load written to each of its services. An
+    `on_demand` upstream not running now is left alone: its assets stay as last seen (the
+    launcher's state says that none is loaded)."""
+    if gateway.launcher.asleep(upstream.id):
+        return
     services = [
         s for s in gateway.snapshot.services.values()
         if s.host_id == LOCAL_HOST_ID and s.upstream_id == upstream.id

@@ -20,6 +20,7 @@
     ├── UpstreamTimeout                 504 server_error / upstream_timeout
     ├── LoopDetected                    508 server_error / loop_detected
     ├── NoHealthyUpstream               503 server_error / no_healthy_upstream
+    ├── ModelLoadFailed                 503 server_error / model_load_failed
     └── ShuttingDown                    503 server_error / shutting_down
 
 Routes raise; one handler renders `{"error": {message, type, param, code}}`.
@@ -204,6 +205,13 @@ class LoopDetected(GenieHiveError):
 class NoHealthyUpstream(GenieHiveError):
     status = 503
     code = "no_healthy_upstream"
+
+
+class ModelLoadFailed(GenieHiveError):
+    """A cold candidate could not be started or its model loaded, and no other served."""
+
+    status = 503
+    code = "model_load_failed"
 
 
 class ShuttingDown(GenieHiveError):

@@ -84,6 +84,7 @@ class Outcome:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (service id, why)
     ttft_ms: float | None = None
     queued_ms: float | None = None  # how long it waited for a slot, when it did
+    load_ms: float | None = None  # how long it waited for a start or a load, when it did
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 

@@ -23,7 +23,9 @@ from geniehive.capacity import Admission, KeyRates
 from geniehive.config import ControlConfig, UpstreamConfig, parse_bind
 from geniehive.exchange import Transport
 from geniehive.gate import KeyGate
-from geniehive.launcher import Launcher, never_busy
+from geniehive.demand import Demand
+from geniehive.discovery import local_service_ids
+from geniehive.launcher import Launcher
 from geniehive.live import LiveState, RuntimeView
 from geniehive.metrics import GatewayMetrics
 from geniehive.models import LOCAL_HOST_ID, Policy, Service, Snapshot
@@ -46,11 +48,7 @@ class Gateway:
         monotonic: Callable[[], float] = trio.current_time,
         instance_id: str | None = None,
         pool: Transport | None = None,
-        busy: Callable[[str], bool] = never_busy,
     ) -> None:
-        """`busy(upstream_id)` tells the launcher's idle reaper that a local managed upstream
-        serves a request now; whoever tracks requests per upstream passes it in (by default
-        nothing is ever busy)."""
         self.config = config
         self.hops = egress.HopGuard(instance_id or new_instance_id())
         self.upstream_networks = egress.parse_networks(config.nodes.allowed_upstream_networks)
@@ -88,10 +86,45 @@ class Gateway:
         self.metrics = GatewayMetrics(self)
         self._adapters: dict[str, tuple[tuple[Any, ...], Adapter]] = {}
         self._monotonic = monotonic
-        # The local managed upstreams (`launch`); `run_managed_upstreams` runs it.
-        self.launcher = Launcher(config.upstreams, self.probe_local_upstream, busy=busy)
+        # The local managed upstreams (`launch`); `run_managed_upstreams` runs it. Its idle
+        # reaper asks `upstream_busy`; its state changes put the services to sleep or wake them.
+        self.launcher = Launcher(
+            config.upstreams, self.probe_local_upstream,
+            busy=self.upstream_busy, on_state=self._managed_state,
+        )
+        for upstream in config.upstreams:
+            if self.launcher.asleep(upstream.id):  # on_demand: cold until asked for
+                for service_id in local_service_ids(upstream):
+                    self.live.get(service_id).set_asleep(True)
+        # Loads and starts of cold candidates (geniehive/demand.py).
+        self.demand = Demand(self)
         # Start/stop orders for the nodes' managed upstreams, taken by their long polls.
         self.node_orders = NodeOrders()
+
+    def upstream_busy(self, upstream_id: str) -> bool:
+        """Whether a local upstream serves work now: a request in flight or waiting for one
+        of its services, or a model of it loading."""
+        upstream = next((u for u in self.config.upstreams if u.id == upstream_id), None)
+        if upstream is None:
+            return False
+        queued = self.admission.queued
+        for service_id in local_service_ids(upstream):
+            live = self.live.services.get(service_id)
+            if queued.get(service_id, 0) or (
+                live is not None and (live.in_flight or live.busy_models())
+            ):
+                return True
+        return False
+
+    def _managed_state(self, upstream_id: str, state: str) -> None:
+        """A local managed upstream changed state: its services sleep while an on_demand
+        process is not running (placement sees them cold; the prober and discovery leave
+        them alone) and wake when it runs."""
+        asleep = self.launcher.asleep(upstream_id)
+        for upstream in self.config.upstreams:
+            if upstream.id == upstream_id:
+                for service_id in local_service_ids(upstream):
+                    self.live.get(service_id).set_asleep(asleep)
 
     def listening_on(self, urls: Iterable[str]) -> None:
         """Add the URLs a server of this gateway is bound to (so node URLs cannot point there)."""

@@ -263,7 +263,8 @@ class _Slot:
     index: int
     upstream: UpstreamConfig
     process: ManagedProcess
-    state: str = COLD
+    notify: Callable[[str, str], None]  # the launcher's on_state
+    _state: str = COLD
     last_active: float = 0.0
     attempt: _Attempt | None = None
     scope: trio.CancelScope | None = None
@@ -273,10 +274,24 @@ class _Slot:
     def on_demand(self) -> bool:
         return self.upstream.launch is not None and self.upstream.launch.on_demand
 
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            self.notify(self.upstream.id, state)
+
 
 def never_busy(upstream_id: str) -> bool:
     """The `busy` of a launcher whose owner tracks no requests: never busy."""
     return False
+
+
+def unheard(upstream_id: str, state: str) -> None:
+    """The `on_state` of a launcher whose owner does not follow its states."""
 
 
 class Launcher:
@@ -293,6 +308,7 @@ class Launcher:
       for `launch.idle_ttl_s` while `busy(upstream_id)` was False; while `busy` says True it
       counts as active. `busy` is given by the owner: on the control plane, whoever tracks
       the requests in flight per upstream; by default nothing is ever busy;
+    - `on_state(upstream_id, state)` hears every change of state, as it happens;
     - cancelling `run` stops every process it started.
     """
 
@@ -302,11 +318,12 @@ class Launcher:
         probe_for: ProbeFor,
         *,
         busy: Callable[[str], bool] = never_busy,
+        on_state: Callable[[str, str], None] = unheard,
     ) -> None:
         self.probe_for = probe_for
         self.busy = busy
         self._slots = {
-            up.id: _Slot(index, up, ManagedProcess(up.id))
+            up.id: _Slot(index, up, ManagedProcess(up.id), on_state)
             for index, up in enumerate(upstreams) if up.launch is not None
         }
         self._nursery: trio.Nursery | None = None
@@ -327,6 +344,12 @@ class Launcher:
         """The state of a managed upstream, None for one run by someone else."""
         slot = self._slots.get(upstream_id)
         return None if slot is None else slot.state
+
+    def asleep(self, upstream_id: str) -> bool:
+        """Whether an `on_demand` upstream is not running now (cold, starting or stopping);
+        False for every other upstream."""
+        slot = self._slots.get(upstream_id)
+        return slot is not None and slot.on_demand and slot.state != RUNNING
 
     def touch(self, upstream_id: str) -> None:
         """Note activity on the upstream now (it postpones the idle reaper)."""

@@ -80,6 +80,7 @@ class ServiceLive:
     runtime and writes the service to the journal."""
 
     __slots__ = (
+        "_asleep",
         "_breaker",
         "_busy",
         "_in_flight",
@@ -129,6 +130,7 @@ class ServiceLive:
         self.last_used: dict[str, float] = {}
         self._load_ms: dict[str, float] = {}
         self._models: ModelsLive | None = NO_MODELS
+        self._asleep = False  # its managed process is not running (ModelsLive.asleep)
 
     @property
     def in_flight(self) -> int:
@@ -191,12 +193,33 @@ class ServiceLive:
             self._load_ms[model] = load_ms
         self._models_changed()
 
+    def set_asleep(self, asleep: bool) -> None:
+        """Its managed process stopped running (True) or runs again (False). Waking resets
+        the probe verdict: what the prober said of the process before says nothing of this
+        one."""
+        if asleep != self._asleep:
+            self._asleep = asleep
+            self.probe = health.ProbeState()
+            self._models_changed()
+
+    @property
+    def asleep(self) -> bool:
+        return self._asleep
+
+    def is_loading(self, model: str) -> bool:
+        return model in self._loading
+
+    def busy_models(self) -> bool:
+        """Whether any model has a request in flight or is loading."""
+        return bool(self._busy or self._loading)
+
     def models(self) -> ModelsLive:
         models = self._models
         if models is None:
             models = self._models = ModelsLive(
                 loading=frozenset(self._loading), busy=frozenset(self._busy),
                 last_used=dict(self.last_used), load_ms=dict(self._load_ms),
+                asleep=self._asleep,
             )
         return models
 

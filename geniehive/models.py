@@ -179,13 +179,16 @@ class ModelsLive:
     """What the gateway knows of a service's models beyond its snapshot.
 
     `loading` are being loaded now; `busy` have requests in flight; `last_used` (model ->
-    monotonic seconds) orders eviction; `load_ms` is each model's last measured load time.
+    monotonic seconds) orders eviction; `load_ms` is each model's last measured load time;
+    `asleep`: the service's managed process is not running (an `on_demand` upstream not
+    started, or being started or stopped), so none of its models is loaded.
     """
 
     loading: frozenset[str] = frozenset()
     busy: frozenset[str] = frozenset()
     last_used: Mapping[str, float] = field(default_factory=_empty)
     load_ms: Mapping[str, float] = field(default_factory=_empty)
+    asleep: bool = False
 
 
 NO_MODELS = ModelsLive()

@@ -2,7 +2,8 @@
 
 Rule: one probe per upstream server (services sharing a base URL and adapter share it), each
 bounded by `prober.timeout_s`; probes never generate tokens. Verdicts live in the gateway's
-live state; every transition is logged.
+live state; every transition is logged. A service whose on_demand managed process is asleep
+is not probed (its start waits for its readiness itself).
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("geniehive.prober")
 
 
+def _asleep(gateway: Gateway, service_id: str) -> bool:
+    """An on_demand managed process not running: nothing to probe (it is started, and its
+    readiness checked, when a request asks for it)."""
+    live = gateway.live.services.get(service_id)
+    return live is not None and live.asleep
+
+
 async def probe_service_group(gateway: Gateway, service_ids: list[str]) -> None:
     snapshot = gateway.snapshot
     service = snapshot.services.get(service_ids[0])
-    if service is None:
+    if service is None or _asleep(gateway, service.service_id):
         return
     cfg = gateway.config.prober
     result = await bounded_probe(
@@ -35,6 +43,8 @@ async def probe_service_group(gateway: Gateway, service_ids: list[str]) -> None:
     if not result.ok:
         gateway.count_failure("probe", service.service_id)
     for service_id in service_ids:
+        if _asleep(gateway, service_id):  # stopped while this probe ran
+            continue
         live = gateway.live.get(service_id)
         before = live.probe
         live.probe = health.next_probe_state(

@@ -10,8 +10,7 @@ COMMIT publishes a new immutable `Snapshot` (version + 1). So when a write retur
 it is migrated forward and loaded whole into memory.
 
 Exceptions:
-    RegistryError            storage failed, or the database is newer than this code (a
-                             StartupError: at start it stops the daemon)
+    RegistryError            storage failed, or the database is newer (stops the daemon)
     RegistryRefusal          a write refused because of what the registry holds
     +-- UnknownHost          .host_id
     +-- UnknownService       .service_id
@@ -183,6 +182,7 @@ class Registry:
         self._lock = trio.Lock()
         self._state = state
         self._snapshot = _snapshot(1, state)
+        self.published = trio.Event()  # set (then replaced) when a new snapshot is published
 
     @property
     def snapshot(self) -> Snapshot:
@@ -194,10 +194,8 @@ class Registry:
         return MappingProxyType(self._state.keys)
 
     async def sync_local(self, host: Host, services: Sequence[Service]) -> None:
-        """Make `host` the one local host and give it exactly `services`.
-
-        Raises ServiceConflict if a service id belongs to a node.
-        """
+        """Make `host` the one local host with exactly `services`. Raises ServiceConflict
+        if a service id belongs to a node."""
         async with self._lock:
             state = self._state.edit()
             for other in [h for h in state.hosts.values() if h.is_local]:
@@ -343,6 +341,8 @@ class Registry:
         # No checkpoint from here on: a cancelled caller cannot leave the two apart.
         self._state = state
         self._snapshot = _snapshot(self._snapshot.version + 1, state)
+        published, self.published = self.published, trio.Event()
+        published.set()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:

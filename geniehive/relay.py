@@ -43,10 +43,12 @@ from geniehive.answers import (
 )
 from geniehive.asgi import route_headers
 from geniehive.capacity import Ticket, slots_of
+from geniehive.demand import LoadFailed
 from geniehive.egress import HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
     LoopDetected,
+    ModelLoadFailed,
     NoHealthyUpstream,
     UpstreamFailed,
     UpstreamStatus,
@@ -98,7 +100,7 @@ class _Failed(Exception):
 
     def __init__(self, kind: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
-        self.kind = kind  # connect | timeout | protocol | status
+        self.kind = kind  # connect | timeout | protocol | status | load
         self.message = message
         self.status = status
 
@@ -236,7 +238,7 @@ class Relay:
             return outcome.attempts < max_attempts and (bool(pending) or decisions.has_next())
 
         last: _Failed | None = None
-        timeouts = loops = 0
+        timeouts = loops = loads = 0
         while current is not None and outcome.attempts < max_attempts:
             outcome.route = current.route_label
             services = self.open_services(pending, bool(outcome.attempts or ticket.waited_s))
@@ -264,6 +266,10 @@ class Relay:
                 outcome.attempts += 1
                 outcome.service_id = service_id
                 outcome.upstream_model = candidate.upstream_model
+                if candidate.placement.cold or gw.demand.may_need(
+                    service, candidate.upstream_model
+                ):
+                    await self.warm(service, candidate, outcome)
                 attempt = Attempt(
                     inbound=inbound, writer=writer, outcome=outcome, decision=current,
                     candidate=candidate, service=service, adapter=gw.adapter_for(service),
@@ -275,6 +281,7 @@ class Relay:
                 last = failed
                 timeouts += failed.kind == "timeout"
                 loops += failed.status == 508
+                loads += failed.kind == "load"
                 outcome.failures.append((service_id, failed.message))
                 log.warning(
                     "request %s: attempt %d on %s failed: %s",
@@ -282,7 +289,17 @@ class Relay:
                 )
             finally:
                 admission.release(service_id)
-        raise _exhausted(inbound.model, outcome, last, timeouts, loops)
+        raise _exhausted(inbound.model, outcome, last, timeouts, loops, loads)
+
+    async def warm(self, service: Service, candidate: Candidate, outcome: Outcome) -> None:
+        """Start the candidate's server or load its model first when it is cold
+        (geniehive/demand.py); a load that fails is a failed attempt."""
+        try:
+            load_ms = await self.gw.demand.warm(service, candidate.upstream_model)
+        except LoadFailed as exc:
+            raise _Failed("load", exc.message) from None
+        if load_ms is not None:
+            outcome.load_ms = load_ms
 
     def open_services(self, pending: list[Candidate], recheck: bool) -> list[Service]:
         """The services of `pending` that may still be tried (dropping the others from it):
@@ -324,6 +341,10 @@ class Relay:
         self.build_request(attempt)
         attempt.started = started = trio.current_time()
         live.attempt_started(service_id, started)
+        # Which models are in use, for eviction (only where the gateway loads models).
+        models = live.get(service_id) if attempt.adapter.loads_models else None
+        if models is not None:
+            models.model_started(attempt.model, started)
         try:
             ok = await self._exchange(attempt)
         except _Failed:
@@ -336,6 +357,10 @@ class Relay:
             # Cancelled (the client went away): neither a success nor a failure.
             live.attempt_abandoned(service_id)
             raise
+        finally:
+            if models is not None:
+                models.model_finished(attempt.model, trio.current_time())
+                self.gw.demand.model_finished()
         now = trio.current_time()
         if ok:
             live.attempt_succeeded(
@@ -539,7 +564,7 @@ class Relay:
 
 
 def _exhausted(
-    model: str, outcome: Outcome, last: _Failed | None, timeouts: int, loops: int
+    model: str, outcome: Outcome, last: _Failed | None, timeouts: int, loops: int, loads: int
 ) -> GenieHiveError:
     """The error for a request whose every try failed before the first byte: each failed
     attempt is named in the message."""
@@ -549,6 +574,8 @@ def _exhausted(
         # Retried in case another candidate had room; none had: the client gets the 429.
         return UpstreamStatus(429, last.message)
     summary = "; ".join(f"{service_id}: {message}" for service_id, message in outcome.failures)
+    if last.kind == "load" and loads == len(outcome.failures):
+        return ModelLoadFailed(f"no candidate could be started or loaded: {summary}")
     if timeouts == len(outcome.failures):
         return UpstreamTimeout(f"every upstream timed out: {summary}")
     if loops == len(outcome.failures):

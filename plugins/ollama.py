@@ -116,6 +116,7 @@ class OllamaAdapter(OpenAICompatibleAdapter):
     """Ollama: native model listing and load control, OpenAI-compatible requests."""
 
     kind = "ollama"
+    loads_models = True
 
     async def discover(self) -> list[Asset]:
         running = parse_ollama_ps(await self.get_json("/api/ps"))

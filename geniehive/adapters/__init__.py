@@ -125,6 +125,9 @@ class Adapter:
     """Base adapter. Subclasses override what their upstream does differently."""
 
     kind: ClassVar[str] = ""
+    # Whether `load` and `unload` work: the gateway then loads a cold model before sending
+    # to it, and unloads idle ones to make room (geniehive/demand.py).
+    loads_models: ClassVar[bool] = False
 
     def __init__(self, ctx: UpstreamContext) -> None:
         self.ctx = ctx

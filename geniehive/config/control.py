@@ -140,6 +140,10 @@ CAPACITY = Section("capacity", "The admission queue: a request waits in the gate
     Key("queue_timeout_s", POSITIVE, 60.0, "the longest a request waits for a slot, in seconds"),
     Key("aging_s", POSITIVE, 30.0,
         "seconds of waiting after which a request moves up one priority class"),
+    Key("load_timeout_s", POSITIVE, 300.0,
+        "the longest a request waits for a model to be loaded, or for a node to start the "
+        "on_demand upstream that serves it, in seconds (a local one: its "
+        "launch.ready_timeout_s)"),
 ))
 
 BREAKER = Section("breaker", "The per-service circuit breaker fed by real traffic.", (

@@ -91,6 +91,7 @@ class CapacityConfig:
     max_queue: int = 1000  # requests waiting for a slot in all; 0: none ever waits
     queue_timeout_s: float = 60.0
     aging_s: float = 30.0  # a request waiting longer moves up one priority class
+    load_timeout_s: float = 300.0  # a model load, or a node's start of an on_demand upstream
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ Rule: pure. Each candidate gets one class, best first:
   does_not_fit  it cannot fit even on an empty server: larger than the host's GPU memory,
                 or `max_loaded_models` is 0. Never routed to.
 
+A service whose managed process is asleep (`ModelsLive.asleep`) has nothing loaded: each of
+its candidates is cold, unless the model is loading (the request joins that start).
 A model whose loaded state is unknown (`Asset.loaded` None: an engine that does not say, or
 a direct name without an asset) is warm: the gateway cannot load it, only send to it.
 Memory: the host's `vram_total_bytes` / `vram_used_bytes` (node agents report them from
@@ -115,7 +117,14 @@ def place(
     """The placement class of sending `asset` to `service` now; `full`: every slot taken;
     `latency_ms`: the service's typical request time (for a full one's expected wait)."""
     models = runtime.models
-    if asset is None or asset.loaded is not False or asset.asset_id in models.loading:
+    if asset is not None and asset.asset_id in models.loading:
+        warm = True  # the request joins that load (or start)
+    elif models.asleep:  # nothing is loaded; a start loads what it serves, evicting nothing
+        load_ms = None if asset is None else models.load_ms.get(asset.asset_id)
+        return COLD_FITS_PLACEMENT if load_ms is None else Placement(COLD_FITS, load_ms=load_ms)
+    else:
+        warm = asset is None or asset.loaded is not False
+    if warm:
         if not full:
             return WARM_FREE_PLACEMENT
         slots = service.observed.slots_total
@@ -123,6 +132,7 @@ def place(
             return WARM_BUSY_PLACEMENT
         ahead = runtime.in_flight - slots + 1  # this request's turn once every slot frees
         return Placement(WARM_BUSY, wait_ms=round(latency_ms * max(1, ahead) / slots, 3))
+    assert asset is not None
     load_ms = models.load_ms.get(asset.asset_id)
     loaded = [a for a in service.assets if a.loaded is True and a.asset_id != asset.asset_id]
     limit = service.observed.max_loaded_models

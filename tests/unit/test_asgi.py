@@ -89,6 +89,7 @@ class Route:
     route: str = "direct"
     attempts: int = 0
     queued_ms: float | None = None
+    load_ms: float | None = None
 
 
 @pytest.mark.parametrize(
@@ -118,6 +119,10 @@ def test_route_headers_name_each_pair_once_known() -> None:
     assert dict(route_headers("r1", answered)) == {
         b"x-request-id": b"r1", b"x-geniehive-service": b"gpu/chat",
         b"x-geniehive-model": b"qwen3:8b", b"x-geniehive-route": b"role:general",
-        b"x-geniehive-attempts": b"2",
+        b"x-geniehive-attempts": b"2", b"x-geniehive-load": b"warm",
     }
+    loaded = Route("gpu/chat", "qwen3:8b", "direct", 1, load_ms=1234.4)
+    headers = dict(route_headers("r1", loaded))
+    assert headers[b"x-geniehive-load"] == b"cold"
+    assert headers[b"x-geniehive-load-ms"] == b"1234"
 

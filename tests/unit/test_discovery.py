@@ -8,8 +8,9 @@ from typing import Any
 import httpx
 import trio
 
-from geniehive.config import UpstreamConfig
+from geniehive.config import LaunchConfig, UpstreamConfig
 from geniehive.discovery import discover_upstream, local_services
+from geniehive.launcher import Launcher
 from geniehive.models import Asset, Observed, Snapshot
 
 
@@ -36,6 +37,7 @@ class Gateway:
         self.written: list[tuple[str, tuple[Asset, ...], Observed | None]] = []
         self.failures: list[tuple[str, str]] = []
         self.registry = self
+        self.launcher = Launcher([upstream], probe_for=None)  # type: ignore[arg-type]
 
     def adapter_for(self, service: Any) -> Adapter:
         return self.adapter
@@ -96,3 +98,12 @@ async def test_without_configured_slots_the_reported_count_stands() -> None:
         await discover_upstream(gateway, UPSTREAM)
     [(_, _, observed)] = gateway.written
     assert observed == Observed(slots_total=8, loaded_model_count=1)
+
+
+async def test_an_on_demand_upstream_not_started_is_not_asked_and_keeps_its_assets() -> None:
+    upstream = replace(UPSTREAM, launch=LaunchConfig(("llama-server",), on_demand=True))
+    gateway = Gateway(upstream, Adapter(None, None))
+    with trio.fail_after(5):
+        await discover_upstream(gateway, upstream)  # type: ignore[arg-type]
+    # Asking a stopped server would only fail and mark its assets forgotten.
+    assert gateway.written == [] and gateway.failures == []
