@@ -202,8 +202,10 @@ class Proc:
             return ""
 
 
-def spawn(name: str, argv: list[str], cpu: int, port: int, logs: Path,
+def spawn(name: str, argv: list[str], cpu: int | None, port: int, logs: Path,
            env: dict[str, str] | None = None, nofile: tuple[int, int] | None = None) -> Proc:
+    """Start `argv` pinned to `cpu` (None: on whatever CPUs this process may use), its
+    output in `logs/<name>.log`."""
     log = logs / f"{name}.log"
     handle = log.open("wb")
 
@@ -213,8 +215,9 @@ def spawn(name: str, argv: list[str], cpu: int, port: int, logs: Path,
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
+    pin = [] if cpu is None else [find_tool("taskset") or "taskset", "-c", str(cpu)]
     popen = subprocess.Popen(
-        [find_tool("taskset") or "taskset", "-c", str(cpu), *argv],
+        [*pin, *argv],
         stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
         cwd=str(REPO), env=env, preexec_fn=restore_limit if nofile else None,
     )

@@ -175,10 +175,15 @@ def render(results: dict[str, Any]) -> str:
         f"Machine: {machine['nproc']} CPUs, {machine['cpu_model']}, Python {machine['python']}, "
         f"Linux {machine['kernel']}; {machine['wrk']}; {machine['nginx']}; "
         f"revision {machine['revision']}.", "",
-        f"CPUs: gateway on CPU {results['cpus']['gateway']}; nginx, the streaming upstream, wrk "
-        f"and the harness's clients on CPU {results['cpus']['load']}. Each chat cell: "
-        f"{plan['runs']} run(s) of {plan['duration_s']} s, one wrk thread.", "",
     ]
+    if results.get("only"):
+        out += [f"Phases run: {', '.join(results['only'])} (`--only`); the others' sections "
+                "and targets are left out.", ""]
+    if "chat" in results:
+        out += [f"CPUs: gateway on CPU {results['cpus']['gateway']}; nginx, the streaming "
+                f"upstream, wrk and the harness's clients on CPU {results['cpus']['load']}. "
+                f"Each chat cell: {plan['runs']} run(s) of {plan['duration_s']} s, one wrk "
+                "thread.", ""]
     problems = results.get("gateway_log_problems")
     if problems:
         out += [f"**Warning:** the gateway logged {problems} error line(s); see logs/gateway.log.",
@@ -189,17 +194,22 @@ def render(results: dict[str, Any]) -> str:
         out += [f"**Warning:** other processes or the hypervisor (steal) took up to "
                 f"{max(busy):.0f} % of the gateway's CPU during some runs; the gateway figures "
                 "are lower than on a quiet machine.", ""]
-    out += ["## Targets", ""]
-    rows = []
-    for check in results["targets"]:
-        verdict = {True: "ok", False: "MISSED", None: "n/a"}[check["ok"]]
-        rows.append([check["kind"], check["name"], check["goal"],
-                     _fmt(check["measured"]), verdict])
-    out += _table(["", "what", "goal", "measured", "verdict"], rows)
-    out += _chat_section(results)
-    out += _stream_section(results)
-    out += _route_section(results)
+    if results["targets"]:
+        out += ["## Targets", ""]
+        rows = []
+        for check in results["targets"]:
+            verdict = {True: "ok", False: "MISSED", None: "n/a"}[check["ok"]]
+            rows.append([check["kind"], check["name"], check["goal"],
+                         _fmt(check["measured"]), verdict])
+        out += _table(["", "what", "goal", "measured", "verdict"], rows)
+    if "chat" in results:
+        out += _chat_section(results)
+        out += _stream_section(results)
+    if "routes" in results:
+        out += _route_section(results)
     out += _capacity_section(results)
+    out += _placement_section(results)
+    out += _coldstart_section(results)
     if results.get("profile"):
         out += _profile_section(results["profile"])
     return "\n".join(out)
@@ -337,4 +347,55 @@ def _profile_section(profile: dict[str, Any]) -> list[str]:
                       [[p["pct"], f"`{p['name']}`"] for p in ranking["self"][:12]])
         out += _table(["inclusive %", "geniehive function"],
                       [[p["pct"], f"`{p['name']}`"] for p in ranking["inclusive_geniehive"][:12]])
+    return out
+
+
+def _placement_section(results: dict[str, Any]) -> list[str]:
+    row = results.get("placement")
+    if not row:
+        return []
+    classes = list(row["mixed_classes"])
+    out = [f"## Placement in route decisions ({row['services']:,} services, bench/placement.py)",
+           "",
+           "One model on every service; hosts with room, crowded hosts, hosts capped at one "
+           "loaded model, and hosts too small for it. *mixed*: loaded and not loaded assets "
+           "as below; *warm*: the same snapshot with every asset's loaded state unknown. "
+           "*churn*: one service's runtime replaced between decisions (its candidate and "
+           "placement rebuilt, the pool re-sorted). Median µs per decision.", ""]
+    out += _table(["snapshot", "candidates", *classes, "µs", "µs churn"],
+                  [[v, row[f"{v}_candidates"], *(row[f"{v}_classes"][k] for k in classes),
+                    row[f"{v}_us"], row[f"{v}_churn_us"]] for v in ("mixed", "warm")])
+    out += [f"Placement adds {_fmt(row['added_us'])} µs per decision idle (mixed/warm "
+            f"{_fmt(row['ratio'])}x) and {_fmt(row['added_churn_us'])} µs under churn "
+            f"({_fmt(row['ratio_churn'])}x).", ""]
+    place = row["place_ns"]
+    out += ["`place()` alone, median ns per call: " + ", ".join(
+        f"{name} {_fmt(value, 1)}" for name, value in place.items()) + ".", ""]
+    return out
+
+
+def _coldstart_section(results: dict[str, Any]) -> list[str]:
+    cold = results.get("coldstart")
+    if not cold:
+        return []
+    out = [f"## Cold start of a real model server (bench/coldstart.py, median of "
+           f"{cold['repeat']})", ""]
+    hand, gateway = cold.get("by_hand"), cold.get("gateway")
+    rows = []
+    if hand:
+        rows.append(["by hand (spawn, /health, request)", hand["answer_ms_median"],
+                     hand["healthy_ms_median"], "-", "-", hand["warm_ms_median"]])
+    if gateway:
+        rows.append(["through the gateway (on-demand start)", gateway["answer_ms_median"], "-",
+                     ", ".join(str(load) for load in gateway["loads"]),
+                     gateway["load_ms_median"], gateway["warm_ms_median"]])
+    if rows:
+        out += [f"Chat completion of max_tokens {cold['max_tokens']}, from nothing running to "
+                "the whole answer; then a second request (warm).", ""]
+        out += _table(["way", "cold answer ms", "healthy ms", "X-GenieHive-Load",
+                       "X-GenieHive-Load-Ms", "warm answer ms"], rows)
+    if "ratio" in cold:
+        out += [f"Gateway / by hand, cold: {_fmt(cold['ratio'])}x.", ""]
+    for part, reason in cold.get("not_measured", {}).items():
+        out += [f"{part.replace('_', ' ')}: not measured: {reason}", ""]
     return out

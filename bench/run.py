@@ -1,6 +1,6 @@
 """The GenieHive performance harness: one command, side-by-side figures.
 
-    python bench/run.py [--quick | --smoke] [--profile] [--out bench/results]
+    python bench/run.py [--quick | --smoke] [--profile] [--only PHASE,...] [--out bench/results]
 
 It starts nginx (the JSON and short-SSE upstream), a raw-socket streaming upstream
 (bench/upstream.py) and `geniehive serve`, with the gateway pinned to one CPU and every
@@ -13,7 +13,12 @@ load source to the other, then measures, in one run and on the same processes:
   - the gateway's RSS with many concurrently open streams;
   - route-decision time for 10 to 10,000 services (in-process);
   - the admission queue: its cost per request with nothing waiting and to admit one of
-    1,000 waiting (in-process), and a burst of 10x a hive's slots (real processes).
+    1,000 waiting (in-process), and a burst of 10x a hive's slots (real processes);
+  - what placement adds to a decision among 1,000 services (in-process, bench/placement.py);
+  - the cold start of a real model server, by hand and through the gateway's on-demand
+    start (bench/coldstart.py; not measured when the model packages are absent).
+`--only` runs some phases alone (PHASES; e.g. `--only placement,coldstart`), in the same
+report without the others' sections and targets.
 It writes report.json and report.md under --out and prints the Markdown. Nothing is
 installed: a missing tool is reported with the command that installs it (exit 2).
 Exit status: 0 measured (targets missed are reported, not failed), 1 a run broke, 2 usage.
@@ -35,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `geniehive` i
 
 import trio
 
-from bench import capacity, procs, report, routes, streams
+from bench import capacity, coldstart, placement, procs, report, routes, streams
 from bench.procs import Proc
 from bench.wrkrun import WrkError, run_wrk, summarize
 
@@ -55,13 +60,21 @@ class Plan:
     profile_s: int
     settle_s: float  # idle time before a new body kind and the profile (see settle())
     admit_releases: int  # timed admissions of one of 1,000 waiting requests
+    placement_hosts: int  # hosts of 10 services each in the placement snapshot
+    coldstart_repeat: int  # cold starts each way (0: not measured)
 
 
 PLANS = {
-    "full": Plan(3, 5, (1, 16, 64), 2, 200, 200, 200, 1000, (10, 100, 1000, 10000), 5, 8, 6, 5000),
-    "quick": Plan(1, 1, (1, 16, 64), 1, 200, 200, 50, 1000, (10, 100, 1000, 10000), 3, 3, 6, 2000),
-    "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0, 200),
+    "full": Plan(3, 5, (1, 16, 64), 2, 200, 200, 200, 1000, (10, 100, 1000, 10000), 5, 8, 6, 5000,
+                 100, 3),
+    "quick": Plan(1, 1, (1, 16, 64), 1, 200, 200, 50, 1000, (10, 100, 1000, 10000), 3, 3, 6, 2000,
+                  100, 1),
+    "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0, 200, 4, 0),
 }
+# What --only selects: the wrk/stream phases on one gateway, the capacity burst, route
+# decisions, the admission queue's decisions, placement, and the cold start.
+PHASES = ("gateway", "burst", "routes", "capacity", "placement", "coldstart")
+NEEDS_TOOLS = {"gateway", "burst"}  # the phases that run nginx, wrk or pinned processes
 
 
 def settle(plan: Plan) -> None:
@@ -177,7 +190,9 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     nofile = procs.raise_open_files()
+    all_cpus = os.sched_getaffinity(0)
     gw_cpu, load_cpu = procs.cpu_plan()
+    phases = args.only or PHASES
     # The harness's own clients are load too: keep them off the gateway's CPU.
     os.sched_setaffinity(0, {load_cpu})
     results: dict[str, Any] = {
@@ -188,6 +203,51 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "cpus": {"gateway": gw_cpu, "load": load_cpu},
         "plan": asdict(plan),
     }
+    if args.only:
+        results["only"] = list(phases)
+    if "gateway" in phases:
+        measure_gateway(results, args, plan, out, nofile, load_cpu)
+    if "burst" in phases:
+        print("a burst of 10x the slots through the admission queue", file=sys.stderr)
+        results["capacity_burst"] = capacity.measure_burst(out, nofile)
+    os.sched_setaffinity(0, {gw_cpu})  # the in-process timings run alone, on the quiet CPU
+    # The smoke run only checks that the timing works: a few fixed loops are enough.
+    loops = 20 if mode == "smoke" else None
+    if "routes" in phases:
+        print("route decisions", file=sys.stderr)
+        results["routes"] = routes.measure(plan.route_sizes, plan.route_repeat, loops)
+        results["route_growth"] = {shape: routes.growth(results["routes"], shape)
+                                   for shape in routes.COLUMNS}
+    if "capacity" in phases:
+        print("the admission queue's decisions", file=sys.stderr)
+        results["capacity"] = capacity.measure(plan.route_repeat, loops, plan.admit_releases)
+    if "placement" in phases:
+        print("placement in route decisions", file=sys.stderr)
+        results["placement"] = placement.measure(plan.placement_hosts, plan.route_repeat, loops)
+    if "coldstart" in phases:
+        results["coldstart"] = measure_coldstart(plan, out, all_cpus)
+    os.sched_setaffinity(0, all_cpus)
+    targets = report.check_targets(results)
+    if args.only:  # the targets of the phases not run
+        targets = [t for t in targets if t["measured"] is not None]
+    results["targets"] = targets
+    return results
+
+
+def measure_coldstart(plan: Plan, out: Path, cpus: set[int]) -> dict[str, Any]:
+    """The cold start, on every CPU the harness was given (the server is a real workload)."""
+    if not plan.coldstart_repeat:
+        reason = "not run in this mode (real model server starts take seconds)"
+        return {"repeat": 0, "not_measured": {"by_hand": reason, "gateway": reason}}
+    print(f"cold start of a real model server, {plan.coldstart_repeat}x each way",
+          file=sys.stderr)
+    os.sched_setaffinity(0, cpus)
+    return coldstart.measure(out, plan.coldstart_repeat)
+
+
+def measure_gateway(results: dict[str, Any], args: argparse.Namespace, plan: Plan, out: Path,
+                    nofile: tuple[int, int], load_cpu: int) -> None:
+    """The phases on one stack of nginx, the streaming upstream and the gateway."""
     print(f"starting upstreams and the gateway (logs in {out / 'logs'})", file=sys.stderr)
     with procs.open_stack(out, plan.events, nofile) as stack:
         print("chat completions (wrk)", file=sys.stderr)
@@ -204,24 +264,21 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         print(f"{plan.held_streams} concurrently open streams", file=sys.stderr)
         results["held_streams"] = measure_held(stack["gateway"], plan)
         results["gateway_log_problems"] = _log_problems(stack["gateway"])
-    print("a burst of 10x the slots through the admission queue", file=sys.stderr)
-    results["capacity_burst"] = capacity.measure_burst(out, nofile)
-    print("route decisions", file=sys.stderr)
-    os.sched_setaffinity(0, {gw_cpu})  # the routing timings run alone, on the quiet CPU
-    # The smoke run only checks that the timing works: a few fixed loops are enough.
-    loops = 20 if mode == "smoke" else None
-    results["routes"] = routes.measure(plan.route_sizes, plan.route_repeat, loops)
-    results["route_growth"] = {shape: routes.growth(results["routes"], shape)
-                               for shape in routes.COLUMNS}
-    print("the admission queue's decisions", file=sys.stderr)
-    results["capacity"] = capacity.measure(plan.route_repeat, loops, plan.admit_releases)
-    results["targets"] = report.check_targets(results)
-    return results
 
 
 def _log_problems(gateway: Proc) -> int:
     text = gateway.log.read_text(errors="replace")
     return sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
+
+
+def phase_list(text: str) -> tuple[str, ...]:
+    """`--only`'s value: known phase names, comma-separated, in the harness's order."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(PHASES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown phase(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(PHASES)}")
+    return tuple(name for name in PHASES if name in names)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -232,6 +289,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="seconds-long sanity run (tests): tiny load, 20 held streams")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the gateway with py-spy under load")
+    parser.add_argument("--only", type=phase_list, default=None, metavar="PHASE,...",
+                        help=f"run only these phases, comma-separated: {', '.join(PHASES)}")
     parser.add_argument("--out", type=Path, default=procs.BENCH / "results",
                         help="folder for report.md, report.json, logs (default bench/results)")
     return parser.parse_args(argv)
@@ -240,7 +299,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    missing = procs.missing_tools(("py-spy",) if args.profile else ())
+    needs_tools = NEEDS_TOOLS & set(args.only or PHASES)
+    missing = procs.missing_tools(("py-spy",) if args.profile else ()) if needs_tools else []
     if missing:
         print(f"missing: {', '.join(missing)}; install with:\n{procs.install_hint(missing)}",
               file=sys.stderr)

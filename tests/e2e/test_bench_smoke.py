@@ -69,4 +69,11 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
     short = bursts["short queue"]
     assert short["refused_429"] > 0 and short["refused_with_retry_after"] == short["refused_429"]
     assert "## The admission queue" in markdown
+    placed = report["placement"]  # tiny: 4 hosts, one of each kind
+    assert placed["services"] == 40 and all(placed["mixed_classes"].values())
+    assert placed["mixed_us"] > 0 and placed["warm_us"] > 0 and placed["place_ns"]["all"] > 0
+    assert "## Placement in route decisions" in markdown
+    # The smoke run starts no real model server, and says so.
+    assert set(report["coldstart"]["not_measured"]) == {"by_hand", "gateway"}
+    assert "gateway: not measured: not run in this mode" in markdown
     assert report["targets"] and "## Targets" in markdown
