@@ -61,8 +61,8 @@ from geniehive.errors import (
     PermissionDenied,
     UnknownHostError,
 )
-from geniehive.models import Host, Service, Snapshot
 from geniehive.live import ServiceLive
+from geniehive.models import Host, Service, Snapshot, upstream_of
 from geniehive.orders import ORDERS_PATH, handle_orders
 from geniehive.registry import ServiceConflict, UnknownHost
 from geniehive.supervise import run_every
@@ -138,12 +138,6 @@ def check_upstreams(gateway: Gateway, address: str, services: Sequence[Service])
             raise InvalidRequest(
                 f"{where}: service '{service.service_id}' {problem}", param=where
             )
-
-
-def upstream_of(service: Service) -> str:
-    """The upstream a service belongs to: its `upstream_id`, else the part of its id before
-    the last `/` (a node names its services `<upstream id>/<operation>`); "" when neither."""
-    return service.upstream_id or service.service_id.rpartition("/")[0]
 
 
 def active_upstreams(

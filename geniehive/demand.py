@@ -38,7 +38,7 @@ from geniehive.adapters import UpstreamError
 from geniehive.discovery import discover_upstream
 from geniehive.launcher import LaunchError
 from geniehive.live import ServiceLive
-from geniehive.models import LOCAL_HOST_ID, MANAGED_STATES, Asset, Service
+from geniehive.models import LOCAL_HOST_ID, MANAGED_STATES, Asset, Service, upstream_of
 from geniehive.routing.placement import COLD_EVICTS, DOES_NOT_FIT, place
 
 if TYPE_CHECKING:
@@ -103,12 +103,13 @@ class Demand:
                 ("local", uid, ""), self._siblings(service), None,
                 lambda: self._start_local(uid),
             )
-        if service.managed is not None and uid:
+        if service.managed is not None:  # a node's managed upstream
+            node_uid = upstream_of(service)
             if service.managed == RUNNING:
-                return await self._joined((service.host_id, uid, ""))
+                return await self._joined((service.host_id, node_uid, ""))
             return await self._collated(
-                (service.host_id, uid, ""), self._siblings(service), None,
-                lambda: self._start_on_node(service.host_id, uid),
+                (service.host_id, node_uid, ""), self._siblings(service), None,
+                lambda: self._start_on_node(service.host_id, node_uid),
             )
         asset = service.asset(model)
         adapter = gw.adapter_for(service)
@@ -210,7 +211,7 @@ class Demand:
             while True:
                 services = [
                     s for s in gw.snapshot.services.values()
-                    if s.host_id == host_id and s.upstream_id == upstream_id
+                    if s.host_id == host_id and upstream_of(s) == upstream_id
                 ]
                 if not services:
                     raise LoadFailed(f"{upstream_id} on host {host_id}: the host no longer "

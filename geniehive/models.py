@@ -263,3 +263,9 @@ class Snapshot:
         object.__setattr__(
             self, "samples_by_service", {k: tuple(v) for k, v in samples.items()}
         )
+
+
+def upstream_of(service: Service) -> str:
+    """The upstream a service belongs to: its `upstream_id`, else the part of its id before
+    the last `/` (a node names its services `<upstream id>/<operation>`); "" when neither."""
+    return service.upstream_id or service.service_id.rpartition("/")[0]

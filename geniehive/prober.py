@@ -25,9 +25,15 @@ log = logging.getLogger("geniehive.prober")
 
 
 def _asleep(gateway: Gateway, service_id: str) -> bool:
-    """An on_demand managed process not running: nothing to probe (it is started, and its
-    readiness checked, when a request asks for it)."""
+    """A managed process not running on demand (a local one, or a node's as it reports it):
+    nothing to probe. Its start waits for its readiness itself; a node's verdict is forgotten
+    meanwhile, so that an old `down` does not outlive the process it was about."""
     live = gateway.live.services.get(service_id)
+    service = gateway.snapshot.services.get(service_id)
+    if service is not None and service.managed not in (None, "running"):
+        if live is not None and live.probe.verdict != "unknown":
+            live.probe = health.ProbeState()
+        return True
     return live is not None and live.asleep
 
 

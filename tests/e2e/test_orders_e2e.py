@@ -106,3 +106,29 @@ async def test_an_order_starts_a_cold_upstream_on_a_node_and_another_stops_it(
             assert "reports no managed upstream 'nope'" in response.text
         assert await stop(node) == 0
         assert await stop(control) == 0
+
+
+async def test_a_request_for_a_cold_node_model_starts_its_upstream_through_the_node(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    port = free_port()
+    with trio.fail_after(60):
+        control = await spawn_gateway(nursery, write_config(tmp_path, ""))
+        node = await spawn_node(nursery, node_config(tmp_path, control.url, port))
+        async with httpx.AsyncClient(base_url=control.url, timeout=30) as client:
+            await wait_managed(client, "cold")
+            listed = (await client.get("/v1/models/lazy-model")).json()["geniehive"]
+            answer = await client.post("/v1/chat/completions", json={
+                "model": "lazy-model", "messages": [{"role": "user", "content": "hi"}]})
+            running = await service(client)
+            warm = await client.post("/v1/chat/completions", json={
+                "model": "lazy-model", "messages": [{"role": "user", "content": "hi"}]})
+        assert await stop(node) == 0
+        assert await stop(control) == 0
+    assert listed["state"] == "cold"
+    # No admin order: the request itself had the node start it, and waited for it.
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-geniehive-load"] == "cold"
+    assert answer.headers["x-geniehive-service"] == SERVICE
+    assert running["managed"] == "running"
+    assert warm.status_code == 200 and warm.headers["x-geniehive-load"] == "warm"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from geniehive.api_nodes import active_upstreams, upstream_of
+from geniehive.api_nodes import active_upstreams
 from geniehive.capacity import Admission, Ticket
 from geniehive.live import LiveState
-from geniehive.models import Host, Service, Snapshot
+from geniehive.models import Host, Service, Snapshot, upstream_of
 
 
 def service(service_id: str, host_id: str = "gpu-01") -> Service:
