@@ -52,6 +52,7 @@ from geniehive.supervise import next_backoff
 log = logging.getLogger("geniehive.launcher")
 
 POLL_S = 0.5
+FIRST_POLL_S = 0.05  # a starting process is probed this soon, then ever less often, to POLL_S
 # A process that ran at least this long before dying restarts after the initial backoff
 # again; one that keeps dying sooner backs off exponentially.
 STABLE_S = 60.0
@@ -221,6 +222,7 @@ async def _wait_ready(
     assert upstream.launch is not None
     began = trio.current_time()
     reason = "not probed yet"
+    poll_s = FIRST_POLL_S  # a request may be waiting for it: see it ready soon after it is
     with trio.move_on_after(upstream.launch.ready_timeout_s) as deadline:
         while process.returncode is None:
             result = await _probe_once(upstream, probe_for)
@@ -230,7 +232,8 @@ async def _wait_ready(
                          trio.current_time() - began)
                 return
             reason = result.reason or "probe failed"
-            await trio.sleep(POLL_S)
+            await trio.sleep(poll_s)
+            poll_s = min(POLL_S, poll_s * 1.5)
     if deadline.cancelled_caught:
         waited = f"{upstream.launch.ready_timeout_s:g}"
     else:

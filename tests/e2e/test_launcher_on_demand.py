@@ -147,7 +147,7 @@ async def test_the_reaper_stops_it_after_idle_ttl_and_never_while_busy(autojump_
 
 async def test_a_caller_cancelled_while_waiting_leaves_the_start_to_the_others(autojump_clock):
     lazy = sleeper("lazy", on_demand=True, ready_timeout_s=60)
-    launcher = Launcher([lazy], probe_ready_after(10))  # ready after ~4.5 s of polling
+    launcher = Launcher([lazy], probe_ready_after(14))  # ready after ~4.5 s of polling
     autojump_clock.autojump_threshold = SHORT_REAL_WAIT_S  # the process's stop is real time
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
