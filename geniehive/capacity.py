@@ -189,6 +189,9 @@ class Admission:
         self.refused: dict[str, int] = {}  # refusals by error code, for /metrics
         # Called with the seconds each wait lasted, however it ended (the metrics' histogram).
         self.observe_wait: Callable[[float], None] | None = None
+        # Seconds until a start or load in progress on a service should end (its model's
+        # measured load time); the gateway's demand sets it (geniehive/demand.py).
+        self.loading_s: Callable[[str], float] | None = None
         self._seq = 0
         self._entries = 0  # index entries, live or dropped
         self._dropped = 0
@@ -481,12 +484,16 @@ class Admission:
 
     def retry_after_s(self, services: Sequence[str], now: float) -> int:
         """Seconds after which a refused request may find room: the tickets ahead of it over
-        the rate its services free slots at, from 1 to the queue timeout (1 unmeasured)."""
+        the rate its services free slots at, from 1 to the queue timeout (1 unmeasured); no
+        sooner than a load in progress on them should end (`loading_s`)."""
         rate = sum(self.rate(sid, now) for sid in services)
+        loading = self.loading_s
+        floor = max((loading(sid) for sid in services), default=0.0) if loading else 0.0
         if rate <= 0:
-            return 1
+            return max(1, math.ceil(floor))
         ahead = max((self.queued.get(sid, 0) for sid in services), default=0)
-        return max(1, min(math.ceil(self.queue_timeout_s), math.ceil((ahead + 1) / rate)))
+        slot = min(math.ceil(self.queue_timeout_s), math.ceil((ahead + 1) / rate))
+        return max(1, slot, math.ceil(floor))
 
 
 class KeyRates:

@@ -61,6 +61,9 @@ class LoadFailed(Exception):
 class _Work:
     """One start or load in progress, which later requests for it wait for."""
 
+    services: frozenset[str]  # the services it makes warm
+    began: float
+    expected_ms: float | None  # the last measured load time of what it loads, if any
     done: trio.Event = field(default_factory=trio.Event)
     error: str | None = None
     abandoned: bool = False  # its leader was cancelled: a waiter takes over
@@ -73,6 +76,17 @@ class Demand:
         self.gw = gateway
         self._work: dict[tuple[str, str, str], _Work] = {}
         self._moved: trio.Event | None = None  # set when a request for a loadable model ends
+        gateway.admission.loading_s = self.loading_s
+
+    def loading_s(self, service_id: str) -> float:
+        """Seconds until the starts and loads in progress on `service_id` should end, from
+        the last measured load time of each (0 when none runs, or none was measured)."""
+        now = trio.current_time()
+        left = 0.0
+        for work in self._work.values():
+            if service_id in work.services and work.expected_ms is not None:
+                left = max(left, work.expected_ms / 1000 - (now - work.began))
+        return left
 
     def model_finished(self) -> None:
         """A request for a model the gateway may unload ended: loads waiting for a model to
@@ -161,11 +175,15 @@ class Demand:
         model: str | None,
         run: Callable[[], Awaitable[None]],
     ) -> None:
-        work = self._work[key] = _Work()
         marks = _loading_marks(self.gw, services, model)
+        measured = [t for live, name in marks if (t := live.models().load_ms.get(name))]
+        began = trio.current_time()
+        work = self._work[key] = _Work(
+            frozenset(s.service_id for s in services), began,
+            max(measured) if measured else None,
+        )
         for live, name in marks:
             live.loading(name, True)
-        began = trio.current_time()
         took: float | None = None
         try:
             await run()

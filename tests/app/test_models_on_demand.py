@@ -240,3 +240,33 @@ async def test_an_on_demand_upstream_serving_a_long_request_is_not_stopped(
         await running.stop()
     assert during == "running"
     assert b"[DONE]" in body
+
+
+async def test_a_measured_load_time_says_how_long_a_request_arriving_during_it_waits(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(20):
+        fake = FakeOllama(["small", "large"], load_delay_s=1.2)
+        running = await ollama_gateway(nursery, tmp_path, fake, "max_loaded_models = 1\n")
+        gateway = running.gateway
+        async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+            await client.post("/v1/chat/completions", json=chat("small"))
+            await client.post("/v1/chat/completions", json=chat("large"))  # "small" goes
+            measured = gateway.live.runtime("ol/chat", trio.current_time()).models.load_ms
+            async def ask_small() -> None:
+                await client.post("/v1/chat/completions", json=chat("small"))
+
+            async with trio.open_nursery() as during:
+                during.start_soon(ask_small)
+                # Its load has gone out (the second of "small").
+                await wait_for(lambda: loads(fake).count(("small", "30m")) == 2)
+                left = gateway.demand.loading_s("ol/chat")
+                retry = gateway.admission.retry_after_s(["ol/chat"], trio.current_time())
+                explained = (await client.get("/v1/cluster/routes/resolve", params={
+                    "model": "small"})).json()["candidates"][0]["placement"]
+        await running.stop()
+    assert measured["small"] >= 1200 and measured["large"] >= 1200
+    assert 0 < left <= measured["small"] / 1000
+    assert retry >= 1 and retry == max(1, -(-left // 1))
+    # Joining the load in progress is the best placement there is.
+    assert explained["class"] == "warm_free"

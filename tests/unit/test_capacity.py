@@ -345,3 +345,11 @@ def test_requests_per_minute_refuses_the_excess_with_retry_after() -> None:
     assert refused.value.retry_after_s == 29  # one request per 30 s refills
     rates.check("other", 2, 1.0)  # keys are counted apart
     rates.check("k", 2, 31.0)
+
+
+def test_retry_after_is_never_sooner_than_a_load_in_progress_should_end() -> None:
+    admission = Admission(max_queue=10, queue_timeout_s=60, aging_s=30, clock=lambda: 0.0)
+    assert admission.retry_after_s(["a", "b"], 0.0) == 1  # nothing measured: 1 s
+    admission.loading_s = {"a": 0.0, "b": 7.2}.__getitem__
+    assert admission.retry_after_s(["a", "b"], 0.0) == 8
+    assert admission.retry_after_s(["a"], 0.0) == 1
