@@ -90,7 +90,7 @@ def build_snapshot(hosts: int, now: float, *, known: bool = True) -> Snapshot:
             warm = s < 3
             own = Asset(f"own-{index:04d}", loaded=True if known else None, size_bytes=8 * GIB,
                         vram_bytes=8 * GIB, context_length=8192)
-            shared = Asset(MODEL, loaded=(True if warm else False) if known else None,
+            shared = Asset(MODEL, loaded=bool(warm) if known else None,
                            size_bytes=4 * GIB, context_length=8192)
             assets = (shared, own) if kind in ("crowded", "capped") or warm else (shared,)
             service_id = f"svc-{index:04d}/chat"

@@ -107,7 +107,9 @@ def service_view(
         "assets": encoded["assets"],
         "availability": service.state.availability,
         "accept_requests": service.state.accept_requests,
-        "health": health.verdict(gate.gate if gate is not None else None, runtime.probe, service.state.health),
+        "health": health.verdict(
+            gate.gate if gate is not None else None, runtime.probe, service.state.health
+        ),
         "health_reason": gate.detail
         if gate is not None
         else (probe.reason if probe is not None else "not probed yet"),

@@ -21,10 +21,10 @@ from geniehive.adapters.loader import build_adapter
 from geniehive.auth import Authenticator
 from geniehive.capacity import Admission, KeyRates
 from geniehive.config import ControlConfig, UpstreamConfig, parse_bind
-from geniehive.exchange import Transport
-from geniehive.gate import KeyGate
 from geniehive.demand import Demand
 from geniehive.discovery import local_service_ids
+from geniehive.exchange import Transport
+from geniehive.gate import KeyGate
 from geniehive.launcher import Launcher
 from geniehive.live import LiveState, RuntimeView
 from geniehive.metrics import GatewayMetrics

@@ -243,4 +243,6 @@ def _health_state(snapshot: Any, service: Any, ctx: Any, runtime: Any) -> str:
     gate = routing.exclusion_gate(snapshot, service, ctx)
     if gate is not None and gate.gate in ("availability", "not_accepting"):
         return "unavailable"
-    return health.verdict(gate.gate if gate is not None else None, runtime.probe, service.state.health)
+    return health.verdict(
+        gate.gate if gate is not None else None, runtime.probe, service.state.health
+    )

@@ -49,6 +49,7 @@ from geniehive.asgi import (
     scope_headers,
 )
 from geniehive.auth import OPEN, Principal, presented_key
+from geniehive.capacity import place
 from geniehive.egress import HOP_HEADER
 from geniehive.errors import (
     AuthenticationFailed,
@@ -63,7 +64,6 @@ from geniehive.errors import (
 from geniehive.exchange import Inbound, Outcome, Writer
 from geniehive.fields import check_body
 from geniehive.gate import client_address
-from geniehive.capacity import place
 from geniehive.relay import Relay
 from geniehive.sse import EVENT_END, parse_event_lines
 from geniehive.writes import abort_connection, release_on_cut, send_bounded, wait_stalled

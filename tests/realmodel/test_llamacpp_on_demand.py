@@ -75,7 +75,7 @@ async def test_an_on_demand_llamacpp_server_starts_for_a_request_and_stops_when_
                 running = (await server_answers(port), await managed(ops), await state(ops))
                 warm = await in_thread(ask, client)
                 # Idle now: the reaper stops it after IDLE_TTL_S.
-                while await managed(ops) != "cold":
+                while await managed(ops) != "cold":  # noqa: ASYNC110 (another process: polled)
                     await trio.sleep(0.2)
                 stopped = (await server_answers(port), await state(ops))
                 again = await in_thread(ask, client)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from geniehive.auth import KeyLimits
 from geniehive.config import (
     BreakerConfig,
     CapacityConfig,
@@ -36,7 +37,6 @@ from geniehive.config import (
     roles,
     sections,
 )
-from geniehive.auth import KeyLimits
 from geniehive.config.checks import TEXT
 from geniehive.config.reference import COMMAND, _toml, render
 from geniehive.config.schema import Key, Section, Table
