@@ -77,6 +77,13 @@ class Demand:
         self._work: dict[tuple[str, str, str], _Work] = {}
         self._moved: trio.Event | None = None  # set when a request for a loadable model ends
         gateway.admission.loading_s = self.loading_s
+        # When loads last changed what a server holds, by (host id, base URL): a discovery
+        # read before then must not overwrite it (geniehive/discovery.py).
+        self._marked: dict[tuple[str, str], float] = {}
+
+    def marked_since(self, host_id: str, base_url: str, since: float) -> bool:
+        """Whether a load or unload changed the models of that server after `since`."""
+        return self._marked.get((host_id, base_url), -1.0) >= since
 
     def loading_s(self, service_id: str) -> float:
         """Seconds until the starts and loads in progress on `service_id` should end, from
@@ -288,6 +295,7 @@ class Demand:
 
     async def _mark_loaded(self, service: Service, model: str, unloaded: tuple[str, ...]) -> None:
         """Show `model` loaded and `unloaded` not, on every service of that server."""
+        self._marked[(service.host_id, service.base_url)] = trio.current_time()
         gone = set(unloaded)
         for sibling in self._siblings(service):
             assets = tuple(

