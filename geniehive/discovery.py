@@ -4,9 +4,10 @@ Rule: each pass asks every upstream's adapter what it serves, bounded by the ups
 `timeout_s`, merges that with the configured assets and writes it to the registry, which
 publishes a new snapshot only when something changed. An unreachable upstream keeps its last
 known assets (shown not loaded) so that its names stay known. A pass that began before the
-gateway loaded or unloaded a model there writes nothing: its reading is already out of date. A configured `max_in_flight` is
-the services' slot count from their first registration on, whatever the upstream reports; a
-configured `max_loaded_models` is carried onto their observed state the same way.
+gateway loaded or unloaded a model there writes nothing: its reading is already out of date.
+A configured `max_in_flight` is the services' slot count from their first registration on,
+whatever the upstream reports; a configured `max_loaded_models` is carried onto their
+observed state the same way.
 """
 
 from __future__ import annotations
