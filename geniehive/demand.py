@@ -10,7 +10,8 @@ Rules (docs/deployment.md, "Models on demand"):
   before the request goes out;
 - a node's managed upstream that is not running is ordered started (`gateway.node_orders`,
   taken by the node's long poll), then waited for until the node reports it running, within
-  `capacity.load_timeout_s`;
+  `capacity.load_timeout_s`; a report still cold well after the node took the order means
+  its start failed;
 - a model of an engine that loads on request (`Adapter.loads_models`: Ollama) is loaded
   through its adapter once the models placement names (`Placement.evict`, the least recently
   used idle ones first) are unloaded. A model with a request in flight or loading is never
@@ -38,7 +39,7 @@ from geniehive.adapters import UpstreamError
 from geniehive.discovery import discover_upstream
 from geniehive.launcher import LaunchError
 from geniehive.live import ServiceLive
-from geniehive.models import LOCAL_HOST_ID, MANAGED_STATES, Asset, Service, upstream_of
+from geniehive.models import LOCAL_HOST_ID, MANAGED_STATES, Asset, Host, Service, upstream_of
 from geniehive.routing.placement import COLD_EVICTS, DOES_NOT_FIT, place
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("geniehive.demand")
 
-RUNNING = MANAGED_STATES[2]
+COLD, RUNNING = MANAGED_STATES[0], MANAGED_STATES[2]
+START_REPORT_MARGIN_S = 0.5
 
 
 class LoadFailed(Exception):
@@ -231,11 +233,12 @@ class Demand:
     async def _start_on_node(self, host_id: str, upstream_id: str) -> None:
         gw = self.gw
         timeout_s = gw.config.capacity.load_timeout_s
-        gw.node_orders.order(host_id, "start", upstream_id)
+        order = gw.node_orders.order(host_id, "start", upstream_id)
         with trio.move_on_after(timeout_s):
             while True:
+                snapshot = gw.snapshot
                 services = [
-                    s for s in gw.snapshot.services.values()
+                    s for s in snapshot.services.values()
                     if s.host_id == host_id and upstream_of(s) == upstream_id
                 ]
                 if not services:
@@ -243,6 +246,10 @@ class Demand:
                                      "reports it")
                 if all(s.managed == RUNNING for s in services):
                     return
+                if _start_failed(snapshot.hosts.get(host_id), services,
+                                 gw.node_orders.taken_at(order.order_id)):
+                    raise LoadFailed(f"{upstream_id} on host {host_id}: the node could not "
+                                     "start it (its log says why)")
                 await gw.registry.published.wait()
         raise LoadFailed(f"{upstream_id} on host {host_id}: the node did not report it "
                          f"running within {timeout_s:g} s (capacity.load_timeout_s)")
@@ -305,6 +312,17 @@ class Demand:
             )
             if assets != sibling.assets:
                 await self.gw.registry.set_service_assets(sibling.service_id, assets)
+
+
+def _start_failed(host: Host | None, services: list[Service], taken: float | None) -> bool:
+    """Whether a node's report says its start failed: still cold in a report sent well
+    after it took the order (a node reports at once when an order ends; the margin keeps a
+    report built just as the order arrived from counting)."""
+    return (
+        taken is not None and host is not None and host.last_heartbeat is not None
+        and host.last_heartbeat > taken + START_REPORT_MARGIN_S
+        and any(s.managed == COLD for s in services)
+    )
 
 
 def _with_loaded(asset: Asset, loaded: bool) -> Asset:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ log = logging.getLogger("geniehive.nodes")
 
 ORDERS_PATH = "/v1/nodes/orders"
 ORDERS_WAIT_S = 25.0
+MAX_REMEMBERED = 4096  # orders whose taking time is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,13 @@ class NodeOrders:
         self._queues: dict[str, list[NodeOrder]] = {}
         self._wakers: dict[str, trio.Event] = {}
         self._closed = False
+        # When each order was handed to its node (wall clock, as heartbeats are stamped);
+        # bounded: the oldest are forgotten.
+        self._taken: dict[str, float] = {}
+
+    def taken_at(self, order_id: str) -> float | None:
+        """When the node took the order (`time.time()`), None while it waits."""
+        return self._taken.get(order_id)
 
     def order(self, host_id: str, action: str, upstream_id: str) -> NodeOrder:
         """Queue an order for `host_id` and wake its poll. ValueError for an unknown action."""
@@ -84,6 +93,11 @@ class NodeOrders:
             while not self._closed:
                 queued = self._queues.pop(host_id, [])
                 if queued:
+                    now = time.time()
+                    for taken in queued:
+                        self._taken[taken.order_id] = now
+                    while len(self._taken) > MAX_REMEMBERED:
+                        del self._taken[next(iter(self._taken))]
                     return queued
                 waker = self._wakers.setdefault(host_id, trio.Event())
                 await waker.wait()

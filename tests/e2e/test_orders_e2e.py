@@ -19,9 +19,10 @@ pytestmark = pytest.mark.e2e
 SERVICE = "gpu-l-lazy/chat"
 
 
-def node_config(tmp_path: Path, control_url: str, port: int) -> Path:
-    command = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port),
-               "--model", "lazy-model"]
+def node_config(tmp_path: Path, control_url: str, port: int, *,
+                command: list[str] | None = None, interval_s: float = 60) -> Path:
+    command = command or [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port),
+                          "--model", "lazy-model"]
     path = tmp_path / "node.toml"
     path.write_text(textwrap.dedent(f"""
         [node]
@@ -33,7 +34,7 @@ def node_config(tmp_path: Path, control_url: str, port: int) -> Path:
 
         # Slow on purpose: a report within seconds of an order is the one sent right after it.
         [heartbeat]
-        interval_s = 60
+        interval_s = {interval_s}
 
         [[upstreams]]
         id = "gpu-l-lazy"
@@ -132,3 +133,28 @@ async def test_a_request_for_a_cold_node_model_starts_its_upstream_through_the_n
     assert answer.headers["x-geniehive-service"] == SERVICE
     assert running["managed"] == "running"
     assert warm.status_code == 200 and warm.headers["x-geniehive-load"] == "warm"
+
+
+async def test_a_request_for_a_node_model_whose_start_fails_is_503_soon_not_at_the_timeout(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    port = free_port()
+    broken = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with trio.fail_after(60):
+        control = await spawn_gateway(nursery, write_config(tmp_path, ""))
+        node = await spawn_node(nursery, node_config(tmp_path, control.url, port,
+                                                     command=broken, interval_s=1))
+        async with httpx.AsyncClient(base_url=control.url, timeout=60) as client:
+            await wait_managed(client, "cold")
+            began = trio.current_time()
+            failed = await client.post("/v1/chat/completions", json={
+                "model": "lazy-model", "messages": [{"role": "user", "content": "hi"}]})
+            took = trio.current_time() - began
+        assert await stop(node) == 0
+        assert await stop(control) == 0
+    assert failed.status_code == 503
+    error = failed.json()["error"]
+    assert error["code"] == "model_load_failed"
+    assert "gpu-l-lazy on host gpu-l: the node could not start it" in error["message"]
+    # Known from the node's next reports, not after capacity.load_timeout_s (300 s).
+    assert took < 15
