@@ -12,7 +12,15 @@ import httpx
 import pytest
 import trio
 
-from tests.harness import REPO, free_port, spawn_gateway, spawn_node, stop, write_config
+from tests.harness import (
+    REPO,
+    Proc,
+    free_port,
+    spawn_gateway,
+    spawn_node,
+    stop,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -68,13 +76,19 @@ async def answers(port: int) -> bool:
             return False
 
 
+async def start_hive(nursery: trio.Nursery, tmp_path: Path, port: int,
+                     **node: Any) -> tuple[Proc, Proc]:
+    """A real `geniehive serve` and a real `geniehive node` registered with it."""
+    control = await spawn_gateway(nursery, write_config(tmp_path, ""))
+    return control, await spawn_node(nursery, node_config(tmp_path, control.url, port, **node))
+
+
 async def test_an_order_starts_a_cold_upstream_on_a_node_and_another_stops_it(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     port = free_port()
     with trio.fail_after(60):
-        control = await spawn_gateway(nursery, write_config(tmp_path, ""))
-        node = await spawn_node(nursery, node_config(tmp_path, control.url, port))
+        control, node = await start_hive(nursery, tmp_path, port)
         async with httpx.AsyncClient(base_url=control.url, timeout=10) as client:
             cold = await service(client)
             assert cold["managed"] == "cold"
@@ -114,8 +128,7 @@ async def test_a_request_for_a_cold_node_model_starts_its_upstream_through_the_n
 ) -> None:
     port = free_port()
     with trio.fail_after(60):
-        control = await spawn_gateway(nursery, write_config(tmp_path, ""))
-        node = await spawn_node(nursery, node_config(tmp_path, control.url, port))
+        control, node = await start_hive(nursery, tmp_path, port)
         async with httpx.AsyncClient(base_url=control.url, timeout=30) as client:
             await wait_managed(client, "cold")
             listed = (await client.get("/v1/models/lazy-model")).json()["geniehive"]
@@ -141,9 +154,7 @@ async def test_a_request_for_a_node_model_whose_start_fails_is_503_soon_not_at_t
     port = free_port()
     broken = [sys.executable, "-c", "import sys; sys.exit(3)"]
     with trio.fail_after(60):
-        control = await spawn_gateway(nursery, write_config(tmp_path, ""))
-        node = await spawn_node(nursery, node_config(tmp_path, control.url, port,
-                                                     command=broken, interval_s=1))
+        control, node = await start_hive(nursery, tmp_path, port, command=broken, interval_s=1)
         async with httpx.AsyncClient(base_url=control.url, timeout=60) as client:
             await wait_managed(client, "cold")
             began = trio.current_time()
