@@ -61,7 +61,7 @@ from geniehive.errors import (
     PermissionDenied,
     UnknownHostError,
 )
-from geniehive.live import ServiceLive
+from geniehive.live import ServiceLive, in_use
 from geniehive.models import Host, Service, Snapshot, upstream_of
 from geniehive.orders import ORDERS_PATH, handle_orders
 from geniehive.registry import ServiceConflict, UnknownHost
@@ -148,19 +148,16 @@ def active_upstreams(
 ) -> list[str]:
     """The sorted upstream ids of `host_id` the gateway is using now.
 
-    Rule: an upstream is in use while one of its services has a request in flight (an
-    attempt, or a slot taken), a request queued for a slot on it, or a model loading. The
-    node's idle reaper counts each listed upstream as active, so a managed upstream is never
-    stopped under a request.
+    Rule: an upstream is in use while one of its services is (`live.in_use`, the rule the
+    control plane's own reaper follows). The node's idle reaper counts each listed upstream
+    as active, so a managed upstream is never stopped under a request.
     """
     found: set[str] = set()
     for service in snapshot.services.values():
         if service.host_id != host_id:
             continue
         sid = service.service_id
-        counters = live.get(sid)
-        busy = counters is not None and (counters.in_flight > 0 or counters.busy_models())
-        if busy or admission.busy.get(sid, 0) > 0 or admission.queued.get(sid, 0) > 0:
+        if in_use(live.get(sid), admission.busy.get(sid, 0), admission.queued.get(sid, 0)):
             upstream = upstream_of(service)
             if upstream:
                 found.add(upstream)

@@ -26,7 +26,7 @@ from geniehive.discovery import local_service_ids
 from geniehive.exchange import Transport
 from geniehive.gate import KeyGate
 from geniehive.launcher import Launcher
-from geniehive.live import LiveState, RuntimeView
+from geniehive.live import LiveState, RuntimeView, in_use
 from geniehive.metrics import GatewayMetrics
 from geniehive.models import LOCAL_HOST_ID, Policy, Service, Snapshot
 from geniehive.orders import NodeOrders
@@ -102,19 +102,14 @@ class Gateway:
         self.node_orders = NodeOrders()
 
     def upstream_busy(self, upstream_id: str) -> bool:
-        """Whether a local upstream serves work now: a request in flight or waiting for one
-        of its services, or a model of it loading."""
+        """Whether a local upstream serves work now (`live.in_use` on one of its services)."""
         upstream = next((u for u in self.config.upstreams if u.id == upstream_id), None)
-        if upstream is None:
-            return False
-        queued = self.admission.queued
-        for service_id in local_service_ids(upstream):
-            live = self.live.services.get(service_id)
-            if queued.get(service_id, 0) or (
-                live is not None and (live.in_flight or live.busy_models())
-            ):
-                return True
-        return False
+        admission = self.admission
+        return upstream is not None and any(
+            in_use(self.live.services.get(sid), admission.busy.get(sid, 0),
+                   admission.queued.get(sid, 0))
+            for sid in local_service_ids(upstream)
+        )
 
     def _managed_state(self, upstream_id: str, state: str) -> None:
         """A local managed upstream changed state: its services sleep while an on_demand

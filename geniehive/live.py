@@ -307,6 +307,15 @@ class ServiceLive:
         return cached
 
 
+def in_use(counters: ServiceLive | None, slots_taken: int, queued: int) -> bool:
+    """Whether a service is in use now: a request in flight or holding one of its slots
+    (`slots_taken`, from the admission queue), one waiting for a slot (`queued`), or a
+    model of it loading. An idle reaper never stops the process of a service in use."""
+    return slots_taken > 0 or queued > 0 or (
+        counters is not None and (counters.in_flight > 0 or counters.busy_models())
+    )
+
+
 class LiveState:
     """Per-service live numbers plus round-robin counters."""
 
