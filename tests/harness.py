@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
+from geniehive.adapters import ProbeResult
 from geniehive.config import LaunchConfig, UpstreamConfig, load_control
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,6 +110,16 @@ def managed_fake(uid: str, **launch: object) -> UpstreamConfig:
     port = free_port()
     command = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port), "--name", uid]
     return managed_upstream(uid, command, port, **launch)
+
+
+async def http_probe(up: UpstreamConfig) -> ProbeResult:
+    """A launcher probe: the upstream's `/health` answers 200."""
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        try:
+            response = await client.get(f"{up.base_url}/health")
+        except httpx.ConnectError:
+            return ProbeResult(False, "connect refused")
+    return ProbeResult(response.status_code == 200, f"HTTP {response.status_code}")
 
 
 def alive(pid: int) -> bool:

@@ -14,14 +14,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 
 from geniehive.adapters import ProbeResult
 from geniehive.config import UpstreamConfig
 from geniehive.launcher import LaunchError, describe_exit, run_launcher
-from tests.harness import alive
+from tests.harness import alive, http_probe
 from tests.harness import managed_fake as fake_server
 from tests.harness import managed_upstream as upstream
 
@@ -51,15 +50,6 @@ async def wait_gone(pid: int) -> None:
 
 def sleeper(uid: str, marker: Path, mode: str = "plain", **launch: object) -> UpstreamConfig:
     return upstream(uid, [sys.executable, "-c", SLEEPER, str(marker), mode], **launch)
-
-
-async def http_probe(up: UpstreamConfig) -> ProbeResult:
-    async with httpx.AsyncClient(timeout=1.0) as client:
-        try:
-            response = await client.get(f"{up.base_url}/health")
-        except httpx.ConnectError:
-            return ProbeResult(False, "connect refused")
-    return ProbeResult(response.status_code == 200, f"HTTP {response.status_code}")
 
 
 def marker_probe(marker: Path):

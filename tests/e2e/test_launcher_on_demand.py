@@ -13,7 +13,6 @@ import signal
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 import trio.testing
@@ -21,7 +20,7 @@ import trio.testing
 from geniehive.adapters import ProbeResult
 from geniehive.config import UpstreamConfig
 from geniehive.launcher import Launcher, LaunchError
-from tests.harness import alive
+from tests.harness import alive, http_probe
 from tests.harness import managed_fake as fake_server
 from tests.harness import managed_upstream as managed
 
@@ -43,15 +42,6 @@ SHORT_REAL_WAIT_S = 0.2
 
 def sleeper(uid: str, **launch: object) -> UpstreamConfig:
     return managed(uid, ["sleep", "300"], **launch)
-
-
-async def http_probe(up: UpstreamConfig) -> ProbeResult:
-    async with httpx.AsyncClient(timeout=1.0) as client:
-        try:
-            response = await client.get(f"{up.base_url}/health")
-        except httpx.ConnectError:
-            return ProbeResult(False, "connect refused")
-    return ProbeResult(response.status_code == 200, f"HTTP {response.status_code}")
 
 
 def probe_ready_after(polls: int):
