@@ -37,6 +37,10 @@ def loads(fake: FakeOllama) -> list[tuple[str, Any]]:
             if r["path"] == "/api/generate"]
 
 
+def fake_url(fake: FakeOllama) -> str:
+    return f"http://127.0.0.1:{fake.port}"
+
+
 async def wait_for(predicate: Any) -> None:
     # The registry and the fake publish no event a test could wait on; poll (under a deadline).
     while not predicate():  # noqa: ASYNC110
@@ -113,8 +117,11 @@ async def test_a_model_in_use_is_unloaded_only_after_its_request_ends(
                 await chunks.__anext__()  # "small" is in use now
                 async with trio.open_nursery() as inner:
                     inner.start_soon(swap_in)
-                    # The swap waits: "small" is busy, so nothing is unloaded yet.
-                    await trio.sleep(0.5)
+                    # The load of "large" has begun and waits for "small" to be idle
+                    # (the demand's wait for a request to end), so nothing is unloaded yet.
+                    demand = running.gateway.demand
+                    await wait_for(lambda: ("local", fake_url(fake), "large") in demand._work
+                                   and demand._moved is not None)
                     waiting = loads(fake)
                     events.append("released")
                     fake.release()
