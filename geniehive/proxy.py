@@ -77,9 +77,10 @@ SPOOL_BYTES = 1024 * 1024
 # A large body is written in parts of this size, so the write timeout measures the client's
 # progress, not the time one huge send takes to drain.
 WRITE_PART_BYTES = 256 * 1024
-SHUTTING_DOWN_EVENT = encode_error_event(render_error(
+SHUTTING_DOWN_ERROR = render_error(
     "the gateway is shutting down: this answer was cut short", "server_error", "shutting_down"
-))
+)
+SHUTTING_DOWN_EVENT = encode_error_event(SHUTTING_DOWN_ERROR)
 
 
 class ClientStalled(ClientGone):
@@ -245,7 +246,7 @@ class ProxyApp:
             # Only a cancellation from outside gets here: the server is cutting the requests
             # still running when its shutdown grace ran out (docs/architecture.md).
             outcome.status = 503
-            await end_cut(send, writer, request_id, outcome)
+            await end_cut(send, writer, request_id, outcome, inbound)
             raise
         finally:
             if outcome.status == 0:
@@ -386,17 +387,25 @@ def _writer(send: Send) -> Writer:
     return writer
 
 
-async def end_cut(send: Send, writer: Writer, request_id: str, outcome: Outcome) -> None:
+async def end_cut(
+    send: Send, writer: Writer, request_id: str, outcome: Outcome, inbound: Inbound | None
+) -> None:
     """Tell a client whose request the shutdown cuts: 503 `shutting_down` before the head,
-    one SSE error event (and no `[DONE]`) into a stream; any other body is just cut."""
+    one SSE error event (and no `[DONE]`) into a stream, in the client's dialect; any other
+    body is just cut."""
+    dialect = inbound.dialect if inbound is not None else None
     if not writer.started:
         exc = ShuttingDown("the gateway is shutting down")
-        await send_bounded(send, error_messages(exc, request_id, outcome))
+        render = dialect.error_body if dialect is not None else None
+        await send_bounded(send, error_messages(exc, request_id, outcome, render=render))
     elif writer.sse and not writer.ended:
         writer.ended = True
-        writer.bytes_out += len(SHUTTING_DOWN_EVENT)
+        event = SHUTTING_DOWN_EVENT
+        if inbound is not None and inbound.answer is not None:
+            event = inbound.answer.translation.error(SHUTTING_DOWN_ERROR)
+        writer.bytes_out += len(event)
         await send_bounded(send, [
-            {"type": "http.response.body", "body": SHUTTING_DOWN_EVENT, "more_body": False}
+            {"type": "http.response.body", "body": event, "more_body": False}
         ])
 
 

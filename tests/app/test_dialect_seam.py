@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from geniehive import dialects
 from geniehive.errors import GenieHiveError, InvalidRequest
 from geniehive.models import Policy
+from tests.fakes.upstream import FakeUpstream
+from tests.harness import gateway_in_process, upstream_toml, write_config
 from tests.hive import ENV, KEYS, Hive, calls, start_hive
 
 
@@ -141,3 +144,30 @@ async def test_a_stream_cut_after_its_start_ends_with_the_dialects_error_event(e
     assert events[0].startswith("event: piece")
     assert events[-1].startswith("event: failed") and "broke off" in events[-1]
     assert dialect.finished == []  # an answer cut short is not finished
+
+
+async def test_a_stream_cut_by_the_shutdown_ends_with_the_dialects_error_event(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dialects, "served", lambda gateway: {"/v1/echo": EchoDialect()})
+    fake = FakeUpstream(["m1"])
+    with trio.fail_after(20):
+        port = await nursery.start(fake.serve)
+        config = write_config(tmp_path, upstream_toml("fake", port, ["chat"]))
+        config.write_text(config.read_text().replace("shutdown_grace_s = 5",
+                                                     "shutdown_grace_s = 0.2"))
+        running = await gateway_in_process(nursery, config)
+        fake.set_fault("hold_stream", after_chunks=1, times=1)
+        body = {"model": "m1", "say": "one two three", "stream": True}
+        async with (
+            httpx.AsyncClient(base_url=running.url, timeout=10) as client,
+            client.stream("POST", "/v1/echo", json=body) as response,
+        ):
+            chunks = response.aiter_raw()
+            raw = await chunks.__anext__()
+            running.shutdown.set()
+            raw += b"".join([chunk async for chunk in chunks])
+        await running.done.wait()
+    events = [e for e in raw.decode().split("\n\n") if e]
+    assert events[0].startswith("event: piece")
+    assert events[-1].startswith("event: failed") and "shutting down" in events[-1]
