@@ -94,7 +94,9 @@ class Dialect(Protocol):
 
 def served(gateway: Gateway) -> dict[str, Dialect]:
     """The dialects the gateway serves, by client path (`app.create_asgi` registers them)."""
-    return {}
+    from geniehive.dialects.responses import ResponsesDialect
+
+    return {"/v1/responses": ResponsesDialect(gateway)}
 
 
 class DialectWriter:

@@ -181,7 +181,8 @@ def answer(ctx: Context, chat: Mapping[str, Any]) -> dict[str, Any]:
             continue
         function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
         assert isinstance(function, Mapping)
-        call_id = call.get("id") if isinstance(call.get("id"), str) else ctx.new_id("call")
+        given = call.get("id")
+        call_id = given if isinstance(given, str) else ctx.new_id("call")
         arguments = function.get("arguments")
         output.append(call_item(ctx, ctx.new_id("fc"), call_id, str(function.get("name", "")),
                                 arguments if isinstance(arguments, str) else "{}"))

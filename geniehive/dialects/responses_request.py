@@ -200,10 +200,11 @@ def _tool_call(item: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]
                                  param=f"{where}.input")
         arguments = json.dumps({"input": value}, ensure_ascii=False)
     else:
-        arguments = item.get("arguments")
-        if not isinstance(arguments, str):
+        given = item.get("arguments")
+        if not isinstance(given, str):
             raise InvalidRequest("a function call's 'arguments' must be a string of JSON",
                                  param=f"{where}.arguments")
+        arguments = given
     return {"id": call_id, "type": "function",
             "function": {"name": name, "arguments": arguments}}
 
