@@ -66,6 +66,9 @@ class UpstreamContext:
     # How long `load` keeps a model in memory (the upstream's `keep_alive`); None: the
     # adapter's own default.
     keep_alive: str | int | None = None
+    # How chat is sent, for adapters of servers with two APIs (Ollama: "native" `/api/chat`
+    # or "openai" `/v1`), from the upstream's `dialect`.
+    dialect: str = "native"
 
     @property
     def auth_headers(self) -> dict[str, str]:
