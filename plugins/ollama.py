@@ -3,8 +3,9 @@
 Discovery joins `/api/tags` (what is pulled: name, family, size) with `/api/ps` (what is in
 memory: VRAM, expiry, allocated context). Ollama has no `/health`, so the probe asks
 `/api/version`, which answers without touching a model. Loading and unloading are
-`/api/generate` calls without a prompt, which only change `keep_alive`: loading sends the
-upstream's configured `keep_alive` (default "30m"), unloading sends 0. Discovery, observation
+`/api/generate` calls without a prompt, which generate nothing: loading sends the
+upstream's configured `keep_alive` (default "30m") and, natively, the `num_ctx` chat will
+send (so the first chat does not reload it), unloading sends 0. Discovery, observation
 and the probe only read (`/api/tags`, `/api/ps`, `/api/version`): they never generate, so they
 never load a model nor extend how long one stays.
 
@@ -230,17 +231,23 @@ class OllamaAdapter(OpenAICompatibleAdapter):
         Raises UpstreamError or httpx.HTTPError.
         """
         keep_alive = self.ctx.keep_alive if self.ctx.keep_alive is not None else LOAD_KEEP_ALIVE
-        await self._keep_alive(model, keep_alive)
+        # Natively, with the num_ctx chat will send: Ollama reloads a model asked for another.
+        options = {"num_ctx": self.num_ctx(model, {})} if self.native else None
+        await self._keep_alive(model, keep_alive, options)
 
     async def unload(self, model: str) -> None:
         """Evict `model` from memory now. Raises UpstreamError or httpx.HTTPError."""
         await self._keep_alive(model, 0)
 
-    async def _keep_alive(self, model: str, keep_alive: str | int) -> None:
+    async def _keep_alive(self, model: str, keep_alive: str | int,
+                          options: dict[str, Any] | None = None) -> None:
         # Without a prompt /api/generate only loads the model (or unloads it at keep_alive 0).
+        body: dict[str, Any] = {"model": model, "keep_alive": keep_alive}
+        if options:
+            body["options"] = options
         response = await self.client.post(
             self.url("/api/generate"),
-            json={"model": model, "keep_alive": keep_alive},
+            json=body,
             headers=self.ctx.auth_headers,
             timeout=LOAD_TIMEOUT_S,
         )

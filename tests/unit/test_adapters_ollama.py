@@ -3,8 +3,8 @@
 Claims: discovery joins the pulled models with the ones in memory (VRAM, expiry, allocated
 context, family); the probe asks `/api/version` and never generates; thinking is turned off
 the way the request's path honours (`think: false` on `/api/chat`, `reasoning_effort: "none"`
-on `/v1`); embeddings, completions and the `openai` dialect go through `/v1`; load and unload only change
-`keep_alive`; observe counts models in memory and their VRAM, and never fails discovery.
+on `/v1`); embeddings, completions and the `openai` dialect go through `/v1`; load and unload
+only change `keep_alive` (and, natively, a load allocates chat's `num_ctx`); observe counts models in memory and their VRAM, and never fails discovery.
 """
 
 from __future__ import annotations
@@ -227,19 +227,22 @@ async def test_build_request_goes_to_the_openai_compatible_path(dialect, operati
 
 
 @pytest.mark.parametrize(
-    ("method", "keep_alive"), [("load", "30m"), ("unload", 0)]
+    ("method", "dialect", "sent"),
+    [("load", "native", {"keep_alive": "30m", "options": {"num_ctx": 8192}}),
+     ("load", "openai", {"keep_alive": "30m"}),
+     ("unload", "native", {"keep_alive": 0}), ("unload", "openai", {"keep_alive": 0})],
 )
-async def test_load_and_unload_post_generate_without_a_prompt(method, keep_alive):
+async def test_load_and_unload_post_generate_without_a_prompt(method, dialect, sent):
+    # Natively a load allocates the context chat will ask for, so chat does not reload it.
     seen: list[httpx.Request] = []
     answer = {"model": "llama3.2:3b", "created_at": "2025-05-02T08:00:00Z", "response": "",
               "done": True, "done_reason": method}
     handler = routes({("POST", "/api/generate"): httpx.Response(200, json=answer)}, seen)
     with trio.fail_after(5):
-        async with ollama(handler) as adapter:
+        async with open_adapter(OllamaAdapter, handler, base_url=BASE_URL,
+                                dialect=dialect) as adapter:
             await getattr(adapter, method)("llama3.2:3b")
-    assert [json.loads(r.content) for r in seen] == [
-        {"model": "llama3.2:3b", "keep_alive": keep_alive}
-    ]
+    assert [json.loads(r.content) for r in seen] == [{"model": "llama3.2:3b", **sent}]
 
 
 @pytest.mark.parametrize("keep_alive", ["1h30m", 600, -1])
