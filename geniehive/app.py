@@ -132,7 +132,7 @@ def unrouted(method: str, path: str, user_agent: str | None) -> NotFound:
     """The 404 `not_found` of a request no route serves, naming its method and path (cut to
     MESSAGE_PATH_CHARS); logged by `log_unrouted`."""
     log_unrouted(method, path, user_agent)
-    shown = path if len(path) <= MESSAGE_PATH_CHARS else path[:MESSAGE_PATH_CHARS] + "…"
+    shown = path if len(path) <= MESSAGE_PATH_CHARS else path[:MESSAGE_PATH_CHARS] + "..."
     return NotFound(f"no route for {method} {shown}")
 
 

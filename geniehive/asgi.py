@@ -346,8 +346,8 @@ def log_request(
 
 def quoted(text: str, limit: int = LOGGED_TEXT_CHARS) -> str:
     """`text` as a JSON string literal for a log line, cut to its first `limit` characters
-    (then ending in `…`): whatever a client sends, it stays one value on one line."""
-    return json.dumps(text if len(text) <= limit else text[:limit] + "…")
+    (then ending in `...`): whatever a client sends, it stays one value on one line."""
+    return json.dumps(text if len(text) <= limit else text[:limit] + "...")
 
 
 def log_unrouted(method: str, path: str, user_agent: str | None) -> None:
