@@ -283,13 +283,15 @@ def error_messages(
 async def send_error(
     send: Send, exc: GenieHiveError, request_id: str, route: RouteFacts | None = None,
     *, close: bool = False,
-) -> None:
+) -> int:
     """Answer `exc` (see render_error_answer), shielded so that a cancellation cannot leave
-    the connection stuck halfway through the answer."""
+    the connection stuck halfway through the answer. Returns the size of the body sent,
+    which the request log counts as it counts any answer's body (the head is not counted)."""
     start, body = error_messages(exc, request_id, route, close=close)
     with trio.CancelScope(shield=True):
         await send(start)
         await send(body)
+    return len(body["body"])
 
 
 async def send_json(send: Send, status: int, payload: Any, request_id: str) -> None:

@@ -212,12 +212,13 @@ class ProxyApp:
         except GenieHiveError as exc:
             outcome.status = exc.http_status
             if not writer.started:
-                await send_error(send, exc, request_id, outcome)
+                writer.bytes_out += await send_error(send, exc, request_id, outcome)
         except Exception:
             log.exception("request %s failed unexpectedly", request_id)
             outcome.status = 500
             if not writer.started:
-                await send_error(send, GenieHiveError("internal error"), request_id, outcome)
+                writer.bytes_out += await send_error(send, GenieHiveError("internal error"),
+                                                     request_id, outcome)
         except BaseException:
             # Only a cancellation from outside gets here: the server is cutting the requests
             # still running when its shutdown grace ran out (docs/architecture.md).
@@ -345,7 +346,9 @@ async def end_cut(send: Send, writer: Writer, request_id: str, outcome: Outcome)
     one SSE error event (and no `[DONE]`) into a stream; any other body is just cut."""
     if not writer.started:
         exc = ShuttingDown("the gateway is shutting down")
-        await send_bounded(send, error_messages(exc, request_id, outcome))
+        messages = error_messages(exc, request_id, outcome)
+        writer.bytes_out += len(messages[1]["body"])
+        await send_bounded(send, messages)
     elif writer.sse and not writer.ended:
         writer.ended = True
         writer.bytes_out += len(SHUTTING_DOWN_EVENT)
