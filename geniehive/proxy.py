@@ -235,13 +235,14 @@ class ProxyApp:
         except GenieHiveError as exc:
             outcome.status = exc.http_status
             if not writer.started:
-                await send_error(send, exc, request_id, outcome, render=render)
+                writer.bytes_out += await send_error(send, exc, request_id, outcome,
+                                                     render=render)
         except Exception:
             log.exception("request %s failed unexpectedly", request_id)
             outcome.status = 500
             if not writer.started:
-                await send_error(send, GenieHiveError("internal error"), request_id, outcome,
-                                 render=render)
+                writer.bytes_out += await send_error(send, GenieHiveError("internal error"),
+                                                     request_id, outcome, render=render)
         except BaseException:
             # Only a cancellation from outside gets here: the server is cutting the requests
             # still running when its shutdown grace ran out (docs/architecture.md).
@@ -397,7 +398,9 @@ async def end_cut(
     if not writer.started:
         exc = ShuttingDown("the gateway is shutting down")
         render = dialect.error_body if dialect is not None else None
-        await send_bounded(send, error_messages(exc, request_id, outcome, render=render))
+        messages = error_messages(exc, request_id, outcome, render=render)
+        writer.bytes_out += len(messages[1]["body"])
+        await send_bounded(send, messages)
     elif writer.sse and not writer.ended:
         writer.ended = True
         event = SHUTTING_DOWN_EVENT

@@ -54,6 +54,7 @@ from geniehive.errors import (
     UpstreamTimeout,
     raise_for_decision,
     render_error,
+    upstream_error_code,
 )
 from geniehive.exchange import Inbound, Outcome, Transport, UpstreamResponse, Writer
 from geniehive.models import Policy, Service
@@ -421,7 +422,7 @@ class Relay:
             raise _Failed("status", f"HTTP {status}: {message}", status=status)
         # Other 4xx, and 501 (the server lacks the feature, e.g. llama.cpp without
         # --embeddings), are the same everywhere: passed on at once, not failed over.
-        raise UpstreamStatus(status, message)
+        raise UpstreamStatus(status, message, upstream_code=upstream_error_code(body, message))
 
     async def _relay_stream(
         self, attempt: Attempt, response: UpstreamResponse, headers: list[tuple[bytes, bytes]],
