@@ -22,13 +22,18 @@ and `DialectWriter` only calls the writer it wraps.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from geniehive.errors import GenieHiveError
 from geniehive.exchange import Writer
 from geniehive.sse import EVENT_END, parse_event_lines
 
+log = logging.getLogger("geniehive.dialects")
+
 if TYPE_CHECKING:
+    from geniehive.gateway import Gateway
     from geniehive.models import Policy
 
 
@@ -69,8 +74,8 @@ class Dialect(Protocol):
     previous response). `translation` starts the answer's translation for one request.
     `native_body` is the client's body for an upstream that speaks the dialect, with `model`
     rewritten and the effective policy applied in the dialect's own fields. `error_body`
-    renders an error in the dialect's shape; `finish` runs after a complete answer (it
-    stores a response that asked to be stored).
+    renders an error in the dialect's shape; `finish` runs once the answer is complete,
+    before its last bytes are written (it stores a response that asked to be stored).
     """
 
     name: str
@@ -87,6 +92,11 @@ class Dialect(Protocol):
     async def finish(self, body: dict[str, Any], translation: Translation) -> None: ...
 
 
+def served(gateway: Gateway) -> dict[str, Dialect]:
+    """The dialects the gateway serves, by client path (`app.create_asgi` registers them)."""
+    return {}
+
+
 class DialectWriter:
     """The relay's writer for a dialect request: the relay writes an OpenAI chat answer (or,
     with `native` set before its start, the upstream's own dialect answer) and the client's
@@ -95,12 +105,18 @@ class DialectWriter:
     A JSON answer is held whole, translated and written with its new length; an event
     stream is cut into events and each translated as it arrives. It offers the `Writer`
     fields the relay reads and sets (`started`, `sse`, `ended`, `bytes_out`), mirrored onto
-    the client's writer, which the edge's watchers read.
+    the client's writer, which the edge's watchers read. Once the answer is complete,
+    `finish` runs before the bytes that complete it are written, so a client that reads the
+    end of an answer can rely on what `finish` did (a stored response can be fetched).
     """
 
-    def __init__(self, client: Writer, translation: Translation) -> None:
+    def __init__(
+        self, client: Writer, translation: Translation,
+        finish: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.client = client
         self.translation = translation
+        self._finish = finish
         self.native = False  # set per attempt by the relay, before the start
         self.strip = True  # likewise: reasoning is stripped from a native answer
         self.complete = False  # the answer ended well (a whole body, or a stream's end)
@@ -131,6 +147,7 @@ class DialectWriter:
         raw = b"".join(self._parts)
         self._parts = []
         out = self._translate_json(raw)
+        await self._finished()
         headers = [
             (k, str(len(out)).encode() if k == b"content-length" else v)
             for k, v in self._headers
@@ -175,8 +192,18 @@ class DialectWriter:
                 out.append(self.translation.done())
             self.writer.ended = True
         data = b"".join(out)
+        await self._finished()
         if data or not more:
             await self.client.body(data, more)
+
+    async def _finished(self) -> None:
+        """Run `finish` once, when the answer has become complete."""
+        if self.complete and self._finish is not None:
+            finish, self._finish = self._finish, None
+            try:
+                await finish()
+            except Exception:  # the answer itself is fine: it is still delivered
+                log.exception("a dialect answer could not be finished")
 
     def _event(self, event: bytes) -> bytes:
         if self.native:
