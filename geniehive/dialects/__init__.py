@@ -94,7 +94,9 @@ class Dialect(Protocol):
 
 def served(gateway: Gateway) -> dict[str, Dialect]:
     """The dialects the gateway serves, by client path (`app.create_asgi` registers them)."""
-    return {}
+    from geniehive.dialects.messages import MessagesDialect
+
+    return {"/v1/messages": MessagesDialect(gateway)}
 
 
 class DialectWriter:

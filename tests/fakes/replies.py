@@ -123,6 +123,58 @@ def render_chat(body: dict[str, Any], text: str, request_id: str) -> Reply:
     return _stream(body, {**head, "object": "chat.completion.chunk"}, choices, usage)
 
 
+def tool_call_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool call the fake makes, if any: with `tools` offered (and `tool_choice` not
+    "none") and a user turn last, it calls the first tool (or the one `tool_choice` names)
+    with `{"text": <that turn's text>}`; after a tool's result it answers in words."""
+    tools = body.get("tools")
+    messages = body.get("messages") or []
+    if not tools or body.get("tool_choice") == "none" or not messages:
+        return None
+    if not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+        return None
+    choice = body.get("tool_choice")
+    name = tools[0]["function"]["name"]
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+    arguments = json.dumps({"text": message_text(messages[-1].get("content"))})
+    return {"id": "call_fake0", "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+def tool_result_text(body: dict[str, Any]) -> str | None:
+    """After a tool's result: 'tool said: ' and its content."""
+    messages = body.get("messages") or []
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return "tool said: " + message_text(messages[-1].get("content"))
+    return None
+
+
+def render_tool_call(body: dict[str, Any], call: dict[str, Any], request_id: str) -> Reply:
+    """A chat answer that calls `call`; streamed, its arguments come in three pieces."""
+    head = {"id": request_id, "created": CREATED, "model": body.get("model")}
+    usage = _usage(count_tokens(message_text(body["messages"][-1].get("content"))), 5)
+    if not body.get("stream"):
+        choice = {"index": 0, "finish_reason": "tool_calls",
+                  "message": {"role": "assistant", "content": None, "tool_calls": [call]}}
+        return json_reply({**head, "object": "chat.completion", "choices": [choice],
+                           "usage": usage})
+    arguments = call["function"]["arguments"]
+    third = max(len(arguments) // 3, 1)
+    pieces = [arguments[:third], arguments[third:2 * third], arguments[2 * third:]]
+    first = {"index": 0, "id": call["id"], "type": "function",
+             "function": {"name": call["function"]["name"], "arguments": ""}}
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "tool_calls": [first]}]
+    deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
+    choices = [{"index": 0, "delta": d, "finish_reason": None} for d in deltas]
+    reply = _stream(body, {**head, "object": "chat.completion.chunk"}, choices, usage)
+    assert reply.events is not None
+    last = json.loads(reply.events[len(choices) - 1][6:])
+    last["choices"][0]["finish_reason"] = "tool_calls"
+    reply.events[len(choices) - 1] = sse_event(last)
+    return reply
+
+
 def completion_reply_text(body: dict[str, Any]) -> str:
     prompt = body.get("prompt")
     if isinstance(prompt, list):

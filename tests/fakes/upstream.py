@@ -397,7 +397,11 @@ class FakeUpstream:
 
     def _chat(self, record: dict[str, Any]) -> Reply:
         body = self._json_body(record)
-        text = self.reply if self.reply is not None else replies.chat_reply_text(body)
+        call = replies.tool_call_of(body) if self.reply is None else None
+        if call is not None:
+            return replies.render_tool_call(body, call, f"chatcmpl-fake{record['index']}")
+        text = self.reply if self.reply is not None else (
+            replies.tool_result_text(body) or replies.chat_reply_text(body))
         return replies.render_chat(body, text, f"chatcmpl-fake{record['index']}")
 
     def _completion(self, record: dict[str, Any]) -> Reply:
