@@ -17,6 +17,10 @@ As a process: ``python -m tests.fakes.upstream --port 0 --model m1`` prints ``LI
 and serves until SIGTERM/SIGINT; the ``/_fake/...`` control endpoints drive it from outside (``GET /_fake/load``: the requests
 being answered now and the most at once).
 
+Chat with ``tools`` offered and a user turn last answers a call of the first tool (or the one
+``tool_choice`` names) with ``{"text": <that turn's text>}``, its arguments streamed in three
+pieces; after a tool's result it answers "tool said: " and the result.
+
 Fault modes, ``set_fault(mode, *, times=None, path=None, **params)``; ``times=None`` makes the
 fault persistent, ``times=n`` applies it to the next n requests whose path starts with
 ``path`` (without ``path``: the next n POST requests, so that a gateway's probes and discovery
