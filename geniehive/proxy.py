@@ -131,8 +131,10 @@ class ProxyApp:
         started = trio.current_time()
         path = scope["path"].rstrip("/") or "/"
         dialect = self.dialects.get(path)
+        # The token counter beside the Messages API answers in its shape too.
+        shape = self.dialects.get(MESSAGES_PATH) if path == COUNT_TOKENS_PATH else dialect
         await send_error(send, refusal, scope_request_id(scope), close=True,
-                         render=dialect.error_body if dialect is not None else None)
+                         render=shape.error_body if shape is not None else None)
         route = ROUTES.get(path)
         if dialect is not None:
             route = (dialect.name, "chat")

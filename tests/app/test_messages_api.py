@@ -122,6 +122,7 @@ async def test_errors_come_in_anthropics_shape(sdk: SDK, keyed: Hive) -> None:
     assert missing.value.body["type"] == "error"
     assert missing.value.body["error"]["type"] == "not_found_error"
     assert "no-such-model" in missing.value.body["error"]["message"]
+    assert unknown.value.body["type"] == "error"
     assert unknown.value.body["error"]["type"] == "authentication_error"
     assert server_tool.value.body["error"]["type"] == "invalid_request_error"
     assert "web_search" in server_tool.value.body["error"]["message"]
@@ -135,6 +136,11 @@ async def test_count_tokens_estimates_where_the_upstream_has_no_tokenizer(sdk: S
         with pytest.raises(anthropic.NotFoundError):
             await sdk(keyed.url).messages.count_tokens(
                 model="nope", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(anthropic.AuthenticationError) as unknown:
+            await sdk(keyed.url, key="sk-wrong").messages.count_tokens(
+                model="m1", messages=[{"role": "user", "content": "hi"}])
+    assert unknown.value.body == {"type": "error", "error": {
+        "type": "authentication_error", "message": unknown.value.body["error"]["message"]}}
     assert raw.headers["x-geniehive-token-count"] == "estimate"
     assert (await raw.parse()).input_tokens == 11  # "user: " and 35 characters, 4 to a token
 
