@@ -17,7 +17,7 @@ from tests.hive import ENV, KEYS, Hive, calls, start_hive
 
 SDK = Callable[..., anthropic.AsyncAnthropic]
 WEATHER = {"name": "get_weather", "description": "The weather in a city",
-           "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}}}
+           "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ async def test_a_tool_call_and_its_result_round_trip(sdk: SDK, keyed: Hive, stre
         assert first.stop_reason == "tool_use"
         [call] = first.content
         assert call.type == "tool_use"
-        assert (call.name, call.input) == ("get_weather", {"text": "weather in Paris?"})
+        assert (call.name, call.input) == ("get_weather", {"q": "weather in Paris?"})
         follow = await client.messages.create(model="m1", max_tokens=64, tools=[WEATHER], messages=[
             *ask,
             {"role": "assistant", "content": [call.model_dump()]},

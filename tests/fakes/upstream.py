@@ -17,10 +17,6 @@ As a process: ``python -m tests.fakes.upstream --port 0 --model m1`` prints ``LI
 and serves until SIGTERM/SIGINT; the ``/_fake/...`` control endpoints drive it from outside (``GET /_fake/load``: the requests
 being answered now and the most at once).
 
-Chat with ``tools`` offered and a user turn last answers a call of the first tool (or the one
-``tool_choice`` names) with ``{"text": <that turn's text>}``, its arguments streamed in three
-pieces; after a tool's result it answers "tool said: " and the result.
-
 Fault modes, ``set_fault(mode, *, times=None, path=None, **params)``; ``times=None`` makes the
 fault persistent, ``times=n`` applies it to the next n requests whose path starts with
 ``path`` (without ``path``: the next n POST requests, so that a gateway's probes and discovery
@@ -401,12 +397,13 @@ class FakeUpstream:
 
     def _chat(self, record: dict[str, Any]) -> Reply:
         body = self._json_body(record)
-        call = replies.tool_call_of(body) if self.reply is None else None
-        if call is not None:
-            return replies.render_tool_call(body, call, f"chatcmpl-fake{record['index']}")
+        request_id = f"chatcmpl-fake{record['index']}"
+        tool = replies.wants_tool_call(body)
+        if tool is not None:
+            return replies.render_tool_call(body, tool, request_id)
         text = self.reply if self.reply is not None else (
-            replies.tool_result_text(body) or replies.chat_reply_text(body))
-        return replies.render_chat(body, text, f"chatcmpl-fake{record['index']}")
+            replies.tool_reply_text(body) or replies.chat_reply_text(body))
+        return replies.render_chat(body, text, request_id)
 
     def _completion(self, record: dict[str, Any]) -> Reply:
         body = self._json_body(record)
