@@ -129,7 +129,9 @@ async def test_errors_come_in_anthropics_shape(sdk: SDK, keyed: Hive) -> None:
     assert calls(keyed.fake) == []
 
 
-async def test_count_tokens_estimates_where_the_upstream_has_no_tokenizer(sdk: SDK, keyed: Hive) -> None:
+async def test_count_tokens_estimates_where_the_upstream_has_no_tokenizer(
+    sdk: SDK, keyed: Hive
+) -> None:
     with trio.fail_after(10):
         raw = await sdk(keyed.url).messages.with_raw_response.count_tokens(
             model="m1", messages=[{"role": "user", "content": "x" * 35}])
