@@ -297,13 +297,17 @@ async def send_error(
     return len(body["body"])
 
 
-async def send_json(send: Send, status: int, payload: Any, request_id: str) -> None:
-    """A JSON answer that is not an error (the node port's)."""
+async def send_json(
+    send: Send, status: int, payload: Any, request_id: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A JSON answer that is not an error (the node port's), with `extra` headers."""
     body = json.dumps(payload).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id.encode()),
+        *(extra or []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

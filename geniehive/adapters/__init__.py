@@ -265,6 +265,11 @@ class Adapter:
     async def unload(self, model: str) -> None:
         raise NotImplementedError(f"{self.kind} adapter cannot unload models")
 
+    async def tokenize(self, model: str, text: str) -> int | None:
+        """How many tokens `text` is for `model`, by the upstream's own tokenizer; None when
+        the upstream has no tokenizer endpoint or could not answer (never raises)."""
+        return None
+
 
 def parse_openai_models(payload: Any) -> list[Asset]:
     """Assets from an OpenAI `/v1/models` list. Raises UpstreamError on a foreign shape."""
