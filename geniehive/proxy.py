@@ -50,8 +50,8 @@ from geniehive.errors import (
 from geniehive.exchange import Inbound, Outcome, Upload, Writer
 from geniehive.fields import check_body, check_form
 from geniehive.relay import Relay
-from geniehive.tokencount import count_input_tokens
 from geniehive.sse import encode_error_event
+from geniehive.tokencount import count_input_tokens
 from geniehive.writes import (
     abort_connection,
     release_on_cut,

@@ -281,7 +281,7 @@ class MessagesTranslation:
         return answer
 
     def native_event(self, event: bytes, strip: bool) -> bytes:
-        lines, data = parse_event_lines(event)
+        _, data = parse_event_lines(event)
         if data is None:
             return event
         try:
