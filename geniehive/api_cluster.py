@@ -40,7 +40,15 @@ from geniehive.benchreport import parse_report
 from geniehive.capacity import ServiceLoad, slots_of
 from geniehive.errors import InvalidRequest, NotFound, UnknownHostError
 from geniehive.memory import host_memory
-from geniehive.models import LOCAL_HOST_ID, OPERATIONS, BenchmarkSample, Host, Service, Snapshot
+from geniehive.models import (
+    CAPABILITIES,
+    LOCAL_HOST_ID,
+    OPERATIONS,
+    BenchmarkSample,
+    Host,
+    Service,
+    Snapshot,
+)
 from geniehive.orders import register_order_routes
 from geniehive.registry import UnknownHost, UnknownService
 
@@ -229,7 +237,8 @@ def _listing(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def explain_route(gateway: Gateway, args: Mapping[str, str]) -> dict[str, Any]:
-    """`routes/resolve`: the decision for `model` and `kind`, explained. Raises InvalidRequest.
+    """`routes/resolve`: the decision for `model` and `kind` (and the capabilities a request
+    would need, `needs=tools,vision`), explained. Raises InvalidRequest.
 
     Resolving reads the round-robin counters and never advances them.
     """
@@ -240,7 +249,12 @@ def explain_route(gateway: Gateway, args: Mapping[str, str]) -> dict[str, Any]:
     if kind not in OPERATIONS:
         raise InvalidRequest(f"kind: expected one of {', '.join(OPERATIONS)}", param="kind")
     stream = (args.get("stream") or "").lower() in ("1", "true", "yes")
-    return routing.explain(gateway.resolve(model, kind, stream=stream))
+    needs = frozenset(n.strip() for n in (args.get("needs") or "").split(",") if n.strip())
+    if not needs <= set(CAPABILITIES):
+        raise InvalidRequest(
+            f"needs: expected names among {', '.join(CAPABILITIES)}", param="needs"
+        )
+    return routing.explain(gateway.resolve(model, kind, stream=stream, needs=needs))
 
 
 def match_routes(gateway: Gateway, body: Any) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 Shared by the control plane's discovery (`discovery.py`) and the node agent
 (`node/agent.py`), which look at their upstreams the same way.
 
-Rule: pure. The configured aliases, family, context length and policy of an asset win over
-what discovery reports; whether it is loaded comes from discovery. An upstream that did not
-answer keeps its last known assets, shown not loaded, so that their names stay known. A
+Rule: pure. The configured aliases, family, context length, capabilities and policy of an asset
+win over what discovery reports; whether it is loaded comes from discovery. An upstream that did
+not answer keeps its last known assets, shown not loaded, so that their names stay known. A
 configured `max_in_flight` is the service's slot count whatever the upstream reports, and a
 configured `max_loaded_models` its loaded-model limit (no upstream reports one).
 """
@@ -23,7 +23,8 @@ __all__ = [
 
 
 def merge_assets(configured: Sequence[Asset], discovered: Sequence[Asset]) -> tuple[Asset, ...]:
-    """Configured aliases, family, context and policy are kept; `loaded` comes from discovery.
+    """Configured aliases, family, context, capabilities and policy are kept; `loaded`,
+    `max_context` and unconfigured capabilities come from discovery.
 
     Configured assets that discovery did not report are kept, not loaded.
     """
@@ -41,6 +42,8 @@ def merge_assets(configured: Sequence[Asset], discovered: Sequence[Asset]) -> tu
                 family=asset.family or seen.family,
                 context_length=asset.context_length or seen.context_length,
                 policy=asset.policy or seen.policy,
+                capabilities=(seen.capabilities if asset.capabilities is None
+                              else asset.capabilities),
             )
         )
     merged.extend(found.values())

@@ -80,6 +80,8 @@ def describe_services(
     loaded = False
     states: set[str] = set()
     contexts: list[float | None] = []
+    maxima: list[float | None] = []
+    capabilities: set[str] | None = None
     for service in services:
         models = ctx.runtime_of(service.service_id).models
         for asset in service.assets:
@@ -88,12 +90,15 @@ def describe_services(
                 states.add(state)
                 loaded |= state == "loaded" and asset.loaded is True
                 contexts.append(asset.context_length)
+                maxima.append(asset.max_context)
+                if asset.capabilities is not None:
+                    capabilities = (capabilities or set()) | asset.capabilities
     healthy = [
         s.service_id for s in services
         if routing.exclusion_gate(snapshot, s, ctx) is None
     ]
     p50 = _best([n["p50_latency_ms"] for n in numbers], min)
-    return {
+    meta: dict[str, Any] = {
         "operations": sorted({s.operation for s in services}),
         "services": [s.service_id for s in services],
         "hosts": sorted({s.host_id for s in services}),
@@ -108,6 +113,13 @@ def describe_services(
         "context_length": _best(contexts, max),
         "offload_hint": offload_hint(loaded and bool(healthy), p50),
     }
+    # Shown when known: what some model behind the name can do, and its largest context.
+    if capabilities is not None:
+        meta["capabilities"] = sorted(capabilities)
+    max_context = _best(maxima, max)
+    if max_context is not None:
+        meta["max_context"] = max_context
+    return meta
 
 
 def model_entries(

@@ -1,6 +1,7 @@
 """The values one forwarded request is made of, shared by the proxy, the websocket and the relay.
 
-    Inbound    the parsed client request (with its Upload, for multipart operations)
+    Inbound    the parsed client request (with its Upload, for multipart operations) and
+               the capabilities it needs (`body_needs`)
     Writer     where the answer goes: `start(status, headers)` once, then `body(chunk, more)`
     Outcome    what happened: status, the service that answered, attempts and their failures
     Transport  the seam the relay sends upstream requests through (`pool.UpstreamPool` in
@@ -60,6 +61,36 @@ class Inbound:
     dialect: Dialect | None = None
     dialect_body: dict[str, Any] | None = None
     answer: DialectWriter | None = None
+    # The capabilities the request needs from a model (`body_needs`): routed only to services
+    # whose asset has them or does not say.
+    needs: frozenset[str] = frozenset()
+
+
+NO_NEEDS: frozenset[str] = frozenset()
+TOOLS = frozenset({"tools"})
+VISION = frozenset({"vision"})
+TOOLS_AND_VISION = frozenset({"tools", "vision"})
+IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+
+
+def body_needs(body: dict[str, Any]) -> frozenset[str]:
+    """The capabilities a chat body needs: `tools` for a non-empty `tools` list, `vision` for
+    an image part (`image_url`, `image`, `input_image`) in any message's content. Cheap: the
+    parts are scanned only in messages whose content is a list (plain text content is not)."""
+    tools = bool(body.get("tools")) if "tools" in body else False
+    vision = False
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list) and any(
+                isinstance(part, dict) and part.get("type") in IMAGE_PARTS for part in content
+            ):
+                vision = True
+                break
+    if tools:
+        return TOOLS_AND_VISION if vision else TOOLS
+    return VISION if vision else NO_NEEDS
 
 
 @dataclass(slots=True)

@@ -193,9 +193,14 @@ class Gateway:
             rr_counters=self.live.rr_counters,
         )
 
-    def resolve(self, name: str, operation: str, *, stream: bool = False) -> routing.RouteDecision:
+    def resolve(
+        self, name: str, operation: str, *, stream: bool = False,
+        needs: frozenset[str] = frozenset(),
+    ) -> routing.RouteDecision:
+        """The route decision for `name` now; `needs` are the capabilities the request needs
+        (tools, vision), the `capability` gate's input."""
         return routing.resolve(
-            self.snapshot, name, operation, self.routing_context(), stream=stream
+            self.snapshot, name, operation, self.routing_context(), stream=stream, needs=needs
         )
 
     def decision_chain(

@@ -22,6 +22,8 @@ SYSTEM_PROMPT_POSITIONS = ("prepend", "append", "replace")
 STRATEGIES = ("scored", "round_robin", "least_loaded")
 # How an adapter of a server with two chat APIs sends chat (the upstream's `dialect`).
 DIALECTS = ("native", "openai")
+# What a model can do beyond plain text, as `Asset.capabilities` names it (Ollama's names).
+CAPABILITIES = ("completion", "tools", "vision", "thinking", "embedding")
 LOCAL_HOST_ID = "local"
 
 ID_RE = re.compile(r"^[A-Za-z0-9._:/\-]{1,128}$")
@@ -68,7 +70,13 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class Asset:
-    """A model a service can serve, as the upstream names it."""
+    """A model a service can serve, as the upstream names it.
+
+    `context_length` is the context a request gets now (Ollama: what the loaded model was
+    allocated; llama.cpp: the served `n_ctx`); `max_context` the most the model could take
+    (Ollama's `/api/show`), None when unknown. `capabilities` are names from CAPABILITIES,
+    None when unknown (an unknown capability never excludes the asset).
+    """
 
     asset_id: str
     loaded: bool | None = None
@@ -79,6 +87,8 @@ class Asset:
     vram_bytes: int | None = None
     expires_at: str | None = None
     policy: Policy | None = None
+    max_context: int | None = None
+    capabilities: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

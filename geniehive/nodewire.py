@@ -13,7 +13,10 @@ Choices where the spec is silent:
   node), which the control plane keeps as it would from its own file;
 - the host id `local` is reserved for the control plane's own upstreams;
 - a service may carry its upstream's `keep_alive` (how long a load keeps a model) and its
-  observed state a configured `max_loaded_models`, both from the node's file.
+  observed state a configured `max_loaded_models`, both from the node's file;
+- an asset's `capabilities` must be a list of strings; names this control plane does not
+  know (a newer node's) are dropped rather than rejected, so an older control plane still
+  takes a newer node's payload; `null` means unknown, `[]` known to have none.
 `render_*` produce exactly what `parse_*` accept (absent values left out).
 """
 
@@ -29,6 +32,7 @@ from urllib.parse import urlsplit
 from geniehive.errors import InvalidRequest
 from geniehive.models import (
     AVAILABILITIES,
+    CAPABILITIES,
     DIALECTS,
     HEALTHS,
     KEEP_ALIVE_EXPECTED,
@@ -243,6 +247,12 @@ def _policy(value: Any, where: str) -> Policy:
     return policy
 
 
+def _capabilities(value: Any, where: str) -> frozenset[str]:
+    """A list of capability names: each a string, those outside CAPABILITIES dropped."""
+    names = _list(_string)(value, where)
+    return frozenset(name for name in names if name in CAPABILITIES)
+
+
 def _asset(value: Any, where: str) -> Asset:
     o = _Object(value, where)
     asset = Asset(
@@ -255,6 +265,8 @@ def _asset(value: Any, where: str) -> Asset:
         vram_bytes=o.optional("vram_bytes", _count),
         expires_at=o.optional("expires_at", _string),
         policy=o.optional("policy", _policy),
+        max_context=o.optional("max_context", _positive_int),
+        capabilities=o.optional("capabilities", _capabilities),
     )
     o.done()
     return asset
@@ -400,13 +412,15 @@ def _plain(value: Any) -> Any:
 
 def render_asset(asset: Asset) -> dict[str, Any]:
     out: dict[str, Any] = {"asset_id": asset.asset_id}
-    for name in ("loaded", "context_length", "family", "size_bytes", "vram_bytes",
-                 "expires_at"):
+    for name in ("loaded", "context_length", "max_context", "family", "size_bytes",
+                 "vram_bytes", "expires_at"):
         value = getattr(asset, name)
         if value is not None:
             out[name] = value
     if asset.aliases:
         out["aliases"] = list(asset.aliases)
+    if asset.capabilities is not None:
+        out["capabilities"] = sorted(asset.capabilities)
     if asset.policy is not None:
         policy = encode_policy(asset.policy)
         out["policy"] = {k: v for k, v in policy.items() if v is not None}

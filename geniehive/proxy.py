@@ -47,7 +47,7 @@ from geniehive.errors import (
     ShuttingDown,
     render_error,
 )
-from geniehive.exchange import Inbound, Outcome, Upload, Writer
+from geniehive.exchange import NO_NEEDS, Inbound, Outcome, Upload, Writer, body_needs
 from geniehive.fields import check_body, check_form
 from geniehive.relay import Relay
 from geniehive.sse import encode_error_event
@@ -359,8 +359,10 @@ class ProxyApp:
         body = parse_json(raw)
         check_body(body, operation)
         stream = body.get("stream", False)
+        needs = body_needs(body) if endpoint == "chat" else NO_NEEDS
         return Inbound(
-            endpoint, operation, body["model"], stream=bool(stream), body=body, raw=raw
+            endpoint, operation, body["model"], stream=bool(stream), body=body, raw=raw,
+            needs=needs,
         )
 
 

@@ -166,7 +166,9 @@ class Relay:
         Raises a GenieHiveError when nothing was sent to the client.
         """
         gw = self.gw
-        decision = gw.resolve(inbound.model, inbound.operation, stream=inbound.stream)
+        decision = gw.resolve(
+            inbound.model, inbound.operation, stream=inbound.stream, needs=inbound.needs
+        )
         if decision.route_label:
             outcome.route = decision.route_label
         raise_for_decision(decision)

@@ -6,7 +6,9 @@ ones with the model defaults, so a row written by an older or newer schema still
 does not validate; untrusted node payloads go through their own `parse_*` functions first.
 
 Decoded mappings are read-only views and JSON arrays become tuples, so a decoded value is as
-immutable as one built in code. `Service.api_key` is a secret and is never encoded.
+immutable as one built in code. `Service.api_key` is a secret and is never encoded. An
+asset's `capabilities` (a frozenset) is encoded as a sorted list and decoded back to a
+frozenset; a row without the key (written before it existed) decodes as None, unknown.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ Json = dict[str, Any]
 
 
 def _plain(value: Any) -> Any:
-    """A field value as JSON-ready data: tuples become lists, mappings dicts."""
+    """A field value as JSON-ready data: tuples become lists, sets sorted lists, mappings
+    dicts."""
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
+    if isinstance(value, frozenset):
+        return sorted(value)
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     return value
@@ -77,7 +82,13 @@ def encode_asset(asset: Asset) -> Json:
 
 def decode_asset(data: Mapping[str, Any]) -> Asset:
     policy = data.get("policy")
-    return _pick(Asset, data, policy=None if policy is None else decode_policy(policy))
+    capabilities = data.get("capabilities")
+    return _pick(
+        Asset,
+        data,
+        policy=None if policy is None else decode_policy(policy),
+        capabilities=None if capabilities is None else frozenset(capabilities),
+    )
 
 
 def encode_service_state(state: ServiceState) -> Json:

@@ -61,7 +61,7 @@ from geniehive.errors import (
     ShuttingDown,
     render_error,
 )
-from geniehive.exchange import Inbound, Outcome, Writer
+from geniehive.exchange import Inbound, Outcome, Writer, body_needs
 from geniehive.fields import check_body
 from geniehive.gate import client_address
 from geniehive.relay import Relay
@@ -418,7 +418,8 @@ class _Connection:
         assert self.principal is not None
         if not self.principal.may_use_model(body["model"]):
             raise PermissionDenied(f"this key may not use the model '{body['model']}'")
-        inbound = Inbound("chat", "chat", body["model"], stream=True, body={**body, "stream": True})
+        inbound = Inbound("chat", "chat", body["model"], stream=True,
+                          body={**body, "stream": True}, needs=body_needs(body))
         inbound.request_id = new_request_id()
         inbound.hops = self.hops
         # Its place at the admission queue: from the key and the handshake's headers.

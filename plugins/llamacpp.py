@@ -2,7 +2,11 @@
 
 Discovery reads `/v1/models` (ids, `aliases` when the server lists them, `meta.n_ctx_train`,
 and in router mode `status.value`) and `/props` (`default_generation_settings.n_ctx`, the
-context a request really gets, which wins over the trained one). Load comes from `/slots`
+context a request really gets, which wins over the trained one, and the model's capabilities:
+`modalities.vision` gives `vision`, `chat_template_caps.supports_tools` (or, on a build
+without it, a `chat_template` that mentions tools) gives `tools`, a template with a thinking
+switch gives `thinking`). `/props` does not say whether the server runs with `--embeddings`:
+configure `capabilities = ["embedding"]` on such an asset. Load comes from `/slots`
 (busy = `is_processing`); a server started with `--no-slots` answers 501 there, so `/metrics`
 (`--metrics`) is the fallback. `/health` answers 503 "Loading model" until the weights are in.
 
@@ -34,10 +38,11 @@ from geniehive.adapters.prometheus import metric_sum, parse_prometheus
 
 
 class Props(NamedTuple):
-    """What `/props` tells about capacity."""
+    """What `/props` tells about capacity and the model (None for what it does not say)."""
 
     total_slots: int | None
     n_ctx: int | None
+    capabilities: frozenset[str] | None = None
 
 
 def _int(value: Any) -> int | None:
@@ -76,19 +81,55 @@ def parse_llamacpp_models(payload: Any) -> list[Asset]:
 
 
 def parse_llamacpp_props(payload: Any) -> Props:
-    """Slot count and per-slot context from `/props` (None for what is missing)."""
+    """Slot count, per-slot context and capabilities from `/props` (None for what is
+    missing)."""
     if not isinstance(payload, dict):
         return Props(None, None)
     settings = payload.get("default_generation_settings")
     n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
-    return Props(_int(payload.get("total_slots")), _int(n_ctx) or _int(payload.get("n_ctx")))
+    return Props(_int(payload.get("total_slots")), _int(n_ctx) or _int(payload.get("n_ctx")),
+                 props_capabilities(payload))
+
+
+def props_capabilities(payload: dict[str, Any]) -> frozenset[str] | None:
+    """The capabilities `/props` shows; None when it shows neither template nor modalities
+    (an older build says nothing, which is not "none").
+
+    Every chat server completes; `tools` from `chat_template_caps.supports_tools`, else from a
+    template mentioning `tools`; `vision` from `modalities.vision`; `thinking` from a template
+    with a thinking switch (`enable_thinking`, `<think>`).
+    """
+    caps = payload.get("chat_template_caps")
+    modalities = payload.get("modalities")
+    template = payload.get("chat_template")
+    template = template if isinstance(template, str) else ""
+    if not isinstance(caps, dict) and not isinstance(modalities, dict) and not template:
+        return None
+    found = {"completion"}
+    if isinstance(caps, dict) and "supports_tools" in caps:
+        if caps["supports_tools"] is True:
+            found.add("tools")
+    elif "tools" in template:
+        found.add("tools")
+    if isinstance(modalities, dict) and modalities.get("vision") is True:
+        found.add("vision")
+    if "enable_thinking" in template or "<think>" in template:
+        found.add("thinking")
+    return frozenset(found)
 
 
 def apply_props(assets: list[Asset], props: Props) -> list[Asset]:
-    """The served context replaces the trained one, for the single model a server holds."""
-    if props.n_ctx is None or len(assets) != 1:
+    """The served context replaces the trained one, and the capabilities are set, for the
+    single model a server holds."""
+    if len(assets) != 1 or (props.n_ctx is None and props.capabilities is None):
         return assets
-    return [replace(assets[0], context_length=props.n_ctx)]
+    asset = assets[0]
+    return [replace(
+        asset,
+        context_length=props.n_ctx if props.n_ctx is not None else asset.context_length,
+        capabilities=props.capabilities if props.capabilities is not None
+        else asset.capabilities,
+    )]
 
 
 def parse_llamacpp_slots(payload: Any) -> Observed:

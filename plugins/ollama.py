@@ -1,12 +1,16 @@
 """The Ollama adapter: native `/api/*` for models, load and chat, `/v1/*` for the rest.
 
-Discovery joins `/api/tags` (what is pulled: name, family, size) with `/api/ps` (what is in
-memory: VRAM, expiry, allocated context). Ollama has no `/health`, so the probe asks
+Discovery joins `/api/tags` (what is pulled: name, family, size, digest) with `/api/ps` (what
+is in memory: VRAM, expiry, allocated context), and asks `/api/show` once per model digest
+for its capabilities (`tools`, `vision`, `thinking`, `embedding`, `completion`) and its
+maximum context (`model_info["<arch>.context_length"]`); a model whose `/api/show` fails
+keeps both unknown, and is asked again on the next pass. Ollama has no `/health`, so the probe asks
 `/api/version`, which answers without touching a model. Loading and unloading are
 `/api/generate` calls without a prompt, which generate nothing: loading sends the
 upstream's configured `keep_alive` (default "30m") and, natively, the `num_ctx` chat will
 send (so the first chat does not reload it), unloading sends 0. Discovery, observation
-and the probe only read (`/api/tags`, `/api/ps`, `/api/version`): they never generate, so they
+and the probe only read (`/api/tags`, `/api/ps`, `/api/show`, `/api/version`): they never
+generate, so they
 never load a model nor extend how long one stays.
 
 Chat goes to Ollama's native `POST /api/chat` (the upstream's `dialect = "native"`, the
@@ -24,11 +28,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import httpx
 
 from geniehive.adapters import (
+    CAPABILITIES,
     AdapterSpec,
     Asset,
     Observed,
@@ -38,8 +44,8 @@ from geniehive.adapters import (
     UpstreamContext,
     UpstreamError,
     UpstreamRequest,
+    ollama_chat,
 )
-from geniehive.adapters import ollama_chat
 
 LOAD_KEEP_ALIVE = "30m"
 # Loading reads gigabytes from disk into VRAM; the probe timeout would cut it short.
@@ -105,6 +111,56 @@ def parse_ollama_tags(payload: Any, running: dict[str, Asset] | None = None) -> 
     return assets
 
 
+class ShowInfo(NamedTuple):
+    """What `/api/show` tells about one model (None for what it does not say)."""
+
+    capabilities: frozenset[str] | None
+    max_context: int | None
+
+
+UNKNOWN = ShowInfo(None, None)
+
+
+def parse_ollama_show(payload: Any) -> ShowInfo:
+    """Capabilities and maximum context from `/api/show`; names outside CAPABILITIES dropped.
+
+    The maximum context is `model_info["<general.architecture>.context_length"]`, else the
+    only `*.context_length` key there is. Never raises: a foreign shape says nothing.
+    """
+    if not isinstance(payload, dict):
+        return UNKNOWN
+    names = payload.get("capabilities")
+    capabilities = None
+    if isinstance(names, list):
+        capabilities = frozenset(n for n in names if isinstance(n, str) and n in CAPABILITIES)
+    info = payload.get("model_info")
+    context = None
+    if isinstance(info, dict):
+        arch = info.get("general.architecture")
+        context = _int(info.get(f"{arch}.context_length")) if isinstance(arch, str) else None
+        if context is None:
+            found = [_int(v) for k, v in info.items() if k.endswith(".context_length")]
+            context = found[0] if len(found) == 1 else None
+    return ShowInfo(capabilities, context if context is None or context > 0 else None)
+
+
+def tag_digests(payload: Any) -> dict[str, str]:
+    """Model name -> digest from `/api/tags` (models without a digest left out)."""
+    models = payload.get("models") if isinstance(payload, dict) else None
+    return {
+        m["name"]: m["digest"]
+        for m in models or ()
+        if isinstance(m, dict) and isinstance(m.get("name"), str)
+        and isinstance(m.get("digest"), str)
+    }
+
+
+def apply_show(asset: Asset, info: ShowInfo) -> Asset:
+    if info is UNKNOWN:
+        return asset
+    return replace(asset, capabilities=info.capabilities, max_context=info.max_context)
+
+
 def parse_ollama_version(status: int, body: bytes) -> ProbeResult:
     """The probe verdict from `/api/version`: alive when it answers 200 with a version."""
     if status != 200:
@@ -133,6 +189,9 @@ class OllamaAdapter(OpenAICompatibleAdapter):
 
     def __init__(self, ctx: UpstreamContext) -> None:
         super().__init__(ctx)
+        # model name -> (digest, what /api/show said): asked again only when the digest moves
+        self._shown: dict[str, tuple[str | None, ShowInfo]] = {}
+
         # Per model: the largest num_ctx sent, and the context length discovery last read.
         self.num_ctx_sent: dict[str, int] = {}
         self._context: dict[str, int] = {}
@@ -143,11 +202,38 @@ class OllamaAdapter(OpenAICompatibleAdapter):
 
     async def discover(self) -> list[Asset]:
         running = parse_ollama_ps(await self.get_json("/api/ps"))
-        assets = parse_ollama_tags(await self.get_json("/api/tags"), running)
+        tags = await self.get_json("/api/tags")
+        assets = parse_ollama_tags(tags, running)
+        digests = tag_digests(tags)
+        shown = {}
+        for asset in assets:
+            digest = digests.get(asset.asset_id)
+            cached = self._shown.get(asset.asset_id)
+            if cached is not None and cached[0] == digest:
+                shown[asset.asset_id] = cached
+                continue
+            info = await self._show(asset.asset_id)
+            if info is not UNKNOWN:
+                shown[asset.asset_id] = (digest, info)
+        self._shown = shown  # forgets removed models
         self._context.update(
             {a.asset_id: a.context_length for a in assets if a.context_length}
         )
-        return assets
+        return [apply_show(a, shown[a.asset_id][1]) if a.asset_id in shown else a
+                for a in assets]
+
+    async def _show(self, model: str) -> ShowInfo:
+        """What `/api/show` says of `model`; UNKNOWN when it fails (never raises)."""
+        try:
+            response = await self.client.post(
+                self.url("/api/show"), json={"model": model},
+                headers=self.ctx.auth_headers, timeout=self.ctx.timeout_s,
+            )
+            if response.status_code != 200:
+                return UNKNOWN
+            return parse_ollama_show(response.json())
+        except (httpx.HTTPError, ValueError):
+            return UNKNOWN
 
     def context_length(self, model: str) -> int | None:
         """The model's context length: configured, else as discovery last read it."""

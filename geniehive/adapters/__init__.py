@@ -18,12 +18,13 @@ from typing import Any, ClassVar, Protocol
 
 import httpx
 
-from geniehive.models import OPERATIONS, Asset, Observed
+from geniehive.models import CAPABILITIES, OPERATIONS, Asset, Observed
 
 API_VERSION = 1
 
 __all__ = [
     "API_VERSION",
+    "CAPABILITIES",
     "OPERATIONS",
     "Adapter",
     "AdapterSpec",

@@ -25,7 +25,8 @@ ROUTING = Section("routing", "How the role picks among the services that could s
     Key("preferred_families", _NAMES, (),
         "asset families in order of preference (an earlier family ranks higher)"),
     Key("min_context", integer(1), None,
-        "only assets with at least this many tokens of context (unknown context passes)"),
+        "only assets with at least this many tokens of context: the model's maximum where "
+        "discovery knows it (Ollama's `/api/show`), else its current context; unknown passes"),
     Key("prefer_loaded", BOOL, True, "rank assets already in memory above the others"),
     Key("require_loaded", BOOL, False, "only assets already in memory"),
     *(

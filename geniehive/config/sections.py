@@ -35,7 +35,15 @@ from geniehive.config.values import (
     TLSConfig,
     UpstreamConfig,
 )
-from geniehive.models import DIALECTS, EMPTY, OPERATIONS, SYSTEM_PROMPT_POSITIONS, Asset, Policy
+from geniehive.models import (
+    CAPABILITIES,
+    DIALECTS,
+    EMPTY,
+    OPERATIONS,
+    SYSTEM_PROMPT_POSITIONS,
+    Asset,
+    Policy,
+)
 
 ENV_KEY_MEANING = "the environment variable that holds "
 
@@ -103,6 +111,10 @@ ASSET = Section(
             "`allowed_model_families`"),
         Key("context_length", integer(1), None, "context window in tokens"),
         Key("loaded", BOOL, None, "whether it is in memory; absent: as discovery reports"),
+        Key("capabilities", list_of(choice(CAPABILITIES), unique=True), None,
+            "what the model can do; requests with `tools` go only to a model with `tools`, "
+            "with images only to one with `vision`; wins over what discovery reports; "
+            "absent: as discovery reports (unknown passes every capability gate)"),
     ),
     tables=(Section("policy", "The request policy for this model (below a role's).",
                     POLICY_KEYS),),
@@ -177,6 +189,10 @@ def _optional_policy(t: Table) -> Policy | None:
     return policy
 
 
+def _frozen(names: tuple[str, ...] | None) -> frozenset[str] | None:
+    return None if names is None else frozenset(names)
+
+
 def _asset(t: Table) -> Asset:
     asset = Asset(
         asset_id=t.get("asset_id"),
@@ -185,6 +201,7 @@ def _asset(t: Table) -> Asset:
         context_length=t.get("context_length"),
         loaded=t.get("loaded"),
         policy=_optional_policy(t.table("policy")),
+        capabilities=_frozen(t.get("capabilities")),
     )
     t.done()
     return asset

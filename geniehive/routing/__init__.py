@@ -13,7 +13,10 @@ Resolution of a requested name for an operation:
   3. gates: each service is checked in a fixed order and the first failing gate is recorded:
      host_stale, probe_down, node_unhealthy, breaker_open (health.routable), availability,
      not_accepting; for roles also trust_tier, device_class, workload_class, model_family,
-     min_context, require_loaded. Direct pools pass the health gates only.
+     capability, min_context, require_loaded. Direct pools pass the health gates and
+     capability only. `capability` is the request's own gate: `resolve(..., needs=...)`
+     (tools, vision) keeps the assets whose capabilities include the needs or are unknown;
+     plans are kept per needs, so a request without needs is planned as before.
   4. fallbacks: when a role keeps no candidate, its `fallback_roles` are tried depth-first
      (`fallback_order`), each once, same operation only. The decision keeps `role_id` = the
      requested role (its prompt policy applies) and names the one used in `fallback_role_id`.
@@ -34,8 +37,9 @@ Choices the rules above leave open (documented here, tested in tests/unit/test_r
     asset's `loaded` and family rank place it in a tier and feed its score;
   - role asset gates narrow the usable assets: host `allowed_model_families` keeps assets whose
     family or id contains one of them (a service with none left, or with no assets, fails);
-    `min_context` keeps assets with unknown or large enough context (a service with no assets
-    passes); `require_loaded` keeps loaded ones. The upstream model is picked among the rest;
+    `min_context` keeps assets whose maximum context (`max_context`, else `context_length`)
+    is unknown or large enough (a service with no assets passes); `require_loaded` keeps
+    loaded ones. The upstream model is picked among the rest;
   - unknown latency or tokens/s earn no points; a sample's unknown TTFT earns no band;
   - the benchmark blend of `scored` averages the quality of the service's samples for the
     role's `benchmark_workloads` (samples of another asset than the one sent are ignored);

@@ -28,20 +28,30 @@ ROLE_PREFIX = "role/"
 
 
 def resolve(
-    snapshot: Snapshot, name: str, operation: str, ctx: RoutingContext, *, stream: bool = False
+    snapshot: Snapshot,
+    name: str,
+    operation: str,
+    ctx: RoutingContext,
+    *,
+    stream: bool = False,
+    needs: frozenset[str] = frozenset(),
 ) -> RouteDecision:
-    """The route decision for `name` and `operation` now. Never raises for a bad name."""
+    """The route decision for `name` and `operation` now. Never raises for a bad name.
+
+    `needs` are the capabilities the request needs (`tools`, `vision`): candidates keep only
+    services whose asset has them or does not say (the `capability` gate).
+    """
     if name.startswith(ROLE_PREFIX):
         role = snapshot.roles.get(name[len(ROLE_PREFIX) :])
         if role is None:
             return not_found(name, operation, snapshot.roles, name[len(ROLE_PREFIX) :])
-        return _resolve_role(snapshot, name, role, operation, ctx, stream)
+        return _resolve_role(snapshot, name, role, operation, ctx, stream, needs)
     ids = snapshot.by_name.get((operation, name))
     if ids:
-        return _resolve_direct(snapshot, name, operation, ids, ctx, stream)
+        return _resolve_direct(snapshot, name, operation, ids, ctx, stream, needs)
     role = snapshot.roles.get(name)
     if role is not None:
-        return _resolve_role(snapshot, name, role, operation, ctx, stream)
+        return _resolve_role(snapshot, name, role, operation, ctx, stream, needs)
     others = [op for op in OPERATIONS if (op, name) in snapshot.by_name]
     if others:
         message = f"model '{name}' serves {', '.join(others)}, not {operation}"
@@ -59,7 +69,9 @@ def next_fallback(
     original = snapshot.roles.get(decision.role_id or "")
     if original is None or not decision.fallbacks:
         return None
-    found, _ = _walk(snapshot, decision.name, original, decision.fallbacks, ctx, stream)
+    found, _ = _walk(
+        snapshot, decision.name, original, decision.fallbacks, ctx, stream, decision.needs
+    )
     return found
 
 
@@ -106,10 +118,11 @@ def _resolve_direct(
     ids: Sequence[str],
     ctx: RoutingContext,
     stream: bool,
+    needs: frozenset[str],
 ) -> RouteDecision:
     strategy = choose_strategy(None, ctx)
     rr_key = f"model:{name}"
-    plan = direct_plan(snapshot, name, operation, tuple(ids))
+    plan = direct_plan(snapshot, name, operation, tuple(ids), needs)
     ordered, excluded = decide(
         snapshot, plan, name, ctx, stream, strategy, ctx.rr_counters.get(rr_key, 0)
     )
@@ -122,15 +135,24 @@ def _resolve_direct(
         excluded=excluded,
         strategy=strategy,
         rr_key=rr_key,
+        needs=needs,
     )
     if ordered:
         return decision
-    message = unroutable_message(f"model '{name}'", operation, decision.excluded, ())
+    message = unroutable_message(
+        f"model '{name}'", operation, decision.excluded, (), name=name, needs=needs
+    )
     return replace(decision, error="no_healthy_upstream", message=message)
 
 
 def _resolve_role(
-    snapshot: Snapshot, name: str, role: Role, operation: str, ctx: RoutingContext, stream: bool
+    snapshot: Snapshot,
+    name: str,
+    role: Role,
+    operation: str,
+    ctx: RoutingContext,
+    stream: bool,
+    needs: frozenset[str],
 ) -> RouteDecision:
     if role.operation != operation:
         message = f"role '{role.role_id}' is a {role.operation} role, not {operation}"
@@ -143,14 +165,18 @@ def _resolve_role(
             message=message,
         )
     order = fallback_order(snapshot, role.role_id)
-    first = _role_decision(snapshot, name, role, role, ctx, stream, order)
+    first = _role_decision(snapshot, name, role, role, ctx, stream, order, needs)
     if first.candidates:
         return first
-    found, empty = _walk(snapshot, name, role, order, ctx, stream)
+    found, empty = _walk(snapshot, name, role, order, ctx, stream, needs)
     if found is not None:
         return replace(found, earlier=(first, *found.earlier))
     tried = tuple(d.fallback_role_id or "" for d in empty)
-    message = unroutable_message(f"role '{role.role_id}'", operation, first.excluded, tried)
+    others = tuple(e for d in empty for e in d.excluded)
+    message = unroutable_message(
+        f"role '{role.role_id}'", operation, first.excluded, tried, name=name, needs=needs,
+        also=others,
+    )
     return replace(first, error="no_healthy_upstream", message=message, fallbacks=(), earlier=empty)
 
 
@@ -161,6 +187,7 @@ def _walk(
     order: tuple[str, ...],
     ctx: RoutingContext,
     stream: bool,
+    needs: frozenset[str],
 ) -> tuple[RouteDecision | None, tuple[RouteDecision, ...]]:
     """The first fallback in `order` with candidates, and the decisions of those without."""
     empty: list[RouteDecision] = []
@@ -169,7 +196,7 @@ def _walk(
         if fallback is None or fallback.operation != original.operation:
             continue  # the snapshot changed since the order was computed
         rest = order[index + 1 :]
-        decision = _role_decision(snapshot, name, original, fallback, ctx, stream, rest)
+        decision = _role_decision(snapshot, name, original, fallback, ctx, stream, rest, needs)
         if decision.candidates:
             return replace(decision, earlier=tuple(empty)), tuple(empty)
         empty.append(decision)
@@ -184,11 +211,12 @@ def _role_decision(
     ctx: RoutingContext,
     stream: bool,
     fallbacks: tuple[str, ...],
+    needs: frozenset[str],
 ) -> RouteDecision:
     """The decision of one role's own gates, narrowing and strategy (no fallback walk)."""
     strategy = choose_strategy(role, ctx)
     rr_key = f"role:{role.role_id}"
-    plan = role_plan(snapshot, role)
+    plan = role_plan(snapshot, role, needs)
     ordered, excluded = decide(
         snapshot, plan, name, ctx, stream, strategy, ctx.rr_counters.get(rr_key, 0)
     )
@@ -206,6 +234,7 @@ def _role_decision(
         strategy,
         rr_key,
         fallbacks=fallbacks,
+        needs=needs,
     )
 
 

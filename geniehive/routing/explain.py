@@ -27,8 +27,23 @@ def not_found(name: str, operation: str, known: Iterable[str], probe: str) -> Ro
 
 
 def unroutable_message(
-    what: str, operation: str, excluded: Sequence[Exclusion], tried: Sequence[str]
+    what: str,
+    operation: str,
+    excluded: Sequence[Exclusion],
+    tried: Sequence[str],
+    *,
+    name: str = "",
+    needs: frozenset[str] = frozenset(),
+    also: Sequence[Exclusion] = (),
 ) -> str:
+    """Why nothing routes: each service's failing gate; when the capability gate excluded
+    every service (`excluded` and the fallbacks' `also`), "no service for 'x' supports tools"."""
+    every = (*excluded, *also)
+    if needs and every and all(e.gate == "capability" for e in every):
+        message = f"no service for '{name}' supports {' and '.join(sorted(needs))}"
+        if tried:
+            message += f"; fallback roles tried: {', '.join(tried)}"
+        return message
     if excluded:
         reasons = ", ".join(f"{e.service_id} ({e.gate})" for e in excluded)
     else:
@@ -63,6 +78,7 @@ def explain(decision: RouteDecision) -> dict[str, Any]:
         "error": decision.error,
         "message": decision.message,
         "close_matches": list(decision.close_matches),
+        "needs": sorted(decision.needs),
         "candidates": [
             {
                 "service_id": c.service_id,

@@ -3,8 +3,13 @@
 Rule: pure. Health gates come first and apply to every pool, direct or role: host_stale,
 probe_down, node_unhealthy, breaker_open (`health.routable`), availability, not_accepting. A
 role then checks the host labels (trust_tier, device_class, workload_class) and narrows the
-service's assets (model_family, min_context, require_loaded); the first failing gate is the
-service's `Exclusion`.
+service's assets (model_family, capability, min_context, require_loaded); the first failing
+gate is the service's `Exclusion`. A direct pool checks only `capability` after the health
+gates, on the asset the name sends.
+
+`capability` is the request's gate: its `needs` (tools, vision) keep the assets whose
+capabilities include them or are unknown. `min_context` keeps the assets whose maximum context
+(`max_context`, else `context_length`) is unknown or large enough.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ from geniehive.routing.values import Exclusion, RoutingContext
 
 __all__ = [
     "BLOCKED_AVAILABILITY",
+    "capability_gate",
+    "capable",
     "direct_asset",
     "exclusion_gate",
     "family_matches",
     "family_rank",
+    "fits_context",
     "health_gate",
     "is_stale",
     "label_strings",
+    "needs_text",
     "pick_asset",
     "static_role_gates",
 ]
@@ -87,8 +96,29 @@ def health_gate(
     return None
 
 
+def capable(asset: Asset, needs: frozenset[str]) -> bool:
+    """Whether `asset` may serve a request needing `needs`: unknown capabilities pass."""
+    return asset.capabilities is None or needs <= asset.capabilities
+
+
+def needs_text(needs: frozenset[str]) -> str:
+    """`tools`, `tools and vision`: the needs as a message names them."""
+    return " and ".join(sorted(needs))
+
+
+def capability_gate(
+    service: Service, asset: Asset | None, needs: frozenset[str]
+) -> Exclusion | None:
+    """The `capability` exclusion of a direct pool's service whose sent asset lacks `needs`."""
+    if not needs or asset is None or capable(asset, needs):
+        return None
+    missing = needs - (asset.capabilities or frozenset())
+    return Exclusion(service.service_id, "capability", f"no {needs_text(missing)} support")
+
+
 def static_role_gates(
-    snapshot: Snapshot, service: Service, routing: RoutingPolicy
+    snapshot: Snapshot, service: Service, routing: RoutingPolicy,
+    needs: frozenset[str] = frozenset(),
 ) -> tuple[Exclusion | None, tuple[Asset, ...]]:
     """The role gates after the health gates: host labels, then the asset gates."""
     host = snapshot.hosts.get(service.host_id)
@@ -112,7 +142,9 @@ def static_role_gates(
         detail = _label_gate(key, labels.get(key), allowed, denied)
         if detail is not None:
             return Exclusion(service.service_id, gate, detail), ()
-    return _asset_gates(service, routing, label_strings(labels.get("allowed_model_families")))
+    return _asset_gates(
+        service, routing, label_strings(labels.get("allowed_model_families")), needs
+    )
 
 
 def _label_gate(
@@ -130,7 +162,8 @@ def _label_gate(
 
 
 def _asset_gates(
-    service: Service, routing: RoutingPolicy, host_families: Sequence[str]
+    service: Service, routing: RoutingPolicy, host_families: Sequence[str],
+    needs: frozenset[str],
 ) -> tuple[Exclusion | None, tuple[Asset, ...]]:
     service_id = service.service_id
     assets = service.assets
@@ -139,9 +172,16 @@ def _asset_gates(
         if not assets:
             detail = f"host serves only {', '.join(host_families)}"
             return Exclusion(service_id, "model_family", detail), ()
+    if needs and assets:
+        kept = tuple(a for a in assets if capable(a, needs))
+        if not kept:
+            missing = frozenset().union(*(needs - (a.capabilities or frozenset())
+                                          for a in assets))
+            return Exclusion(service_id, "capability", f"no {needs_text(missing)} support"), ()
+        assets = kept
     minimum = routing.min_context
     if minimum is not None and assets:
-        assets = tuple(a for a in assets if a.context_length is None or a.context_length >= minimum)
+        assets = tuple(a for a in assets if fits_context(a, minimum))
         if not assets:
             return Exclusion(service_id, "min_context", f"no asset with {minimum} context"), ()
     if routing.require_loaded:
@@ -149,6 +189,13 @@ def _asset_gates(
         if not assets:
             return Exclusion(service_id, "require_loaded", "no loaded asset"), ()
     return None, assets
+
+
+def fits_context(asset: Asset, minimum: int) -> bool:
+    """Whether `asset` can take `minimum` tokens of context: its maximum context where known
+    (`max_context`), else its `context_length`; unknown passes."""
+    size = asset.max_context if asset.max_context is not None else asset.context_length
+    return size is None or size >= minimum
 
 
 def label_strings(value: object) -> tuple[str, ...]:
@@ -178,13 +225,19 @@ def family_rank(asset: Asset | None, families: Sequence[str]) -> int:
 # ---------------------------------------------------------------- the asset sent
 
 
-def direct_asset(service: Service, name: str) -> Asset | None:
+def direct_asset(service: Service, name: str, needs: frozenset[str] = frozenset()) -> Asset | None:
+    """The asset `name` names on `service`; for a service id, the asset `pick_asset` picks
+    (among those capable of `needs` when any is)."""
     asset = service.asset(name)
     if asset is not None:
         return asset
     for asset in service.assets:
         if name in asset.aliases:
             return asset
+    if needs:
+        kept = [a for a in service.assets if capable(a, needs)]
+        if kept:
+            return pick_asset(kept, ())
     return pick_asset(service.assets, ())
 
 

@@ -1,12 +1,13 @@
 """Per-snapshot plans: what the snapshot alone settles about a direct name or a role.
 
-Rule: pure. A decision splits into what the snapshot alone settles and what the context
-settles. The snapshot settles, per service of a direct name or a role: the first static gate
-it fails (node health, availability, accepting, then the role's label and asset gates), the
-asset it would be sent and its tier. That is a `Plan`, built once per snapshot and name or
-role. The context settles staleness at `now`, probe and breaker, and the runtime score; that
-part is `geniehive.routing.memo`. Plans are keyed by snapshot identity, hold no reference to
-their snapshot and die with it; they never change a decision.
+Rule: pure. A decision splits into what the snapshot alone settles and what the context settles.
+The snapshot settles, per service of a direct name or a role: the first static gate it fails
+(node health, availability, accepting, then the role's label and asset gates), the asset it
+would be sent and its tier. That is a `Plan`, built once per snapshot and name or role, and per
+request needs (`capability`: a request with tools or images; the plain request's plan is the one
+without needs). The context settles staleness at `now`, probe and breaker, and the runtime
+score; that part is `geniehive.routing.memo`. Plans are keyed by snapshot identity, hold no
+reference to their snapshot and die with it; they never change a decision.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from geniehive.models import LOCAL_HOST_ID, NO_RUNTIME, Asset, Host, Role, Service, Snapshot
 from geniehive.routing.gates import (
+    capability_gate,
     direct_asset,
     family_rank,
     health_gate,
@@ -160,25 +162,35 @@ def _forget_index(key: int, ref: weakref.ref[Snapshot]) -> None:
         del _INDEXES[key]
 
 
-def direct_plan(snapshot: Snapshot, name: str, operation: str, ids: tuple[str, ...]) -> Plan:
+def direct_plan(
+    snapshot: Snapshot, name: str, operation: str, ids: tuple[str, ...],
+    needs: frozenset[str] = frozenset(),
+) -> Plan:
     index = snapshot_index(snapshot)
-    key = ("direct", operation, name)
+    key: tuple[object, ...] = ("direct", operation, name)
+    if needs:
+        key = (*key, needs)
     plan = index.plans.get(key)
     if plan is not None and plan.key is ids:
         return plan
     entries = []
     for position, service_id in enumerate(ids):
         service = snapshot.services[service_id]
+        asset = direct_asset(service, name, needs)
         excluded = health_gate(service, False, NO_RUNTIME, 0.0)
-        entries.append(_Entry(position, service, direct_asset(service, name), (0, 0), excluded,
+        if excluded is None:
+            excluded = capability_gate(service, asset, needs)
+        entries.append(_Entry(position, service, asset, (0, 0), excluded,
                               snapshot.hosts.get(service.host_id)))
     plan = index.plans[key] = Plan(ids, None, entries, snapshot)
     return plan
 
 
-def role_plan(snapshot: Snapshot, role: Role) -> Plan:
+def role_plan(snapshot: Snapshot, role: Role, needs: frozenset[str] = frozenset()) -> Plan:
     index = snapshot_index(snapshot)
-    key = ("role", role.role_id)
+    key: tuple[object, ...] = ("role", role.role_id)
+    if needs:
+        key = (*key, needs)
     plan = index.plans.get(key)
     if plan is not None and plan.key is role:
         return plan
@@ -190,7 +202,7 @@ def role_plan(snapshot: Snapshot, role: Role) -> Plan:
         excluded = health_gate(service, False, NO_RUNTIME, 0.0)
         asset = None
         if excluded is None:
-            excluded, assets = static_role_gates(snapshot, service, policy)
+            excluded, assets = static_role_gates(snapshot, service, policy, needs)
             asset = pick_asset(assets, families) if excluded is None else None
         cold = 1 if policy.prefer_loaded and not (asset is not None and asset.loaded is True) else 0
         tier = (cold, family_rank(asset, families))

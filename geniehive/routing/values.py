@@ -135,6 +135,7 @@ class RouteDecision:
     close_matches: tuple[str, ...] = ()
     fallbacks: tuple[str, ...] = ()  # fallback roles not tried yet, depth-first
     earlier: tuple[RouteDecision, ...] = ()  # fallback-walk decisions that kept no candidate
+    needs: frozenset[str] = frozenset()  # the capabilities the request needs (tools, vision)
 
     @property
     def chosen(self) -> Candidate | None:

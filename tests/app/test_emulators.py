@@ -97,6 +97,7 @@ async def test_ollama_load_and_unload_change_ps_and_discovery():
     assert loaded[0] == Asset(
         asset_id="qwen3:8b", loaded=True, context_length=8192, family="qwen3",
         size_bytes=1_000_000_000, vram_bytes=1_000_000_000, expires_at="2025-01-01T00:30:00Z",
+        max_context=40960, capabilities=frozenset({"completion", "tools"}),
     )
     assert loaded[1].loaded is False
     assert observed == Observed(loaded_model_count=1, vram_used_bytes=1_000_000_000)
@@ -261,6 +262,7 @@ async def test_ollama_records_every_native_call_with_its_model():
         {"method": "GET", "path": "/api/version", "model": None},
         {"method": "GET", "path": "/api/ps", "model": None},
         {"method": "GET", "path": "/api/tags", "model": None},
+        {"method": "POST", "path": "/api/show", "model": "qwen3:8b"},
         {"method": "POST", "path": "/api/generate", "model": "qwen3:8b"},
     ]
 
@@ -329,11 +331,29 @@ async def test_llamacpp_models_props_and_slots_through_the_adapter():
             controlled = await client.post("/_fake/llamacpp/slots", json={"busy": 3})
             busy = await adapter.observe()
             healthy = await adapter.probe()
-    assert assets == [Asset(asset_id="smollm2", loaded=True, context_length=2048)]
+    assert assets == [Asset(asset_id="smollm2", loaded=True, context_length=2048,
+                            capabilities=frozenset({"completion", "tools"}))]
     assert idle == Observed(slots_total=8, slots_busy=0)
     assert controlled.json() == {"ok": True, "total": 8, "busy": 3}
     assert busy == Observed(slots_total=8, slots_busy=3)
     assert healthy == ProbeResult(True, "HTTP 200")
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"tools": False, "vision": True}, frozenset({"completion", "vision"})),
+        # An older build that says nothing of the model: unknown.
+        ({"props_extra": {"chat_template": None, "chat_template_caps": None,
+                          "modalities": None}}, None),
+    ],
+)
+async def test_llamacpp_props_give_the_models_capabilities(settings, expected):
+    fake = FakeLlamaCpp(["smollm2"], **settings)
+    with trio.fail_after(10):
+        async with serving(fake, LlamaCppAdapter) as (adapter, _):
+            (asset,) = await adapter.discover()
+    assert asset.capabilities == expected
 
 
 # --- whisper.cpp ----------------------------------------------------------------------------
@@ -431,7 +451,7 @@ async def read_line(stream: Any) -> bytes:
         ("tests.fakes.ollama", [], "/api/version", {"version": "0.9.6"}),
         ("tests.fakes.vllm", [], "/v1/models", "Qwen/Qwen3-8B"),
         ("tests.fakes.llamacpp", ["--total-slots", "2"], "/props",
-         {"total_slots": 2, "default_generation_settings": {"n_ctx": 4096}}),
+         FakeLlamaCpp(total_slots=2).props()),
         ("tests.fakes.whispercpp", [], "/health", {"status": "ok"}),
     ],
 )

@@ -24,7 +24,8 @@ from tests.harness import (
 )
 
 LOAD_DELAY_S = 0.4
-READS = {("GET", "/api/version"), ("GET", "/api/tags"), ("GET", "/api/ps")}
+READS = {("GET", "/api/version"), ("GET", "/api/tags"), ("GET", "/api/ps"),
+         ("POST", "/api/show")}
 
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from tests.fakes.ollama import FakeOllama
 from tests.harness import gateway_in_process, node_file, upstream_toml, write_config
 from tests.nodeapi import start
 
-READS = {("GET", "/api/version"), ("GET", "/api/tags"), ("GET", "/api/ps")}
+READS = {("GET", "/api/version"), ("GET", "/api/tags"), ("GET", "/api/ps"),
+         ("POST", "/api/show")}
 NODE_KEYS = """
 [[auth.keys]]
 name = "node"

@@ -4,7 +4,10 @@
 answers what the llama.cpp adapter reads:
 
 - ``GET /v1/models`` with ``owned_by: "llamacpp"`` and ``meta.n_ctx_train``;
-- ``GET /props`` with ``total_slots`` and ``default_generation_settings.n_ctx``;
+- ``GET /props`` with ``total_slots``, ``default_generation_settings.n_ctx``, ``modalities``
+  (``vision``), ``chat_template`` and ``chat_template_caps`` (``supports_tools``), as a
+  ``--jinja`` build answers; ``tools``/``vision`` set them (``props_extra`` replaces or, set to
+  None, removes keys, to play an older build);
 - ``GET /slots`` one entry per slot, the first ``busy`` of them ``is_processing``;
 - ``GET /health`` ``{"status": "ok"}``;
 - ``POST /tokenize {"content"}`` ``{"tokens": [...]}``, one token per word;
@@ -35,6 +38,8 @@ class FakeLlamaCpp(FakeUpstream):
 
     def __init__(self, models: list[str] | None = None, *, total_slots: int = 1,
                  n_ctx: int = 4096, n_ctx_train: int = 8192, thinking: str | None = None,
+                 tools: bool = True, vision: bool = False,
+                 props_extra: dict[str, Any] | None = None,
                  **kwargs: Any) -> None:
         kwargs.setdefault("name", "llamacpp")
         super().__init__(models if models is not None else ["smollm2"], **kwargs)
@@ -43,6 +48,35 @@ class FakeLlamaCpp(FakeUpstream):
         self.n_ctx = n_ctx
         self.n_ctx_train = n_ctx_train
         self.thinking = thinking  # the reasoning its Messages answers show first
+        self.tools = tools
+        self.vision = vision
+        self.props_extra = props_extra or {}
+
+    def props(self) -> dict[str, Any]:
+        """The `/props` answer, shaped like a recent llama-server's."""
+        template = ("{%- if tools %}{{ tools | tojson }}{%- endif %}" if self.tools else "")
+        template += "{% for m in messages %}{{ m.content }}{% endfor %}"
+        answer: dict[str, Any] = {
+            "default_generation_settings": {"n_ctx": self.n_ctx, "params": {}},
+            "total_slots": self.total_slots,
+            "model_alias": self.models[0] if self.models else "",
+            "model_path": f"/models/{self.models[0] if self.models else 'model'}.gguf",
+            "modalities": {"vision": self.vision, "audio": False},
+            "endpoint_slots": True, "endpoint_props": False, "endpoint_metrics": False,
+            "chat_template": template,
+            "chat_template_caps": {"supports_tools": self.tools,
+                                   "supports_tool_calls": self.tools,
+                                   "supports_system_role": True,
+                                   "supports_parallel_tool_calls": self.tools},
+            "bos_token": "<s>", "eos_token": "</s>",
+            "build_info": "b6000-fake", "is_sleeping": False,
+        }
+        for key, value in self.props_extra.items():
+            if value is None:
+                answer.pop(key, None)
+            else:
+                answer[key] = value
+        return answer
 
     def _route(self, record: dict[str, Any]) -> Reply:
         key = (record["method"], record["path"])
@@ -52,8 +86,7 @@ class FakeLlamaCpp(FakeUpstream):
                     for m in self.models]
             return replies.json_reply({"object": "list", "data": data})
         if key == ("GET", "/props"):
-            return replies.json_reply({"total_slots": self.total_slots,
-                                       "default_generation_settings": {"n_ctx": self.n_ctx}})
+            return replies.json_reply(self.props())
         if key == ("GET", "/slots"):
             slots = [{"id": i, "n_ctx": self.n_ctx, "is_processing": i < self.busy}
                      for i in range(self.total_slots)]

@@ -6,7 +6,8 @@ answers what the Ollama adapter reads and drives:
 - ``GET /api/tags`` the pulled models, ``GET /api/ps`` the ones in memory,
   ``GET /api/version``, ``GET /`` ("Ollama is running");
 - ``POST /api/generate`` without a prompt loads a model for ``keep_alive`` (default 5m), with
-  ``options.num_ctx`` as its allocated context when given, or, with ``keep_alive`` 0, unloads it; with a prompt it answers an echo and loads the model;
+  ``options.num_ctx`` as its allocated context when given, or, with ``keep_alive`` 0, unloads
+  it; with a prompt it answers an echo and loads the model;
 - ``POST /api/pull {"model"}`` adds a model;
 - ``POST /api/chat`` answers an echo of the last user message (or the fake's ``reply``),
   streamed as NDJSON unless ``"stream": false`` (Ollama streams by default); it loads the
@@ -16,6 +17,10 @@ answers what the Ollama adapter reads and drives:
   ("thinking about: <last user text>"). Tool rule: when the body has ``tools`` and the last
   user message names one of them (its function name appears in the text), the answer is one
   call of the first such tool with arguments ``{"request": <last user text>}`` and no content;
+- ``POST /api/show {"model"}`` its details: ``capabilities`` (default ``["completion",
+  "tools"]``), ``model_info`` with ``general.architecture`` (the family) and
+  ``<arch>.context_length`` (default ``MAX_CONTEXT``), ``details``, ``template``, as Ollama
+  answers; an unknown model 404s;
 - ``/v1/*`` the OpenAI endpoints of the base fake (the body is recorded, so a test can see
   ``reasoning_effort``); a request for a model loads it, as Ollama does; unknown models 404.
 
@@ -27,7 +32,8 @@ size). Every native call (``/`` and ``/api/*``) is kept in ``native_calls`` as
 ``{"method", "path", "model"}`` so a test can assert which endpoints were called; those to
 ``/api/chat`` also carry ``num_ctx``, ``keep_alive`` and ``think`` as sent (None: absent).
 
-Control: ``POST /_fake/ollama/models {"name", "family"?, "size"?, "size_vram"?}`` adds a model
+Control: ``POST /_fake/ollama/models {"name", "family"?, "size"?, "size_vram"?,
+"capabilities"?, "max_context"?}`` adds a model
 (the base ``/_fake/models {"id"}`` works too); ``POST /_fake/ollama/config {"load_delay_s"?,
 "max_loaded"?}`` sets the loading behaviour (``max_loaded`` null: no limit);
 ``GET /_fake/ollama/calls`` lists the native calls. Expiry times count from a fixed instant so
@@ -57,6 +63,8 @@ VERSION = "0.9.6"
 DEFAULT_KEEP_ALIVE = "5m"
 DEFAULT_SIZE = 1_000_000_000
 CONTEXT_LENGTH = 4096
+MAX_CONTEXT = 40960  # what /api/show reports as the model's trained context
+DEFAULT_CAPABILITIES = ("completion", "tools")
 NOW = datetime(2025, 1, 1, tzinfo=UTC)  # "now" for expiry times: answers stay byte-stable
 FOREVER = "2318-01-01T00:00:00Z"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -109,13 +117,20 @@ class FakeOllama(FakeUpstream):
     # -- state ------------------------------------------------------------------------------
 
     def add_model(self, name: str, *, family: str | None = None, size: int | None = None,
-                  size_vram: int | None = None) -> None:
+                  size_vram: int | None = None, capabilities: list[str] | None = None,
+                  max_context: int | None = None) -> None:
+        """Add (or redefine) a model; `capabilities` and `max_context` are what /api/show
+        says of it (defaults DEFAULT_CAPABILITIES and MAX_CONTEXT)."""
         if name not in self.models:
             self.models.append(name)
         self.details[name] = {"family": family or name.split(":")[0],
                               "size": size or DEFAULT_SIZE}
         if size_vram is not None:
             self.details[name]["size_vram"] = size_vram
+        if capabilities is not None:
+            self.details[name]["capabilities"] = list(capabilities)
+        if max_context is not None:
+            self.details[name]["max_context"] = max_context
 
     def configure(self, *, load_delay_s: float | None = None,
                   max_loaded: int | None | str = "unchanged") -> None:
@@ -182,6 +197,7 @@ class FakeOllama(FakeUpstream):
             ("POST", "/api/generate"): self._generate,
             ("POST", "/api/pull"): self._pull,
             ("POST", "/api/chat"): self._chat_native,
+            ("POST", "/api/show"): self._show,
         }.get((record["method"], record["path"]))
         if record["path"] == "/" or record["path"].startswith("/api/"):
             body = record["json"] if isinstance(record["json"], dict) else {}
@@ -226,6 +242,26 @@ class FakeOllama(FakeUpstream):
         if body["model"] not in self.models:
             raise BadRequest(f"model '{body['model']}' not found", status=404)
         return body["model"]
+
+    def _show(self, record: dict[str, Any]) -> Reply:
+        model = self._known(record["json"])
+        detail = self._detail(model)
+        entry = self._entry(model)
+        arch = detail["family"]
+        return replies.json_reply({
+            "modelfile": f"FROM {model}\n",
+            "parameters": "stop \"<|im_end|>\"",
+            "template": "{{ .Prompt }}",
+            "details": entry["details"],
+            "model_info": {
+                "general.architecture": arch,
+                "general.parameter_count": 1_000_000_000,
+                f"{arch}.context_length": detail.get("max_context", MAX_CONTEXT),
+                f"{arch}.embedding_length": 2048,
+            },
+            "capabilities": detail.get("capabilities", list(DEFAULT_CAPABILITIES)),
+            "modified_at": "2025-01-01T00:00:00Z",
+        })
 
     def _generate(self, record: dict[str, Any]) -> Reply:
         body = record["json"]
@@ -318,7 +354,8 @@ class FakeOllama(FakeUpstream):
         if not isinstance(body.get("name"), str):
             return replies.error_reply(400, "bad control request: 'name' is required")
         self.add_model(body["name"], family=body.get("family"), size=body.get("size"),
-                       size_vram=body.get("size_vram"))
+                       size_vram=body.get("size_vram"), capabilities=body.get("capabilities"),
+                       max_context=body.get("max_context"))
         return replies.json_reply({"ok": True, "models": self.models})
 
     def _configure(self, body: dict[str, Any]) -> Reply:

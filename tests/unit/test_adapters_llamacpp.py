@@ -3,7 +3,10 @@
 Claims: discovery gives the model with its aliases and the context a request really gets
 (`/props` n_ctx over the trained one); load comes from `/slots`, or from `/metrics` with the
 slot count of `/props` when slots are disabled; `/health` 503 "Loading model" reads as
-"loading"; the 501 of a server without `--embeddings` yields its own message.
+"loading"; the 501 of a server without `--embeddings` yields its own message. `/props` also
+gives the model's capabilities: `tools` from `chat_template_caps.supports_tools` (or a template
+mentioning tools on a build without the caps), `vision` from `modalities.vision`; a build that
+says neither leaves them unknown.
 """
 
 from __future__ import annotations
@@ -66,9 +69,39 @@ def test_models_reject_a_foreign_shape():
 
 
 def test_props_give_slots_and_per_slot_context():
-    assert parse_llamacpp_props(json.loads(fixture("llamacpp_props.json"))) == Props(4, 8192)
+    assert parse_llamacpp_props(json.loads(fixture("llamacpp_props.json"))) == Props(
+        4, 8192, frozenset({"completion"}))
     assert parse_llamacpp_props({"n_ctx": 2048}) == Props(None, 2048)
     assert parse_llamacpp_props([]) == Props(None, None)
+
+
+@pytest.mark.parametrize(
+    ("props", "expected"),
+    [
+        ({"chat_template_caps": {"supports_tools": True, "supports_tool_calls": True},
+          "modalities": {"vision": True, "audio": False}, "chat_template": "{{ messages }}"},
+         {"completion", "tools", "vision"}),
+        ({"chat_template_caps": {"supports_tools": False},
+          "modalities": {"vision": False}, "chat_template": "{% if tools %}{% endif %}"},
+         {"completion"}),
+        # An older build without the caps: the template decides.
+        ({"modalities": {"vision": False}, "chat_template": "{%- if tools %}{{ tools }}{% endif %}"},
+         {"completion", "tools"}),
+        ({"chat_template": "{% if enable_thinking %}<think>{% endif %}"},
+         {"completion", "thinking"}),
+        # Nothing about the model: unknown, not "none".
+        ({"total_slots": 2, "default_generation_settings": {"n_ctx": 4096}}, None),
+    ],
+)
+def test_props_give_the_models_capabilities(props, expected):
+    found = parse_llamacpp_props(props).capabilities
+    assert found == (None if expected is None else frozenset(expected))
+
+
+def test_props_capabilities_reach_the_single_model():
+    (asset,) = apply_props([QWEN], Props(4, None, frozenset({"completion", "tools"})))
+    assert asset.capabilities == frozenset({"completion", "tools"})
+    assert asset.context_length == QWEN.context_length
 
 
 def test_served_context_replaces_the_trained_one_for_a_single_model():

@@ -1,15 +1,19 @@
 """The Ollama adapter on recorded `/api/*` payloads and against `httpx.MockTransport`.
 
 Claims: discovery joins the pulled models with the ones in memory (VRAM, expiry, allocated
-context, family); the probe asks `/api/version` and never generates; thinking is turned off
-the way the request's path honours (`think: false` on `/api/chat`, `reasoning_effort: "none"`
-on `/v1`); embeddings, completions and the `openai` dialect go through `/v1`; load and unload
-only change `keep_alive` (and, natively, a load allocates chat's `num_ctx`); observe counts models in memory and their VRAM, and never fails discovery.
+context, family) and asks `/api/show` for each model's capabilities and maximum context, once
+per digest, a failing `/api/show` leaving them unknown without failing discovery; the probe
+asks `/api/version` and never generates; thinking is turned off the way the request's path
+honours (`think: false` on `/api/chat`, `reasoning_effort: "none"` on `/v1`); embeddings,
+completions and the `openai` dialect go through `/v1`; load and unload only change
+`keep_alive` (and, natively, a load allocates chat's `num_ctx`); observe counts models in
+memory and their VRAM, and never fails discovery.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,7 +25,9 @@ from plugins.ollama import (
     ADAPTER,
     OllamaAdapter,
     observed_from_ps,
+    ShowInfo,
     parse_ollama_ps,
+    parse_ollama_show,
     parse_ollama_tags,
     parse_ollama_version,
 )
@@ -131,24 +137,85 @@ def test_spec_declares_the_openai_operations_ollama_serves():
 # --- through the adapter --------------------------------------------------------------------
 
 
-def ollama_routes(seen: list[httpx.Request]):
+SHOWN = {  # model -> what its /api/show answers (capabilities, maximum context)
+    "qwen3:8b": httpx.Response(200, content=fixture("ollama_show.json")),
+    "nomic-embed-text:latest": httpx.Response(200, json={
+        "capabilities": ["embedding"],
+        "model_info": {"general.architecture": "nomic-bert", "nomic-bert.context_length": 2048},
+    }),
+    "llama3.2:3b": httpx.Response(500, json={"error": "boom"}),
+}
+
+
+def show(request: httpx.Request) -> httpx.Response:
+    return SHOWN[json.loads(request.content)["model"]]
+
+
+def ollama_routes(seen: list[httpx.Request], tags: dict | None = None):
+    """The recorded answers; `tags`, when given, is the /api/tags answer as it is then."""
+    listed = tags if tags is not None else json.loads(fixture("ollama_tags.json"))
     return routes(
         {
-            ("GET", "/api/tags"): httpx.Response(200, content=fixture("ollama_tags.json")),
+            ("GET", "/api/tags"): lambda request: httpx.Response(200, json=listed),
             ("GET", "/api/ps"): httpx.Response(200, content=fixture("ollama_ps.json")),
             ("GET", "/api/version"): httpx.Response(200, content=fixture("ollama_version.json")),
+            ("POST", "/api/show"): show,
         },
         seen,
     )
 
 
-async def test_discover_joins_tags_and_ps():
+def test_parse_show_reads_capabilities_and_the_architectures_context():
+    assert parse_ollama_show(json.loads(fixture("ollama_show.json"))) == ShowInfo(
+        frozenset({"completion", "tools", "thinking"}), 40960)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        # Names it does not know are dropped; one *.context_length without an architecture.
+        ({"capabilities": ["vision", "insert", 3], "model_info": {"x.context_length": 8192}},
+         ShowInfo(frozenset({"vision"}), 8192)),
+        ({"capabilities": []}, ShowInfo(frozenset(), None)),
+        ({"capabilities": "tools", "model_info": {"general.architecture": "a"}},
+         ShowInfo(None, None)),
+        ([], ShowInfo(None, None)),
+    ],
+)
+def test_parse_show_of_odd_payloads(payload, expected):
+    assert parse_ollama_show(payload) == expected
+
+
+async def test_discover_joins_tags_and_ps_with_what_show_says():
     seen: list[httpx.Request] = []
     with trio.fail_after(5):
         async with ollama(ollama_routes(seen)) as adapter:
             assets = await adapter.discover()
-    assert assets == [QWEN_LOADED, NOMIC_LOADED, LLAMA_IDLE]
-    assert sorted(r.url.path for r in seen) == ["/api/ps", "/api/tags"]
+    assert assets == [
+        replace(QWEN_LOADED, capabilities=frozenset({"completion", "tools", "thinking"}),
+                max_context=40960),
+        replace(NOMIC_LOADED, capabilities=frozenset({"embedding"}), max_context=2048),
+        LLAMA_IDLE,  # its /api/show failed: unknown, and discovery still answers
+    ]
+    assert sorted(r.url.path for r in seen) == ["/api/ps", "/api/show", "/api/show",
+                                                "/api/show", "/api/tags"]
+
+
+async def test_show_is_asked_again_only_for_a_new_digest_or_a_failed_answer():
+    seen: list[httpx.Request] = []
+    tags = json.loads(fixture("ollama_tags.json"))
+    with trio.fail_after(5):
+        async with ollama(ollama_routes(seen, tags)) as adapter:
+            await adapter.discover()
+            seen.clear()
+            await adapter.discover()
+            again = [json.loads(r.content)["model"] for r in seen if r.url.path == "/api/show"]
+            tags["models"][0]["digest"] = "f" * 64  # qwen3:8b re-pulled
+            seen.clear()
+            await adapter.discover()
+            moved = [json.loads(r.content)["model"] for r in seen if r.url.path == "/api/show"]
+    assert again == ["llama3.2:3b"]
+    assert moved == ["qwen3:8b", "llama3.2:3b"]
 
 
 async def test_discover_raises_when_tags_fail():
