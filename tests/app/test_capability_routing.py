@@ -144,12 +144,12 @@ async def test_a_request_no_service_can_serve_is_a_503_naming_the_gate(hive) -> 
 async def test_min_context_is_judged_on_the_models_maximum_context(hive) -> None:
     client, ollama, _, gateway = hive
     with trio.fail_after(10):
-        # Loading qwen3:8b gives it Ollama's allocated 4096 tokens, below the role's 16384;
-        # its maximum, 40960, is what the role asks about.
+        # Chatting loads qwen3:8b with the gateway's num_ctx, 8192 tokens allocated, below the
+        # role's 16384; its maximum, 40960, is what the role asks about.
         warm = await client.post("/v1/chat/completions",
                                  json={"model": "qwen3:8b", "messages": ASK})
         await wait_for(lambda: gateway.snapshot.services["ol/chat"].asset("qwen3:8b")
-                       .context_length == 4096)  # discovery read /api/ps
+                       .context_length == 8192)  # discovery read /api/ps
         answer = await client.post("/v1/chat/completions", json={"model": "long", "messages": ASK})
         explained = (await client.get("/v1/cluster/routes/resolve",
                                       params={"model": "long"})).json()
