@@ -13,24 +13,21 @@ Every upstream call has a connect timeout (the pool's), a time-to-headers timeou
 idle-chunk timeout (a cancel scope each: `IdleTimed` moves one deadline along a stream);
 none caps the total duration.
 
-Each try is an `Attempt`, one small object with everything that try needs and reports; the
-requests go out through the relay's `Transport` (geniehive/exchange.py: the pool in
-production, an in-memory fake in the unit tests).
+Each try is an `Attempt` (geniehive/attempts.py), one small object with everything that try
+needs and reports; the requests go out through the relay's `Transport` (geniehive/exchange.py:
+the pool in production, an in-memory fake in the unit tests).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from geniehive import health, routing, shaping
-from geniehive.adapters import Adapter, StreamTranslator, UpstreamRequest
+from geniehive.adapters import StreamTranslator
 from geniehive.answers import (
     JSON_HEADERS,
     SSE_HEADERS,
@@ -41,23 +38,18 @@ from geniehive.answers import (
     tokens_per_sec,
 )
 from geniehive.asgi import route_headers
+from geniehive.attempts import Attempt, Decisions, Failed, exhausted, stream_translator
 from geniehive.capacity import Ticket, slots_of
 from geniehive.demand import LoadFailed
 from geniehive.egress import HOP_HEADER_BYTES
 from geniehive.errors import (
-    GenieHiveError,
-    LoopDetected,
-    ModelLoadFailed,
-    NoHealthyUpstream,
-    UpstreamFailed,
     UpstreamStatus,
-    UpstreamTimeout,
     raise_for_decision,
     render_error,
     upstream_error_code,
 )
 from geniehive.exchange import Inbound, Outcome, Transport, UpstreamResponse, Writer
-from geniehive.models import Policy, Service
+from geniehive.models import Service
 from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError
 from geniehive.routing import Candidate
 from geniehive.sse import (
@@ -76,66 +68,6 @@ log = logging.getLogger("geniehive.relay")
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 505, 507, 508})
 JSON_OPERATIONS = frozenset({"chat", "completion", "embeddings"})
 MAX_ERROR_BODY = 64 * 1024
-
-
-class _Decisions:
-    """The decision, then each fallback decision, computed as reached; `has_next` looks one
-    ahead (a fallback decision always has candidates)."""
-
-    def __init__(self, chain: Iterator[routing.RouteDecision]) -> None:
-        self._chain = chain
-        self._ahead: list[routing.RouteDecision] = []
-
-    def next(self) -> routing.RouteDecision | None:
-        return self._ahead.pop() if self._ahead else next(self._chain, None)
-
-    def has_next(self) -> bool:
-        if not self._ahead:
-            self._ahead.extend(islice(self._chain, 1))
-        return bool(self._ahead)
-
-
-class _Failed(Exception):
-    """A retryable failure of one attempt (internal)."""
-
-    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind  # connect | timeout | protocol | status | load
-        self.message = message
-        self.status = status
-
-
-@dataclass(slots=True, eq=False)
-class Attempt:
-    """One try of one request on one service: what it sends, and where it reports.
-
-    `Relay.run` makes one per candidate it tries; `Relay.attempt` shapes the request and
-    sends it; the answer goes to `writer`, what happened to `outcome` (shared by the
-    request's attempts) and the measurements here, for the service's live counters.
-    """
-
-    inbound: Inbound
-    writer: Writer
-    outcome: Outcome
-    decision: routing.RouteDecision  # the decision (the role's or a fallback's) it came from
-    candidate: Candidate
-    service: Service
-    adapter: Adapter
-    role_policy: Policy | None
-    more_candidates: Callable[[], bool]  # may a 429 fail over? (asked only on a 429)
-    # Set by Relay.attempt before anything is sent:
-    request: UpstreamRequest = field(init=False)
-    strip: bool = False  # reasoning is stripped from the answer
-    native: bool = False  # the client's dialect goes to the upstream as it is (no chat)
-    started: float = 0.0  # trio clock: when the request went out (TTFT counts from here)
-    # What the answer measured:
-    ttft_ms: float | None = None
-    tokens_per_sec: float | None = None
-
-    @property
-    def model(self) -> str:
-        """The model id sent upstream."""
-        return self.candidate.upstream_model
 
 
 class Relay:
@@ -196,14 +128,14 @@ class Relay:
         admission = gw.admission
         role_policy = gw.role_policy(decision)
         max_attempts = self.max_attempts
-        decisions = _Decisions(gw.decision_chain(decision, stream=inbound.stream))
+        decisions = Decisions(gw.decision_chain(decision, stream=inbound.stream))
         current = decisions.next()
         pending: list[Candidate] = list(decision.candidates)
 
         def more_candidates() -> bool:  # asked only on a 429: the next fallback is computed then
             return outcome.attempts < max_attempts and (bool(pending) or decisions.has_next())
 
-        last: _Failed | None = None
+        last: Failed | None = None
         timeouts = loops = loads = 0
         while current is not None and outcome.attempts < max_attempts:
             outcome.route = current.route_label
@@ -243,7 +175,7 @@ class Relay:
                 )
                 await self.attempt(attempt)
                 return
-            except _Failed as failed:
+            except Failed as failed:
                 last = failed
                 timeouts += failed.kind == "timeout"
                 loops += failed.status == 508
@@ -255,7 +187,7 @@ class Relay:
                 )
             finally:
                 admission.release(service_id)
-        raise _exhausted(inbound.model, outcome, last, timeouts, loops, loads)
+        raise exhausted(inbound.model, outcome, last, timeouts, loops, loads)
 
     async def warm(self, service: Service, candidate: Candidate, outcome: Outcome) -> None:
         """Start the candidate's server or load its model first when it is cold
@@ -263,7 +195,7 @@ class Relay:
         try:
             load_ms = await self.gw.demand.warm(service, candidate.upstream_model)
         except LoadFailed as exc:
-            raise _Failed("load", exc.message) from None
+            raise Failed("load", exc.message) from None
         if load_ms is not None:
             outcome.load_ms = load_ms
 
@@ -301,7 +233,7 @@ class Relay:
         )
 
     async def attempt(self, attempt: Attempt) -> None:
-        """One try on one service. Raises _Failed (retryable) or UpstreamStatus."""
+        """One try on one service. Raises Failed (retryable) or UpstreamStatus."""
         live = self.gw.live
         service_id = attempt.service.service_id
         shaping.build_request(attempt)
@@ -313,7 +245,7 @@ class Relay:
             models.model_started(attempt.model, started)
         try:
             ok = await self._exchange(attempt)
-        except _Failed:
+        except Failed:
             live.attempt_failed(service_id, trio.current_time())
             raise
         except UpstreamStatus:
@@ -345,7 +277,7 @@ class Relay:
             attempt.outcome.status = response.status
             headers = route_headers(inbound.request_id, attempt.outcome)
             content_type = (response.header(b"content-type") or b"").decode("latin-1")
-            translator = _stream_translator(attempt, content_type)
+            translator = stream_translator(attempt, content_type)
             if translator is not None or (
                 inbound.stream and content_type.startswith("text/event-stream")
             ):
@@ -381,13 +313,13 @@ class Relay:
                     request.method, attempt.adapter.url(request.path), headers, content,
                     content_length=length,
                 )
-            raise _Failed("timeout", "no response headers in time")  # only if it expired
+            raise Failed("timeout", "no response headers in time")  # only if it expired
         except ConnectTimeout:
-            raise _Failed("timeout", "connect timed out") from None
+            raise Failed("timeout", "connect timed out") from None
         except ConnectFailed as exc:
-            raise _Failed("connect", f"connection failed ({exc})") from None
+            raise Failed("connect", f"connection failed ({exc})") from None
         except PoolError as exc:
-            raise _Failed("protocol", f"bad answer ({exc})") from None
+            raise Failed("protocol", f"bad answer ({exc})") from None
 
     async def _read_all(self, response: UpstreamResponse, limit: int | None = None) -> bytes:
         """The whole body, each gap bounded by the idle timeout; `limit` truncates."""
@@ -405,9 +337,9 @@ class Relay:
         try:
             return await self._read_all(response)
         except trio.TooSlowError:
-            raise _Failed("timeout", "the upstream stalled while answering") from None
+            raise Failed("timeout", "the upstream stalled while answering") from None
         except PoolError as exc:
-            raise _Failed("protocol", f"the answer broke off ({exc})") from None
+            raise Failed("protocol", f"the answer broke off ({exc})") from None
 
     async def _check_status(self, attempt: Attempt, response: UpstreamResponse) -> None:
         status = response.status
@@ -419,9 +351,9 @@ class Relay:
             body = b""
         message = attempt.adapter.parse_error(status, body)
         if status == 429 and attempt.more_candidates():  # elsewhere only if there is one
-            raise _Failed("status", message, status=429)
+            raise Failed("status", message, status=429)
         if status in RETRY_STATUSES:
-            raise _Failed("status", f"HTTP {status}: {message}", status=status)
+            raise Failed("status", f"HTTP {status}: {message}", status=status)
         # Other 4xx, and 501 (the server lacks the feature, e.g. llama.cpp without
         # --embeddings), are the same everywhere: passed on at once, not failed over.
         raise UpstreamStatus(status, message, upstream_code=upstream_error_code(body, message))
@@ -493,7 +425,7 @@ class Relay:
             if changed:
                 raw = encode_json(data)
         except (ValueError, RecursionError):  # not JSON, or nested past what we walk
-            raise _Failed("protocol", "the upstream answered a body that is not JSON") from None
+            raise Failed("protocol", "the upstream answered a body that is not JSON") from None
         await attempt.writer.start(status, [*JSON_HEADERS, length_header(raw), *headers])
         await attempt.writer.body(raw, False)
         usage = data.get("usage") if isinstance(data, dict) else None
@@ -540,31 +472,3 @@ class Relay:
             return False
         await writer.body(b"", False)
         return True
-
-
-def _stream_translator(attempt: Attempt, content_type: str) -> StreamTranslator | None:
-    """The adapter's translator of a streamed answer that is not SSE (Ollama's NDJSON)."""
-    if not attempt.inbound.stream or content_type.startswith("text/event-stream"):
-        return None
-    return attempt.adapter.stream_translator(attempt.request)
-
-
-def _exhausted(
-    model: str, outcome: Outcome, last: _Failed | None, timeouts: int, loops: int, loads: int
-) -> GenieHiveError:
-    """The error for a request whose every try failed before the first byte: each failed
-    attempt is named in the message."""
-    if last is None:
-        return NoHealthyUpstream(f"no routable service for '{model}' now")
-    if last.status == 429:
-        # Retried in case another candidate had room; none had: the client gets the 429.
-        return UpstreamStatus(429, last.message)
-    summary = "; ".join(f"{service_id}: {message}" for service_id, message in outcome.failures)
-    if last.kind == "load" and loads == len(outcome.failures):
-        return ModelLoadFailed(f"no candidate could be started or loaded: {summary}")
-    if timeouts == len(outcome.failures):
-        return UpstreamTimeout(f"every upstream timed out: {summary}")
-    if loops == len(outcome.failures):
-        # Each candidate led back to a gateway this request had passed (508 Loop Detected).
-        return LoopDetected(f"every upstream looped back: {summary}")
-    return UpstreamFailed(f"every upstream failed: {summary}")

@@ -16,7 +16,7 @@ from geniehive.models import Policy
 
 if TYPE_CHECKING:
     from geniehive.dialects import Dialect
-    from geniehive.relay import Attempt
+    from geniehive.attempts import Attempt
 
 
 def effective_policy(attempt: Attempt) -> Policy:
