@@ -402,3 +402,26 @@ async def test_a_one_off_fault_without_a_path_waits_for_a_post(fake, client):
         listed = await client.get("/v1/models")
         failed = await client.post("/v1/chat/completions", json=CHAT)
     assert (listed.status_code, failed.status_code) == (200, 503)
+
+
+async def test_a_preamble_fault_opens_the_stream_with_a_comment_and_a_role_chunk(fake, client):
+    fake.set_fault("preamble", then="ok", times=1)
+    with trio.fail_after(5):
+        response = await client.post("/v1/chat/completions", json=STREAM_CHAT)
+    events = response.text.split("\n\n")
+    assert events[0] == ": keep-alive"
+    assert json.loads(events[1].removeprefix("data: "))["choices"][0]["delta"] == \
+        {"role": "assistant"}
+    assert json.loads(events[2].removeprefix("data: "))["choices"][0]["delta"]["content"] == \
+        "echo: "
+
+
+async def test_a_preamble_then_stall_sends_nothing_after_the_role_chunk(fake):
+    fake.set_fault("preamble", then="stall", times=1)
+    received = b""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{fake.port}") as client:
+        with trio.move_on_after(0.5):
+            async with client.stream("POST", "/v1/chat/completions", json=STREAM_CHAT) as r:
+                async for chunk in r.aiter_raw():
+                    received += chunk
+    assert received.count(b"\n\n") == 2 and b'"role":"assistant"' in received

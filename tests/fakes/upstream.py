@@ -34,6 +34,9 @@ never faulted nor recorded. A whole body counts as two chunks (its halves).
   is not JSON), ``bad_length`` (Content-Length shorter than the body), or ``raw`` bytes; then close
 - ``hold_stream``: send ``after_chunks`` (1) chunks, then wait for ``release()``
 - ``delay_chunks``: sleep ``delay_s`` (0.05) between chunks
+- ``preamble``: a stream opens with what servers send before the first token (an SSE comment
+  and a role-only chunk), then ``then``: ``reset`` the connection, ``stall`` until the client
+  leaves, ``delay`` ``delay_s`` (1.0) before the rest, or ``ok`` (the rest at once)
 - ``flood``: answer a chat stream of ``chunks`` (2000) events of ``chunk_bytes`` (16384) bytes
   of content each, as fast as the client takes them (a client that stops reading leaves the
   fake blocked in its write; closing the connection then records the request as cancelled)
@@ -68,8 +71,15 @@ FAULT_PARAMS: dict[str, set[str]] = {
     "garbage": {"kind", "raw"},
     "hold_stream": {"after_chunks"},
     "delay_chunks": {"delay_s"},
+    "preamble": {"then", "delay_s"},
     "flood": {"chunks", "chunk_bytes"},
 }
+# What a server sends before the first token: a comment, then a chunk with the role alone.
+PREAMBLE = [
+    b": keep-alive\n\n",
+    b'data: {"id":"pre","object":"chat.completion.chunk","created":1700000000,'
+    b'"choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}\n\n',
+]
 GARBAGE = {
     "bad_http": b"this is not an HTTP response\r\n\x00\xff\xfe\r\n\r\n",
     "not_json": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n"
@@ -267,6 +277,9 @@ class FakeUpstream:
             reply = _flood_reply(params)
         if fault.mode == "slow_headers":
             await trio.sleep(params.get("delay_s", 1.0))
+        if fault.mode == "preamble" and reply.events:
+            reply = Reply(reply.status, reply.content_type, reply.body,
+                          [*PREAMBLE, *reply.events], reply.headers)
         pieces, headers = self._framing(reply)
         await _send(stream, conn, h11.Response(status_code=reply.status, headers=headers))
         record["status"] = reply.status
@@ -292,6 +305,14 @@ class FakeUpstream:
             await self._held.wait()
         if fault.mode == "delay_chunks" and 0 < index < count:
             await trio.sleep(fault.params.get("delay_s", 0.05))
+        if fault.mode == "preamble" and index == len(PREAMBLE):
+            then = fault.params.get("then", "ok")
+            if then == "reset":
+                return "reset"
+            if then == "stall":
+                await trio.sleep_forever()
+            if then == "delay":
+                await trio.sleep(fault.params.get("delay_s", 1.0))
         return None
 
     def _framing(self, reply: Reply) -> tuple[list[bytes], list[tuple[str, str]]]:
