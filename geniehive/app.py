@@ -14,9 +14,10 @@ from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
-from geniehive import catalog, ws
+from geniehive import catalog, dialects, ws
 from geniehive.api_cluster import register_cluster_routes
 from geniehive.api_nodes import register_routes as register_node_routes
+from geniehive.api_responses import register_response_routes
 from geniehive.asgi import ASGIApp, new_request_id, render_error_answer
 from geniehive.errors import (
     GenieHiveError,
@@ -104,6 +105,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     register_node_routes(app, gateway)
     register_cluster_routes(app, gateway)
+    register_response_routes(app, gateway)
     ws.register_playground(app, gateway)
     return app
 
@@ -147,4 +149,5 @@ def create_asgi(gateway: Gateway) -> ProxyApp:
     # one ASGIApp names.
     proxy = ProxyApp(gateway, cast(ASGIApp, create_app(gateway)))
     ws.register_websocket(proxy, gateway)
+    proxy.dialects.update(dialects.served(gateway))
     return proxy

@@ -246,15 +246,17 @@ async def read_json_body(chunks: AsyncIterable[bytes], limit: int) -> dict[str, 
 
 
 def render_error_answer(
-    exc: GenieHiveError, request_id: str, route: RouteFacts | None = None, *, close: bool = False
+    exc: GenieHiveError, request_id: str, route: RouteFacts | None = None, *, close: bool = False,
+    render: Callable[[GenieHiveError], bytes] | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """An error answer in the OpenAI shape: (status, headers, body).
+    """An error answer in the OpenAI shape (or the one `render` gives, a client dialect's):
+    (status, headers, body).
 
     `close` adds `Connection: close`, for an answer given while the request body is left
     unread; a late body (RequestTimeout) always closes, as the rest is not worth waiting for.
     A 429 says when to retry (`Retry-After`).
     """
-    body = exc.body()
+    body = exc.body() if render is None else render(exc)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -268,10 +270,11 @@ def render_error_answer(
 
 
 def error_messages(
-    exc: GenieHiveError, request_id: str, route: RouteFacts | None = None, *, close: bool = False
+    exc: GenieHiveError, request_id: str, route: RouteFacts | None = None, *, close: bool = False,
+    render: Callable[[GenieHiveError], bytes] | None = None,
 ) -> tuple[Message, Message]:
     """The two ASGI messages of an error answer (see render_error_answer)."""
-    status, headers, body = render_error_answer(exc, request_id, route, close=close)
+    status, headers, body = render_error_answer(exc, request_id, route, close=close, render=render)
     return (
         {"type": "http.response.start", "status": status, "headers": headers},
         {"type": "http.response.body", "body": body, "more_body": False},
@@ -280,11 +283,11 @@ def error_messages(
 
 async def send_error(
     send: Send, exc: GenieHiveError, request_id: str, route: RouteFacts | None = None,
-    *, close: bool = False,
+    *, close: bool = False, render: Callable[[GenieHiveError], bytes] | None = None,
 ) -> None:
     """Answer `exc` (see render_error_answer), shielded so that a cancellation cannot leave
     the connection stuck halfway through the answer."""
-    start, body = error_messages(exc, request_id, route, close=close)
+    start, body = error_messages(exc, request_id, route, close=close, render=render)
     with trio.CancelScope(shield=True):
         await send(start)
         await send(body)

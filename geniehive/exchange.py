@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from geniehive.dialects import Dialect, DialectWriter
 
 StartFn = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
 BodyFn = Callable[[bytes, bool], Awaitable[None]]
@@ -52,6 +55,11 @@ class Inbound:
     weight: float = 1.0
     priority: int = 1
     max_wait_s: float | None = None
+    # A dialect request (geniehive/dialects/): the dialect, the client's own body (`body` is
+    # its chat translation) and, once relaying, the writer that translates the answer back.
+    dialect: Dialect | None = None
+    dialect_body: dict[str, Any] | None = None
+    answer: DialectWriter | None = None
 
 
 @dataclass(slots=True)
@@ -92,6 +100,8 @@ class Outcome:
         """Remember the token counts of an upstream `usage` object, if it is one."""
         if isinstance(usage, dict):
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if prompt is None and completion is None:  # a native dialect's own usage
+                prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
             self.prompt_tokens = prompt if isinstance(prompt, int) else None
             self.completion_tokens = completion if isinstance(completion, int) else None
 

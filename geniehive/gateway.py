@@ -31,6 +31,7 @@ from geniehive.metrics import GatewayMetrics
 from geniehive.models import LOCAL_HOST_ID, Policy, Service, Snapshot
 from geniehive.orders import NodeOrders
 from geniehive.registry import Registry
+from geniehive.registry_responses import ResponseStore
 
 
 def new_instance_id() -> str:
@@ -58,6 +59,8 @@ class Gateway:
             parse_bind(b) for b in (*config.server.bind, *config.nodes.bind)
         ]
         self.registry = registry
+        # The Responses API's stored answers, in the registry's database, read by id.
+        self.responses = ResponseStore(registry, config.responses.retention_s)
         self.specs = specs
         self.client = client  # discovery, probes and adapters (httpx)
         # The proxy path's upstream connections (a pool.UpstreamPool when serving); the relay

@@ -36,6 +36,7 @@ from geniehive.asgi import (
     send_error,
 )
 from geniehive.capacity import place
+from geniehive.dialects import Dialect, DialectWriter
 from geniehive.egress import HOP_HEADER, HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
@@ -76,9 +77,10 @@ SPOOL_BYTES = 1024 * 1024
 # A large body is written in parts of this size, so the write timeout measures the client's
 # progress, not the time one huge send takes to drain.
 WRITE_PART_BYTES = 256 * 1024
-SHUTTING_DOWN_EVENT = encode_error_event(render_error(
+SHUTTING_DOWN_ERROR = render_error(
     "the gateway is shutting down: this answer was cut short", "server_error", "shutting_down"
-))
+)
+SHUTTING_DOWN_EVENT = encode_error_event(SHUTTING_DOWN_ERROR)
 
 
 class ClientStalled(ClientGone):
@@ -93,6 +95,8 @@ class ProxyApp:
         self.write_timeout_s = gateway.config.server.write_timeout_s
         # path -> ASGI app for websocket routes served beside the proxy (websocket chat).
         self.websockets: dict[str, ASGIApp] = {}
+        # path -> a client dialect served on the chat operation (geniehive/dialects/).
+        self.dialects: dict[str, Dialect] = {}
         self.body_timeout_s = gateway.config.server.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -120,17 +124,27 @@ class ProxyApp:
     async def refuse(self, scope: Scope, send: Send, refusal: GenieHiveError) -> None:
         """Answer the key gate's refusal; on a forwarding route it counts as its request."""
         started = trio.current_time()
-        await send_error(send, refusal, scope_request_id(scope), close=True)
-        route = ROUTES.get(scope["path"].rstrip("/") or "/")
+        path = scope["path"].rstrip("/") or "/"
+        dialect = self.dialects.get(path)
+        await send_error(send, refusal, scope_request_id(scope), close=True,
+                         render=dialect.error_body if dialect is not None else None)
+        route = ROUTES.get(path)
+        if dialect is not None:
+            route = (dialect.name, "chat")
         if route is not None and scope["method"] == "POST":
             outcome = Outcome(status=refusal.http_status)
             self.gw.metrics.observe_request(route[0], outcome, trio.current_time() - started)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            route = ROUTES.get(scope["path"].rstrip("/") or "/")
+            path = scope["path"].rstrip("/") or "/"
+            route = ROUTES.get(path)
             if route is not None:
                 await self.handle(scope, receive, send, *route)
+                return
+            dialect = self.dialects.get(path)
+            if dialect is not None:
+                await self.handle(scope, receive, send, dialect.name, "chat", dialect)
                 return
         elif scope["type"] == "websocket":
             handler = self.websockets.get(scope["path"])
@@ -172,7 +186,9 @@ class ProxyApp:
         except GenieHiveError as exc:  # LoopDetected, or InvalidRequest for a huge header
             if scope["type"] == "websocket":
                 await refuse_websocket(receive, send, exc)
-            elif scope["method"] == "POST" and scope["path"].rstrip("/") in ROUTES:
+            elif scope["method"] == "POST" and (
+                scope["path"].rstrip("/") in ROUTES or scope["path"].rstrip("/") in self.dialects
+            ):
                 await self.dispatch(scope, receive, send)  # handle() raises it before the key
             else:
                 await send_error(send, exc, new_request_id())
@@ -180,8 +196,11 @@ class ProxyApp:
         return False
 
     async def handle(
-        self, scope: Scope, receive: Receive, send: Send, endpoint: str, operation: str
+        self, scope: Scope, receive: Receive, send: Send, endpoint: str, operation: str,
+        dialect: Dialect | None = None,
     ) -> None:
+        """One forwarding request. `endpoint` names it in the log and metrics; a `dialect`
+        request is read, relayed and answered through its dialect (geniehive/dialects/)."""
         headers = scope_headers(scope)
         request_id = headers.get("x-request-id") or new_request_id()
         started = trio.current_time()
@@ -190,13 +209,17 @@ class ProxyApp:
         principal_name = "-"
         model = "-"
         inbound: Inbound | None = None
+        render = dialect.error_body if dialect is not None else None
         try:
             # Before the key check: a looped request carries no client key, and must be told
             # it looped rather than that it is unauthenticated.
             hops = self.gw.hops.next_hops(headers.get(HOP_HEADER))
             principal = self.gw.auth.authorize(headers, "inference")
             principal_name = principal.name
-            inbound = await self.read_inbound(headers, receive, endpoint, operation)
+            if dialect is None:
+                inbound = await self.read_inbound(headers, receive, endpoint, operation)
+            else:
+                inbound = await self.read_dialect(receive, dialect)
             inbound.request_id = request_id
             inbound.hops = hops
             model = inbound.model
@@ -212,17 +235,18 @@ class ProxyApp:
         except GenieHiveError as exc:
             outcome.status = exc.http_status
             if not writer.started:
-                await send_error(send, exc, request_id, outcome)
+                await send_error(send, exc, request_id, outcome, render=render)
         except Exception:
             log.exception("request %s failed unexpectedly", request_id)
             outcome.status = 500
             if not writer.started:
-                await send_error(send, GenieHiveError("internal error"), request_id, outcome)
+                await send_error(send, GenieHiveError("internal error"), request_id, outcome,
+                                 render=render)
         except BaseException:
             # Only a cancellation from outside gets here: the server is cutting the requests
             # still running when its shutdown grace ran out (docs/architecture.md).
             outcome.status = 503
-            await end_cut(send, writer, request_id, outcome)
+            await end_cut(send, writer, request_id, outcome, inbound)
             raise
         finally:
             if outcome.status == 0:
@@ -258,10 +282,20 @@ class ProxyApp:
                 abort_connection(send)  # frees the blocked send; the relay is cancelled next
             nursery.cancel_scope.cancel()
 
+        relayed = writer
+        if inbound.dialect is not None:
+            # The relay writes chat; the client reads its dialect (geniehive/dialects/).
+            dialect, body = inbound.dialect, inbound.dialect_body
+            assert body is not None
+            translation = dialect.translation(body)
+            inbound.answer = DialectWriter(
+                writer, translation, lambda: dialect.finish(body, translation)
+            )
+            relayed = inbound.answer.writer
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
             try:
-                await self.relay.run(inbound, writer, outcome)
+                await self.relay.run(inbound, relayed, outcome)
                 finished = True
             except Exception as exc:  # re-raised below, outside the nursery's group
                 failure = exc
@@ -293,6 +327,19 @@ class ProxyApp:
         stream = body.get("stream", False)
         return Inbound(
             endpoint, operation, body["model"], stream=bool(stream), body=body, raw=raw
+        )
+
+
+    async def read_dialect(self, receive: Receive, dialect: Dialect) -> Inbound:
+        """A dialect request: its body, validated and translated into a chat body (which
+        passes the chat checks like any other)."""
+        raw = await read_body(receive, self.gw.config.server.max_body_bytes)
+        body = parse_json(raw)
+        chat = await dialect.prepare(body)
+        check_body(chat, "chat")
+        return Inbound(
+            "chat", "chat", chat["model"], stream=bool(chat.get("stream", False)), body=chat,
+            dialect=dialect, dialect_body=body,
         )
 
 
@@ -340,17 +387,25 @@ def _writer(send: Send) -> Writer:
     return writer
 
 
-async def end_cut(send: Send, writer: Writer, request_id: str, outcome: Outcome) -> None:
+async def end_cut(
+    send: Send, writer: Writer, request_id: str, outcome: Outcome, inbound: Inbound | None
+) -> None:
     """Tell a client whose request the shutdown cuts: 503 `shutting_down` before the head,
-    one SSE error event (and no `[DONE]`) into a stream; any other body is just cut."""
+    one SSE error event (and no `[DONE]`) into a stream, in the client's dialect; any other
+    body is just cut."""
+    dialect = inbound.dialect if inbound is not None else None
     if not writer.started:
         exc = ShuttingDown("the gateway is shutting down")
-        await send_bounded(send, error_messages(exc, request_id, outcome))
+        render = dialect.error_body if dialect is not None else None
+        await send_bounded(send, error_messages(exc, request_id, outcome, render=render))
     elif writer.sse and not writer.ended:
         writer.ended = True
-        writer.bytes_out += len(SHUTTING_DOWN_EVENT)
+        event = SHUTTING_DOWN_EVENT
+        if inbound is not None and inbound.answer is not None:
+            event = inbound.answer.translation.error(SHUTTING_DOWN_ERROR)
+        writer.bytes_out += len(event)
         await send_bounded(send, [
-            {"type": "http.response.body", "body": SHUTTING_DOWN_EVENT, "more_body": False}
+            {"type": "http.response.body", "body": event, "more_body": False}
         ])
 
 

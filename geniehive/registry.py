@@ -1,8 +1,8 @@
 """The registry: hosts, services, roles, benchmark samples and API keys, kept in SQLite.
 
-Rule: this is the only module that imports sqlite3. Every SQLite call runs off the event loop
-on one worker at a time (a `CapacityLimiter(1)`; a connection is bound to no thread, so
-`check_same_thread=False` is safe behind that limiter). Writes are serialised by a lock: each
+Rule: the registry modules (this one, registry_responses.py) alone import sqlite3. Every SQLite
+call runs off the event loop on one worker at a time (a `CapacityLimiter(1)`; a connection is
+bound to no thread, so `check_same_thread=False` is safe behind that limiter). Writes are serialised by a lock: each
 computes the next state in memory, writes the difference in one transaction, and only after
 COMMIT publishes a new immutable `Snapshot` (version + 1). So when a write returns,
 `registry.snapshot` shows it; a write that changes nothing publishes nothing. Readers only read
@@ -47,6 +47,7 @@ from geniehive.models import (
     Service,
     Snapshot,
 )
+from geniehive.registry_responses import RESPONSES_MIGRATION
 
 T = TypeVar("T")
 Statement = tuple[str, tuple[Any, ...]]
@@ -85,6 +86,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE api_keys ADD COLUMN priority TEXT",
         "ALTER TABLE api_keys ADD COLUMN weight REAL NOT NULL DEFAULT 1",
     ),
+    # 4: stored answers of the Responses API, read by id only (geniehive/registry_responses.py).
+    RESPONSES_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -156,10 +159,8 @@ class _State:
 
     def edit(self) -> _State:
         """A copy with fresh dicts the caller may change before committing it."""
-        return _State(
-            dict(self.hosts), dict(self.services), dict(self.roles),
-            dict(self.samples), dict(self.keys),
-        )  # fmt: skip
+        return _State(dict(self.hosts), dict(self.services), dict(self.roles),
+                      dict(self.samples), dict(self.keys))
 
 
 def _snapshot(version: int, state: _State) -> Snapshot:
@@ -522,10 +523,8 @@ _KEYS = _Table(
     _decode_key,
 )
 # State field -> table, in an order where a row is written after the row it references.
-_TABLES = (
-    ("hosts", _HOSTS), ("services", _SERVICES), ("roles", _ROLES),
-    ("samples", _SAMPLES), ("keys", _KEYS),
-)  # fmt: skip
+_TABLES = (("hosts", _HOSTS), ("services", _SERVICES), ("roles", _ROLES),
+           ("samples", _SAMPLES), ("keys", _KEYS))
 
 
 def _diff(old: _State, new: _State) -> list[Statement]:

@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from geniehive import health, routing
-from geniehive import policy as policy_mod
+from geniehive import health, routing, shaping
 from geniehive.adapters import Adapter, UpstreamRequest
 from geniehive.answers import (
     JSON_HEADERS,
@@ -126,6 +125,7 @@ class Attempt:
     # Set by Relay.attempt before anything is sent:
     request: UpstreamRequest = field(init=False)
     strip: bool = False  # reasoning is stripped from the answer
+    native: bool = False  # the client's dialect goes to the upstream as it is (no chat)
     started: float = 0.0  # trio clock: when the request went out (TTFT counts from here)
     # What the answer measured:
     ttft_ms: float | None = None
@@ -157,43 +157,6 @@ class Relay:
         self.max_attempts: int = settings.max_attempts
         self.first_byte_timeout_s: float = settings.first_byte_timeout_s
         self.idle_s: float = settings.idle_stream_timeout_s
-
-    # -- shaping ------------------------------------------------------------------------
-    def shape_body(self, attempt: Attempt) -> tuple[dict[str, Any], bool]:
-        """The body to send upstream and whether reasoning is stripped from the answer."""
-        inbound, model, adapter = attempt.inbound, attempt.model, attempt.adapter
-        assert inbound.body is not None
-        asset = attempt.service.asset(model)
-        effective = policy_mod.effective_policy(
-            asset.policy if asset else None, attempt.role_policy
-        )
-        body = inbound.body
-        if effective.system_prompt is not None or effective.body_defaults or (
-            effective.body_overrides
-        ):
-            body = policy_mod.apply_policy(body, inbound.operation, effective)
-        if policy_mod.needs_thinking_off(body, model, inbound.operation):
-            body = adapter.thinking_off(body)
-        if inbound.operation == "embeddings" and body.get("encoding_format") == "base64":
-            # Ask for floats and encode ourselves: upstreams that ignore or reject base64
-            # then behave alike.
-            body = {k: v for k, v in body.items() if k != "encoding_format"}
-        strip = effective.strip_reasoning is not False
-        return body, strip
-
-    def build_request(self, attempt: Attempt) -> None:
-        """Fill the attempt's upstream request (and whether its answer is stripped)."""
-        inbound = attempt.inbound
-        if inbound.body is not None:
-            body, attempt.strip = self.shape_body(attempt)
-            attempt.request = attempt.adapter.build_request(
-                inbound.endpoint, attempt.model, body=body
-            )
-        else:
-            assert inbound.upload is not None
-            attempt.request = attempt.adapter.build_request(
-                inbound.endpoint, attempt.model, fields=inbound.upload.fields
-            )
 
     # -- the attempt loop ---------------------------------------------------------------
     async def run(self, inbound: Inbound, writer: Writer, outcome: Outcome) -> None:
@@ -338,7 +301,7 @@ class Relay:
         """One try on one service. Raises _Failed (retryable) or UpstreamStatus."""
         live = self.gw.live
         service_id = attempt.service.service_id
-        self.build_request(attempt)
+        shaping.build_request(attempt)
         attempt.started = started = trio.current_time()
         live.attempt_started(service_id, started)
         # Which models are in use, for eviction (only where the gateway loads models).
@@ -463,7 +426,8 @@ class Relay:
         """Relay an SSE answer. TTFT counts from the attempt's start: many servers send
         their headers only with the first token."""
         writer, outcome = attempt.writer, attempt.outcome
-        stripper = SSEStripper(strip=attempt.strip)
+        # A native dialect stream is stripped by its dialect writer, which knows its events.
+        stripper = SSEStripper(strip=attempt.strip and not attempt.native)
         first: float | None = None
         writer.sse = True
         await writer.start(200, [*SSE_HEADERS, *headers])
@@ -499,13 +463,17 @@ class Relay:
     ) -> bool:
         inbound = attempt.inbound
         raw = await self._read_answer(response)
-        status, content_type, raw = attempt.adapter.translate_response(
-            inbound.endpoint, response.status, content_type, raw, attempt.request
-        )
+        status = response.status
+        if not attempt.native:  # a native dialect answer is its dialect writer's to shape
+            status, content_type, raw = attempt.adapter.translate_response(
+                inbound.endpoint, response.status, content_type, raw, attempt.request
+            )
         try:
             data = json.loads(raw)
             changed = False
-            if attempt.strip and isinstance(data, dict) and contains_reasoning(raw):
+            if attempt.strip and not attempt.native and isinstance(data, dict) and (
+                contains_reasoning(raw)
+            ):
                 stripped = strip_reasoning(data)
                 changed = stripped is not data
                 data = stripped

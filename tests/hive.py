@@ -43,12 +43,13 @@ class Hive:
 async def start_hive(
     nursery: trio.Nursery, tmp_path: Path, *, models: list[str] | None = None,
     operations: list[str] | None = None, extra: str = "", fake: FakeUpstream | None = None,
+    environ: dict[str, str] | None = None,
 ) -> Hive:
     fake = fake or FakeUpstream(models or ["m1", "qwen3-8b"])
     port = await nursery.start(fake.serve)
     ops = operations or ["chat", "completion", "embeddings", "transcription"]
     config = write_config(tmp_path, extra + upstream_toml("fake", port, ops))
-    running = await gateway_in_process(nursery, config)
+    running = await gateway_in_process(nursery, config, environ)
     client = httpx.AsyncClient(base_url=running.url, timeout=10)
     return Hive(running.url, fake, port, running.gateway, client, running)
 

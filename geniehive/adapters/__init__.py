@@ -128,6 +128,9 @@ class Adapter:
     # Whether `load` and `unload` work: the gateway then loads a cold model before sending
     # to it, and unloads idle ones to make room (geniehive/demand.py).
     loads_models: ClassVar[bool] = False
+    # The client dialects (geniehive/dialects/: "messages", "responses") the upstream speaks
+    # itself: such requests are passed through instead of translated onto chat.
+    native_dialects: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, ctx: UpstreamContext) -> None:
         self.ctx = ctx

@@ -52,6 +52,7 @@ from geniehive.config.values import (
     PluginsConfig,
     ProberConfig,
     RegistryConfig,
+    ResponsesConfig,
     RoutingConfig,
     ServerConfig,
 )
@@ -162,6 +163,12 @@ DISCOVERY = Section("discovery", "Asking the control plane's own upstreams what 
     Key("interval_s", POSITIVE, 30.0, "seconds between two discoveries of an upstream"),
 ))
 
+RESPONSES = Section("responses", "The stored answers of the Responses API (`store: true`).", (
+    Key("retention_s", NON_NEGATIVE, 3600.0,
+        "seconds a stored response can be fetched or continued (`previous_response_id`); "
+        "0 stores none"),
+))
+
 PLUGINS = Section("plugins", "Where adapter plugins come from (see docs/plugins.md).", (
     Key("paths", list_of(FOLDER), (),
         "extra plugin folders; the built-in plugins are always loaded"),
@@ -175,8 +182,8 @@ LOCAL = Section("local", "The control host itself, as the routing gates see it."
 ))
 
 CONTROL_FILE = Section("", "The control file.", tables=(
-    SERVER, NODES, REGISTRY, AUTH, ROUTING, CAPACITY, BREAKER, PROBER, DISCOVERY, PLUGINS, CATALOGS,
-    LOCAL, LOGGING, UPSTREAMS,
+    SERVER, NODES, REGISTRY, AUTH, ROUTING, CAPACITY, BREAKER, PROBER, DISCOVERY, RESPONSES,
+    PLUGINS, CATALOGS, LOCAL, LOGGING, UPSTREAMS,
 ))
 
 
@@ -268,6 +275,7 @@ def parse_control(data: dict[str, Any], path: Path, environ: Mapping[str, str],
     prober = _flat(top, "prober", ProberConfig)
     discovery = _flat(top, "discovery", DiscoveryConfig)
     plugins = _flat(top, "plugins", PluginsConfig)
+    responses = _flat(top, "responses", ResponsesConfig)
     auth_keys = _auth_keys(top.table("auth"), environ)
     catalogs = catalog_paths(top.table("roles"))
     local = top.table("local")
@@ -281,5 +289,5 @@ def parse_control(data: dict[str, Any], path: Path, environ: Mapping[str, str],
         server=server, nodes=nodes, registry=registry, auth_keys=auth_keys, routing=routing,
         capacity=capacity, breaker=breaker, prober=prober, discovery=discovery, plugins=plugins,
         roles=MappingProxyType(roles), role_catalogs=catalogs, local_labels=local_labels,
-        upstreams=upstreams, logging=logging, source=path,
+        upstreams=upstreams, logging=logging, source=path, responses=responses,
     )

@@ -114,6 +114,11 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesConfig:
+    retention_s: float = 3600.0  # how long a stored response is kept; 0 stores none
+
+
+@dataclass(frozen=True, slots=True)
 class PluginsConfig:
     paths: tuple[Path, ...] = ()
     entry_points: bool = True
@@ -170,6 +175,7 @@ class ControlConfig:
     upstreams: tuple[UpstreamConfig, ...]
     logging: LoggingConfig
     source: Path
+    responses: ResponsesConfig = ResponsesConfig()
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,56 @@ def render_chat(body: dict[str, Any], text: str, request_id: str) -> Reply:
     return _stream(body, {**head, "object": "chat.completion.chunk"}, choices, usage)
 
 
+def wants_tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool the fake calls: the first function tool, when the last message is the
+    user's (after a tool's answer it answers in text)."""
+    tools = body.get("tools")
+    messages = body.get("messages") or []
+    if not isinstance(tools, list) or not tools or not messages:
+        return None
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return None
+    function = tools[0].get("function") if isinstance(tools[0], dict) else None
+    return function if isinstance(function, dict) else None
+
+
+def tool_reply_text(body: dict[str, Any]) -> str | None:
+    """After a tool's answer: 'tool said: ' and that answer."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else None
+    if isinstance(last, dict) and last.get("role") == "tool":
+        return "tool said: " + message_text(last.get("content"))
+    return None
+
+
+def render_tool_call(body: dict[str, Any], function: dict[str, Any], request_id: str) -> Reply:
+    """A call of `function` with arguments `{"q": <the user's text>}`, id `call_fake1`;
+    streamed as the name, then the arguments in two pieces."""
+    arguments = json.dumps({"q": chat_reply_text(body).removeprefix("echo: ")})
+    head = {"id": request_id, "created": CREATED, "model": body.get("model")}
+    usage = _usage(3, 5)
+    call = {"id": "call_fake1", "type": "function",
+            "function": {"name": function.get("name"), "arguments": arguments}}
+    if not body.get("stream"):
+        choice = {"index": 0, "message": {"role": "assistant", "content": None,
+                                          "tool_calls": [call]},
+                  "finish_reason": "tool_calls"}
+        return json_reply({**head, "object": "chat.completion", "choices": [choice],
+                           "usage": usage})
+    half = len(arguments) // 2
+    deltas = [
+        {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_fake1", "type": "function",
+                                              "function": {"name": function.get("name"),
+                                                           "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]},
+    ]
+    choices = [{"index": 0, "delta": d, "finish_reason": None} for d in deltas]
+    return _stream(body, {**head, "object": "chat.completion.chunk"}, choices, usage,
+                   finish="tool_calls")
+
+
 def completion_reply_text(body: dict[str, Any]) -> str:
     prompt = body.get("prompt")
     if isinstance(prompt, list):
@@ -146,9 +196,9 @@ def render_completion(body: dict[str, Any], text: str, request_id: str) -> Reply
 
 
 def _stream(body: dict[str, Any], head: dict[str, Any], choices: list[dict[str, Any]],
-            usage: dict[str, int]) -> Reply:
+            usage: dict[str, int], finish: str = "stop") -> Reply:
     """SSE events: one per choice piece (the last one carries finish_reason), usage, [DONE]."""
-    choices[-1]["finish_reason"] = "stop"
+    choices[-1]["finish_reason"] = finish
     with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     extra = {"usage": None} if with_usage else {}
     events = [sse_event({**head, "choices": [c], **extra}) for c in choices]

@@ -397,8 +397,13 @@ class FakeUpstream:
 
     def _chat(self, record: dict[str, Any]) -> Reply:
         body = self._json_body(record)
-        text = self.reply if self.reply is not None else replies.chat_reply_text(body)
-        return replies.render_chat(body, text, f"chatcmpl-fake{record['index']}")
+        request_id = f"chatcmpl-fake{record['index']}"
+        tool = replies.wants_tool_call(body)
+        if tool is not None:
+            return replies.render_tool_call(body, tool, request_id)
+        text = self.reply if self.reply is not None else (
+            replies.tool_reply_text(body) or replies.chat_reply_text(body))
+        return replies.render_chat(body, text, request_id)
 
     def _completion(self, record: dict[str, Any]) -> Reply:
         body = self._json_body(record)

@@ -50,9 +50,10 @@ PURE: dict[str, Rule] = {
     # A hop id is drawn by the caller; the module compares addresses and never resolves one.
     "geniehive.egress": Rule(also_forbidden=frozenset({"secrets"})),
     "geniehive.errors": Rule(),
-    # The values the relay, the proxy and the websocket share, and the transport seam.
+    # The values the relay, the proxy and the websocket share, and the transport seam (its
+    # geniehive imports are for type checking only).
     "geniehive.exchange": Rule(only=frozenset({"__future__", "collections", "dataclasses",
-                                               "typing"})),
+                                               "typing", "geniehive"})),
     "geniehive.assets": Rule(),
     "geniehive.fields": Rule(only=frozenset({"__future__", "re", "collections", "typing",
                                              "geniehive"})),

@@ -136,7 +136,7 @@ async def test_a_fresh_file_is_created_migrated_and_in_wal_mode(db_path: Path) -
     assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
     tables = {name for (name,) in raw(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"hosts", "services", "roles", "benchmark_samples", "api_keys"}
+    assert tables == {"hosts", "services", "roles", "benchmark_samples", "api_keys", "responses"}
 
 
 async def test_reopening_applies_only_migrations_not_yet_applied(
