@@ -52,6 +52,22 @@ async def test_a_model_name_with_a_newline_cannot_forge_a_log_line(
         assert "model=m1\\x0a2026-12-02" in lines[0]
 
 
+async def test_each_line_names_the_endpoint_the_client_called(
+    hive: Hive, request_log: io.StringIO
+) -> None:
+    # One model behind both: only the endpoint tells the two requests apart.
+    with trio.fail_after(10):
+        chat = await hive.client.post("/v1/chat/completions", json={
+            "model": "m1", "messages": [{"role": "user", "content": "hi"}]})
+        responses = await hive.client.post("/v1/responses", json={"model": "m1", "input": "hi"})
+        while len(request_log.getvalue().splitlines()) < 2:
+            await trio.sleep(0.01)
+    assert [chat.status_code, responses.status_code] == [200, 200]
+    lines = request_log.getvalue().splitlines()
+    assert "endpoint=chat " in lines[0] and "status=200" in lines[0]
+    assert "endpoint=responses " in lines[1] and "status=200" in lines[1]
+
+
 def test_text_format_escapes_every_control_character_but_keeps_tracebacks() -> None:
     formatter = TextFormatter("%(message)s")
     value = "a\r\x00\x1b\u2028\x85é b"
