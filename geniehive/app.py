@@ -18,7 +18,7 @@ from geniehive import catalog, dialects, ws
 from geniehive.api_cluster import register_cluster_routes
 from geniehive.api_nodes import register_routes as register_node_routes
 from geniehive.api_responses import register_response_routes
-from geniehive.asgi import ASGIApp, new_request_id, render_error_answer
+from geniehive.asgi import ASGIApp, log_unrouted, new_request_id, render_error_answer
 from geniehive.errors import (
     GenieHiveError,
     MethodNotAllowed,
@@ -53,6 +53,9 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def on_http(exc: HTTPException) -> Response:
+        if exc.code == 404 and request.url_rule is None:
+            user_agent = request.headers.get("User-Agent")
+            return error_response(unrouted(request.method, request.path, user_agent))
         return error_response(framework_error(exc))
 
     @app.errorhandler(Exception)
@@ -67,6 +70,11 @@ def create_app(gateway: Gateway) -> QuartTrio:
                 new_request_id()
             )
         return response
+
+    @app.get("/")
+    async def root() -> Response:
+        # No key, no data: clients (Claude Code) try `HEAD /` before their first call.
+        return jsonify({"status": "ok", "api": "/v1"})
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -117,6 +125,17 @@ def error_response(exc: GenieHiveError) -> Response:
     return Response(body, status=status, headers=Headers(
         [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
     ))
+
+
+MESSAGE_PATH_CHARS = 200  # of the path named in a 404's message
+
+
+def unrouted(method: str, path: str, user_agent: str | None) -> NotFound:
+    """The 404 `not_found` of a request no route serves, naming its method and path (cut to
+    MESSAGE_PATH_CHARS); logged by `log_unrouted`."""
+    log_unrouted(method, path, user_agent)
+    shown = path if len(path) <= MESSAGE_PATH_CHARS else path[:MESSAGE_PATH_CHARS] + "..."
+    return NotFound(f"no route for {method} {shown}")
 
 
 class _FrameworkError(GenieHiveError):

@@ -15,6 +15,8 @@ those has one rule; edge modules import this and lower layers, never each other.
     send_error(), error_messages()  that answer onto an ASGI `send`
     refuse_websocket()              a websocket handshake denied with that answer
     log_request()                   the one request log line (HTTP and websocket)
+    log_unrouted(), quoted()        the log line of a request no route serves; a client's text
+                                    quoted and capped for a log line
 """
 
 from __future__ import annotations
@@ -284,22 +286,28 @@ def error_messages(
 async def send_error(
     send: Send, exc: GenieHiveError, request_id: str, route: RouteFacts | None = None,
     *, close: bool = False, render: Callable[[GenieHiveError], bytes] | None = None,
-) -> None:
+) -> int:
     """Answer `exc` (see render_error_answer), shielded so that a cancellation cannot leave
-    the connection stuck halfway through the answer."""
+    the connection stuck halfway through the answer. Returns the size of the body sent,
+    which the request log counts as it counts any answer's body (the head is not counted)."""
     start, body = error_messages(exc, request_id, route, close=close, render=render)
     with trio.CancelScope(shield=True):
         await send(start)
         await send(body)
+    return len(body["body"])
 
 
-async def send_json(send: Send, status: int, payload: Any, request_id: str) -> None:
-    """A JSON answer that is not an error (the node port's)."""
+async def send_json(
+    send: Send, status: int, payload: Any, request_id: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A JSON answer that is not an error (the node port's), with `extra` headers."""
     body = json.dumps(payload).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id.encode()),
+        *(extra or []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -317,6 +325,8 @@ async def refuse_websocket(receive: Receive, send: Send, exc: GenieHiveError) ->
 
 
 # --- the request log -----------------------------------------------------------------------
+
+LOGGED_TEXT_CHARS = 256  # of a client's text (a path, a User-Agent) in a log line
 
 _HTTP_LINE = (
     "request id=%s endpoint=%s key=%s model=%s route=%s service=%s status=%d attempts=%d "
@@ -343,3 +353,20 @@ def log_request(
     else:
         log.info(_WS_LINE, request_id, endpoint, json.dumps(ws_id), key, model, route.route,
                  service, status, route.attempts, duration_s * 1000, bytes_out)
+
+
+def quoted(text: str, limit: int = LOGGED_TEXT_CHARS) -> str:
+    """`text` as a JSON string literal for a log line, cut to its first `limit` characters
+    (then ending in `...`): whatever a client sends, it stays one value on one line."""
+    return json.dumps(text if len(text) <= limit else text[:limit] + "...")
+
+
+def log_unrouted(method: str, path: str, user_agent: str | None) -> None:
+    """The log line of a request no route serves, naming its client's User-Agent.
+
+    WARNING under `/v1` (a client expects an API this gateway does not serve), INFO elsewhere
+    (browsers and scanners). The method, path and User-Agent are `quoted`.
+    """
+    level = logging.WARNING if path == "/v1" or path.startswith("/v1/") else logging.INFO
+    log.log(level, "no route for %s %s user_agent=%s", quoted(method, 32), quoted(path),
+            quoted(user_agent) if user_agent is not None else "-")

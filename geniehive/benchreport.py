@@ -2,7 +2,8 @@
 `POST /v1/cluster/benchmarks`: one module, so both sides agree on its shape.
 
 A report has one sample per (service, asset) that really served, with the cases' outcomes
-listed beside; parsing checks every field and names the first bad one.
+listed beside (each with its answer, cut to ANSWER_BYTES); parsing checks every field of the
+samples and names the first bad one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ RESULT_NUMBERS = (
     "prompt_tokens", "completion_tokens", "quality_score", "completion_rate",
     "tool_success_rate", "error_count",
 )  # fmt: skip
+# Of each case's answer text kept in the report, in UTF-8 bytes; a longer one is cut (at a
+# character boundary) and marked `answer_truncated`.
+ANSWER_BYTES = 4096
 SAMPLE_KEYS = frozenset(
     {"benchmark_id", "service_id", "asset_id", "workload", "observed_at", "results"}
 )
@@ -35,7 +39,7 @@ SAMPLE_KEYS = frozenset(
 
 @dataclass
 class CaseResult:
-    """One case as `bench run` measured it; the answer text decides `passed` and is not reported."""
+    """One case as `bench run` measured it; the answer `text` decides `passed`."""
 
     case_id: str
     passed: bool = False
@@ -70,9 +74,20 @@ def sample_results(results: Sequence[CaseResult]) -> dict[str, Any]:
 
 
 def case_view(result: CaseResult) -> dict[str, Any]:
-    """One case's outcome as the report lists it (never the answer text)."""
+    """One case's outcome as the report lists it, with its answer (see bounded_answer), so
+    that a failed case can be read, not only counted."""
     keys = ("case_id", "passed", "service_id", "latency_ms", "ttft_ms", "error")
-    return {key: getattr(result, key) for key in keys}
+    view = {key: getattr(result, key) for key in keys}
+    view["answer"], view["answer_truncated"] = bounded_answer(result.text)
+    return view
+
+
+def bounded_answer(text: str, limit: int = ANSWER_BYTES) -> tuple[str, bool]:
+    """`text` cut to at most `limit` UTF-8 bytes at a character boundary, and whether it was."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text, False
+    return encoded[:limit].decode("utf-8", "ignore"), True
 
 
 def build_report(

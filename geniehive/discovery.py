@@ -67,6 +67,7 @@ def local_services(upstreams: Sequence[UpstreamConfig]) -> list[Service]:
             upstream_id=u.id,
             timeout_s=u.timeout_s,
             keep_alive=u.keep_alive,
+            dialect=u.dialect,
             api_key=u.api_key,
         )
         for u in upstreams

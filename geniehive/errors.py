@@ -15,7 +15,8 @@
     │   ├── QueueFull                   429 ... / queue_full
     │   ├── QueueTimeout                429 ... / queue_timeout
     │   └── TooManyAuthFailures         429 ... / too_many_auth_failures
-    ├── UpstreamStatus                  the upstream's 4xx, code upstream_<status>
+    ├── UpstreamStatus                  the upstream's 4xx, code upstream_<status>, or
+    │                                   400 context_length_exceeded (upstream_error_code)
     ├── UpstreamFailed                  502 server_error / upstream_error
     ├── UpstreamTimeout                 504 server_error / upstream_timeout
     ├── LoopDetected                    508 server_error / loop_detected
@@ -38,6 +39,7 @@ A second tree stops the program instead of answering a request; `geniehive serve
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -162,20 +164,69 @@ class TooManyAuthFailures(RateLimited):
     code = "too_many_auth_failures"
 
 
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+# The status each code `upstream_error_code` recognises is answered with, whatever the
+# upstream's own 4xx was.
+KNOWN_UPSTREAM_CODES = {CONTEXT_LENGTH_EXCEEDED: 400}
+# llama.cpp names an overflow by its error type; OpenAI by its code; vLLM, Ollama and older
+# llama.cpp builds only in the message.
+_OVERFLOW_TYPES = frozenset({"exceed_context_size_error"})
+_OVERFLOW_MESSAGE = re.compile(
+    r"exceeds the available context size"  # llama.cpp
+    r"|maximum context length is \d+"  # vLLM, OpenAI: "This model's maximum context length is N"
+    r"|decoder prompt \(length \d+\) is longer than the maximum model length"  # vLLM
+    r"|input length exceeds (?:the|maximum) context length",  # Ollama
+    re.IGNORECASE,
+)
+
+
+def upstream_error_code(body: bytes, message: str) -> str | None:
+    """The OpenAI code of an upstream's error answer that clients act on, or None.
+
+    Rule: a request longer than the model's context is `context_length_exceeded` (the code
+    LangChain and other clients recognise, to trim the history and retry), recognised by
+    OpenAI's own code, llama.cpp's `exceed_context_size_error` type, or the messages of
+    llama.cpp, vLLM and Ollama (`message`, as the adapter's `parse_error` read it).
+    """
+    error = _error_field(body)
+    if error.get("code") == CONTEXT_LENGTH_EXCEEDED or error.get("type") in _OVERFLOW_TYPES:
+        return CONTEXT_LENGTH_EXCEEDED
+    if _OVERFLOW_MESSAGE.search(message):
+        return CONTEXT_LENGTH_EXCEEDED
+    return None
+
+
+def _error_field(body: bytes) -> dict[str, Any]:
+    """The `error` object of a JSON error body; empty for any other body."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
 class UpstreamStatus(GenieHiveError):
-    """An upstream 4xx, passed on with its status and message."""
+    """An upstream 4xx, passed on with its status and message; with a `upstream_code` from
+    KNOWN_UPSTREAM_CODES (see upstream_error_code), with that code and its status instead."""
 
     type = "invalid_request_error"
 
-    def __init__(self, upstream_status: int, message: str) -> None:
+    def __init__(self, upstream_status: int, message: str, *,
+                 upstream_code: str | None = None) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
+        self.upstream_code = upstream_code if upstream_code in KNOWN_UPSTREAM_CODES else None
 
     @property
     def http_status(self) -> int:
+        if self.upstream_code is not None:
+            return KNOWN_UPSTREAM_CODES[self.upstream_code]
         return self.upstream_status
 
     def error_object(self) -> dict[str, Any]:
+        if self.upstream_code is not None:
+            return render_error(self.message, self.type, self.upstream_code, self.param)
         if self.upstream_status == 429:
             type_ = "rate_limit_error"
         elif self.upstream_status >= 500:

@@ -165,7 +165,7 @@ class Gateway:
 
     def adapter_for(self, service: Service) -> Adapter:
         key = (service.adapter, service.base_url, service.api_key, service.timeout_s,
-               service.keep_alive)
+               service.keep_alive, service.dialect)
         cached = self._adapters.get(service.service_id)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -177,6 +177,7 @@ class Gateway:
             configured_assets=service.assets,
             api_key=service.api_key,
             keep_alive=service.keep_alive,
+            dialect=service.dialect,
         )
         adapter = build_adapter(self.specs, service.adapter, ctx)
         self._adapters[service.service_id] = (key, adapter)

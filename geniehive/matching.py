@@ -212,20 +212,26 @@ def _match_benchmark(
     work_tokens: frozenset[str],
     reasons: list[str],
 ) -> float:
-    """0.55 best workload overlap + 0.45 best quality among the overlapping samples."""
+    """0.55 best workload overlap + 0.45 best quality among the overlapping samples.
+
+    A sample of quality 0 (a 0 % pass rate, see benchmark_quality) is no evidence of fit: it
+    adds no overlap either, so it never raises a score.
+    """
     best_overlap = best_quality = 0.0
     best_workload = None
     for sample in snapshot.samples_by_service.get(service.service_id, ()):
+        quality = benchmark_quality(sample.results)
+        if quality <= 0:
+            continue
         overlap = (
             1.0
             if sample.workload in q.workloads
             else text_overlap(work_tokens, tokens(sample.workload))
         )
         best_overlap = max(best_overlap, overlap)
-        if overlap > 0 or not work_tokens:
-            quality = benchmark_quality(sample.results)
-            if best_workload is None or quality > best_quality:
-                best_quality, best_workload = quality, sample.workload
+        relevant = overlap > 0 or not work_tokens
+        if relevant and (best_workload is None or quality > best_quality):
+            best_quality, best_workload = quality, sample.workload
     if best_workload is not None:
         reasons.append(f"benchmark {best_workload} quality {round(best_quality, 4)}")
     return 0.55 * best_overlap + 0.45 * best_quality

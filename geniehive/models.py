@@ -20,6 +20,8 @@ HEALTHS = ("unknown", "healthy", "unhealthy", "down")
 MANAGED_STATES = ("cold", "starting", "running", "stopping")
 SYSTEM_PROMPT_POSITIONS = ("prepend", "append", "replace")
 STRATEGIES = ("scored", "round_robin", "least_loaded")
+# How an adapter of a server with two chat APIs sends chat (the upstream's `dialect`).
+DIALECTS = ("native", "openai")
 LOCAL_HOST_ID = "local"
 
 ID_RE = re.compile(r"^[A-Za-z0-9._:/\-]{1,128}$")
@@ -117,6 +119,7 @@ class Service:
     upstream_id: str | None = None
     timeout_s: float = 5.0
     keep_alive: str | int | None = None  # how long `load` keeps a model; None: adapter's default
+    dialect: str = "native"  # the upstream's chat dialect (DIALECTS), read by its adapter
     api_key: str | None = field(default=None, repr=False)
     # The process state when a launcher manages the upstream (MANAGED_STATES), else None.
     managed: str | None = None

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from geniehive.errors import InvalidRequest
 from geniehive.models import (
     AVAILABILITIES,
+    DIALECTS,
     HEALTHS,
     KEEP_ALIVE_EXPECTED,
     LOCAL_HOST_ID,
@@ -306,6 +307,7 @@ def _service(value: Any, where: str, host_id: str, adapters: KnownAdapters | Non
         state=o.optional("state", _state, ServiceState()),
         observed=o.optional("observed", _observed, Observed()),
         keep_alive=o.optional("keep_alive", _keep_alive),
+        dialect=o.optional("dialect", _choice(DIALECTS), "native"),
         managed=o.optional("managed", _choice(MANAGED_STATES)),
     )
     o.done()
@@ -431,6 +433,8 @@ def render_service(service: Service) -> dict[str, Any]:
     }
     if service.keep_alive is not None:
         out["keep_alive"] = service.keep_alive
+    if service.dialect != "native":
+        out["dialect"] = service.dialect
     if service.managed is not None:
         out["managed"] = service.managed
     return out

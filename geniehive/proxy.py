@@ -34,6 +34,7 @@ from geniehive.asgi import (
     scope_headers,
     scope_request_id,
     send_error,
+    send_json,
 )
 from geniehive.capacity import place
 from geniehive.dialects import Dialect, DialectWriter
@@ -50,6 +51,7 @@ from geniehive.exchange import Inbound, Outcome, Upload, Writer
 from geniehive.fields import check_body, check_form
 from geniehive.relay import Relay
 from geniehive.sse import encode_error_event
+from geniehive.tokencount import count_input_tokens
 from geniehive.writes import (
     abort_connection,
     release_on_cut,
@@ -72,6 +74,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/audio/speech": ("speech", "speech"),
     "/v1/images/generations": ("image", "image"),
 }
+# The Messages API's token counter, served beside the Messages dialect.
+MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 MULTIPART_ENDPOINTS = frozenset({"transcription", "translation"})
 SPOOL_BYTES = 1024 * 1024
 # A large body is written in parts of this size, so the write timeout measures the client's
@@ -126,8 +131,10 @@ class ProxyApp:
         started = trio.current_time()
         path = scope["path"].rstrip("/") or "/"
         dialect = self.dialects.get(path)
+        # The token counter beside the Messages API answers in its shape too.
+        shape = self.dialects.get(MESSAGES_PATH) if path == COUNT_TOKENS_PATH else dialect
         await send_error(send, refusal, scope_request_id(scope), close=True,
-                         render=dialect.error_body if dialect is not None else None)
+                         render=shape.error_body if shape is not None else None)
         route = ROUTES.get(path)
         if dialect is not None:
             route = (dialect.name, "chat")
@@ -145,6 +152,10 @@ class ProxyApp:
             dialect = self.dialects.get(path)
             if dialect is not None:
                 await self.handle(scope, receive, send, dialect.name, "chat", dialect)
+                return
+            messages = self.dialects.get(MESSAGES_PATH)
+            if path == COUNT_TOKENS_PATH and messages is not None:
+                await self.count_tokens(scope, receive, send, messages)
                 return
         elif scope["type"] == "websocket":
             handler = self.websockets.get(scope["path"])
@@ -235,13 +246,14 @@ class ProxyApp:
         except GenieHiveError as exc:
             outcome.status = exc.http_status
             if not writer.started:
-                await send_error(send, exc, request_id, outcome, render=render)
+                writer.bytes_out += await send_error(send, exc, request_id, outcome,
+                                                     render=render)
         except Exception:
             log.exception("request %s failed unexpectedly", request_id)
             outcome.status = 500
             if not writer.started:
-                await send_error(send, GenieHiveError("internal error"), request_id, outcome,
-                                 render=render)
+                writer.bytes_out += await send_error(send, GenieHiveError("internal error"),
+                                                     request_id, outcome, render=render)
         except BaseException:
             # Only a cancellation from outside gets here: the server is cutting the requests
             # still running when its shutdown grace ran out (docs/architecture.md).
@@ -257,6 +269,28 @@ class ProxyApp:
             self.gw.metrics.observe_request(endpoint, outcome, duration)
             if inbound is not None and inbound.upload is not None:
                 inbound.upload.file.close()
+
+    async def count_tokens(
+        self, scope: Scope, receive: Receive, send: Send, dialect: Dialect
+    ) -> None:
+        """`POST /v1/messages/count_tokens`: `{"input_tokens": N}` of a Messages request
+        (geniehive/tokencount.py), with `X-GenieHive-Token-Count: exact | estimate`; the key
+        is checked as for a request, and errors are in the Messages shape."""
+        headers = scope_headers(scope)
+        request_id = headers.get("x-request-id") or new_request_id()
+        try:
+            principal = self.gw.auth.authorize(headers, "inference")
+            body = parse_json(await read_body(receive, self.gw.config.server.max_body_bytes))
+            model = body.get("model")
+            if isinstance(model, str) and not principal.may_use_model(model):
+                raise PermissionDenied(f"this key may not use the model '{model}'")
+            count, exact = await count_input_tokens(self.gw, body)
+        except GenieHiveError as exc:
+            await send_error(send, exc, request_id, render=dialect.error_body)
+            return
+        how = b"exact" if exact else b"estimate"
+        await send_json(send, 200, {"input_tokens": count}, request_id,
+                        [(b"x-geniehive-token-count", how)])
 
     async def run_cancellable(
         self, inbound: Inbound, writer: Writer, receive: Receive, send: Send, outcome: Outcome
@@ -397,7 +431,9 @@ async def end_cut(
     if not writer.started:
         exc = ShuttingDown("the gateway is shutting down")
         render = dialect.error_body if dialect is not None else None
-        await send_bounded(send, error_messages(exc, request_id, outcome, render=render))
+        messages = error_messages(exc, request_id, outcome, render=render)
+        writer.bytes_out += len(messages[1]["body"])
+        await send_bounded(send, messages)
     elif writer.sse and not writer.ended:
         writer.ended = True
         event = SHUTTING_DOWN_EVENT

@@ -2,12 +2,12 @@
 
 Rule: the registry modules (this one, registry_responses.py) alone import sqlite3. Every SQLite
 call runs off the event loop on one worker at a time (a `CapacityLimiter(1)`; a connection is
-bound to no thread, so `check_same_thread=False` is safe behind that limiter). Writes are serialised by a lock: each
-computes the next state in memory, writes the difference in one transaction, and only after
-COMMIT publishes a new immutable `Snapshot` (version + 1). So when a write returns,
-`registry.snapshot` shows it; a write that changes nothing publishes nothing. Readers only read
-`registry.snapshot`; the request path never waits on SQLite. At open the database is the truth:
-it is migrated forward and loaded whole into memory.
+bound to no thread, so `check_same_thread=False` is safe behind that limiter). Writes are
+serialised by a lock: each computes the next state in memory, writes the difference in one
+transaction, and only after COMMIT publishes a new immutable `Snapshot` (version + 1). So when a
+write returns, `registry.snapshot` shows it; a write that changes nothing publishes nothing.
+Readers only read `registry.snapshot`; the request path never waits on SQLite. At open the
+database is the truth: it is migrated forward and loaded whole into memory.
 
 Exceptions:
     RegistryError            storage failed, or the database is newer (stops the daemon)

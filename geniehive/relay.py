@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from geniehive import health, routing, shaping
-from geniehive.adapters import Adapter, UpstreamRequest
+from geniehive.adapters import Adapter, StreamTranslator, UpstreamRequest
 from geniehive.answers import (
     JSON_HEADERS,
     SSE_HEADERS,
@@ -54,6 +54,7 @@ from geniehive.errors import (
     UpstreamTimeout,
     raise_for_decision,
     render_error,
+    upstream_error_code,
 )
 from geniehive.exchange import Inbound, Outcome, Transport, UpstreamResponse, Writer
 from geniehive.models import Policy, Service
@@ -342,8 +343,11 @@ class Relay:
             attempt.outcome.status = response.status
             headers = route_headers(inbound.request_id, attempt.outcome)
             content_type = (response.header(b"content-type") or b"").decode("latin-1")
-            if inbound.stream and content_type.startswith("text/event-stream"):
-                return await self._relay_stream(attempt, response, headers)
+            translator = _stream_translator(attempt, content_type)
+            if translator is not None or (
+                inbound.stream and content_type.startswith("text/event-stream")
+            ):
+                return await self._relay_stream(attempt, response, headers, translator)
             if inbound.operation in JSON_OPERATIONS:
                 return await self._relay_json(attempt, response, content_type, headers)
             return await self._relay_passthrough(attempt, response, content_type, headers)
@@ -418,13 +422,14 @@ class Relay:
             raise _Failed("status", f"HTTP {status}: {message}", status=status)
         # Other 4xx, and 501 (the server lacks the feature, e.g. llama.cpp without
         # --embeddings), are the same everywhere: passed on at once, not failed over.
-        raise UpstreamStatus(status, message)
+        raise UpstreamStatus(status, message, upstream_code=upstream_error_code(body, message))
 
     async def _relay_stream(
-        self, attempt: Attempt, response: UpstreamResponse, headers: list[tuple[bytes, bytes]]
+        self, attempt: Attempt, response: UpstreamResponse, headers: list[tuple[bytes, bytes]],
+        translator: StreamTranslator | None = None,
     ) -> bool:
-        """Relay an SSE answer. TTFT counts from the attempt's start: many servers send
-        their headers only with the first token."""
+        """Relay an SSE answer (the `translator`'s output when the adapter gave one). TTFT
+        counts from the attempt's start: many servers send headers with the first token."""
         writer, outcome = attempt.writer, attempt.outcome
         # A native dialect stream is stripped by its dialect writer, which knows its events.
         stripper = SSEStripper(strip=attempt.strip and not attempt.native)
@@ -435,10 +440,14 @@ class Relay:
             async for chunk in IdleTimed(response, self.idle_s):
                 if first is None:
                     first = trio.current_time()
-                out = stripper.feed(chunk)
+                out = stripper.feed(translator.feed(chunk) if translator else chunk)
                 if out:
                     await writer.body(out, True)
-            await writer.body(stripper.flush(), False)
+            tail = stripper.feed(translator.flush()) if translator is not None else b""
+            await writer.body(tail + stripper.flush(), False)
+            if translator is not None and translator.failed:  # it sent an error event
+                outcome.status = 502
+                return False
         except (trio.TooSlowError, PoolError) as exc:
             stalled = isinstance(exc, trio.TooSlowError)
             outcome.status = 504 if stalled else 502  # for the log and metrics only
@@ -529,6 +538,13 @@ class Relay:
             return False
         await writer.body(b"", False)
         return True
+
+
+def _stream_translator(attempt: Attempt, content_type: str) -> StreamTranslator | None:
+    """The adapter's translator of a streamed answer that is not SSE (Ollama's NDJSON)."""
+    if not attempt.inbound.stream or content_type.startswith("text/event-stream"):
+        return None
+    return attempt.adapter.stream_translator(attempt.request)
 
 
 def _exhausted(

@@ -241,11 +241,17 @@ class _Request:
             message["cancelled"] = True
         await self.conn.emit(encode_message(message))
 
-    async def fail(self, error: dict[str, Any]) -> None:
+    async def fail(self, error: dict[str, Any], *, counted: bool = False) -> None:
+        """End the request with one error message. `counted`: the error is the gateway's
+        answer, not relayed bytes, so the request log counts its frame as the answer's bytes
+        (an upstream's error event was counted as it arrived)."""
         if self.finished:
             return
         self.finished = True
-        await self.conn.emit(encode_message({"type": "error", "id": self.id, "error": error}))
+        text = encode_message({"type": "error", "id": self.id, "error": error})
+        if counted:
+            self.writer.bytes_out += len(text)  # ASCII: characters are bytes
+        await self.conn.emit(text)
 
 
 class _Connection:
@@ -432,11 +438,12 @@ class _Connection:
                 await request.done()  # a stream that ended without [DONE]
         except GenieHiveError as exc:
             outcome.status = exc.http_status
-            await request.fail(exc.error_object())
+            await request.fail(exc.error_object(), counted=True)
         except Exception:
             log.exception("websocket request %s failed unexpectedly", inbound.request_id)
             outcome.status = 500
-            await request.fail(render_error("internal error", "server_error", "internal_error"))
+            await request.fail(render_error("internal error", "server_error", "internal_error"),
+                               counted=True)
         finally:
             del self.live[request.id]
             if not request.finished:

@@ -130,6 +130,9 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
     """llama.cpp's llama-server."""
 
     kind = "llamacpp"
+    # llama-server answers the Anthropic Messages API (/v1/messages) and the OpenAI
+    # Responses API (/v1/responses) itself.
+    native_dialects = frozenset({"messages", "responses"})
 
     async def discover(self) -> list[Asset]:
         assets = parse_llamacpp_models(await self.get_json("/v1/models"))
@@ -153,6 +156,28 @@ class LlamaCppAdapter(OpenAICompatibleAdapter):
             pass  # --no-slots answers 501: try /metrics
         text = await self.get_text("/metrics")
         return None if text is None else parse_llamacpp_metrics(text, await self._props())
+
+    async def tokenize(self, model: str, text: str) -> int | None:
+        """`POST /tokenize {"content": text}`: the length of its `tokens` list."""
+        try:
+            response = await self.client.post(
+                self.url("/tokenize"), json={"content": text}, headers=self.ctx.auth_headers,
+                timeout=self.ctx.timeout_s,
+            )
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            return parse_llamacpp_tokens(response.json())
+        except ValueError:
+            return None
+
+
+def parse_llamacpp_tokens(payload: Any) -> int | None:
+    """The token count of a `/tokenize` answer (`{"tokens": [...]}`), None for another shape."""
+    tokens = payload.get("tokens") if isinstance(payload, dict) else None
+    return len(tokens) if isinstance(tokens, list) else None
 
 
 ADAPTER = AdapterSpec(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import httpx
 
@@ -31,6 +31,7 @@ __all__ = [
     "Observed",
     "OpenAICompatibleAdapter",
     "ProbeResult",
+    "StreamTranslator",
     "UpstreamContext",
     "UpstreamError",
     "UpstreamRequest",
@@ -66,6 +67,9 @@ class UpstreamContext:
     # How long `load` keeps a model in memory (the upstream's `keep_alive`); None: the
     # adapter's own default.
     keep_alive: str | int | None = None
+    # How chat is sent, for adapters of servers with two APIs (Ollama: "native" `/api/chat`
+    # or "openai" `/v1`), from the upstream's `dialect`.
+    dialect: str = "native"
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -98,6 +102,23 @@ class UpstreamRequest:
     file_field: str = "file"
     headers: Mapping[str, str] = field(default_factory=dict)
     notes: Mapping[str, str] = field(default_factory=dict)
+
+
+class StreamTranslator(Protocol):
+    """Turns a streamed upstream answer in another framing into OpenAI SSE, as it comes.
+
+    `feed` takes the upstream bytes as read (a line or an event may be split across reads)
+    and returns the SSE bytes complete so far (`data: {...}\n\n` ... `data: [DONE]\n\n`);
+    `flush` returns the rest at the end of the answer. `failed` turns True once the answer
+    proved broken (the translator then ended the stream with one SSE error event): the
+    relay counts the stream as failed.
+    """
+
+    failed: bool
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
 
 
 def openai_error_message(status: int, body: bytes) -> str:
@@ -233,11 +254,21 @@ class Adapter:
         """Turn a non-streamed upstream answer into the OpenAI answer (default: as is)."""
         return status, content_type, body
 
+    def stream_translator(self, request: UpstreamRequest) -> StreamTranslator | None:
+        """The translator of a streamed answer to `request` into OpenAI SSE, for upstreams
+        that do not stream SSE themselves; None (the default): relayed as SSE, as is."""
+        return None
+
     async def load(self, model: str) -> None:
         raise NotImplementedError(f"{self.kind} adapter cannot load models")
 
     async def unload(self, model: str) -> None:
         raise NotImplementedError(f"{self.kind} adapter cannot unload models")
+
+    async def tokenize(self, model: str, text: str) -> int | None:
+        """How many tokens `text` is for `model`, by the upstream's own tokenizer; None when
+        the upstream has no tokenizer endpoint or could not answer (never raises)."""
+        return None
 
 
 def parse_openai_models(payload: Any) -> list[Asset]:

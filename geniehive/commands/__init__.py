@@ -29,6 +29,7 @@ from geniehive.commands.bench import (
     iso_now,
     load_workloads,
     parse_sse_lines,
+    progress_stream,
     render_progress,
     stream_case,
 )
@@ -64,9 +65,9 @@ __all__ = [
     "CommandError", "Workload", "add_client_commands", "build_report", "call", "case_view",
     "cell", "client_args", "cmd_bench", "cmd_bench_ingest", "cmd_bench_run", "cmd_keys",
     "cmd_route", "cmd_status", "iso_now", "load_workloads", "open_client", "parse_case",
-    "parse_sse_lines", "parse_workloads", "render_explanation", "render_keys", "render_progress",
-    "render_rows", "render_status", "render_table", "run", "sample_results", "server_message",
-    "stream_case",
+    "parse_sse_lines", "parse_workloads", "progress_stream", "render_explanation", "render_keys",
+    "render_progress", "render_rows", "render_status", "render_table", "run", "sample_results",
+    "server_message", "stream_case",
 ]  # fmt: skip
 
 

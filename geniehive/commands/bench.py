@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -34,6 +34,16 @@ def load_workloads(path: Path | None) -> dict[str, Workload]:
     except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise CommandError(f"{path}: {exc}", 2) from None
     return workloads
+
+
+def progress_stream(stream: TextIO | None = None) -> TextIO | None:
+    """Where the progress bar is drawn: standard error (or `stream`) when it is a terminal,
+    else nowhere, so that a piped or logged run holds no carriage returns."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return stream if stream.isatty() else None
+    except ValueError:  # a closed stream
+        return None
 
 
 def render_progress(done: int, total: int, label: str, width: int = 24) -> str:
@@ -137,16 +147,15 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
                 f"unknown workload '{args.workload}' (known: {', '.join(sorted(workloads))})", 2
             )
         results = []
+        bar = progress_stream()
         with open_client(args, timeout=600.0) as client:
             for index, case in enumerate(workload.cases):
-                print(
-                    render_progress(index, len(workload.cases), case.case_id),
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                if bar is not None:
+                    print(render_progress(index, len(workload.cases), case.case_id),
+                          end="", file=bar, flush=True)
                 results.append(stream_case(client, args.model, case))
-            print(render_progress(len(results), len(results), "done"), file=sys.stderr)
+            if bar is not None:
+                print(render_progress(len(results), len(results), "done"), file=bar)
             report = build_report(
                 workload.workload_id, args.model, results, uuid.uuid4().hex, iso_now()
             )

@@ -35,7 +35,7 @@ from geniehive.config.values import (
     TLSConfig,
     UpstreamConfig,
 )
-from geniehive.models import EMPTY, OPERATIONS, SYSTEM_PROMPT_POSITIONS, Asset, Policy
+from geniehive.models import DIALECTS, EMPTY, OPERATIONS, SYSTEM_PROMPT_POSITIONS, Asset, Policy
 
 ENV_KEY_MEANING = "the environment variable that holds "
 
@@ -130,6 +130,10 @@ UPSTREAMS = Section(
         Key("keep_alive", KEEP_ALIVE, None,
             "how long a model loaded by GenieHive stays in memory once idle; absent: the "
             "adapter's default (Ollama: `\"30m\"`)"),
+        Key("dialect", choice(DIALECTS), "native",
+            "how the `ollama` adapter sends chat: `native` (its `/api/chat`, which honours "
+            "`num_ctx`, `keep_alive` and `think`) or `openai` (its `/v1/chat/completions`); "
+            "other adapters ignore it"),
     ),
     tables=(ASSET, LAUNCH),
     array=True,
@@ -229,6 +233,7 @@ def _upstream(t: Table, environ: Mapping[str, str]) -> UpstreamConfig:
         max_in_flight=t.get("max_in_flight"),
         max_loaded_models=t.get("max_loaded_models"),
         keep_alive=t.get("keep_alive"),
+        dialect=t.get("dialect"),
     )
     t.done()
     return config

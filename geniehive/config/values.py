@@ -155,6 +155,7 @@ class UpstreamConfig:
     max_in_flight: int | None = None  # its slots, overriding what discovery reads
     max_loaded_models: int | None = None  # models it can hold in memory at once
     keep_alive: str | int | None = None  # how long `load` keeps a model; None: adapter default
+    dialect: str = "native"  # how the Ollama adapter sends chat (DIALECTS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,9 +94,10 @@ class Dialect(Protocol):
 
 def served(gateway: Gateway) -> dict[str, Dialect]:
     """The dialects the gateway serves, by client path (`app.create_asgi` registers them)."""
+    from geniehive.dialects.messages import MessagesDialect
     from geniehive.dialects.responses import ResponsesDialect
 
-    return {"/v1/responses": ResponsesDialect(gateway)}
+    return {"/v1/messages": MessagesDialect(gateway), "/v1/responses": ResponsesDialect(gateway)}
 
 
 class DialectWriter:

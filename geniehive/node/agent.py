@@ -128,6 +128,7 @@ class NodeAgent:
             u.id: build_adapter(specs, u.adapter, UpstreamContext(
                 upstream_id=u.id, base_url=u.base_url, client=upstreams, timeout_s=u.timeout_s,
                 configured_assets=u.assets, api_key=u.api_key, keep_alive=u.keep_alive,
+                dialect=u.dialect,
             ))
             for u in config.upstreams
         }

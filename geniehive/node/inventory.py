@@ -95,6 +95,7 @@ def upstream_services(
             upstream_id=upstream.id,
             timeout_s=upstream.timeout_s,
             keep_alive=upstream.keep_alive,
+            dialect=upstream.dialect,
         )
         for operation in upstream.operations
     ]

@@ -4,7 +4,8 @@ Rule: pure. Points come from whether the sent asset is loaded, latency (TTFT for
 tokens/s bands, queue and error penalties; a candidate is `full` when the gateway holds every
 one of its service's slots, and has a placement (geniehive/routing/placement.py); the
 gateway's measurements replace the node's once it has `MEASURED_MIN_SAMPLES` of them. A
-role's benchmark samples blend in at 40 %. Unknown numbers earn no points; scores are
+role's benchmark samples blend in at 40 % (a sample's speed counts only as far as its answers
+were right: see benchmark_quality). Unknown numbers earn no points; scores are
 rounded to 6 places so equal inputs tie exactly.
 """
 
@@ -91,9 +92,13 @@ def _throughput_points(tokens_per_sec: float | None) -> float:
 
 
 def benchmark_quality(results: Mapping[str, Any]) -> float:
-    """A sample's quality in [0, 1]: 0.65 correctness + 0.35 speed, or speed alone.
+    """A sample's quality in [0, 1]: correctness * (0.65 + 0.35 speed), or speed alone.
 
-    Correctness is the best of the rate fields; speed never adds on top of a full score.
+    Correctness is the best of the rate fields (`quality_score`, `pass_rate`,
+    `completion_rate`, `tool_success_rate`). Speed is weighted by it: fast wrong answers earn
+    nothing, so a sample with a 0 % pass rate has quality 0 and, blended in, never raises a
+    score. A sample without any rate field is judged on speed alone; speed never adds on top
+    of a full score.
     """
     rates = [
         min(1.0, max(0.0, value))
@@ -106,7 +111,7 @@ def benchmark_quality(results: Mapping[str, Any]) -> float:
     if ttft is not None:
         speed += 0.5 if ttft <= 500 else 0.4 if ttft <= 1000 else 0.25 if ttft <= 2500 else 0.1
     speed = min(1.0, speed)
-    quality = 0.65 * max(rates) + 0.35 * speed if rates else speed
+    quality = max(rates) * (0.65 + 0.35 * speed) if rates else speed
     return round(min(1.0, max(0.0, quality)), 6)
 
 

@@ -448,14 +448,18 @@ async def test_bench_run_reports_the_serving_service_and_ingests(
         status = await trio.to_thread.run_sync(cmd_bench_run, args)
         stored = (await hive.client.get(
             "/v1/cluster/benchmarks", params={"workload": "chat.echo"})).json()["data"]
-    assert status == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "\r" not in captured.err and "[" not in captured.err  # piped: no progress bar
     written = json.loads(output.read_text())
+    answers = {case["case_id"]: case["answer"] for case in written["cases"]}
+    assert answers == {"hello": "echo: say hello", "miss": "echo: say hi"}
     [sample] = written["samples"]
     assert (sample["service_id"], sample["asset_id"]) == ("fake/chat", "m1")
     assert sample["results"]["case_count"] == 2 and sample["results"]["pass_rate"] == 0.5
     assert sample["results"]["ttft_ms"] is not None and sample["results"]["completion_tokens"] > 0
     assert [s["benchmark_id"] for s in stored] == [sample["benchmark_id"]]
-    assert "ingested 1 sample(s)" in capsys.readouterr().out
+    assert "ingested 1 sample(s)" in captured.out
 
 
 async def test_keys_command_creates_lists_and_disables(

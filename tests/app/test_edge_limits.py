@@ -306,9 +306,10 @@ async def test_a_valid_key_still_reaches_the_routes(keyed: InProcess) -> None:
             scoped = await client.get("/v1/cluster/hosts", headers={"X-Api-Key": KEY})
             probe = await client.get("/healthz")
             page = await client.get("/playground")
+            root = await client.head("/")  # Claude Code's first request, sent without a key
     assert chat.status_code == 200
     assert scoped.status_code == 403  # the scope check stays with the route
-    assert (probe.status_code, page.status_code) == (200, 200)
+    assert (probe.status_code, page.status_code, root.status_code) == (200, 200, 200)
 
 
 # --- OPTIONS --------------------------------------------------------------------------------

@@ -46,14 +46,16 @@ WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(28)
 
 @asynccontextmanager
 async def serving(
-    fake: FakeUpstream, adapter_type: type[Adapter], assets: tuple[Asset, ...] = ()
+    fake: FakeUpstream, adapter_type: type[Adapter], assets: tuple[Asset, ...] = (),
+    dialect: str = "native",
 ) -> AsyncIterator[tuple[Adapter, httpx.AsyncClient]]:
     """The fake on port 0, an adapter for it and a plain client on its base URL."""
     async with trio.open_nursery() as nursery:
         port = await nursery.start(fake.serve)
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
-            ctx = UpstreamContext("emu", base, client, timeout_s=5, configured_assets=assets)
+            ctx = UpstreamContext("emu", base, client, timeout_s=5, configured_assets=assets,
+                                  dialect=dialect)
             yield adapter_type(ctx), client
         nursery.cancel_scope.cancel()
 
@@ -93,7 +95,7 @@ async def test_ollama_load_and_unload_change_ps_and_discovery():
             after = await adapter.discover()
             version = await adapter.probe()
     assert loaded[0] == Asset(
-        asset_id="qwen3:8b", loaded=True, context_length=4096, family="qwen3",
+        asset_id="qwen3:8b", loaded=True, context_length=8192, family="qwen3",
         size_bytes=1_000_000_000, vram_bytes=1_000_000_000, expires_at="2025-01-01T00:30:00Z",
     )
     assert loaded[1].loaded is False
@@ -101,7 +103,8 @@ async def test_ollama_load_and_unload_change_ps_and_discovery():
     assert [a.loaded for a in after] == [False, False]
     assert version == ProbeResult(True, "ollama 0.9.6")
     generate = [r["json"] for r in fake.requests if r["path"] == "/api/generate"]
-    assert generate == [{"model": "qwen3:8b", "keep_alive": "30m"},
+    # The load allocates the context chat will ask for (the default 8192).
+    assert generate == [{"model": "qwen3:8b", "keep_alive": "30m", "options": {"num_ctx": 8192}},
                         {"model": "qwen3:8b", "keep_alive": 0}]
 
 
@@ -133,11 +136,28 @@ async def test_ollama_streamed_pull_answers_ndjson_progress():
     assert fake.models == ["tiny:1b"]
 
 
-async def test_ollama_v1_chat_records_reasoning_effort_and_loads_the_model():
+async def test_ollama_native_chat_records_think_and_num_ctx_and_loads_the_model():
     fake = FakeOllama(["qwen3:8b"], reply="hi")
     body = {"model": "qwen3", "messages": [{"role": "user", "content": "hello"}]}
     with trio.fail_after(10):
         async with serving(fake, OllamaAdapter) as (adapter, client):
+            request = adapter.build_request("chat", "qwen3:8b", body=adapter.thinking_off(body))
+            response = await client.post(request.path, json=dict(request.body))
+            status, _, raw = adapter.translate_response(
+                "chat", response.status_code, "application/json", response.content, request)
+            assets = await adapter.discover()
+    assert request.path == "/api/chat"
+    assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"] == "hi"
+    assert [(c["num_ctx"], c["think"]) for c in fake.native_calls
+            if c["path"] == "/api/chat"] == [(8192, False)]
+    assert assets[0].loaded is True and assets[0].context_length == 8192
+
+
+async def test_ollama_v1_chat_records_reasoning_effort_and_loads_the_model():
+    fake = FakeOllama(["qwen3:8b"], reply="hi")
+    body = {"model": "qwen3", "messages": [{"role": "user", "content": "hello"}]}
+    with trio.fail_after(10):
+        async with serving(fake, OllamaAdapter, dialect="openai") as (adapter, client):
             request = adapter.build_request("chat", "qwen3:8b", body=adapter.thinking_off(body))
             response = await client.post(request.path, json=dict(request.body))
             assets = await adapter.discover()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import httpx
@@ -84,6 +85,45 @@ async def test_unknown_route_under_v1_is_json_404(hive: Hive) -> None:
     with trio.fail_after(10):
         response = await hive.client.get("/v1/nothing-here")
     assert_openai_error(response, 404, "not_found")
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def test_unknown_v1_path_is_a_404_naming_method_and_path(
+    hive: Hive, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="geniehive.request")
+    with trio.fail_after(10):
+        response = await hive.client.request(method, "/v1/foo", json={},
+                                             headers={"User-Agent": "agent/1.0"})
+    error = assert_openai_error(response, 404, "not_found")
+    assert error["message"] == f"no route for {method} /v1/foo"
+    assert error["type"] == "invalid_request_error"
+    [record] = [r for r in caplog.records if "no route" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == f'no route for "{method}" "/v1/foo" user_agent="agent/1.0"'
+
+
+async def test_the_log_line_of_an_unknown_path_quotes_and_caps_what_the_client_sent(
+    hive: Hive, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="geniehive.request")
+    agent = 'x" status=200 key=admin ' + "a" * 5000
+    with trio.fail_after(10):
+        response = await hive.client.post("/v1/x%0Aforged", headers={"User-Agent": agent})
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == "no route for POST /v1/x\nforged"
+    [line] = [r.getMessage() for r in caplog.records if "no route" in r.getMessage()]
+    assert "\n" not in line
+    assert line.startswith('no route for "POST" "/v1/x\\nforged" user_agent="x\\" status=200')
+    assert len(line) < 400 and line.endswith('aaa..."')
+
+
+async def test_head_and_get_of_the_root_answer_200(hive: Hive) -> None:
+    with trio.fail_after(10):
+        head = await hive.client.head("/")
+        get = await hive.client.get("/")
+    assert (head.status_code, head.content) == (200, b"")
+    assert get.status_code == 200 and get.json()["status"] == "ok"
 
 
 async def test_auth_401_403_and_both_headers(nursery: trio.Nursery, tmp_path: Path) -> None:

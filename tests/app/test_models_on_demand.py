@@ -89,10 +89,11 @@ async def test_a_cold_model_is_loaded_once_for_a_crowd_and_then_answers_warm(
     assert warm.status_code == 200 and warm.headers["x-geniehive-load"] == "warm"
     assert "x-geniehive-load-ms" not in warm.headers
     assert after["small"] == "loaded" and after["large"] == "cold"
-    # Nothing but the reads and that one load: probes and discovery never generate.
+    # Nothing but the reads, that one load and the six chats: probes and discovery never
+    # generate.
     native = {(c["method"], c["path"]) for c in fake.native_calls}
-    assert native - READS == {("POST", "/api/generate")}
-    assert not [c for c in fake.native_calls if c["path"] == "/api/chat"]
+    assert native - READS == {("POST", "/api/generate"), ("POST", "/api/chat")}
+    assert len([c for c in fake.native_calls if c["path"] == "/api/chat"]) == 6
 
 
 async def test_a_model_in_use_is_unloaded_only_after_its_request_ends(
@@ -103,7 +104,7 @@ async def test_a_model_in_use_is_unloaded_only_after_its_request_ends(
         running = await ollama_gateway(nursery, tmp_path, fake, "max_loaded_models = 1\n")
         async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
             first = await client.post("/v1/chat/completions", json=chat("small"))
-            fake.set_fault("hold_stream", after_chunks=1, times=1, path="/v1/chat")
+            fake.set_fault("hold_stream", after_chunks=1, times=1, path="/api/chat")
             events: list[str] = []
             swap: list[httpx.Response] = []
 

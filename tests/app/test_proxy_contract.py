@@ -146,6 +146,17 @@ async def test_upstream_4xx_is_reexpressed_without_retry(hive: Hive) -> None:
     assert len(calls(hive.fake)) == 1
 
 
+async def test_an_upstream_context_overflow_is_context_length_exceeded(hive: Hive) -> None:
+    overflow = ("This model's maximum context length is 2048 tokens. However, you requested "
+                "2300 tokens. Please reduce the length of the messages or completion.")
+    hive.fake.set_fault("status", status=400, message=overflow, times=1)
+    with trio.fail_after(10):
+        response = await hive.client.post("/v1/chat/completions", json=CHAT)
+    error = assert_openai_error(response, 400, "context_length_exceeded")
+    assert (error["type"], error["message"]) == ("invalid_request_error", overflow)
+    assert len(calls(hive.fake)) == 1
+
+
 async def test_upstream_5xx_everywhere_is_502(hive: Hive) -> None:
     hive.fake.set_fault("status", status=503, message="overloaded")
     with trio.fail_after(10):

@@ -5,9 +5,17 @@ answers what the Ollama adapter reads and drives:
 
 - ``GET /api/tags`` the pulled models, ``GET /api/ps`` the ones in memory,
   ``GET /api/version``, ``GET /`` ("Ollama is running");
-- ``POST /api/generate`` without a prompt loads a model for ``keep_alive`` (default 5m) or,
-  with ``keep_alive`` 0, unloads it; with a prompt it answers an echo and loads the model;
+- ``POST /api/generate`` without a prompt loads a model for ``keep_alive`` (default 5m), with
+  ``options.num_ctx`` as its allocated context when given, or, with ``keep_alive`` 0, unloads it; with a prompt it answers an echo and loads the model;
 - ``POST /api/pull {"model"}`` adds a model;
+- ``POST /api/chat`` answers an echo of the last user message (or the fake's ``reply``),
+  streamed as NDJSON unless ``"stream": false`` (Ollama streams by default); it loads the
+  model for the body's ``keep_alive`` (default 5m) with the body's ``options.num_ctx`` as the
+  allocated context (``/api/ps`` shows it; a model loaded with another ``num_ctx`` is
+  reloaded, counted in ``reloads``). With ``think`` true the answer has ``thinking``
+  ("thinking about: <last user text>"). Tool rule: when the body has ``tools`` and the last
+  user message names one of them (its function name appears in the text), the answer is one
+  call of the first such tool with arguments ``{"request": <last user text>}`` and no content;
 - ``/v1/*`` the OpenAI endpoints of the base fake (the body is recorded, so a test can see
   ``reasoning_effort``); a request for a model loads it, as Ollama does; unknown models 404.
 
@@ -16,7 +24,8 @@ Loading as Ollama does it: a model not in memory takes ``load_delay_s`` to load,
 is answered only once it is in; with ``max_loaded`` set, loading one more evicts the least
 recently used (``OLLAMA_MAX_LOADED_MODELS``). Each model has a ``size_vram`` (default: its
 size). Every native call (``/`` and ``/api/*``) is kept in ``native_calls`` as
-``{"method", "path", "model"}`` so a test can assert which endpoints were called.
+``{"method", "path", "model"}`` so a test can assert which endpoints were called; those to
+``/api/chat`` also carry ``num_ctx``, ``keep_alive`` and ``think`` as sent (None: absent).
 
 Control: ``POST /_fake/ollama/models {"name", "family"?, "size"?, "size_vram"?}`` adds a model
 (the base ``/_fake/models {"id"}`` works too); ``POST /_fake/ollama/config {"load_delay_s"?,
@@ -95,6 +104,7 @@ class FakeOllama(FakeUpstream):
         self._ready_at: dict[str, float] = {}  # trio time a loading model is in memory
         self._used: dict[str, int] = {}  # when each running model was last asked for
         self._uses = itertools.count()
+        self.reloads = 0  # runners reloaded because a chat asked another num_ctx
 
     # -- state ------------------------------------------------------------------------------
 
@@ -171,12 +181,18 @@ class FakeOllama(FakeUpstream):
             ("GET", "/api/ps"): self._ps,
             ("POST", "/api/generate"): self._generate,
             ("POST", "/api/pull"): self._pull,
+            ("POST", "/api/chat"): self._chat_native,
         }.get((record["method"], record["path"]))
         if record["path"] == "/" or record["path"].startswith("/api/"):
             body = record["json"] if isinstance(record["json"], dict) else {}
             model = body.get("model") or body.get("name")
-            self.native_calls.append({"method": record["method"], "path": record["path"],
-                                      "model": model if isinstance(model, str) else None})
+            call = {"method": record["method"], "path": record["path"],
+                    "model": model if isinstance(model, str) else None}
+            if record["path"] == "/api/chat":
+                options = body.get("options") if isinstance(body.get("options"), dict) else {}
+                call.update(num_ctx=options.get("num_ctx"), keep_alive=body.get("keep_alive"),
+                            think=body.get("think"))
+            self.native_calls.append(call)
         if native is not None:
             try:
                 return native(record)
@@ -217,6 +233,9 @@ class FakeOllama(FakeUpstream):
         prompt = body.get("prompt") or ""
         keep_alive = body.get("keep_alive", DEFAULT_KEEP_ALIVE)
         record["ready_at"] = self.load_model(model, keep_alive)
+        options = body.get("options") if isinstance(body.get("options"), dict) else {}
+        if model in self.running and isinstance(options.get("num_ctx"), int):
+            self.running[model]["context_length"] = options["num_ctx"]
         if prompt:
             reason, text = "stop", f"echo: {prompt}"
         else:
@@ -229,6 +248,51 @@ class FakeOllama(FakeUpstream):
             json.dumps({**answer, "done": False, "done_reason": None}).encode() + b"\n",
             json.dumps({**answer, "response": ""}).encode() + b"\n",
         ])
+
+    def _chat_native(self, record: dict[str, Any]) -> Reply:
+        body = record["json"]
+        model = self._known(body)
+        if not isinstance(body.get("messages"), list):
+            raise BadRequest("messages must be a list")
+        options = body.get("options") if isinstance(body.get("options"), dict) else {}
+        num_ctx = options.get("num_ctx")
+        state = self.running.get(model)
+        if state is not None and num_ctx is not None and state["context_length"] != num_ctx:
+            self.reloads += 1
+            self._evict(model)
+        record["ready_at"] = self.load_model(model, body.get("keep_alive", DEFAULT_KEEP_ALIVE))
+        if num_ctx is not None:
+            self.running[model]["context_length"] = num_ctx
+        users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+        asked = replies.message_text(users[-1].get("content")) if users else ""
+        tools = [t["function"]["name"] for t in body.get("tools") or []
+                 if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+        called = next((name for name in tools if name in asked), None)
+        text = "" if called else (self.reply if self.reply is not None else f"echo: {asked}")
+        head = {"model": model, "created_at": "2025-01-01T00:00:00Z"}
+        pieces: list[dict[str, Any]] = []
+        if body.get("think") is True:
+            pieces.append({"role": "assistant", "content": "",
+                           "thinking": f"thinking about: {asked}"})
+        pieces.extend({"role": "assistant", "content": p} for p in replies.word_pieces(text) if p)
+        if called:
+            pieces.append({"role": "assistant", "content": "", "tool_calls": [
+                {"function": {"name": called, "arguments": {"request": asked}}}]})
+        prompt = sum(replies.count_tokens(replies.message_text(m.get("content")))
+                     for m in body["messages"] if isinstance(m, dict))
+        done = {**head, "done": True, "done_reason": "stop", "prompt_eval_count": prompt,
+                "eval_count": replies.count_tokens(text) + (3 if called else 0)}
+        if body.get("stream") is False:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            for piece in pieces:
+                for key in ("thinking", "tool_calls"):
+                    if key in piece:
+                        message[key] = piece[key]
+            return replies.json_reply({**done, "message": message})
+        lines = [{**head, "message": piece, "done": False} for piece in pieces]
+        lines.append({**done, "message": {"role": "assistant", "content": ""}})
+        return Reply(content_type="application/x-ndjson",
+                     events=[json.dumps(line).encode() + b"\n" for line in lines])
 
     def _pull(self, record: dict[str, Any]) -> Reply:
         body = record["json"] if isinstance(record["json"], dict) else {}

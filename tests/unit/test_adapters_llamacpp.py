@@ -217,3 +217,24 @@ async def test_build_request_and_thinking_off_are_openai_with_template_kwargs():
         "messages": [], "chat_template_kwargs": {"x": 1, "enable_thinking": False},
         "model": "Qwen3-8B-Q4_K_M.gguf",
     })
+
+
+@pytest.mark.parametrize(("answer", "count"), [
+    (httpx.Response(200, json={"tokens": [1, 2, 3]}), 3),
+    (httpx.Response(200, json={"detail": "no tokens here"}), None),
+    (httpx.Response(404, json={"error": {"message": "no route"}}), None),
+    (httpx.Response(200, content=b"not json"), None),
+])
+async def test_tokenize_counts_with_the_servers_tokenizer_or_says_none(
+    answer: httpx.Response, count: int | None
+) -> None:
+    seen: list[httpx.Request] = []
+    with trio.fail_after(5):
+        async with open_adapter(LlamaCppAdapter, routes({("POST", "/tokenize"): answer},
+                                                        seen)) as adapter:
+            counted = await adapter.tokenize("smollm2", "hello world")
+        async with open_adapter(LlamaCppAdapter, connect_refused) as adapter:
+            unreachable = await adapter.tokenize("smollm2", "hello world")
+    assert counted == count
+    assert json.loads(seen[0].content) == {"content": "hello world"}
+    assert unreachable is None

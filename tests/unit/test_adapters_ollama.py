@@ -2,8 +2,9 @@
 
 Claims: discovery joins the pulled models with the ones in memory (VRAM, expiry, allocated
 context, family); the probe asks `/api/version` and never generates; thinking is turned off
-the way Ollama's `/v1` honours (`reasoning_effort: "none"`); load and unload only change
-`keep_alive`; observe counts models in memory and their VRAM, and never fails discovery.
+the way the request's path honours (`think: false` on `/api/chat`, `reasoning_effort: "none"`
+on `/v1`); embeddings, completions and the `openai` dialect go through `/v1`; load and unload
+only change `keep_alive` (and, natively, a load allocates chat's `num_ctx`); observe counts models in memory and their VRAM, and never fails discovery.
 """
 
 from __future__ import annotations
@@ -193,39 +194,55 @@ async def test_observe_failure_is_no_reading_rather_than_an_error():
             assert await adapter.observe() is None
 
 
-async def test_thinking_off_sets_reasoning_effort_none_and_keeps_the_rest():
-    body = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}]}
+@pytest.mark.parametrize(
+    ("dialect", "body", "added"),
+    [
+        ("native", {"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}]},
+         {"think": False}),
+        ("openai", {"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}]},
+         {"reasoning_effort": "none"}),
+        # Completions go through /v1 in both dialects: its own switch.
+        ("native", {"model": "qwen3:8b", "prompt": "hi"}, {"reasoning_effort": "none"}),
+    ],
+)
+async def test_thinking_off_speaks_the_path_the_request_takes(dialect, body, added):
     with trio.fail_after(5):
-        async with ollama() as adapter:
+        async with open_adapter(OllamaAdapter, base_url=BASE_URL, dialect=dialect) as adapter:
             shaped = adapter.thinking_off(body)
-    assert shaped == {**body, "reasoning_effort": "none"}
-    assert "reasoning_effort" not in body
+    assert shaped == {**body, **added}
+    assert set(body) == {"model", "messages"} or set(body) == {"model", "prompt"}
     assert "chat_template_kwargs" not in shaped
 
 
-async def test_build_request_goes_to_the_openai_compatible_path():
+@pytest.mark.parametrize(
+    ("dialect", "operation", "path"),
+    [("openai", "chat", "/v1/chat/completions"), ("native", "embeddings", "/v1/embeddings"),
+     ("native", "completion", "/v1/completions")],
+)
+async def test_build_request_goes_to_the_openai_compatible_path(dialect, operation, path):
     with trio.fail_after(5):
-        async with ollama() as adapter:
-            request = adapter.build_request("chat", "qwen3:8b", body={"model": "fast", "x": 1})
-    assert request == UpstreamRequest(
-        "POST", "/v1/chat/completions", body={"model": "qwen3:8b", "x": 1}
-    )
+        async with open_adapter(OllamaAdapter, base_url=BASE_URL, dialect=dialect) as adapter:
+            request = adapter.build_request(operation, "qwen3:8b", body={"model": "fast", "x": 1})
+    assert request == UpstreamRequest("POST", path, body={"model": "qwen3:8b", "x": 1})
 
 
 @pytest.mark.parametrize(
-    ("method", "keep_alive"), [("load", "30m"), ("unload", 0)]
+    ("method", "dialect", "sent"),
+    [("load", "native", {"keep_alive": "30m", "options": {"num_ctx": 8192}}),
+     ("load", "openai", {"keep_alive": "30m"}),
+     ("unload", "native", {"keep_alive": 0}), ("unload", "openai", {"keep_alive": 0})],
 )
-async def test_load_and_unload_post_generate_without_a_prompt(method, keep_alive):
+async def test_load_and_unload_post_generate_without_a_prompt(method, dialect, sent):
+    # Natively a load allocates the context chat will ask for, so chat does not reload it.
     seen: list[httpx.Request] = []
     answer = {"model": "llama3.2:3b", "created_at": "2025-05-02T08:00:00Z", "response": "",
               "done": True, "done_reason": method}
     handler = routes({("POST", "/api/generate"): httpx.Response(200, json=answer)}, seen)
     with trio.fail_after(5):
-        async with ollama(handler) as adapter:
+        async with open_adapter(OllamaAdapter, handler, base_url=BASE_URL,
+                                dialect=dialect) as adapter:
             await getattr(adapter, method)("llama3.2:3b")
-    assert [json.loads(r.content) for r in seen] == [
-        {"model": "llama3.2:3b", "keep_alive": keep_alive}
-    ]
+    assert [json.loads(r.content) for r in seen] == [{"model": "llama3.2:3b", **sent}]
 
 
 @pytest.mark.parametrize("keep_alive", ["1h30m", 600, -1])

@@ -42,6 +42,7 @@ def served_routes(tmp_path: Path) -> set[str]:
     }
     routes |= {f"POST {path}" for path in proxy.ROUTES}
     routes |= {f"POST {path}" for path in dialects.served(gateway)}
+    routes.add(f"POST {proxy.COUNT_TOKENS_PATH}")
     routes |= {f"POST {path}" for path in api_nodes.ROUTES}
     routes |= {f"GET {path}" for path in gate.PROBES | gate.PAGES}
     routes.add(f"GET {ws.PATH}")

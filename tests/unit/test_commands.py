@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import json
 
 import pytest
 
@@ -14,6 +16,7 @@ from geniehive.commands import (
     build_report,
     parse_sse_lines,
     parse_workloads,
+    progress_stream,
     render_explanation,
     render_progress,
     render_status,
@@ -186,6 +189,45 @@ def test_sse_lines_yield_events_until_done_and_raise_on_error_event() -> None:
 def test_progress_bar_fills_in_proportion() -> None:
     assert render_progress(1, 4, "case", width=8) == "\r[##......] 1/4 case"
     assert render_progress(4, 4, "done", width=8) == "\r[########] 4/4 done"
+
+
+class Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_the_progress_bar_is_drawn_only_on_a_terminal() -> None:
+    terminal, pipe = Stream(tty=True), Stream(tty=False)
+    assert progress_stream(terminal) is terminal
+    assert progress_stream(pipe) is None
+    pipe.close()
+    assert progress_stream(pipe) is None
+
+
+def test_each_case_keeps_its_answer_cut_to_4_kib_at_a_character_boundary() -> None:
+    short = CaseResult("short", True, "x/chat", "m", text="The sky is blue.")
+    long = CaseResult("long", False, "x/chat", "m", text="a" + "é" * 3000)  # 6,001 bytes
+    report = build_report("w", "m", [short, long], "rid", "2025-01-02T03:04:05Z")
+    kept, cut = report["cases"]
+    assert (kept["answer"], kept["answer_truncated"]) == ("The sky is blue.", False)
+    assert cut["answer_truncated"] is True
+    assert cut["answer"] == "a" + "é" * 2047  # 4,095 bytes: the next "é" would pass 4,096
+    assert long.text.startswith(cut["answer"])
+
+
+def test_reports_with_and_without_answers_are_both_ingested() -> None:
+    results_ = [CaseResult("a", True, "x/chat", "m", 100.0, text="hello " * 2000)]
+    new = build_report("w", "m", results_, "rid", "2025-01-02T03:04:05Z")
+    old = {**new, "cases": [{k: v for k, v in c.items() if not k.startswith("answer")}
+                            for c in new["cases"]]}
+    assert len(json.dumps(new["cases"])) < 4096 + 200
+    for report in (new, old):
+        [sample] = benchreport.parse_report(report, now=0.0)
+        assert sample.service_id == "x/chat"
 
 
 def results() -> list[CaseResult]:

@@ -992,3 +992,18 @@ def test_on_demand_launch_reads_its_idle_ttl_in_control_and_node_files(tmp_path:
     assert boot.upstreams[0].launch is not None
     assert (boot.upstreams[0].launch.on_demand, boot.upstreams[0].launch.idle_ttl_s) == (
         False, 600.0)
+
+
+def test_an_upstreams_dialect_loads_in_control_and_node_files_and_defaults_to_native(
+    tmp_path: Path
+) -> None:
+    control = load_control(write(tmp_path, "geniehive.toml", upstream('dialect = "openai"\n')
+                                 + upstream(id_="plain")), {})
+    node = load_node(write(tmp_path, "node.toml", NODE_MINIMAL + upstream('dialect = "openai"')),
+                     {})
+    assert [u.dialect for u in control.upstreams] == ["openai", "native"]
+    assert node.upstreams[0].dialect == "openai"
+    problem = "upstreams[0].dialect: expected one of native, openai, got 'ollama'"
+    text = upstream('dialect = "ollama"')
+    assert control_problems(tmp_path, text) == [problem]
+    assert node_problems(tmp_path, NODE_MINIMAL + text) == [problem]

@@ -65,9 +65,9 @@ def test_worked_example_scores_role_and_service() -> None:
         CTX,
     )
     # runtime = 0.35 loaded + 0.30 (p50 1500 ms) + 0.20 (22 tok/s) - 0.06 (queue 2) = 0.79
-    # quality = 0.65 * 0.9 + 0.35 * (30/80 + 0.4) = 0.85625; benchmark = 0.55 + 0.45 * q
-    # role    = 0.25 * 1 + 0.12 * 1 + 0.13 * 0 + 0.25 * 0.79 + 0.25 * 0.9353125 = 0.80133
-    # service = 0.20 * 1/3 + 0.45 * 0.79 + 0.35 * 0.9353125 = 0.74953
+    # quality = 0.9 * (0.65 + 0.35 * (30/80 + 0.4)) = 0.829125; benchmark = 0.55 + 0.45 * q
+    # role    = 0.25 * 1 + 0.12 * 1 + 0.13 * 0 + 0.25 * 0.79 + 0.25 * 0.92310625 = 0.79828
+    # service = 0.20 * 1/3 + 0.45 * 0.79 + 0.35 * 0.92310625 = 0.74525
     assert answer == {
         "tasks": ["fast technical reasoning"],
         "workloads": ["chat.short_reasoning"],
@@ -77,35 +77,52 @@ def test_worked_example_scores_role_and_service() -> None:
                 "candidate_type": "role",
                 "candidate_id": "general_assistant",
                 "operation": "chat",
-                "score": 0.8013,
+                "score": 0.7983,
                 "reasons": [
                     "matches task terms: fast, reasoning, technical",
                     "resolves to gpu-01/chat",
                     "serves a preferred family",
-                    "benchmark chat.short_reasoning quality 0.8562",
+                    "benchmark chat.short_reasoning quality 0.8291",
                 ],
                 "signals": {
                     "text": 1.0,
                     "family": 1.0,
                     "guardrail": 0.0,
                     "runtime": 0.79,
-                    "benchmark": 0.9353,
+                    "benchmark": 0.9231,
                 },
             },
             {
                 "candidate_type": "service",
                 "candidate_id": "gpu-01/chat",
                 "operation": "chat",
-                "score": 0.7495,
+                "score": 0.7453,
                 "reasons": [
                     "matches task terms: fast",
                     "loaded: qwen3.5-9b",
-                    "benchmark chat.short_reasoning quality 0.8562",
+                    "benchmark chat.short_reasoning quality 0.8291",
                 ],
-                "signals": {"text": 0.3333, "runtime": 0.79, "benchmark": 0.9353},
+                "signals": {"text": 0.3333, "runtime": 0.79, "benchmark": 0.9231},
             },
         ],
     }
+
+
+def test_a_sample_with_a_0_pct_pass_rate_never_raises_a_match_score() -> None:
+    query = {"task": "fast technical reasoning", "workloads": ["chat.short_reasoning"]}
+    bare = worked_example()
+    bare = Snapshot(1, bare.hosts, bare.services, bare.roles, ())
+    wrong = BenchmarkSample("bench-0", "gpu-01/chat", "qwen3.5-9b", "chat.short_reasoning",
+                            "2026-04-27T00:00:00Z",
+                            {"pass_rate": 0.0, "tokens_per_sec": 200, "ttft_ms": 100})
+    failed = Snapshot(1, bare.hosts, bare.services, bare.roles, (wrong,))
+
+    def scores(snapshot: Snapshot) -> dict[str, float]:
+        return {c["candidate_id"]: c["score"] for c in match(snapshot, query, CTX)["candidates"]}
+
+    before, after = scores(bare), scores(failed)
+    assert before["general_assistant"] == 0.5675  # 0.25 + 0.12 + 0.25 * 0.79: about 0.60
+    assert after == before
 
 
 def test_tokens_and_text_overlap() -> None:
@@ -117,12 +134,12 @@ def test_tokens_and_text_overlap() -> None:
 
 def test_workload_overlap_by_text_when_not_named_exactly() -> None:
     # query tokens: short, reasoning (tasks + workloads); sample workload chat.short_reasoning
-    # holds both: overlap 1, benchmark = 0.55 + 0.45 * 0.85625
+    # holds both: overlap 1, benchmark = 0.55 + 0.45 * 0.829125
     answer = match(worked_example(), {"task": "short reasoning", "kind": "chat"}, CTX)
     assert [c["candidate_id"] for c in answer["candidates"]] == ["gpu-01/chat", "general_assistant"]
     service = answer["candidates"][0]
-    assert service["signals"] == {"text": 0.0, "runtime": 0.79, "benchmark": 0.9353}
-    assert service["score"] == 0.6829  # 0.45 * 0.79 + 0.35 * 0.9353125
+    assert service["signals"] == {"text": 0.0, "runtime": 0.79, "benchmark": 0.9231}
+    assert service["score"] == 0.6786  # 0.45 * 0.79 + 0.35 * 0.92310625
     unrelated = match(worked_example(), {"task": "translate poems", "kind": "chat"}, CTX)
     assert [c["signals"]["benchmark"] for c in unrelated["candidates"]] == [0.0, 0.0]
 
@@ -130,8 +147,8 @@ def test_workload_overlap_by_text_when_not_named_exactly() -> None:
 def test_empty_query_takes_the_best_quality_of_all_samples() -> None:
     answer = match(worked_example(), {}, CTX)
     service = next(c for c in answer["candidates"] if c["candidate_type"] == "service")
-    assert service["signals"] == {"text": 0.0, "runtime": 0.79, "benchmark": 0.3853}
-    assert service["score"] == 0.4904  # 0.45 * 0.79 + 0.35 * 0.45 * 0.85625
+    assert service["signals"] == {"text": 0.0, "runtime": 0.79, "benchmark": 0.3731}
+    assert service["score"] == 0.4861  # 0.45 * 0.79 + 0.35 * 0.45 * 0.829125
 
 
 def test_a_role_without_a_route_scores_on_text_only() -> None:

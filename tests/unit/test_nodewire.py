@@ -51,6 +51,7 @@ def full_payload() -> dict[str, Any]:
                   "kv_cache_usage": 0.5, "p50_latency_ms": 120, "tokens_per_sec": 40.5,
                   "vram_used_bytes": 7, "loaded_model_count": 1, "max_loaded_models": 3},
         keep_alive="1h30m",
+        dialect="openai",
     )
     return payload
 
@@ -112,6 +113,7 @@ def test_full_register_keeps_every_field() -> None:
     assert service.observed.p50_latency_ms == 120.0
     assert service.observed.queue_depth == 2
     assert (service.observed.max_loaded_models, service.keep_alive) == (3, "1h30m")
+    assert service.dialect == "openai"
 
 
 def test_null_in_an_optional_field_means_not_sent() -> None:
@@ -152,6 +154,7 @@ def test_a_trailing_slash_of_base_url_is_dropped() -> None:
         ("services[0].keep_alive", "soon", 'expected a duration such as "30m" or "1h30m", a '
          "whole number of seconds >= 1, or -1 (forever)"),
         ("services[0].keep_alive", 0, None),
+        ("services[0].dialect", "ollama", "expected one of native, openai"),
         ("services[0].assets", [{"asset_id": "a", "context_length": 0}], None),
         ("services[0].assets", [{"asset_id": "a", "aliases": "x"}], None),
         ("services[0].assets", [{"asset_id": "a"}, {"asset_id": "a"}], None),

@@ -264,6 +264,25 @@ async def test_a_429_on_the_last_try_allowed_reaches_the_client(
     assert breaker_failures(gateway, "b/chat") == 0
 
 
+async def test_llamacpps_context_overflow_reaches_the_client_as_context_length_exceeded(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    overflow = {"error": {"code": 400, "type": "exceed_context_size_error", "n_ctx": 2048,
+                          "message": "request (2300 tokens) exceeds the available context "
+                                     "size (2048 tokens), try increasing it"}}
+    transport = FakeTransport()
+    transport.script(url("a/chat"), Reply.json(overflow, 400))
+    transport.script(url("b/chat"), Reply.json(ANSWER))
+    relay, gateway = make_relay(tmp_path, [service("a/chat"), service("b/chat", queue_depth=1)],
+                                transport)
+    with pytest.raises(UpstreamStatus) as caught:
+        await forward(relay, Outcome())
+    assert caught.value.http_status == 400
+    assert caught.value.error_object()["code"] == "context_length_exceeded"
+    assert len(transport.sent) == 1  # a client error: not tried elsewhere
+    assert breaker_failures(gateway, "a/chat") == 0
+
+
 # -- 504 and 502 summaries -----------------------------------------------------------------
 
 

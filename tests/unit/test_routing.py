@@ -659,6 +659,18 @@ def test_scored_blends_the_benchmark_of_the_roles_workloads() -> None:
     assert decision.candidates[1].score == 0.35
 
 
+def test_a_sample_that_passed_nothing_never_raises_a_score_however_fast() -> None:
+    fast_and_wrong = {"pass_rate": 0.0, "tokens_per_sec": 500, "ttft_ms": 10}
+    assert benchmark_quality(fast_and_wrong) == 0.0
+    cold = [service("a", asset("m", loaded=False))]
+    roles = [role("r", benchmark_workloads=("chat.short_reasoning",))]
+    sample = BenchmarkSample("1", "a", "m", "chat.short_reasoning", "t", fast_and_wrong)
+    before = resolve(snapshot(cold, roles), "r", "chat", ctx()).chosen
+    after = resolve(snapshot(cold, roles, benchmarks=(sample,)), "r", "chat", ctx()).chosen
+    assert after.breakdown["benchmark"] == 0.0
+    assert after.score <= before.score
+
+
 def test_least_loaded_orders_by_load_then_latency_then_id() -> None:
     snap = snapshot(
         [
@@ -756,9 +768,9 @@ def test_rank_candidates_puts_the_pool_first() -> None:
 
 
 def test_benchmark_quality_weighs_correctness_and_speed() -> None:
-    # correctness 0.9; speed 30/80 + 0.4 (TTFT <= 1000 ms) = 0.775
+    # correctness 0.9; speed 30/80 + 0.4 (TTFT <= 1000 ms) = 0.775; 0.9 * (0.65 + 0.35 * 0.775)
     sample = {"quality_score": 0.9, "tokens_per_sec": 30, "ttft_ms": 900}
-    assert benchmark_quality(sample) == 0.85625
+    assert benchmark_quality(sample) == 0.829125
     assert benchmark_quality({"tokens_per_sec": 80, "ttft_ms": 3000}) == 0.6  # speed alone
     assert benchmark_quality({"pass_rate": 0.5, "completion_rate": 0.8}) == 0.52
     assert benchmark_quality({}) == 0.0

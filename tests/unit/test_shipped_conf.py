@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from geniehive.config import check_files, load_control, load_node
+from geniehive.launch import llamacpp
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -34,3 +35,15 @@ def test_node_example_loads() -> None:
         pytest.fail("conf/node.toml must ship as a working example")
     config = load_node(node_file, ENV)
     assert config.node.host_id
+
+
+def test_default_chat_upstream_gives_each_slot_8192_tokens() -> None:
+    """llama.cpp splits `--ctx` evenly over `--slots`; an agent's first turn needs > 2,048."""
+    config = load_control(CONF / "geniehive.toml", ENV)
+    chat = [(u.id, u.launch) for u in config.upstreams if "chat" in u.operations and u.launch]
+    assert chat, "the default must launch a chat upstream"
+    for upstream_id, launch in chat:
+        command = list(launch.command)
+        module = command.index("geniehive.launch.llamacpp")
+        args = llamacpp.parse_args(command[module + 1:])
+        assert args.ctx // args.slots >= 8192, (upstream_id, args.ctx, args.slots)
