@@ -185,4 +185,7 @@ async def test_codex_answers_through_the_responses_api(
     assert result.stdout.decode().strip(), explain(result, gateway)
     answered = request_lines(gateway, "responses")
     assert answered, explain(result, gateway)
-    assert all(re.search(r" status=200 ", line) for line in answered), answered
+    # Codex closes the stream as soon as it has read `response.completed`; when that is
+    # before the upstream's stream has ended, the gateway logs the answered request as 499
+    # (client gone) rather than 200. Either way the whole answer reached Codex (above).
+    assert all(re.search(r" status=(200|499) ", line) for line in answered), answered
