@@ -14,8 +14,9 @@ Both agents are kept to what a 135M model with a few thousand tokens of context 
 Claude Code gets a one-line system prompt, no tools, no MCP servers, no settings files and
 one turn; Codex a one-line instructions file and its optional tools, skills, plugins and
 context sections off. They send nothing anywhere but 127.0.0.1: a throwaway HOME (and
-CODEX_HOME), telemetry, updates and plugin syncing off, and no login. llama.cpp caps every
-answer (`--predict`): Claude Code asks for 32000 tokens, Codex names no limit.
+CODEX_HOME), telemetry, updates and plugin syncing off, and no login. Answers are kept
+short: Claude Code asks for 512 tokens (CLAUDE_CODE_MAX_OUTPUT_TOKENS; its default is 32000),
+and llama.cpp caps the rest (`--predict`), Codex naming no limit.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ from tests.realmodel.support import llamacpp_toml, wait_routable
 pytestmark = pytest.mark.realmodel
 
 MODEL = "smollm2"
-PROMPT = "Say hello."
+# Short answers end by themselves: a truncated one is an error to Claude Code.
+PROMPT = "Reply with one word: hello."
+SYSTEM = "You are a helpful assistant. Answer in one short sentence."
 KEY = "sk-local-agent-test"
 # Room for the agents' first turn (a few hundred tokens) plus the answer; two threads, as
 # the agents' own start-up leaves the CPUs idle while the model works.
-LLAMACPP_ARGS = ("--ctx", "4096", "--predict", "64", "--threads", "2")
+# Greedy: the agents send no temperature, and one prompt then gets one (short) answer, where
+# sampling sometimes ran on for hundreds of tokens, which Claude Code calls an error once
+# they pass its max_tokens.
+LLAMACPP_ARGS = ("--ctx", "4096", "--predict", "256", "--temperature", "0", "--threads", "2")
 
 
 async def start_gateway(nursery: trio.Nursery, tmp_path: Path, reap: list[Proc]) -> Proc:
@@ -66,6 +72,9 @@ def claude_env(home: Path, gateway: Proc) -> dict[str, str]:
         "ANTHROPIC_DEFAULT_HAIKU_MODEL": MODEL,
         "ANTHROPIC_DEFAULT_SONNET_MODEL": MODEL,
         "ANTHROPIC_DEFAULT_OPUS_MODEL": MODEL,
+        # Its max_tokens (32000 by default): llama.cpp's --predict cap does not hold on its
+        # own /v1/messages, where SmolLM2 otherwise runs on for a thousand tokens at times.
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "512",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_TELEMETRY": "1",
         "DISABLE_AUTOUPDATER": "1",
@@ -76,7 +85,7 @@ def claude_env(home: Path, gateway: Proc) -> dict[str, str]:
 def claude_argv(claude: Path) -> list[str]:
     return [
         str(claude), "-p", PROMPT, "--model", MODEL,
-        "--system-prompt", "You are a helpful assistant. Answer briefly.",
+        "--system-prompt", SYSTEM,
         "--tools", "", "--strict-mcp-config", "--setting-sources", "", "--max-turns", "1",
     ]
 
@@ -87,7 +96,7 @@ def codex_config(codex_home: Path, gateway: Proc) -> None:
     Every key is one this Codex knows (the test runs it with --strict-config)."""
     codex_home.mkdir(parents=True)
     instructions = codex_home / "instructions.md"
-    instructions.write_text("You are a helpful assistant. Answer briefly.\n")
+    instructions.write_text(SYSTEM + "\n")
     (codex_home / "config.toml").write_text(f"""\
 model = "{MODEL}"
 model_provider = "geniehive"

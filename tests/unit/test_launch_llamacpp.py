@@ -16,6 +16,7 @@ class FakeParams:
         self.cpuparams = SimpleNamespace(n_threads=-1)
         self.cpuparams_batch = SimpleNamespace(n_threads=-1)
         self.n_predict = -1  # llama.cpp's "no limit"
+        self.sampling = SimpleNamespace(temp=0.8)
 
 
 FAKE_XLLAMACPP = SimpleNamespace(CommonParams=FakeParams)
@@ -32,3 +33,8 @@ def test_predict_caps_every_answer_at_that_many_tokens() -> None:
 
 def test_without_predict_the_server_keeps_its_own_default() -> None:
     assert params_for().n_predict == -1
+
+
+def test_temperature_sets_the_default_of_requests_that_name_none() -> None:
+    assert params_for("--temperature", "0").sampling.temp == 0.0
+    assert params_for().sampling.temp == 0.8
