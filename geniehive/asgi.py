@@ -329,28 +329,30 @@ async def refuse_websocket(receive: Receive, send: Send, exc: GenieHiveError) ->
 LOGGED_TEXT_CHARS = 256  # of a client's text (a path, a User-Agent) in a log line
 
 _HTTP_LINE = (
-    "request id=%s key=%s model=%s route=%s service=%s status=%d attempts=%d "
+    "request id=%s endpoint=%s key=%s model=%s route=%s service=%s status=%d attempts=%d "
     "duration_ms=%.1f bytes=%d"
 )
 _WS_LINE = (
-    "request id=%s ws_id=%s key=%s model=%s route=%s service=%s status=%d attempts=%d "
-    "duration_ms=%.1f bytes=%d"
+    "request id=%s endpoint=%s ws_id=%s key=%s model=%s route=%s service=%s status=%d "
+    "attempts=%d duration_ms=%.1f bytes=%d"
 )
 
 
 def log_request(
-    request_id: str, key: str, model: str, route: RouteFacts, status: int, duration_s: float,
-    bytes_out: int, *, ws_id: str | None = None,
+    request_id: str, endpoint: str, key: str, model: str, route: RouteFacts, status: int,
+    duration_s: float, bytes_out: int, *, ws_id: str | None = None,
 ) -> None:
-    """The one log line of a finished request; `ws_id` is the client's id of a websocket
-    request, logged as a JSON string so that no id can forge a line."""
+    """The one log line of a finished request. `endpoint` is the API the client called, as
+    the metrics name it (`chat`, `embeddings`, `responses`, ...): one model serves several,
+    and the line says which. `ws_id` is the client's id of a websocket request, logged as a
+    JSON string so that no id can forge a line."""
     service = route.service_id or "-"
     if ws_id is None:
-        log.info(_HTTP_LINE, request_id, key, model, route.route, service, status,
+        log.info(_HTTP_LINE, request_id, endpoint, key, model, route.route, service, status,
                  route.attempts, duration_s * 1000, bytes_out)
     else:
-        log.info(_WS_LINE, request_id, json.dumps(ws_id), key, model, route.route, service,
-                 status, route.attempts, duration_s * 1000, bytes_out)
+        log.info(_WS_LINE, request_id, endpoint, json.dumps(ws_id), key, model, route.route,
+                 service, status, route.attempts, duration_s * 1000, bytes_out)
 
 
 def quoted(text: str, limit: int = LOGGED_TEXT_CHARS) -> str:

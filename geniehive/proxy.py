@@ -264,8 +264,8 @@ class ProxyApp:
             if outcome.status == 0:
                 outcome.status = 499  # the client went away mid-answer
             duration = trio.current_time() - started
-            log_request(request_id, principal_name, model, outcome, outcome.status, duration,
-                        writer.bytes_out)
+            log_request(request_id, endpoint, principal_name, model, outcome, outcome.status,
+                        duration, writer.bytes_out)
             self.gw.metrics.observe_request(endpoint, outcome, duration)
             if inbound is not None and inbound.upload is not None:
                 inbound.upload.file.close()

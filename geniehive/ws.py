@@ -452,7 +452,7 @@ class _Connection:
             # 499 as for HTTP: the client cancelled, or went away before the end.
             gone = request.scope.cancelled_caught or not request.finished
             log_request(
-                inbound.request_id, self.principal.name if self.principal else "-",
+                inbound.request_id, "chat", self.principal.name if self.principal else "-",
                 inbound.model, outcome, 499 if gone else outcome.status,
                 trio.current_time() - started, request.writer.bytes_out, ws_id=request.id,
             )

