@@ -383,15 +383,17 @@ class Relay:
         writer.sse = True
         await writer.start(200, [*SSE_HEADERS, *headers])
         try:
-            if not ended:
-                if held:
-                    await writer.body(held, True)
-                    held = b""
+            if held and not ended:
+                await writer.body(held, True)
+                held = b""
+            if not ended and not writer.ended:
                 async for chunk in chunks:
                     out = stripper.feed(translator.feed(chunk) if translator else chunk)
                     if out:
                         await writer.body(out, True)
-                if translator is not None:
+                        if writer.ended:  # a dialect's answer ended with its last event
+                            break
+                if translator is not None and not writer.ended:
                     held = stripper.feed(translator.flush())
             await writer.body(held + stripper.flush(), False)
             if translator is not None and translator.failed:  # it sent an error event

@@ -108,7 +108,9 @@ class DialectWriter:
     A JSON answer is held whole, translated and written with its new length; an event
     stream is cut into events and each translated as it arrives. It offers the `Writer`
     fields the relay reads and sets (`started`, `sse`, `ended`, `bytes_out`), mirrored onto
-    the client's writer, which the edge's watchers read. Once the answer is complete,
+    the client's writer, which the edge's watchers read. A stream ends with the dialect's
+    last event (`message_stop`, `response.completed`): `ended` is then set and whatever the
+    upstream still sends is dropped. Once the answer is complete,
     `finish` runs before the bytes that complete it are written, so a client that reads the
     end of an answer can rely on what `finish` did (a stored response can be fetched).
     """
@@ -176,15 +178,22 @@ class DialectWriter:
         return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
 
     async def _events(self, chunk: bytes, more: bool) -> None:
+        if self.writer.ended:
+            return  # the dialect's answer was whole: what the upstream sends after is not
         self._buf += chunk
         out: list[bytes] = []
-        while True:
+        while not self.complete:
             found = EVENT_END.search(self._buf)
             if found is None:
                 break
             event = self._buf[:found.end()]
             self._buf = self._buf[found.end():]
             out.append(self._event(event))
+        if self.complete:
+            # Its last event is out: the client's answer ends here, and the relay, seeing
+            # `ended`, stops reading (a client may leave at once, as Codex does).
+            more = False
+            self._buf = b""
         if not more:
             if self._buf.strip():
                 out.append(self._event(self._buf + b"\n\n"))

@@ -171,3 +171,26 @@ async def test_a_stream_cut_by_the_shutdown_ends_with_the_dialects_error_event(
     events = [e for e in raw.decode().split("\n\n") if e]
     assert events[0].startswith("event: piece")
     assert events[-1].startswith("event: failed") and "shutting down" in events[-1]
+
+
+async def test_a_stream_ends_with_the_dialects_last_event(echo, caplog) -> None:
+    """The upstream sends its last event and then keeps the stream open: the client's
+    answer still ends there, whole, and the request is logged as answered."""
+    hive, dialect = echo
+    hive.fake.set_fault("hold_stream", after_chunks=4, times=1)  # 3 words and [DONE]
+    caplog.set_level("INFO", logger="geniehive.request")
+    with trio.fail_after(10):
+        response = await hive.client.post(
+            "/v1/echo", json={"model": "m1", "say": "one two", "stream": True}
+        )
+        def logged() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "endpoint=echo" in r.getMessage()]
+
+        while not logged():  # the line is written once the request's task has finished
+            await trio.sleep(0.01)
+    hive.fake.release()
+    events = [e for e in response.text.split("\n\n") if e]
+    assert events[-1] == "event: end\ndata: {}"
+    assert dialect.finished == [{"said": "echo: one two"}]
+    [line] = logged()
+    assert " status=200 " in line

@@ -145,7 +145,7 @@ def codex_argv(codex: Path) -> list[str]:
 
 async def run_agent(argv: list[str], env: dict[str, str], cwd: Path
                     ) -> subprocess.CompletedProcess[bytes]:
-    cwd.mkdir(parents=True, exist_ok=True)
+    await trio.Path(cwd).mkdir(parents=True, exist_ok=True)
     return await trio.run_process(
         argv, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
         capture_stdout=True, capture_stderr=True, check=False,
@@ -194,7 +194,6 @@ async def test_codex_answers_through_the_responses_api(
     assert result.stdout.decode().strip(), explain(result, gateway)
     answered = request_lines(gateway, "responses")
     assert answered, explain(result, gateway)
-    # Codex closes the stream as soon as it has read `response.completed`; when that is
-    # before the upstream's stream has ended, the gateway logs the answered request as 499
-    # (client gone) rather than 200. Either way the whole answer reached Codex (above).
-    assert all(re.search(r" status=(200|499) ", line) for line in answered), answered
+    # Codex closes the stream as soon as it has read `response.completed`: the answer ends
+    # with that event, so the request is logged as answered, not as a client gone (499).
+    assert all(" status=200 " in line for line in answered), answered
