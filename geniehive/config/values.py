@@ -84,6 +84,8 @@ class RoutingConfig:
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 600.0
     idle_stream_timeout_s: float = 120.0
+    affinity_ttl_s: float = 600.0  # how long a session stays with its service; 0: off
+    affinity_max_sessions: int = 100_000  # sessions remembered at most (least recent first out)
 
 
 @dataclass(frozen=True, slots=True)
