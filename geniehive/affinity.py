@@ -22,7 +22,7 @@ another served it).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,3 +141,18 @@ class Affinity:
         if session is None or not self.enabled:
             return None
         return Stick(self, key, model, session, self.get(key, model, session, now))
+
+
+def explain_stick(
+    stick: Stick, candidates: Iterable[Candidate], has_slot: Callable[[str], bool]
+) -> dict[str, Any]:
+    """A session in a route explanation: the service it is bound to (None: not remembered)
+    and whether a request of it now would go there (`would_hit`: that service is a warm
+    pool-tier candidate with a free slot, `has_slot`)."""
+    candidate = pinned(candidates, stick.remembered)
+    return {
+        "key": stick.key,
+        "session": stick.session,
+        "bound_to": stick.remembered,
+        "would_hit": candidate is not None and has_slot(candidate.service_id),
+    }

@@ -75,10 +75,12 @@ class Gateway:
             aging_s=capacity.aging_s, clock=monotonic,
         )
         self.key_rates = KeyRates()
-        # Which service served each session last (geniehive/affinity.py).
+        # Which service served each session last (geniehive/affinity.py), on its own clock
+        # (the monotonic one; a test may turn it).
         self.affinity = Affinity(
             config.routing.affinity_ttl_s, config.routing.affinity_max_sessions
         )
+        self.affinity_clock: Callable[[], float] = monotonic
         self.auth = Authenticator(
             ((k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys),
             {k.name: k.limits for k in config.auth_keys},

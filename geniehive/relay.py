@@ -109,9 +109,7 @@ class Relay:
             inbound.key, klass=inbound.priority, weight=inbound.weight,
             key_limit=inbound.key_limit,
         )
-        stick = gw.affinity.stick(
-            inbound.key, inbound.model, inbound.session, trio.current_time()
-        )
+        stick = gw.affinity.stick(inbound.key, inbound.model, inbound.session, gw.affinity_clock())
         try:
             # The session's own service when it can take it (a hit leaves round robin be).
             taken = self.take_pinned(ticket, decision, stick)
@@ -189,7 +187,7 @@ class Relay:
                     outcome.affinity = stick.result(service_id)
                 await self.attempt(attempt)
                 if stick is not None:
-                    stick.served(service_id, trio.current_time())
+                    stick.served(service_id, gw.affinity_clock())
                 return
             except Failed as failed:
                 last = failed

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from geniehive.affinity import Affinity, session_of
+from geniehive.affinity import (
+    HIT,
+    MISS,
+    MOVED,
+    Affinity,
+    Stick,
+    pinned,
+    request_session,
+    session_of,
+)
+from geniehive.routing import Candidate
+from geniehive.routing.placement import Placement
 
 
 def test_sessions_are_named_by_header_first_then_by_body() -> None:
@@ -46,3 +57,33 @@ def test_no_sessions_are_kept_when_the_bound_is_zero() -> None:
     memory = Affinity(ttl_s=600, max_sessions=0)
     memory.remember("k", "m", "a", "svc-1", now=0)
     assert memory.get("k", "m", "a", now=1) is None
+
+
+def test_a_dialect_request_names_its_session_in_its_own_body_first() -> None:
+    # The Responses API keeps prompt_cache_key in its own body, not in the chat translation.
+    assert request_session({}, {"model": "m"}, {"prompt_cache_key": "pk"}) == "b:pk"
+    # The Messages API's metadata.user_id is the chat translation's user.
+    assert request_session({}, {"user": "u-1"}, {"metadata": {"user_id": "u-1"}}) == "b:u-1"
+    assert request_session({"x-session-id": "s"}, {"user": "u"}, {}) == "h:s"
+    assert request_session({}, {"model": "m"}) is None
+
+
+def test_only_a_warm_pool_candidate_may_take_its_session() -> None:
+    warm = Candidate("a", "h", "m", 1.0, {})
+    lower = Candidate("b", "h", "m", 1.0, {}, pool=False)
+    cold = Candidate("c", "h", "m", 1.0, {}, placement=Placement("cold_fits"))
+    candidates = (warm, lower, cold)
+    assert pinned(candidates, "a") is warm
+    assert pinned(candidates, "b") is None  # a lower tier is only a failover
+    assert pinned(candidates, "c") is None  # its prompt cache went with the model
+    assert pinned(candidates, "gone") is None
+    assert pinned(candidates, None) is None
+    memory = Affinity(ttl_s=600, max_sessions=10)
+    assert memory.stick("k", "m", None, now=0) is None
+    assert Affinity(ttl_s=0, max_sessions=10).stick("k", "m", "s", now=0) is None
+    stick = memory.stick("k", "m", "s", now=0)
+    assert stick is not None and stick.result("a") == MISS
+    stick.served("a", now=1)
+    again = memory.stick("k", "m", "s", now=2)
+    assert isinstance(again, Stick)
+    assert (again.result("a"), again.result("b")) == (HIT, MOVED)
