@@ -13,6 +13,8 @@ import trio
 
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import InProcess, gateway_in_process, upstream_toml, write_config
+from tests.hive import calls
+from tests.wsclient import connect, receive, request
 
 MODEL = "shared"
 ENV = {"A_KEY": "sk-a-1", "B_KEY": "sk-b-2"}
@@ -268,3 +270,54 @@ async def test_the_route_explanation_says_where_a_session_is_bound(
     assert other_key.json()["affinity"]["would_hit"] is False
     assert "affinity" not in plain.json()
     assert 'geniehive_affinity_total{result="miss"} 1.0' in metrics
+
+
+async def test_websocket_requests_of_a_session_stick_to_one_service(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async def finish(sock: Any) -> None:
+        while (await receive(sock))["type"] not in ("chat.done", "chat.error"):
+            pass
+
+    def chats() -> dict[str, int]:
+        return {sid: len(calls(fake)) for sid, fake in pool.fakes.items()}
+
+    with trio.fail_after(20):
+        pool = await start_pool(nursery, tmp_path)
+        handshake = [("authorization", f"Bearer {ENV['A_KEY']}"), ("x-session-id", "ws-1")]
+        async with connect(pool.running.url, handshake) as sock:
+            for index in range(4):
+                await sock.send_message(request(f"r{index}", "hello", model=MODEL))
+                await finish(sock)  # chat.done follows the relay's end
+        by_header = chats()
+        plain = [("authorization", f"Bearer {ENV['A_KEY']}")]
+        async with connect(pool.running.url, plain) as sock:
+            for index in range(4):
+                await sock.send_message(request(f"u{index}", "hi", model=MODEL, user="bob"))
+                await finish(sock)
+        by_body = {sid: count - by_header[sid] for sid, count in chats().items()}
+        await pool.stop()
+    assert sorted(by_header.values()) == [0, 4]
+    assert sorted(by_body.values()) == [0, 4]
+
+
+async def test_dialect_requests_name_their_session_in_their_own_fields(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    auth = {"authorization": f"Bearer {ENV['A_KEY']}"}
+    responses_body = {"model": MODEL, "input": "hello", "prompt_cache_key": "repo-y"}
+    messages_body = {"model": MODEL, "max_tokens": 16, "metadata": {"user_id": "carol"},
+                     "messages": [{"role": "user", "content": "hello"}]}
+    with trio.fail_after(20):
+        pool = await start_pool(nursery, tmp_path)
+        answers: dict[str, list[httpx.Response]] = {"responses": [], "messages": []}
+        for _ in range(2):
+            for path, body in (("responses", responses_body), ("messages", messages_body)):
+                answer = await pool.client.post(f"/v1/{path}", json=body, headers=auth)
+                assert answer.status_code == 200, answer.text
+                await pool.settled()
+                answers[path].append(answer)
+        await pool.stop()
+    for pair in answers.values():
+        assert [r.headers["x-geniehive-affinity"] for r in pair] == ["miss", "hit"]
+        assert served(pair[0]) == served(pair[1])
