@@ -125,6 +125,11 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(_target(f"route time growth per 10x services ({shape})",
                               growth.get(shape), 10, False, "x (10 = linear)"))
     checks += _capacity_targets(results)
+    aff = results.get("affinity") or {}
+    checks.append(_target("session affinity, lookup and remember at 100,000 sessions (hit)",
+                          aff.get("hit_us"), 5, False, "µs"))
+    checks.append(_target("session affinity, lookup and remember at 100,000 sessions (miss)",
+                          aff.get("miss_us"), 5, False, "µs"))
     return checks
 
 
@@ -209,6 +214,7 @@ def render(results: dict[str, Any]) -> str:
         out += _route_section(results)
     out += _capacity_section(results)
     out += _placement_section(results)
+    out += _affinity_section(results)
     out += _coldstart_section(results)
     if results.get("profile"):
         out += _profile_section(results["profile"])
@@ -371,6 +377,19 @@ def _placement_section(results: dict[str, Any]) -> list[str]:
     place = row["place_ns"]
     out += ["`place()` alone, median ns per call: " + ", ".join(
         f"{name} {_fmt(value, 1)}" for name, value in place.items()) + ".", ""]
+    return out
+
+
+def _affinity_section(results: dict[str, Any]) -> list[str]:
+    row = results.get("affinity")
+    if not row:
+        return []
+    out = [f"## Session affinity ({row['sessions']:,} sessions, bench/affinity.py)", "",
+           "A request's lookup of where its session went last and, once answered, the "
+           "session remembered again (geniehive/affinity.py), sessions taken at random. "
+           "Median µs per request.", ""]
+    out += _table(["sessions remembered", "hit µs", "miss µs"],
+                  [[row["remembered"], row["hit_us"], row["miss_us"]]])
     return out
 
 

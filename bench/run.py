@@ -15,6 +15,8 @@ load source to the other, then measures, in one run and on the same processes:
   - the admission queue: its cost per request with nothing waiting and to admit one of
     1,000 waiting (in-process), and a burst of 10x a hive's slots (real processes);
   - what placement adds to a decision among 1,000 services (in-process, bench/placement.py);
+  - session affinity's lookup and remember per request among 100,000 sessions (in-process,
+    bench/affinity.py);
   - the cold start of a real model server, by hand and through the gateway's on-demand
     start (bench/coldstart.py; not measured when the model packages are absent).
 `--only` runs some phases alone (PHASES; e.g. `--only placement,coldstart`), in the same
@@ -40,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `geniehive` i
 
 import trio
 
-from bench import capacity, coldstart, placement, procs, report, routes, streams
+from bench import affinity, capacity, coldstart, placement, procs, report, routes, streams
 from bench.procs import Proc
 from bench.wrkrun import WrkError, run_wrk, summarize
 
@@ -72,8 +74,9 @@ PLANS = {
     "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0, 200, 4, 0),
 }
 # What --only selects: the wrk/stream phases on one gateway, the capacity burst, route
-# decisions, the admission queue's decisions, placement, and the cold start.
-PHASES = ("gateway", "burst", "routes", "capacity", "placement", "coldstart")
+# decisions, the admission queue's decisions, placement, session affinity's lookups, and the
+# cold start.
+PHASES = ("gateway", "burst", "routes", "capacity", "placement", "affinity", "coldstart")
 NEEDS_TOOLS = {"gateway", "burst"}  # the phases that run nginx, wrk or pinned processes
 
 
@@ -224,6 +227,9 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     if "placement" in phases:
         print("placement in route decisions", file=sys.stderr)
         results["placement"] = placement.measure(plan.placement_hosts, plan.route_repeat, loops)
+    if "affinity" in phases:
+        print("session affinity's lookups", file=sys.stderr)
+        results["affinity"] = affinity.measure(plan.route_repeat, loops)
     if "coldstart" in phases:
         results["coldstart"] = measure_coldstart(plan, out, all_cpus)
     os.sched_setaffinity(0, all_cpus)

@@ -27,6 +27,7 @@ route in geniehive/orders.py.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +35,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from geniehive import catalog, health, matching, routing, wire
+from geniehive.affinity import SESSION_FIELDS, explain_stick, session_of
 from geniehive.api_keys import register_key_routes
 from geniehive.asgi import read_json_body
 from geniehive.benchreport import parse_report
@@ -236,9 +238,14 @@ def _listing(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": items}
 
 
-def explain_route(gateway: Gateway, args: Mapping[str, str]) -> dict[str, Any]:
+def explain_route(
+    gateway: Gateway, args: Mapping[str, str], key: str = "open"
+) -> dict[str, Any]:
     """`routes/resolve`: the decision for `model` and `kind` (and the capabilities a request
-    would need, `needs=tools,vision`), explained. Raises InvalidRequest.
+    would need, `needs=tools,vision`), explained. A `session` (as `X-Session-Id` names it,
+    or `prompt_cache_key` / `user` as a body does) of the key `key` (the caller's own unless
+    named) adds `affinity`: where that session is bound and whether it would go there.
+    Raises InvalidRequest.
 
     Resolving reads the round-robin counters and never advances them.
     """
@@ -254,7 +261,36 @@ def explain_route(gateway: Gateway, args: Mapping[str, str]) -> dict[str, Any]:
         raise InvalidRequest(
             f"needs: expected names among {', '.join(CAPABILITIES)}", param="needs"
         )
-    return routing.explain(gateway.resolve(model, kind, stream=stream, needs=needs))
+    decision = gateway.resolve(model, kind, stream=stream, needs=needs)
+    explained = routing.explain(decision)
+    session = session_of(
+        {"x-session-id": args.get("session") or ""},
+        {f: args.get(f) for f in SESSION_FIELDS},
+    )
+    stick = gateway.affinity.stick(args.get("key") or key, model, session, gateway.affinity_clock())
+    if stick is not None:
+        explained["affinity"] = explain_stick(
+            stick, decision.candidates, lambda sid: has_free_slot(gateway, sid)
+        )
+    return explained
+
+
+def _arg(value: Any) -> str:
+    """A JSON field as its query form: a list joined with commas (`needs`), true as `true`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return json.dumps(value)
+
+
+def has_free_slot(gateway: Gateway, service_id: str) -> bool:
+    """Whether a slot on `service_id` is free now (any is, without a slot count)."""
+    service = gateway.snapshot.services.get(service_id)
+    if service is None:
+        return False
+    total = slots_of(service)
+    return total is None or gateway.admission.busy.get(service_id, 0) < total
 
 
 def match_routes(gateway: Gateway, body: Any) -> dict[str, Any]:
@@ -384,8 +420,15 @@ def _register_explain(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/v1/cluster/routes/resolve")
     async def cluster_resolve() -> Any:
-        gateway.auth.authorize(request.headers, "read")
-        return jsonify(explain_route(gateway, request.args))
+        principal = gateway.auth.authorize(request.headers, "read")
+        return jsonify(explain_route(gateway, request.args, principal.name))
+
+    @app.post("/v1/cluster/routes/resolve")
+    async def cluster_resolve_body() -> Any:  # the same fields in a JSON object
+        principal = gateway.auth.authorize(request.headers, "read")
+        body = await _json_body(request, gateway)
+        args = {k: _arg(v) for k, v in body.items()}
+        return jsonify(explain_route(gateway, args, principal.name))
 
     @app.post("/v1/cluster/routes/match")
     async def cluster_match() -> Any:

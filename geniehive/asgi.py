@@ -73,6 +73,8 @@ class RouteFacts(Protocol):
     def queued_ms(self) -> float | None: ...
     @property
     def load_ms(self) -> float | None: ...
+    @property
+    def affinity(self) -> str | None: ...
 
 
 # --- headers ---------------------------------------------------------------------------------
@@ -103,9 +105,18 @@ def route_headers(request_id: str, route: RouteFacts | None) -> list[tuple[bytes
     """X-Request-Id, then the service and model that answered and the route and attempts
     taken (each pair once known), and how long it waited for a slot (when it did), as sent
     on every answer to a forwarded request; an upstream's answer also says whether the model
-    was warm or had to be started or loaded first, and then how long that took."""
+    was warm or had to be started or loaded first, and then how long that took; a request
+    that named a session, whether it went where that session went last (`hit`, `miss`,
+    `moved`: geniehive/affinity.py)."""
     if route is None:
         return [(b"x-request-id", request_id.encode())]
+    headers = _route_headers(request_id, route)
+    if route.affinity is not None:
+        headers.append((b"x-geniehive-affinity", route.affinity.encode()))
+    return headers
+
+
+def _route_headers(request_id: str, route: RouteFacts) -> list[tuple[bytes, bytes]]:
     queued = route.queued_ms
     if route.service_id is not None and route.attempts:  # every answer from an upstream
         headers = [

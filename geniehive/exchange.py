@@ -64,6 +64,8 @@ class Inbound:
     # The capabilities the request needs from a model (`body_needs`): routed only to services
     # whose asset has them or does not say.
     needs: frozenset[str] = frozenset()
+    # The session it names (geniehive/affinity.py), None when it names none.
+    session: str | None = None
 
 
 NO_NEEDS: frozenset[str] = frozenset()
@@ -126,6 +128,8 @@ class Outcome:
     load_ms: float | None = None  # how long it waited for a start or a load, when it did
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Session affinity (geniehive/affinity.py): hit | miss | moved, None without a session.
+    affinity: str | None = None
 
     def take_usage(self, usage: Any) -> None:
         """Remember the token counts of an upstream `usage` object, if it is one."""

@@ -18,6 +18,7 @@ import trio
 from geniehive import egress, routing
 from geniehive.adapters import Adapter, AdapterSpec, ProbeResult, UpstreamContext
 from geniehive.adapters.loader import build_adapter
+from geniehive.affinity import Affinity
 from geniehive.auth import Authenticator
 from geniehive.capacity import Admission, KeyRates
 from geniehive.config import ControlConfig, UpstreamConfig, parse_bind
@@ -74,6 +75,12 @@ class Gateway:
             aging_s=capacity.aging_s, clock=monotonic,
         )
         self.key_rates = KeyRates()
+        # Which service served each session last (geniehive/affinity.py), on its own clock
+        # (the monotonic one; a test may turn it).
+        self.affinity = Affinity(
+            config.routing.affinity_ttl_s, config.routing.affinity_max_sessions
+        )
+        self.affinity_clock: Callable[[], float] = monotonic
         self.auth = Authenticator(
             ((k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys),
             {k.name: k.limits for k in config.auth_keys},

@@ -77,6 +77,11 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         gateway.admission.observe_wait = self.queue_wait.observe
+        self.affinity = Counter(
+            "geniehive_affinity", "Requests that named a session, by where they went: "
+            "hit (its last service), miss (none remembered), moved (another)",
+            ["result"], registry=self.registry,
+        )
         self.registry.register(_LiveCollector(gateway))
 
     def observe_request(self, endpoint: str, outcome: Any, duration_s: float) -> None:
@@ -85,6 +90,8 @@ class GatewayMetrics:
         rtype = route_type(outcome.route, outcome.service_id is not None)
         self.requests.labels(endpoint, rtype, service, str(outcome.status)).inc()
         self.latency.labels(endpoint, rtype).observe(duration_s)
+        if outcome.affinity is not None:
+            self.affinity.labels(outcome.affinity).inc()
         if outcome.service_id is None:
             return
         if outcome.ttft_ms is not None:

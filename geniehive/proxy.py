@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from geniehive.affinity import request_session
 from geniehive.asgi import (
     ASGIApp,
     BodyClock,
@@ -233,6 +234,7 @@ class ProxyApp:
                 inbound = await self.read_dialect(receive, dialect)
             inbound.request_id = request_id
             inbound.hops = hops
+            inbound.session = request_session(headers, inbound.body, inbound.dialect_body)
             model = inbound.model
             if not principal.may_use_model(model):
                 raise PermissionDenied(f"this key may not use the model '{model}'")

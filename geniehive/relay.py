@@ -30,6 +30,7 @@ import trio
 
 from geniehive import health, routing, shaping
 from geniehive.adapters import StreamTranslator
+from geniehive.affinity import Stick, pinned
 from geniehive.answers import (
     JSON_HEADERS,
     SSE_HEADERS,
@@ -110,13 +111,17 @@ class Relay:
         if decision.route_label:
             outcome.route = decision.route_label
         raise_for_decision(decision)
-        gw.live.advance_round_robin(decision.rr_key)
         ticket = Ticket(
             inbound.key, klass=inbound.priority, weight=inbound.weight,
             key_limit=inbound.key_limit,
         )
+        stick = gw.affinity.stick(inbound.key, inbound.model, inbound.session, gw.affinity_clock())
         try:
-            await self.forward(inbound, writer, outcome, decision, ticket)
+            # The session's own service when it can take it (a hit leaves round robin be).
+            taken = self.take_pinned(ticket, decision, stick)
+            if taken is None:
+                gw.live.advance_round_robin(decision.rr_key)
+            await self.forward(inbound, writer, outcome, decision, ticket, stick, taken)
         finally:
             gw.admission.finish(ticket)
 
@@ -127,9 +132,13 @@ class Relay:
         outcome: Outcome,
         decision: routing.RouteDecision,
         ticket: Ticket,
+        stick: Stick | None = None,
+        taken: str | None = None,
     ) -> None:
         """Try the candidates in order, each once a slot on it is taken (waiting for one
-        when all are full), then each fallback decision's, up to `max_attempts` tries."""
+        when all are full), then each fallback decision's, up to `max_attempts` tries.
+        `taken` is a candidate whose slot is already taken (the session's): tried first.
+        The session (`stick`) moves to the service that answers."""
         gw = self.gw
         admission = gw.admission
         role_policy = gw.role_policy(decision)
@@ -153,7 +162,8 @@ class Relay:
             # The pool's candidates first: a lower tier is only a failover.
             pool = [s for s, c in zip(services, pending, strict=True) if c.pool] or services
             ids = [s.service_id for s in pool]
-            service_id = admission.take(ticket, ids, [slots_of(s) for s in pool])
+            service_id = taken or admission.take(ticket, ids, [slots_of(s) for s in pool])
+            taken = None
             if service_id is None:
                 service_id = await admission.wait(
                     ticket, ids, self.wait_budget(inbound) - ticket.waited_s,
@@ -179,7 +189,11 @@ class Relay:
                     candidate=candidate, service=service, adapter=gw.adapter_for(service),
                     role_policy=role_policy, more_candidates=more_candidates,
                 )
+                if stick is not None:
+                    outcome.affinity = stick.result(service_id)
                 await self.attempt(attempt)
+                if stick is not None:
+                    stick.served(service_id, gw.affinity_clock())
                 return
             except Failed as failed:
                 last = failed
@@ -194,6 +208,20 @@ class Relay:
             finally:
                 admission.release(service_id)
         raise exhausted(inbound.model, outcome, last, timeouts, loops, loads)
+
+    def take_pinned(
+        self, ticket: Ticket, decision: routing.RouteDecision, stick: Stick | None
+    ) -> str | None:
+        """A slot on the service the session went to last, taken when that service is a
+        warm pool-tier candidate of `decision` with one free (`affinity.pinned`); None
+        otherwise (no session, not remembered, gone, unhealthy, gated, cold or full)."""
+        candidate = pinned(decision.candidates, stick.remembered) if stick is not None else None
+        if candidate is None:
+            return None
+        service = self.gw.snapshot.services.get(candidate.service_id)
+        if service is None:
+            return None
+        return self.gw.admission.take(ticket, [service.service_id], [slots_of(service)])
 
     async def warm(self, service: Service, candidate: Candidate, outcome: Outcome) -> None:
         """Start the candidate's server or load its model first when it is cold

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from quart import Response
 
+from geniehive.affinity import request_session
 from geniehive.asgi import (
     Receive,
     Scope,
@@ -422,6 +423,8 @@ class _Connection:
                           body={**body, "stream": True}, needs=body_needs(body))
         inbound.request_id = new_request_id()
         inbound.hops = self.hops
+        # The session: the handshake's headers, or the request's body.
+        inbound.session = request_session(self.headers, body)
         # Its place at the admission queue: from the key and the handshake's headers.
         place(inbound, self.principal, self.headers, open_mode=self.gw.auth.open_mode,
               rates=self.gw.key_rates, now=trio.current_time())

@@ -135,6 +135,11 @@ ROUTING = Section("routing", "How requests pick a service and how long they wait
         "response headers (not streamed); past it the next candidate is tried"),
     Key("idle_stream_timeout_s", POSITIVE, 120.0,
         "longest gap in seconds between two chunks of an upstream answer"),
+    Key("affinity_ttl_s", NON_NEGATIVE, 600.0,
+        "seconds a session (`X-Session-Id` and the like, see docs/deployment.md) keeps going to "
+        "the service that served it last, after its last request; 0 turns affinity off"),
+    Key("affinity_max_sessions", integer(0), 100_000,
+        "sessions remembered at most; the least recently used is forgotten first"),
 ))
 
 CAPACITY = Section("capacity", "The admission queue: a request waits in the gateway while "

@@ -85,6 +85,8 @@ class RoutingConfig:
     first_byte_timeout_s: float = 600.0
     first_token_timeout_s: float = 60.0
     idle_stream_timeout_s: float = 120.0
+    affinity_ttl_s: float = 600.0  # how long a session stays with its service; 0: off
+    affinity_max_sessions: int = 100_000  # sessions remembered at most (least recent first out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,10 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
     assert placed["services"] == 40 and all(placed["mixed_classes"].values())
     assert placed["mixed_us"] > 0 and placed["warm_us"] > 0 and placed["place_ns"]["all"] > 0
     assert "## Placement in route decisions" in markdown
+    sticky = report["affinity"]
+    assert sticky["remembered"] == sticky["sessions"] == 100_000
+    assert sticky["hit_us"] > 0 and sticky["miss_us"] > 0
+    assert "## Session affinity" in markdown
     # The smoke run starts no real model server, and says so.
     assert set(report["coldstart"]["not_measured"]) == {"by_hand", "gateway"}
     assert "gateway: not measured: not run in this mode" in markdown

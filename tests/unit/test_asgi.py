@@ -90,6 +90,7 @@ class Route:
     attempts: int = 0
     queued_ms: float | None = None
     load_ms: float | None = None
+    affinity: str | None = None
 
 
 @pytest.mark.parametrize(
@@ -125,4 +126,7 @@ def test_route_headers_name_each_pair_once_known() -> None:
     headers = dict(route_headers("r1", loaded))
     assert headers[b"x-geniehive-load"] == b"cold"
     assert headers[b"x-geniehive-load-ms"] == b"1234"
+    assert b"x-geniehive-affinity" not in headers  # it named no session
+    sticky = Route("gpu/chat", "qwen3:8b", "direct", 1, affinity="hit")
+    assert dict(route_headers("r1", sticky))[b"x-geniehive-affinity"] == b"hit"
 
