@@ -8,10 +8,12 @@ Outcomes of one attempt:
 
 Rule: before the first byte reaches the client, a retryable failure moves on to the next
 candidate, up to `routing.max_attempts` tries in all; then the error is raised (502 or 504).
-After the first byte nothing is retried: a failure ends the stream with one SSE error event.
-Every upstream call has a connect timeout (the pool's), a time-to-headers timeout and an
-idle-chunk timeout (a cancel scope each: `IdleTimed` moves one deadline along a stream);
-none caps the total duration.
+A stream's first byte is sent with its first content (`_hold_until_content`): what comes
+before it is held, so a stream that dies before any token fails over too. After the first
+byte nothing is retried: a failure ends the stream with one SSE error event. Every upstream
+call has a connect timeout (the pool's), a time-to-headers timeout, for chat and completion a
+first-token timeout, and an idle-chunk timeout (a cancel scope each: `IdleTimed` moves one
+deadline along a stream); none caps the total duration.
 
 Each try is an `Attempt` (geniehive/attempts.py), one small object with everything that try
 needs and reports; the requests go out through the relay's `Transport` (geniehive/exchange.py:
@@ -53,6 +55,7 @@ from geniehive.models import Service
 from geniehive.pool import ConnectFailed, ConnectTimeout, PoolError
 from geniehive.routing import Candidate
 from geniehive.sse import (
+    ContentWatch,
     SSEStripper,
     contains_reasoning,
     encode_error_event,
@@ -67,6 +70,8 @@ log = logging.getLogger("geniehive.relay")
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 505, 507, 508})
 JSON_OPERATIONS = frozenset({"chat", "completion", "embeddings"})
+# Operations that generate tokens: `routing.first_token_timeout_s` bounds their first one.
+TOKEN_OPERATIONS = frozenset({"chat", "completion"})
 MAX_ERROR_BODY = 64 * 1024
 
 
@@ -89,6 +94,7 @@ class Relay:
         settings = gateway.config.routing
         self.max_attempts: int = settings.max_attempts
         self.first_byte_timeout_s: float = settings.first_byte_timeout_s
+        self.first_token_s: float = settings.first_token_timeout_s
         self.idle_s: float = settings.idle_stream_timeout_s
 
     # -- the attempt loop ---------------------------------------------------------------
@@ -307,8 +313,11 @@ class Relay:
             headers.append(
                 (b"content-type", f"multipart/form-data; boundary={boundary}".encode())
             )
+        timeout = self.first_byte_timeout_s
+        if inbound.operation in TOKEN_OPERATIONS:  # generating answers: the first-token bound
+            timeout = min(timeout, self.first_token_s)
         try:
-            with trio.CancelScope(deadline=trio.current_time() + self.first_byte_timeout_s):
+            with trio.CancelScope(deadline=attempt.started + timeout):
                 return await self.transport.request(
                     request.method, attempt.adapter.url(request.path), headers, content,
                     content_length=length,
@@ -362,23 +371,29 @@ class Relay:
         self, attempt: Attempt, response: UpstreamResponse, headers: list[tuple[bytes, bytes]],
         translator: StreamTranslator | None = None,
     ) -> bool:
-        """Relay an SSE answer (the `translator`'s output when the adapter gave one). TTFT
-        counts from the attempt's start: many servers send headers with the first token."""
+        """Relay an SSE answer (the `translator`'s output when the adapter gave one), once it
+        shows content (`_hold_until_content`): until then a failure is a failed attempt.
+        TTFT counts from the attempt's start to that first content."""
         writer, outcome = attempt.writer, attempt.outcome
         # A native dialect stream is stripped by its dialect writer, which knows its events.
         stripper = SSEStripper(strip=attempt.strip and not attempt.native)
-        first: float | None = None
+        chunks = IdleTimed(response, self.idle_s)
+        held, ended = await self._hold_until_content(attempt, chunks, stripper, translator)
+        first = trio.current_time()
         writer.sse = True
         await writer.start(200, [*SSE_HEADERS, *headers])
         try:
-            async for chunk in IdleTimed(response, self.idle_s):
-                if first is None:
-                    first = trio.current_time()
-                out = stripper.feed(translator.feed(chunk) if translator else chunk)
-                if out:
-                    await writer.body(out, True)
-            tail = stripper.feed(translator.flush()) if translator is not None else b""
-            await writer.body(tail + stripper.flush(), False)
+            if not ended:
+                if held:
+                    await writer.body(held, True)
+                    held = b""
+                async for chunk in chunks:
+                    out = stripper.feed(translator.feed(chunk) if translator else chunk)
+                    if out:
+                        await writer.body(out, True)
+                if translator is not None:
+                    held = stripper.feed(translator.flush())
+            await writer.body(held + stripper.flush(), False)
             if translator is not None and translator.failed:  # it sent an error event
                 outcome.status = 502
                 return False
@@ -391,11 +406,51 @@ class Relay:
             )), False)
             return False
         end = trio.current_time()
-        ttft = (first - attempt.started) * 1000 if first is not None else None
-        outcome.ttft_ms = attempt.ttft_ms = ttft
+        outcome.ttft_ms = attempt.ttft_ms = (first - attempt.started) * 1000
         outcome.take_usage(stripper.usage)
         attempt.tokens_per_sec = tokens_per_sec(stripper.usage, stripper.events, first, end)
         return True
+
+    async def _hold_until_content(
+        self, attempt: Attempt, chunks: IdleTimed, stripper: SSEStripper,
+        translator: StreamTranslator | None,
+    ) -> tuple[bytes, bool]:
+        """Read the stream until its first event with content (text, reasoning, a tool call,
+        a finish reason, the end), by `routing.first_token_timeout_s` after the request went
+        out; returns the bytes held so far (relayed with it) and whether the stream already
+        ended (its translator flushed). Nothing has reached the client yet, so every failure
+        here raises Failed and the next candidate is tried."""
+        watch = ContentWatch()
+        held: list[bytes] = []
+        verdict = ""
+        ended = False
+        with trio.CancelScope(deadline=attempt.started + self.first_token_s) as scope:
+            try:
+                async for chunk in chunks:
+                    data = translator.feed(chunk) if translator else chunk
+                    verdict = watch.feed(data)
+                    held.append(stripper.feed(data))
+                    if verdict:
+                        break
+                else:
+                    ended = True
+                    data = translator.flush() if translator is not None else b""
+                    verdict = watch.feed(data) or watch.end()
+                    held.append(stripper.feed(data))
+            except trio.TooSlowError:
+                raise Failed("timeout", "the upstream stalled before its first token") from None
+            except PoolError as exc:
+                raise Failed("protocol", f"the stream broke off before any content ({exc})") \
+                    from None
+        if scope.cancelled_caught:
+            raise Failed(
+                "timeout", f"no first token within {self.first_token_s:g} s (first_token_timeout_s)"
+            )
+        if verdict == "error":
+            raise Failed("status", "the upstream's stream failed before any content")
+        if not verdict:
+            raise Failed("protocol", "the stream ended before any content")
+        return b"".join(held), ended
 
     async def _relay_json(
         self,

@@ -15,8 +15,8 @@ from geniehive.adapters import UpstreamRequest
 from geniehive.models import Policy
 
 if TYPE_CHECKING:
-    from geniehive.dialects import Dialect
     from geniehive.attempts import Attempt
+    from geniehive.dialects import Dialect
 
 
 def effective_policy(attempt: Attempt) -> Policy:

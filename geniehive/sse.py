@@ -193,3 +193,92 @@ def _loads(data: bytes | None) -> Any:
         return json.loads(data)
     except (ValueError, RecursionError):
         return None
+
+
+# Native dialect events (geniehive/dialects/) that carry content, or say the stream failed.
+_CONTENT_TYPES = frozenset({
+    "content_block_delta", "message_delta", "message_stop",  # Anthropic Messages
+    "response.output_text.delta", "response.function_call_arguments.delta",  # Responses
+    "response.custom_tool_call_input.delta", "response.refusal.delta",
+    "response.reasoning_text.delta", "response.reasoning_summary_text.delta",
+    "response.completed", "response.incomplete",
+})
+_FAILURE_TYPES = frozenset({"error", "response.failed"})
+# Held before the first content: past this much, the stream is committed anyway.
+MAX_HELD_BYTES = 1024 * 1024
+
+
+def event_verdict(data: bytes) -> str:
+    """What one event's data says of an answer that has not shown content yet: "content"
+    (text, reasoning, a tool call, a finish reason, or the end of the stream), "error" (the
+    upstream's own failure event) or "" (nothing yet: a role-only or empty delta, a usage or
+    bookkeeping event, data that is not JSON)."""
+    if data.strip() == _DONE:
+        return "content"
+    obj = _loads(data)
+    if not isinstance(obj, dict):
+        return ""
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, dict) and _choice_has_content(choice):
+                return "content"
+        return ""
+    kind = obj.get("type")
+    if kind in _CONTENT_TYPES:
+        return "content"
+    if kind in _FAILURE_TYPES or "error" in obj:
+        return "error"
+    if kind == "content_block_start":
+        block = obj.get("content_block")
+        return "content" if isinstance(block, dict) and block.get("type") == "tool_use" else ""
+    return ""
+
+
+def _choice_has_content(choice: dict[str, Any]) -> bool:
+    if choice.get("finish_reason") or choice.get("text"):
+        return True
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return False
+    return bool(
+        delta.get("content") or delta.get("tool_calls") or delta.get("function_call")
+        or delta.get("reasoning_content") or delta.get("reasoning")
+    )
+
+
+class ContentWatch:
+    """Finds the first event of a stream that carries content (see `event_verdict`).
+
+    Feed it the stream's bytes as they come (before any stripping: reasoning is content,
+    the model is answering); `feed` returns the verdict of the first telling event among
+    the complete events so far, "" while there is none. Used only until a verdict, so its
+    cost ends with the stream's first token.
+    """
+
+    __slots__ = ("_buf", "held")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.held = 0  # bytes seen so far
+
+    def feed(self, data: bytes) -> str:
+        self.held += len(data)
+        buf = self._buf + data
+        start = 0
+        for match in EVENT_END.finditer(buf):
+            _, event_data = parse_event_lines(buf[start:match.end()])
+            start = match.end()
+            if event_data is not None:
+                verdict = event_verdict(event_data)
+                if verdict:
+                    self._buf = b""
+                    return verdict
+        self._buf = buf[start:]
+        return "content" if self.held > MAX_HELD_BYTES else ""
+
+    def end(self) -> str:
+        """At the end of the stream: the verdict of a last event without its blank line."""
+        tail, self._buf = self._buf, b""
+        _, event_data = parse_event_lines(tail)
+        return event_verdict(event_data) if event_data is not None else ""

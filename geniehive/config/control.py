@@ -130,6 +130,9 @@ ROUTING = Section("routing", "How requests pick a service and how long they wait
     Key("connect_timeout_s", POSITIVE, 5.0, "seconds to connect to an upstream"),
     Key("first_byte_timeout_s", POSITIVE, 600.0,
         "seconds from sending a request until the upstream's response headers"),
+    Key("first_token_timeout_s", POSITIVE, 60.0,
+        "seconds from sending a chat or completion until its first content (streamed) or its "
+        "response headers (not streamed); past it the next candidate is tried"),
     Key("idle_stream_timeout_s", POSITIVE, 120.0,
         "longest gap in seconds between two chunks of an upstream answer"),
 ))

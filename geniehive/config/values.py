@@ -83,6 +83,7 @@ class RoutingConfig:
     max_attempts: int = 3
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 600.0
+    first_token_timeout_s: float = 60.0
     idle_stream_timeout_s: float = 120.0
 
 

@@ -78,7 +78,7 @@ def test_an_empty_control_file_takes_every_default(tmp_path: Path) -> None:
     assert config.nodes == NodesConfig(bind=(), stale_after_s=15.0, forget_after_s=86400.0)
     assert config.registry == RegistryConfig(tmp_path / "state/geniehive.sqlite3")
     assert config.auth_keys == ()
-    assert config.routing == RoutingConfig("scored", 3, 5.0, 600.0, 120.0)
+    assert config.routing == RoutingConfig("scored", 3, 5.0, 600.0, 60.0, 120.0)
     assert config.capacity == CapacityConfig(max_queue=1000, queue_timeout_s=60.0, aging_s=30.0)
     assert config.breaker == BreakerConfig(3, 30.0)
     assert config.prober == ProberConfig(10.0, 5.0, 2, 1)

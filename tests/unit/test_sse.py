@@ -260,3 +260,47 @@ def test_parse_event_lines_marks_data_position():
     assert parse_event_lines(b": comment\n\n") == ([b": comment"], None)
     # "datum:" is another field, not data.
     assert parse_event_lines(b"datum: 1\n\n") == ([b"datum: 1"], None)
+
+
+def test_event_verdicts_tell_content_from_preamble_and_failure() -> None:
+    from geniehive.sse import event_verdict
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        return json.dumps({"choices": [{"index": 0, "delta": delta,
+                                        "finish_reason": finish}]}).encode()
+
+    assert event_verdict(chunk({"role": "assistant"})) == ""
+    assert event_verdict(chunk({"content": ""})) == ""
+    assert event_verdict(chunk({"content": "Hi"})) == "content"
+    assert event_verdict(chunk({"reasoning_content": "hmm"})) == "content"
+    assert event_verdict(chunk({"tool_calls": [{"index": 0, "id": "c"}]})) == "content"
+    assert event_verdict(chunk({}, "stop")) == "content"
+    assert event_verdict(b'{"choices":[{"index":0,"text":"x","finish_reason":null}]}') == \
+        "content"
+    assert event_verdict(b'{"choices":[],"usage":{"prompt_tokens":1}}') == ""
+    assert event_verdict(b"[DONE]") == "content"
+    assert event_verdict(b'{"error":{"message":"boom"}}') == "error"
+    assert event_verdict(b"not json") == ""
+    # Anthropic Messages and OpenAI Responses events, as native upstreams send them.
+    assert event_verdict(b'{"type":"message_start","message":{}}') == ""
+    assert event_verdict(b'{"type":"ping"}') == ""
+    assert event_verdict(b'{"type":"content_block_start","content_block":{"type":"text"}}') == ""
+    assert event_verdict(
+        b'{"type":"content_block_start","content_block":{"type":"tool_use"}}') == "content"
+    assert event_verdict(b'{"type":"content_block_delta","delta":{}}') == "content"
+    assert event_verdict(b'{"type":"response.created","response":{}}') == ""
+    assert event_verdict(b'{"type":"response.output_text.delta","delta":"x"}') == "content"
+    assert event_verdict(b'{"type":"response.failed","response":{}}') == "error"
+
+
+def test_the_content_watch_finds_the_first_content_across_split_reads() -> None:
+    from geniehive.sse import ContentWatch
+
+    watch = ContentWatch()
+    stream = (b': keep-alive\n\ndata: {"choices":[{"delta":{"role":"assistant"}}]}\n\n'
+              b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n')
+    verdicts = [watch.feed(stream[i:i + 7]) for i in range(0, len(stream), 7)]
+    assert verdicts[-1] == "content" and set(verdicts[:-1]) == {""}
+    last = ContentWatch()
+    assert last.feed(b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\ndata: [DONE]') == ""
+    assert last.end() == "content"
