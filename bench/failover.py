@@ -281,19 +281,19 @@ async def run_scenario(scenario: Scenario, port: int, fakes: dict[str, Proc],
         for number, stream in enumerate((True, False) if scenario.non_stream else (True,)):
             if number:  # the round-robin counter is odd now: the filler goes to b-second
                 await ask(client, port, False, expected)
-            seen = None
-            if scenario.fault is not None:
+            fault = scenario.fault
+            seen = 0
+            if fault is not None:
                 seen = len(await _records(client, fakes[FIRST]))
-                await _fault(client, fakes[FIRST], {**scenario.fault, "times": 1,
-                                                    "path": CHAT_PATH})
+                await _fault(client, fakes[FIRST], {**fault, "times": 1, "path": CHAT_PATH})
             row = {"scenario": scenario.name, "expect": scenario.expect,
                    **await ask(client, port, stream, expected)}
-            if seen is None:
+            if fault is None:
                 row["exercised"] = "n/a"
             else:
                 tried = (await _records(client, fakes[FIRST]))[seen:]
-                row["exercised"] = "yes" if tried and tried[0].get("fault") == \
-                    scenario.fault["mode"] else "NO"
+                hit = bool(tried) and tried[0].get("fault") == fault["mode"]
+                row["exercised"] = "yes" if hit else "NO"
                 await _fault(client, fakes[FIRST], {"mode": "ok"})  # an unused one-off too
             rows.append(row)
     return rows

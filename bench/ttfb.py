@@ -143,8 +143,8 @@ def measure(out: Path, samples: int) -> dict[str, Any]:
                                               "delay_s": DELAY_S, "path": failover.CHAT_PATH})):
                 print(f"  time to first content: {kind}", file=sys.stderr)
                 trio.run(_set_fault, fake.port, fault)
-                row = {"direct": trio.run(sample, fake.port, samples),
-                       "gateway": trio.run(sample, gateway.port, samples)}
+                row: dict[str, Any] = {"direct": trio.run(sample, fake.port, samples),
+                                       "gateway": trio.run(sample, gateway.port, samples)}
                 for key in ("first_byte_ms", "first_content_ms"):
                     row[f"added_{key}"] = _added(row["gateway"], row["direct"], key)
                 result[kind] = row
