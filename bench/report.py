@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import failover, ttfb
+
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"
 
@@ -130,6 +132,21 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                           aff.get("hit_us"), 5, False, "µs"))
     checks.append(_target("session affinity, lookup and remember at 100,000 sessions (miss)",
                           aff.get("miss_us"), 5, False, "µs"))
+    checks += _failover_targets(results)
+    return checks
+
+
+def _failover_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    card = results.get("failover") or {}
+    checks = [_target("failover scorecard: outcomes other than expected",
+                      card.get("unexpected"), 0, False, "scenarios")]
+    plain, held = ((results.get("ttfb") or {}).get(kind) or {} for kind in ("plain", "preamble"))
+    extra = None
+    if plain.get("added_first_content_ms") is not None and \
+            held.get("added_first_content_ms") is not None:
+        extra = round(held["added_first_content_ms"] - plain["added_first_content_ms"], 3)
+    checks.append(_target("first content after a preamble: added delay beyond the plain "
+                          "stream's", extra, 1, False, "ms", "aim"))
     return checks
 
 
@@ -216,6 +233,8 @@ def render(results: dict[str, Any]) -> str:
     out += _placement_section(results)
     out += _affinity_section(results)
     out += _coldstart_section(results)
+    out += failover.section(results.get("failover"))
+    out += ttfb.section(results.get("ttfb"), results.get("first_byte"))
     if results.get("profile"):
         out += _profile_section(results["profile"])
     return "\n".join(out)

@@ -18,7 +18,10 @@ load source to the other, then measures, in one run and on the same processes:
   - session affinity's lookup and remember per request among 100,000 sessions (in-process,
     bench/affinity.py);
   - the cold start of a real model server, by hand and through the gateway's on-demand
-    start (bench/coldstart.py; not measured when the model packages are absent).
+    start (bench/coldstart.py; not measured when the model packages are absent);
+  - the failover scorecard: what a client gets when the first upstream tried fails in
+    each way (bench/failover.py), and the time to a stream's first content, direct and
+    through the gateway (bench/ttfb.py).
 `--only` runs some phases alone (PHASES; e.g. `--only placement,coldstart`), in the same
 report without the others' sections and targets.
 It writes report.json and report.md under --out and prints the Markdown. Nothing is
@@ -42,7 +45,18 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `geniehive` i
 
 import trio
 
-from bench import affinity, capacity, coldstart, placement, procs, report, routes, streams
+from bench import (
+    affinity,
+    capacity,
+    coldstart,
+    failover,
+    placement,
+    procs,
+    report,
+    routes,
+    streams,
+    ttfb,
+)
 from bench.procs import Proc
 from bench.wrkrun import WrkError, run_wrk, summarize
 
@@ -64,6 +78,8 @@ class Plan:
     admit_releases: int  # timed admissions of one of 1,000 waiting requests
     placement_hosts: int  # hosts of 10 services each in the placement snapshot
     coldstart_repeat: int  # cold starts each way (0: not measured)
+    ttfb_samples: int = 20  # streams per target and upstream behaviour (bench/ttfb.py)
+    failover_scenarios: tuple[str, ...] = ()  # the scorecard's scenarios; empty: all
 
 
 PLANS = {
@@ -71,12 +87,14 @@ PLANS = {
                  100, 3),
     "quick": Plan(1, 1, (1, 16, 64), 1, 200, 200, 50, 1000, (10, 100, 1000, 10000), 3, 3, 6, 2000,
                   100, 1),
-    "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0, 200, 4, 0),
+    "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0, 200, 4, 0,
+                  ttfb_samples=3, failover_scenarios=failover.SMOKE),
 }
 # What --only selects: the wrk/stream phases on one gateway, the capacity burst, route
-# decisions, the admission queue's decisions, placement, session affinity's lookups, and the
-# cold start.
-PHASES = ("gateway", "burst", "routes", "capacity", "placement", "affinity", "coldstart")
+# decisions, the admission queue's decisions, placement, session affinity's lookups, the cold
+# start, the failover scorecard and the time to first content.
+PHASES = ("gateway", "burst", "routes", "capacity", "placement", "affinity", "coldstart",
+          "failover", "ttfb")
 NEEDS_TOOLS = {"gateway", "burst"}  # the phases that run nginx, wrk or pinned processes
 
 
@@ -213,6 +231,12 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     if "burst" in phases:
         print("a burst of 10x the slots through the admission queue", file=sys.stderr)
         results["capacity_burst"] = capacity.measure_burst(out, nofile)
+    if "failover" in phases:
+        print("the failover scorecard", file=sys.stderr)
+        results["failover"] = failover.measure(out, plan.failover_scenarios)
+    if "ttfb" in phases:
+        print("time to first content, direct and through the gateway", file=sys.stderr)
+        results["ttfb"] = ttfb.measure(out, plan.ttfb_samples)
     os.sched_setaffinity(0, {gw_cpu})  # the in-process timings run alone, on the quiet CPU
     # The smoke run only checks that the timing works: a few fixed loops are enough.
     loops = 20 if mode == "smoke" else None

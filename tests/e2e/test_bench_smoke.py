@@ -80,4 +80,18 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
     # The smoke run starts no real model server, and says so.
     assert set(report["coldstart"]["not_measured"]) == {"by_hand", "gateway"}
     assert "gateway: not measured: not run in this mode" in markdown
+    # The failover scorecard on its smoke scenarios, each against a fresh gateway: the
+    # faulty upstream was tried first and the client got the healthy answer.
+    card = report["failover"]
+    assert {row["scenario"] for row in card["rows"]} == {"refuse", "reset before content", "5xx"}
+    for row in card["rows"]:
+        assert row["exercised"] in ("yes", "n/a"), row
+        assert row["outcome"] == row["expect"] == "rescued", row
+        assert row["attempts"] == "2" and row["ms"] < 5000, row
+    assert card["unexpected"] == 0 and "## Failover scorecard" in markdown
+    first = report["ttfb"]["preamble"]  # content after a preamble, direct and through it
+    for target in ("direct", "gateway"):
+        assert first[target]["samples"] == 3 and first[target]["errors"] == 0
+        assert first[target]["first_content_ms"] >= report["ttfb"]["delay_s"] * 1000
+    assert "## Time to first content" in markdown
     assert report["targets"] and "## Targets" in markdown
