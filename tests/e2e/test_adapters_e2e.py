@@ -151,7 +151,7 @@ async def test_ollama_pull_is_listed_within_one_discovery_interval_and_loaded_fo
             assert answer.json()["choices"][0]["message"]["content"] == "echo: hi"
             assert answer.headers["x-geniehive-service"] == "ollama/chat"
             assert answer.headers["x-geniehive-model"] == "gemma3:1b"
-            sent = await last_body(client, ollama, "/v1/chat/completions")
+            sent = await last_body(client, ollama, "/api/chat")  # Ollama's native chat
             assert sent["model"] == "gemma3:1b"
 
             async def gemma_loaded() -> bool:
@@ -242,7 +242,10 @@ async def test_qwen3_thinking_is_off_in_each_upstreams_terms_unless_the_client_c
             llama = await spawn_fake(nursery, "Qwen3-8B")
             gateway = await start_gateway(
                 nursery, tmp_path, client,
-                upstream_toml("ollama", ollama.port, ["chat"], adapter="ollama")
+                # Ollama's OpenAI path, whose terms differ from the others'; its native chat
+                # (think: false) is tested in tests/app/test_ollama_chat_sdk.py.
+                upstream_toml("ollama", ollama.port, ["chat"], adapter="ollama",
+                              extra='dialect = "openai"\n')
                 + upstream_toml("vllm", vllm.port, ["chat"], adapter="vllm")
                 + upstream_toml("llama", llama.port, ["chat"], adapter="llamacpp"),
             )
