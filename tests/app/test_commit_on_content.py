@@ -179,3 +179,24 @@ async def test_a_messages_stream_is_rescued_the_same_way(pair: Pair) -> None:
                        if d["type"] == "content_block_delta")
         assert text == WHOLE and deltas[-1]["type"] == "message_stop"
     assert sorted(a.headers["x-geniehive-attempts"] for a in answers) == ["1", "2"]
+
+
+async def test_a_websocket_request_is_rescued_the_same_way(pair: Pair) -> None:
+    from tests.wsclient import connect, receive, request
+
+    pair.bad.set_fault("preamble", then="reset", path="/v1/chat")
+    texts = []
+    with trio.fail_after(10):
+        async with connect(pair.running.url) as sock:
+            for n in range(2):
+                await sock.send_message(request(f"r{n}", "hello there", model="shared"))
+                pieces = []
+                while (message := await receive(sock))["type"] == "chat.chunk":
+                    pieces += [c["delta"].get("content") or ""
+                               for c in message["chunk"]["choices"]]
+                assert message["type"] == "chat.done", message
+                texts.append("".join(pieces))
+    assert texts == [WHOLE, WHOLE]
+    # One of the two went to the faulty upstream first, and was cut before any content.
+    assert [r["outcome"] for r in pair.bad.requests if r["path"] == "/v1/chat/completions"] \
+        == ["reset"]
