@@ -110,6 +110,13 @@ class Affinity:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def resize(self, ttl_s: float, max_sessions: int) -> None:
+        """New limits (a reload): the least recent sessions beyond the bound are forgotten
+        now; a remembered session keeps its expiry until its next request."""
+        self.ttl_s, self.max_sessions = ttl_s, max_sessions
+        while len(self._entries) > max(max_sessions, 0):
+            self._entries.popitem(last=False)
+
     @property
     def enabled(self) -> bool:
         """Off with a zero TTL or a zero bound."""

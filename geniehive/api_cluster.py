@@ -17,12 +17,13 @@
     POST   /v1/admin/keys/<id>/disable|enable     admin
     DELETE /v1/admin/keys/<id>                    admin
     POST   /v1/admin/nodes/<host_id>/orders       admin    queue a start/stop order for a node
+    POST   /v1/admin/reload                       admin    re-read the control file, apply it
 
 Rule: handlers read the snapshot and the live counters and never advance a round-robin
 counter; writes go through the registry, whose snapshot is published before it returns.
 The views are pure functions of their arguments; the benchmark report is parsed by
 geniehive/benchreport.py, the admin key routes live in geniehive/api_keys.py and the order
-route in geniehive/orders.py.
+route in geniehive/orders.py, the reload route in geniehive/reload.py.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from geniehive.models import (
 )
 from geniehive.orders import register_order_routes
 from geniehive.registry import UnknownHost, UnknownService
+from geniehive.reload import register_reload_route
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -368,6 +370,7 @@ def register_cluster_routes(app: QuartTrio, gateway: Gateway) -> None:
     _register_writes(app, gateway)
     register_key_routes(app, gateway)
     register_order_routes(app, gateway)
+    register_reload_route(app, gateway)
 
 
 def _register_reads(app: QuartTrio, gateway: Gateway) -> None:

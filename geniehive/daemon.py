@@ -8,6 +8,7 @@
       discovery     started after its first pass over every upstream
       prober        started after its first pass
       proxy         hypercorn serving the ASGI app on every bind
+      reloader      SIGHUP and POST /v1/admin/reload re-read the control file (reload.py)
 
 Rule: every long-lived task is started with `nursery.start` and reports started only once it
 is ready; `/readyz` answers 200 after the last one. The first SIGTERM/SIGINT stops accepting
@@ -195,6 +196,7 @@ async def _run_tree(
         gateway.listening_on(binds)
         gateway.started.add("proxy")
         gateway.ready = True
+        await nursery.start(gateway.reloader.run, handle_signals)  # SIGHUP, admin/reload
         for url in binds:
             log.info("GenieHive listening on %s", url)
         task_status.started(binds)

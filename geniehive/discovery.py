@@ -135,4 +135,5 @@ async def run_discovery(gateway: Gateway, *, task_status: Any = trio.TASK_STATUS
     await discover_all(gateway)
     gateway.started.add("discovery")
     task_status.started()
-    await run_every("discovery", gateway.config.discovery.interval_s, lambda: discover_all(gateway))
+    await run_every("discovery", lambda: gateway.config.discovery.interval_s,
+                    lambda: discover_all(gateway))

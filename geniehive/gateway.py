@@ -33,11 +33,21 @@ from geniehive.models import LOCAL_HOST_ID, Policy, Service, Snapshot
 from geniehive.orders import NodeOrders
 from geniehive.registry import Registry
 from geniehive.registry_responses import ResponseStore
+from geniehive.reload import Reloader
 
 
 def new_instance_id() -> str:
     """A random id for this gateway process, carried in the hop header (docs/architecture.md)."""
     return secrets.token_hex(8)
+
+
+def static_authenticator(config: ControlConfig) -> Authenticator:
+    """An authenticator with the config's static `[auth]` keys (named keys come from the
+    registry: api_keys.load_named_keys)."""
+    return Authenticator(
+        ((k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys),
+        {k.name: k.limits for k in config.auth_keys},
+    )
 
 
 class Gateway:
@@ -81,10 +91,7 @@ class Gateway:
             config.routing.affinity_ttl_s, config.routing.affinity_max_sessions
         )
         self.affinity_clock: Callable[[], float] = monotonic
-        self.auth = Authenticator(
-            ((k.name, k.key, k.scopes, k.models, k.hosts) for k in config.auth_keys),
-            {k.name: k.limits for k in config.auth_keys},
-        )
+        self.auth = static_authenticator(config)
         self.gate = KeyGate(self.auth)  # verifies keys before bodies are read, on every port
         self.ready: bool = False
         self.active_requests: int = 0  # HTTP requests and websockets being served now
@@ -110,6 +117,8 @@ class Gateway:
         self.demand = Demand(self)
         # Start/stop orders for the nodes' managed upstreams, taken by their long polls.
         self.node_orders = NodeOrders()
+        # Re-reads the control file on SIGHUP or POST /v1/admin/reload (geniehive/reload.py).
+        self.reloader = Reloader(self)
 
     def upstream_busy(self, upstream_id: str) -> bool:
         """Whether a local upstream serves work now (`live.in_use` on one of its services)."""

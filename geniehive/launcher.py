@@ -330,9 +330,13 @@ class Launcher:
             for index, up in enumerate(upstreams) if up.launch is not None
         }
         self._nursery: trio.Nursery | None = None
-        self.states: Mapping[str, ManagedProcess] = {
-            uid: slot.process for uid, slot in self._slots.items()
-        }
+        self._reaping = False
+        self._on_state = on_state
+
+    @property
+    def states(self) -> Mapping[str, ManagedProcess]:
+        """The `ManagedProcess` of every managed upstream, by id."""
+        return {uid: slot.process for uid, slot in self._slots.items()}
 
     # -- what callers ask ------------------------------------------------------------------
 
@@ -398,6 +402,32 @@ class Launcher:
         slot.scope.cancel()
         with trio.CancelScope(shield=True):
             await slot.stopped.wait()
+
+    # -- a reloaded configuration (geniehive/reload.py) ----------------------------------------
+
+    def renumber(self, upstreams: Sequence[UpstreamConfig]) -> None:
+        """Give the kept upstreams their place in a reloaded list (named in LaunchErrors)."""
+        for index, upstream in enumerate(upstreams):
+            slot = self._slots.get(upstream.id)
+            if slot is not None:
+                slot.index = index
+
+    def add(self, index: int, upstream: UpstreamConfig) -> None:
+        """Manage a new upstream (`launch`) while running: a boot one is started at once (not
+        waited for: `ensure_running` waits), an on_demand one stays cold until asked for."""
+        assert upstream.launch is not None
+        slot = _Slot(index, upstream, ManagedProcess(upstream.id), self._on_state)
+        self._slots[upstream.id] = slot
+        if self._nursery is not None:
+            if not slot.on_demand:
+                self._begin(slot)
+            elif not self._reaping:
+                self._nursery.start_soon(self._reap)
+
+    async def remove(self, upstream_id: str) -> None:
+        """Stop a managed upstream (as `stop`) and forget it."""
+        await self.stop(upstream_id)
+        self._slots.pop(upstream_id, None)
 
     # -- the task --------------------------------------------------------------------------
 
@@ -510,16 +540,23 @@ class Launcher:
                 restart.finish()
 
     async def _reap(self) -> None:
-        """Stop the on_demand upstreams idle for their idle_ttl_s; runs until cancelled."""
-        ttls = [s.upstream.launch.idle_ttl_s for s in self._slots.values()
-                if s.on_demand and s.upstream.launch is not None]
-        if not ttls:
-            return
-        poll_s = min(REAP_POLL_S, min(ttls) / 2)
+        """Stop the on_demand upstreams idle for their idle_ttl_s; runs until cancelled, or
+        until no on_demand upstream is left (`add` starts it again)."""
+        self._reaping = True
+        try:
+            await self._reap_while_any()
+        finally:
+            self._reaping = False
+
+    async def _reap_while_any(self) -> None:
         while True:
-            await trio.sleep(poll_s)
+            ttls = [s.upstream.launch.idle_ttl_s for s in self._slots.values()
+                    if s.on_demand and s.upstream.launch is not None]
+            if not ttls:
+                return
+            await trio.sleep(min(REAP_POLL_S, min(ttls) / 2))
             now = trio.current_time()
-            for uid, slot in self._slots.items():
+            for uid, slot in list(self._slots.items()):
                 if not slot.on_demand or slot.state != RUNNING:
                     continue
                 if self.busy(uid):

@@ -82,4 +82,5 @@ async def run_prober(gateway: Gateway, *, task_status: Any = trio.TASK_STATUS_IG
     await probe_all(gateway)
     gateway.started.add("prober")
     task_status.started()
-    await run_every("prober", gateway.config.prober.interval_s, lambda: probe_all(gateway))
+    await run_every("prober", lambda: gateway.config.prober.interval_s,
+                    lambda: probe_all(gateway))

@@ -80,8 +80,8 @@ class Relay:
     """Sends one inbound request through the hive; owned by the gateway.
 
     `transport` sends the upstream requests; without one, the gateway's `pool` (given when
-    the gateway is built) does. The routing limits and timeouts are read once here: the config
-    of a gateway does not change while it runs.
+    the gateway is built) does. The routing limits and timeouts are read from the gateway's
+    config at each use, so a reload (geniehive/reload.py) applies to the next request.
     """
 
     def __init__(self, gateway: Gateway, transport: Transport | None = None) -> None:
@@ -92,11 +92,23 @@ class Relay:
                 "the relay needs a transport: pass one or build the gateway with a pool"
             )
         self.transport: Transport = transport
-        settings = gateway.config.routing
-        self.max_attempts: int = settings.max_attempts
-        self.first_byte_timeout_s: float = settings.first_byte_timeout_s
-        self.first_token_s: float = settings.first_token_timeout_s
-        self.idle_s: float = settings.idle_stream_timeout_s
+
+    # The routing limits, read from the gateway's config at each use (a reload changes them).
+    @property
+    def max_attempts(self) -> int:
+        return self.gw.config.routing.max_attempts
+
+    @property
+    def first_byte_timeout_s(self) -> float:
+        return self.gw.config.routing.first_byte_timeout_s
+
+    @property
+    def first_token_s(self) -> float:
+        return self.gw.config.routing.first_token_timeout_s
+
+    @property
+    def idle_s(self) -> float:
+        return self.gw.config.routing.idle_stream_timeout_s
 
     # -- the attempt loop ---------------------------------------------------------------
     async def run(self, inbound: Inbound, writer: Writer, outcome: Outcome) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 import trio
@@ -87,6 +88,13 @@ async def notify(state: str) -> bool:
 async def notify_ready() -> bool:
     """Tell systemd start-up is complete (`READY=1`)."""
     return await notify("READY=1")
+
+
+async def notify_reloading() -> bool:
+    """Tell systemd a reload has begun (`RELOADING=1`, with the `MONOTONIC_USEC` that
+    `Type=notify-reload` asks for); `notify_ready` tells it the reload is over."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return await notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
 
 async def notify_stopping() -> bool:

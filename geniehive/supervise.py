@@ -21,12 +21,16 @@ def next_backoff(previous: float, *, initial: float = 1.0, cap: float = 60.0) ->
 
 
 async def run_every(
-    name: str, interval_s: float, one_pass: Callable[[], Awaitable[None]]
+    name: str, interval_s: float | Callable[[], float], one_pass: Callable[[], Awaitable[None]]
 ) -> None:
-    """Run `one_pass` every `interval_s` forever; a crash is logged and retried with backoff."""
+    """Run `one_pass` every `interval_s` forever; a crash is logged and retried with backoff.
+
+    `interval_s` may be a function, asked before each wait (a reloaded config's interval
+    applies from the next pass on)."""
     backoff = 0.0
     while True:
-        await trio.sleep(interval_s if backoff == 0 else backoff)
+        interval = interval_s() if callable(interval_s) else interval_s
+        await trio.sleep(interval if backoff == 0 else backoff)
         try:
             await one_pass()
         except Exception:
