@@ -1,4 +1,5 @@
-"""`geniehive serve` under a systemd notify socket: READY=1, watchdog pings, STOPPING=1.
+"""`geniehive serve` under a systemd notify socket: READY=1, watchdog pings, RELOADING=1 and
+READY=1 around a SIGHUP reload, STOPPING=1.
 
 The test plays systemd's part: it binds the datagram socket named by NOTIFY_SOCKET, sets
 WATCHDOG_USEC, starts the real daemon and reads what it reports.
@@ -77,9 +78,15 @@ async def _check_lifecycle(log: NotifyLog, gateway: Proc) -> None:
     # Pings continue once serving, not only during start-up.
     await log.until("WATCHDOG=1", timeout_s=5)
 
+    # A reload (SIGHUP) is framed by RELOADING=1, with its monotonic time, and READY=1.
+    gateway.process.send_signal(signal.SIGHUP)
+    await log.until("RELOADING=1", timeout_s=5)
+    assert any(s.startswith("MONOTONIC_USEC=") and s[15:].isdigit() for s in log.states)
+    await log.until("READY=1", timeout_s=5)
+
     gateway.process.send_signal(signal.SIGTERM)
     await log.until("STOPPING=1", timeout_s=5)
     with trio.move_on_after(10):
         await gateway.process.wait()
     assert gateway.process.returncode == 0, gateway.text()
-    assert log.states.count("READY=1") == 1, log.states
+    assert log.states.count("READY=1") == 2, log.states  # started, then reloaded

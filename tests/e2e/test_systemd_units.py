@@ -93,6 +93,7 @@ def test_control_unit_serves_from_etc_with_its_registry_in_the_state_directory()
     assert service["ExecStart"] == [command]
     assert service["StateDirectory"] == ["geniehive"]
     assert service["PrivateDevices"] == ["true"]
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # geniehive/reload.py
 
 
 def test_node_unit_keeps_the_gpus_visible() -> None:
