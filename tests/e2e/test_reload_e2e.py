@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import textwrap
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 import trio
 
 from tests.fakes.upstream import FakeUpstream
-from tests.harness import Proc, free_port, spawn_gateway, upstream_toml, write_config
+from tests.harness import REPO, Proc, free_port, spawn_gateway, upstream_toml, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -216,3 +217,53 @@ async def test_the_reload_endpoint_needs_the_admin_scope(
         assert inference.json()["error"]["code"] == "insufficient_scope"
         assert anonymous.status_code == 401
         assert admin.json() == {"status": "reloaded", "changed": [], "restart_needed": []}
+
+
+def managed_toml(upstream_id: str, port: int, model: str) -> str:
+    """A managed upstream (`launch`): the fake upstream as a process of the gateway's."""
+    command = ["python", "-m", "tests.fakes.upstream", "--port", str(port), "--model", model]
+    return upstream_toml(upstream_id, port, ["chat"], extra=textwrap.dedent(f"""
+        [upstreams.launch]
+        command = {json.dumps(command)}
+        cwd = "{REPO}"
+        ready_timeout_s = 20
+        stop_grace_s = 2
+    """))
+
+
+async def refused(port: int) -> bool:
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return True
+    await stream.aclose()
+    return False
+
+
+async def test_a_managed_upstream_added_by_reload_is_started_and_stopped_when_removed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        _, port = await start_fake(nursery, "m1")
+        one = upstream_toml("one", port, ["chat"])
+        config = control_file(tmp_path, OPS_KEY + one, ["alpha"])
+        gateway = await spawn_gateway(nursery, config, ENV)
+        managed_port = free_port()
+        control_file(tmp_path, OPS_KEY + one + managed_toml("managed", managed_port, "mm"),
+                     ["alpha"])
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=20, headers=OPS) as client:
+            added = await client.post("/v1/admin/reload")
+            # Started in the background, then discovered: routable soon after (another
+            # process's state: nothing to wait on but polling).
+            while (await client.post("/v1/chat/completions", json=chat("mm"))).status_code \
+                    != 200:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+            control_file(tmp_path, OPS_KEY + one, ["alpha"])
+            removed = await client.post("/v1/admin/reload")
+            while not await refused(managed_port):  # noqa: ASYNC110 - the process stopped
+                await trio.sleep(0.1)
+            gone = await client.post("/v1/chat/completions", json=chat("mm"))
+        assert added.json()["changed"] == ["upstreams"]
+        assert removed.json()["changed"] == ["upstreams"]
+        assert gone.status_code == 404
+        assert "managed upstream managed: stopped by a reload" in gateway.text()
