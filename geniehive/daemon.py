@@ -41,6 +41,7 @@ from geniehive.pool import UpstreamPool
 from geniehive.prober import run_prober
 from geniehive.registry import open_registry
 from geniehive.sdnotify import notify_ready, notify_stopping, run_watchdog
+from geniehive.tracing import start_tracing, stop_tracing
 
 log = logging.getLogger("geniehive.daemon")
 
@@ -165,6 +166,7 @@ async def serve_control(
                               pool=pool)
             # Named keys count as keys from the first request on, on every port.
             load_named_keys(gateway)
+            gateway.tracing = start_tracing(config.tracing)
             refuse_open_mode_off_loopback(gateway)
             gateway.started.update({"registry", "plugins"})
             if on_gateway is not None:
@@ -174,6 +176,7 @@ async def serve_control(
             finally:
                 with trio.CancelScope(shield=True):
                     await pool.aclose()
+                    await stop_tracing(gateway.tracing)  # after the drain: every span ended
 
 
 async def _run_tree(

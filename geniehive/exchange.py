@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from geniehive.dialects import Dialect, DialectWriter
+    from geniehive.traced import RequestTrace
 
 StartFn = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
 BodyFn = Callable[[bytes, bool], Awaitable[None]]
@@ -66,6 +67,10 @@ class Inbound:
     needs: frozenset[str] = frozenset()
     # The session it names (geniehive/affinity.py), None when it names none.
     session: str | None = None
+    # Tracing (geniehive/tracing.py): the request's server span when tracing is on, and the
+    # W3C trace headers its upstream request carries (the client's own when tracing is off).
+    trace: RequestTrace | None = None
+    trace_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 NO_NEEDS: frozenset[str] = frozenset()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
@@ -34,6 +34,9 @@ from geniehive.orders import NodeOrders
 from geniehive.registry import Registry
 from geniehive.registry_responses import ResponseStore
 from geniehive.reload import Reloader
+
+if TYPE_CHECKING:
+    from geniehive.traced import Tracing
 
 
 def new_instance_id() -> str:
@@ -62,6 +65,8 @@ class Gateway:
         pool: Transport | None = None,
     ) -> None:
         self.config = config
+        # The trace exporter (geniehive/tracing.py), set by the daemon; None: tracing is off.
+        self.tracing: Tracing | None = None
         self.hops = egress.HopGuard(instance_id or new_instance_id())
         self.upstream_networks = egress.parse_networks(config.nodes.allowed_upstream_networks)
         # Where this gateway listens: the configured binds, then the bound ones as each server

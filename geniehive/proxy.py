@@ -50,9 +50,9 @@ from geniehive.errors import (
 )
 from geniehive.exchange import NO_NEEDS, Inbound, Outcome, Upload, Writer, body_needs
 from geniehive.fields import check_body, check_form
-from geniehive.relay import Relay
 from geniehive.sse import encode_error_event
 from geniehive.tokencount import count_input_tokens
+from geniehive.tracing import client_trace_headers, relay_for
 from geniehive.writes import (
     abort_connection,
     release_on_cut,
@@ -97,7 +97,8 @@ class ProxyApp:
     def __init__(self, gateway: Gateway, fallback: ASGIApp) -> None:
         self.gw = gateway
         self.fallback = fallback
-        self.relay = Relay(gateway)
+        self.relay = relay_for(gateway)
+        self.tracing = gateway.tracing  # None: tracing is off (geniehive/tracing.py)
         self.write_timeout_s = gateway.config.server.write_timeout_s
         # path -> ASGI app for websocket routes served beside the proxy (websocket chat).
         self.websockets: dict[str, ASGIApp] = {}
@@ -222,6 +223,8 @@ class ProxyApp:
         model = "-"
         inbound: Inbound | None = None
         render = dialect.error_body if dialect is not None else None
+        tracing = self.tracing
+        trace = tracing.begin(headers, endpoint, operation) if tracing is not None else None
         try:
             # Before the key check: a looped request carries no client key, and must be told
             # it looped rather than that it is unauthenticated.
@@ -234,6 +237,8 @@ class ProxyApp:
                 inbound = await self.read_dialect(receive, dialect)
             inbound.request_id = request_id
             inbound.hops = hops
+            inbound.trace = trace
+            inbound.trace_headers = client_trace_headers(headers)
             inbound.session = request_session(headers, inbound.body, inbound.dialect_body)
             model = inbound.model
             if not principal.may_use_model(model):
@@ -269,6 +274,8 @@ class ProxyApp:
             log_request(request_id, endpoint, principal_name, model, outcome, outcome.status,
                         duration, writer.bytes_out)
             self.gw.metrics.observe_request(endpoint, outcome, duration)
+            if trace is not None:
+                trace.finish(inbound.model if inbound is not None else None, outcome)
             if inbound is not None and inbound.upload is not None:
                 inbound.upload.file.close()
 

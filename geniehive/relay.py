@@ -117,9 +117,7 @@ class Relay:
         Raises a GenieHiveError when nothing was sent to the client.
         """
         gw = self.gw
-        decision = gw.resolve(
-            inbound.model, inbound.operation, stream=inbound.stream, needs=inbound.needs
-        )
+        decision = self.decide(inbound)
         if decision.route_label:
             outcome.route = decision.route_label
         raise_for_decision(decision)
@@ -136,6 +134,20 @@ class Relay:
             await self.forward(inbound, writer, outcome, decision, ticket, stick, taken)
         finally:
             gw.admission.finish(ticket)
+
+    def decide(self, inbound: Inbound) -> routing.RouteDecision:
+        """The route decision for `inbound` (a seam: the tracing relay spans it)."""
+        return self.gw.resolve(
+            inbound.model, inbound.operation, stream=inbound.stream, needs=inbound.needs
+        )
+
+    async def wait_for_slot(self, inbound: Inbound, ticket: Ticket, ids: list[str]) -> str:
+        """Wait at the admission queue for a slot on one of `ids`, within the request's
+        budget; returns the service whose slot it took (a seam: the tracing relay spans it)."""
+        return await self.gw.admission.wait(
+            ticket, ids, self.wait_budget(inbound) - ticket.waited_s,
+            f"model '{inbound.model}'",
+        )
 
     async def forward(
         self,
@@ -177,10 +189,7 @@ class Relay:
             service_id = taken or admission.take(ticket, ids, [slots_of(s) for s in pool])
             taken = None
             if service_id is None:
-                service_id = await admission.wait(
-                    ticket, ids, self.wait_budget(inbound) - ticket.waited_s,
-                    f"model '{inbound.model}'",
-                )
+                service_id = await self.wait_for_slot(inbound, ticket, ids)
                 outcome.queued_ms = ticket.waited_s * 1000
             index = next(i for i, c in enumerate(pending) if c.service_id == service_id)
             candidate = pending.pop(index)
@@ -340,6 +349,7 @@ class Relay:
         headers.append((HOP_HEADER_BYTES, inbound.hops or self.gw.hops.own))
         if inbound.request_id:
             headers.append((b"x-request-id", inbound.request_id.encode("latin-1")))
+        headers.extend(inbound.trace_headers)  # W3C trace context (geniehive/tracing.py)
         length: int | None = None
         if request.body is not None:
             headers.append((b"content-type", b"application/json"))

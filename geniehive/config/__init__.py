@@ -51,6 +51,7 @@ from geniehive.config.values import (
     RoutingConfig,
     ServerConfig,
     TLSConfig,
+    TracingConfig,
     UpstreamConfig,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "TLSConfig",
+    "TracingConfig",
     "UpstreamConfig",
     "check_files",
     "file_kind",

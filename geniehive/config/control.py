@@ -24,6 +24,7 @@ from geniehive.config.checks import (
     PATH,
     POSITIVE,
     TEXT,
+    URL,
     choice,
     integer,
     list_of,
@@ -55,6 +56,7 @@ from geniehive.config.values import (
     ResponsesConfig,
     RoutingConfig,
     ServerConfig,
+    TracingConfig,
 )
 from geniehive.models import EMPTY, STRATEGIES
 
@@ -177,6 +179,16 @@ RESPONSES = Section("responses", "The stored answers of the Responses API (`stor
         "0 stores none"),
 ))
 
+TRACING = Section("tracing", "OpenTelemetry traces of the client requests, exported over "
+                  "OTLP/HTTP (docs/deployment.md, \"Tracing\"); needs `geniehive[tracing]`.", (
+    Key("otlp_endpoint", URL, None,
+        "the OTLP/HTTP receiver's root (`http://127.0.0.1:4318`; spans go to its "
+        "`/v1/traces`); absent: no tracing, and none of its cost"),
+    Key("service_name", TEXT, "geniehive", "the `service.name` the spans are exported under"),
+    Key("sample_ratio", positive_up_to(1.0), 1.0,
+        "the share of new traces recorded; a client's `traceparent` decides for its own"),
+))
+
 PLUGINS = Section("plugins", "Where adapter plugins come from (see docs/plugins.md).", (
     Key("paths", list_of(FOLDER), (),
         "extra plugin folders; the built-in plugins are always loaded"),
@@ -191,7 +203,7 @@ LOCAL = Section("local", "The control host itself, as the routing gates see it."
 
 CONTROL_FILE = Section("", "The control file.", tables=(
     SERVER, NODES, REGISTRY, AUTH, ROUTING, CAPACITY, BREAKER, PROBER, DISCOVERY, RESPONSES,
-    PLUGINS, CATALOGS, LOCAL, LOGGING, UPSTREAMS,
+    TRACING, PLUGINS, CATALOGS, LOCAL, LOGGING, UPSTREAMS,
 ))
 
 
@@ -284,6 +296,7 @@ def parse_control(data: dict[str, Any], path: Path, environ: Mapping[str, str],
     discovery = _flat(top, "discovery", DiscoveryConfig)
     plugins = _flat(top, "plugins", PluginsConfig)
     responses = _flat(top, "responses", ResponsesConfig)
+    tracing = _flat(top, "tracing", TracingConfig)
     auth_keys = _auth_keys(top.table("auth"), environ)
     catalogs = catalog_paths(top.table("roles"))
     local = top.table("local")
@@ -298,4 +311,5 @@ def parse_control(data: dict[str, Any], path: Path, environ: Mapping[str, str],
         capacity=capacity, breaker=breaker, prober=prober, discovery=discovery, plugins=plugins,
         roles=MappingProxyType(roles), role_catalogs=catalogs, local_labels=local_labels,
         upstreams=upstreams, logging=logging, source=path, responses=responses,
+        tracing=tracing,
     )

@@ -122,6 +122,13 @@ class ResponsesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    otlp_endpoint: str | None = None  # the OTLP/HTTP collector's root; None: no tracing
+    service_name: str = "geniehive"
+    sample_ratio: float = 1.0  # the share of new traces recorded (a client's flag wins)
+
+
+@dataclass(frozen=True, slots=True)
 class PluginsConfig:
     paths: tuple[Path, ...] = ()
     entry_points: bool = True
@@ -180,6 +187,7 @@ class ControlConfig:
     logging: LoggingConfig
     source: Path
     responses: ResponsesConfig = ResponsesConfig()
+    tracing: TracingConfig = TracingConfig()
 
 
 @dataclass(frozen=True, slots=True)
