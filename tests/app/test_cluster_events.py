@@ -106,7 +106,7 @@ async def test_the_stream_needs_a_key_with_the_read_scope(
         apps = {"Authorization": f"Bearer {ENV['APPS_KEY']}"}
         assert (await h.client.get("/v1/cluster/events", headers=apps)).status_code == 403
         async with stream(h.client, OPS) as events:
-            name, snapshot = await events.next()
+            name, _ = await events.next()
         assert name == "snapshot"
         await h.client.aclose()
         await h.running.stop()
@@ -261,7 +261,7 @@ async def test_a_quiet_stream_sends_a_heartbeat(
     class Gateway:
         events = hub
 
-        class auth:  # noqa: N801 - stands for the gateway's authenticator
+        class auth:  # stands for the gateway's authenticator
             @staticmethod
             def authorize(headers: Any, scope: str) -> None:
                 return None
