@@ -290,3 +290,20 @@ def test_the_error_ring_keeps_the_last_fifty_with_short_messages() -> None:
     assert [e["request_id"] for e in errors.entries][:1] == ["r10"] and len(errors.entries) == 50
     assert [e["request_id"] for e in errors.since(58)] == ["r58", "r59"]
     assert all(len(e["message"]) < 400 for e in errors.entries)
+
+
+async def test_the_console_page_loads_without_a_key_and_its_data_needs_one(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(10):
+        h = await start_hive(nursery, tmp_path, extra=KEYS, environ=ENV)
+        page = await h.client.get("/console")
+        data = await h.client.get("/v1/cluster/services")
+        await h.client.aclose()
+        await h.running.stop()
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "connect-src 'self'" in page.headers["content-security-policy"]
+    assert "/v1/cluster/events" in page.text
+    for fetched in ('src="http', 'href="http', "url(http", "@import"):  # nothing off-host
+        assert fetched not in page.text
+    assert data.status_code == 401
