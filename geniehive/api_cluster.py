@@ -201,7 +201,7 @@ def _round(value: float | None) -> float | None:
 # --- the routes -------------------------------------------------------------------------------
 
 
-def _hosts(gateway: Gateway) -> list[dict[str, Any]]:
+def host_views(gateway: Gateway) -> list[dict[str, Any]]:
     snapshot, now = gateway.snapshot, time.time()
     by_host: dict[str, list[Service]] = {}
     for _, service in sorted(snapshot.services.items()):
@@ -213,14 +213,20 @@ def _hosts(gateway: Gateway) -> list[dict[str, Any]]:
     ]
 
 
-def _services(gateway: Gateway) -> list[dict[str, Any]]:
+def service_views(gateway: Gateway, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The services as `/v1/cluster/services` lists them; only those of `ids` (the ones that
+    exist) when given."""
     snapshot, ctx = gateway.snapshot, gateway.routing_context()
+    wanted = sorted(snapshot.services) if ids is None else sorted(
+        s for s in set(ids) if s in snapshot.services
+    )
     return [
         service_view(
             snapshot, _with_local_managed(gateway, service), ctx, gateway.live.services.get(s),
             gateway.admission.load(s, slots_of(service)),
         )
-        for s, service in sorted(snapshot.services.items())
+        for s in wanted
+        for service in (snapshot.services[s],)
     ]
 
 
@@ -231,7 +237,7 @@ def _with_local_managed(gateway: Gateway, service: Service) -> Service:
     return replace(service, managed=gateway.launcher.managed_state(service.upstream_id))
 
 
-def _roles(gateway: Gateway) -> list[dict[str, Any]]:
+def role_views(gateway: Gateway) -> list[dict[str, Any]]:
     snapshot, ctx = gateway.snapshot, gateway.routing_context()
     return [role_view(snapshot, r, ctx) for r in sorted(snapshot.roles)]
 
@@ -382,17 +388,17 @@ def _register_reads(app: QuartTrio, gateway: Gateway) -> None:
     @app.get("/v1/cluster/hosts")
     async def cluster_hosts() -> Any:
         read()
-        return jsonify(_listing(_hosts(gateway)))
+        return jsonify(_listing(host_views(gateway)))
 
     @app.get("/v1/cluster/services")
     async def cluster_services() -> Any:
         read()
-        return jsonify(_listing(_services(gateway)))
+        return jsonify(_listing(service_views(gateway)))
 
     @app.get("/v1/cluster/roles")
     async def cluster_roles() -> Any:
         read()
-        return jsonify(_listing(_roles(gateway)))
+        return jsonify(_listing(role_views(gateway)))
 
     @app.get("/v1/cluster/capacity")
     async def cluster_capacity() -> Any:
@@ -405,7 +411,9 @@ def _register_reads(app: QuartTrio, gateway: Gateway) -> None:
     @app.get("/v1/cluster/health")
     async def cluster_health_counts() -> Any:
         read()
-        return jsonify(cluster_health(_hosts(gateway), _services(gateway), _roles(gateway)))
+        return jsonify(
+            cluster_health(host_views(gateway), service_views(gateway), role_views(gateway))
+        )
 
     @app.get("/v1/cluster/benchmarks")
     async def cluster_benchmarks() -> Any:

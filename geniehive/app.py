@@ -7,6 +7,7 @@ Rule: the only module (with api_* modules) that touches `quart.request`. Every e
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
 from quart import Response, jsonify, request
@@ -115,7 +116,25 @@ def create_app(gateway: Gateway) -> QuartTrio:
     register_cluster_routes(app, gateway)
     register_response_routes(app, gateway)
     ws.register_playground(app, gateway)
+    register_console(app)
     return app
+
+
+def register_console(app: QuartTrio) -> None:
+    """Serve the operator console (one self-contained page, docs/console.md) at GET /console.
+
+    Like the playground it holds no data and loads without a key; its calls (the event
+    stream, the cluster and key routes) are authorized as usual.
+    """
+    page = resources.files("geniehive").joinpath("console.html").read_bytes()
+
+    @app.get("/console")
+    async def console() -> Response:
+        response = Response(page, content_type="text/html; charset=utf-8")
+        response.headers["Content-Security-Policy"] = ws.PLAYGROUND_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def error_response(exc: GenieHiveError) -> Response:

@@ -36,6 +36,7 @@ from geniehive.app import create_asgi
 from geniehive.config import ConfigError, ControlConfig, is_loopback_bind
 from geniehive.discovery import local_host, local_services, run_discovery
 from geniehive.edge import serve_http
+from geniehive.events import run_events
 from geniehive.gateway import Gateway, new_instance_id
 from geniehive.pool import UpstreamPool
 from geniehive.prober import run_prober
@@ -192,6 +193,7 @@ async def _run_tree(
         gateway.started.update({"launcher", "heartbeats"})
         await nursery.start(run_discovery, gateway)
         await nursery.start(run_prober, gateway)
+        await nursery.start(run_events, gateway)
         asgi = create_asgi(gateway)
         binds = await nursery.start(
             serve_proxy, asgi, hypercorn_config(config.server.bind, config), shutdown
@@ -207,6 +209,7 @@ async def _run_tree(
         await shutdown.wait()
         gateway.ready = False
         gateway.node_orders.close()  # the nodes' long polls must not hold up the drain
+        gateway.events.close()  # nor the consoles' event streams
         await notify_stopping()
         # hypercorn drains in-flight requests for shutdown_grace_s, then returns; the
         # other tasks are cancelled once it has.

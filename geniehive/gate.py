@@ -2,10 +2,10 @@
 
 Rule: with any key configured, an HTTP request carries a valid key or is answered 401 with
 `Connection: close` before a byte of its body is read, whatever its path or method. Only the
-probes (`/healthz`, `/readyz`), the root and the playground page (GET or HEAD `/` and
-`/playground`, which hold no data) answer without a key; websockets authenticate in-band
-(geniehive/ws.py). Scope and model checks stay with the routes, which then find the key
-already verified.
+probes (`/healthz`, `/readyz`), the root, the playground and the console pages (GET or HEAD
+`/`, `/playground` and `/console`, which hold no data) answer without a key; websockets
+authenticate in-band (geniehive/ws.py). Scope and model checks stay with the routes, which
+then find the key already verified.
 
 The salted hash of a named key runs on a worker thread (at most HASH_THREADS at once, so the
 event loop keeps serving everyone else), and an address that keeps presenting invalid keys is
@@ -30,7 +30,7 @@ from geniehive.auth import Authenticator, FailureBuckets, PendingCheck, Principa
 from geniehive.errors import AuthenticationFailed, GenieHiveError, TooManyAuthFailures
 
 PROBES = frozenset({"/healthz", "/readyz"})
-PAGES = frozenset({"/", "/playground"})
+PAGES = frozenset({"/", "/playground", "/console"})
 PAGE_METHODS = frozenset({"GET", "HEAD"})
 # The routes that take the node key header (geniehive/api_nodes.py).
 NODE_PATHS = frozenset({"/v1/nodes/register", "/v1/nodes/heartbeat", "/v1/nodes/orders"})

@@ -24,6 +24,7 @@ from geniehive.capacity import Admission, KeyRates
 from geniehive.config import ControlConfig, UpstreamConfig, parse_bind
 from geniehive.demand import Demand
 from geniehive.discovery import local_service_ids
+from geniehive.events import ErrorLog, EventHub
 from geniehive.exchange import Transport
 from geniehive.gate import KeyGate
 from geniehive.launcher import Launcher
@@ -124,6 +125,9 @@ class Gateway:
         self.node_orders = NodeOrders()
         # Re-reads the control file on SIGHUP or POST /v1/admin/reload (geniehive/reload.py).
         self.reloader = Reloader(self)
+        # The last failed requests and the console's live events (geniehive/events.py).
+        self.recent_errors = ErrorLog()
+        self.events = EventHub(self.recent_errors)
 
     def upstream_busy(self, upstream_id: str) -> bool:
         """Whether a local upstream serves work now (`live.in_use` on one of its services)."""

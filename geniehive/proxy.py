@@ -48,6 +48,8 @@ from geniehive.errors import (
     ShuttingDown,
     render_error,
 )
+from geniehive.events import PATH as EVENTS
+from geniehive.events import failure_message, serve_events
 from geniehive.exchange import NO_NEEDS, Inbound, Outcome, Upload, Writer, body_needs
 from geniehive.fields import check_body, check_form
 from geniehive.sse import encode_error_event
@@ -159,6 +161,9 @@ class ProxyApp:
             if path == COUNT_TOKENS_PATH and messages is not None:
                 await self.count_tokens(scope, receive, send, messages)
                 return
+        elif scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == EVENTS:
+            await serve_events(self.gw, scope, receive, send)
+            return
         elif scope["type"] == "websocket":
             handler = self.websockets.get(scope["path"])
             if handler is not None:
@@ -222,6 +227,7 @@ class ProxyApp:
         principal_name = "-"
         model = "-"
         inbound: Inbound | None = None
+        error: GenieHiveError | None = None
         render = dialect.error_body if dialect is not None else None
         tracing = self.tracing
         trace = tracing.begin(headers, endpoint, operation) if tracing is not None else None
@@ -252,6 +258,7 @@ class ProxyApp:
                 self.note_stalled(request_id, endpoint)
         except GenieHiveError as exc:
             outcome.status = exc.http_status
+            error = exc
             if not writer.started:
                 writer.bytes_out += await send_error(send, exc, request_id, outcome,
                                                      render=render)
@@ -276,6 +283,12 @@ class ProxyApp:
             self.gw.metrics.observe_request(endpoint, outcome, duration)
             if trace is not None:
                 trace.finish(inbound.model if inbound is not None else None, outcome)
+            if outcome.status >= 400 and outcome.status != 499:  # 499: the client left
+                self.gw.recent_errors.add(
+                    request_id=request_id, endpoint=endpoint, model=model,
+                    service_id=outcome.service_id, status=outcome.status,
+                    message=failure_message(outcome.status, error, outcome.failures),
+                )
             if inbound is not None and inbound.upload is not None:
                 inbound.upload.file.close()
 

@@ -62,6 +62,7 @@ from geniehive.errors import (
     ShuttingDown,
     render_error,
 )
+from geniehive.events import failure_message
 from geniehive.exchange import Inbound, Outcome, Writer, body_needs
 from geniehive.fields import check_body
 from geniehive.gate import client_address
@@ -432,6 +433,7 @@ class _Connection:
 
     async def run_request(self, request: _Request, inbound: Inbound) -> None:
         outcome = Outcome()
+        error: GenieHiveError | None = None
         started = trio.current_time()
         try:
             with request.scope:
@@ -442,6 +444,7 @@ class _Connection:
                 await request.done()  # a stream that ended without [DONE]
         except GenieHiveError as exc:
             outcome.status = exc.http_status
+            error = exc
             await request.fail(exc.error_object(), counted=True)
         except Exception:
             log.exception("websocket request %s failed unexpectedly", inbound.request_id)
@@ -459,6 +462,12 @@ class _Connection:
                 inbound.model, outcome, 499 if gone else outcome.status,
                 trio.current_time() - started, request.writer.bytes_out, ws_id=request.id,
             )
+            if not gone and outcome.status >= 400:
+                self.gw.recent_errors.add(
+                    request_id=inbound.request_id, endpoint="chat", model=inbound.model,
+                    service_id=outcome.service_id, status=outcome.status,
+                    message=failure_message(outcome.status, error, outcome.failures),
+                )
             if self.stopping and not self.live:
                 self.request_close(1001, "server shutting down")
             self.arm_idle()

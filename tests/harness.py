@@ -241,10 +241,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def spawn_node(nursery: trio.Nursery, config: Path) -> Proc:
-    """`geniehive node` on `config`, returned once it has registered with its control plane."""
+async def spawn_node(nursery: trio.Nursery, config: Path,
+                     env: dict[str, str] | None = None) -> Proc:
+    """`geniehive node` on `config`, returned once it has registered with its control plane;
+    `env` adds to the test's environment."""
     argv = [sys.executable, "-m", "geniehive", "node", "--config", str(config)]
-    return await _spawn(nursery, argv, re.compile(rb"(registered) with"), None, merge=True)
+    return await _spawn(nursery, argv, re.compile(rb"(registered) with"), env, merge=True)
 
 
 async def spawn_gateway(nursery: trio.Nursery, config: Path,

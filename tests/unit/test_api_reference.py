@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from geniehive import api_nodes, dialects, errors, gate, proxy, ws
+from geniehive import api_nodes, dialects, errors, events, gate, proxy, ws
 from geniehive.app import create_app
 from geniehive.config import load_control
 from geniehive.gateway import Gateway
@@ -46,6 +46,7 @@ def served_routes(tmp_path: Path) -> set[str]:
     routes |= {f"POST {path}" for path in api_nodes.ROUTES}
     routes |= {f"GET {path}" for path in gate.PROBES | gate.PAGES}
     routes.add(f"GET {ws.PATH}")
+    routes.add(f"GET {events.PATH}")
     return routes
 
 
