@@ -87,6 +87,12 @@ def parse_event_lines(event: bytes) -> tuple[list[bytes | None], bytes | None]:
     return lines, (b"\n".join(data) if data else None)
 
 
+def event_object(event: bytes) -> dict[str, Any] | None:
+    """The JSON object an event's data holds, or None (no data, not JSON, not an object)."""
+    obj = _loads(parse_event_lines(event)[1])
+    return obj if isinstance(obj, dict) else None
+
+
 def render_event(lines: list[bytes | None], data: bytes) -> bytes:
     """Re-encode an event: its other lines kept in order, `data: <data>` in place, `\\n` endings."""
     out = [b"data: " + data if line is None else line for line in lines]

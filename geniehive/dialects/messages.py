@@ -159,6 +159,13 @@ def _tool_result(block: Mapping[str, Any], param: str) -> tuple[dict[str, Any],
     return {"role": "tool", "tool_call_id": tool_id, "content": text}, images
 
 
+def _block_text(block: dict[str, Any], where: str) -> str:
+    """A text block's text (400 naming `where.text` when it is not a string)."""
+    if not isinstance(block.get("text"), str):
+        raise _wrong(f"{where}.text", "a string")
+    return str(block["text"])
+
+
 def _user_turn(blocks: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
     """A user turn: its tool messages first, then one user message with the rest."""
     tools: list[dict[str, Any]] = []
@@ -167,9 +174,7 @@ def _user_turn(blocks: list[dict[str, Any]], param: str) -> list[dict[str, Any]]
         where = f"{param}[{index}]"
         kind = block["type"]
         if kind == "text":
-            if not isinstance(block.get("text"), str):
-                raise _wrong(f"{where}.text", "a string")
-            parts.append({"type": "text", "text": block["text"]})
+            parts.append({"type": "text", "text": _block_text(block, where)})
         elif kind == "image":
             parts.append(image_part(block, where))
         else:  # tool_result
@@ -193,9 +198,7 @@ def _assistant_turn(blocks: list[dict[str, Any]], param: str) -> list[dict[str, 
         where = f"{param}[{index}]"
         kind = block["type"]
         if kind == "text":
-            if not isinstance(block.get("text"), str):
-                raise _wrong(f"{where}.text", "a string")
-            texts.append(block["text"])
+            texts.append(_block_text(block, where))
         elif kind == "tool_use":
             call_id, name = block.get("id"), block.get("name")
             if not isinstance(call_id, str) or not call_id:

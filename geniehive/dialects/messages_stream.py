@@ -30,7 +30,7 @@ import re
 import uuid
 from typing import Any
 
-from geniehive.sse import parse_event_lines
+from geniehive.sse import event_object
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}
@@ -281,14 +281,8 @@ class MessagesTranslation:
         return answer
 
     def native_event(self, event: bytes, strip: bool) -> bytes:
-        _, data = parse_event_lines(event)
-        if data is None:
-            return event
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            return event
-        if not isinstance(parsed, dict):
+        parsed = event_object(event)
+        if parsed is None:
             return event
         if isinstance(parsed.get("error"), dict) and "type" not in parsed:
             return encode_event("error", error_event(parsed["error"]))  # the gateway's own

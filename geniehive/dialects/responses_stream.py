@@ -24,13 +24,12 @@ gateway's own failure event (`data: {"error": ...}`) becomes response.failed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from geniehive.dialects import responses_answer as ra
 from geniehive.dialects.responses_answer import Context
-from geniehive.sse import encode_json, parse_event_lines
+from geniehive.sse import encode_json, event_object
 
 LIFECYCLE_DONE = frozenset({"response.completed", "response.incomplete"})
 
@@ -226,14 +225,8 @@ class ResponsesTranslation:
 
     # -- native streams ---------------------------------------------------------------
     def native_event(self, event: bytes, strip: bool) -> bytes:
-        _, data = parse_event_lines(event)
-        if data is None:
-            return event
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            return event
-        if not isinstance(parsed, dict):
+        parsed = event_object(event)
+        if parsed is None:
             return event
         kind = parsed.get("type")
         if not isinstance(kind, str):
