@@ -390,14 +390,15 @@ class ProxyApp:
 
     async def read_dialect(self, receive: Receive, dialect: Dialect) -> Inbound:
         """A dialect request: its body, validated and translated into a chat body (which
-        passes the chat checks like any other)."""
+        passes the chat checks like any other and needs what a chat body with its tools and
+        images needs)."""
         raw = await read_body(receive, self.gw.config.server.max_body_bytes)
         body = parse_json(raw)
         chat = await dialect.prepare(body)
         check_body(chat, "chat")
         return Inbound(
             "chat", "chat", chat["model"], stream=bool(chat.get("stream", False)), body=chat,
-            dialect=dialect, dialect_body=body,
+            dialect=dialect, dialect_body=body, needs=body_needs(chat),
         )
 
 

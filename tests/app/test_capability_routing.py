@@ -157,3 +157,26 @@ async def test_min_context_is_judged_on_the_models_maximum_context(hive) -> None
     models = {c["service_id"]: c["upstream_model"] for c in explained["candidates"]}
     assert models["ol/chat"] == "qwen3:8b"  # tiny:1b (8192 at most) is narrowed away
     assert answer.status_code == 200
+
+
+async def test_dialect_requests_with_tools_pass_the_same_gate(hive) -> None:
+    client, _, plain, _ = hive
+    anthropic_tool = [{"name": "get_weather", "description": "The weather",
+                       "input_schema": {"type": "object", "properties": {}}}]
+    responses_tool = [{"type": "function", "name": "get_weather", "description": "The weather",
+                       "parameters": {"type": "object", "properties": {}}}]
+    with trio.fail_after(10):
+        messages = [await client.post("/v1/messages", json={
+            "model": "assistant", "max_tokens": 16, "messages": ASK, "tools": anthropic_tool})
+            for _ in range(3)]
+        responses = [await client.post("/v1/responses", json={
+            "model": "assistant", "input": "hello", "tools": responses_tool})
+            for _ in range(3)]
+        refused = await client.post("/v1/messages", json={
+            "model": "small", "max_tokens": 16, "messages": ASK, "tools": anthropic_tool})
+    for answer in [*messages, *responses]:
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-geniehive-service"] == "ol/chat"
+    assert not [c for c in calls(plain) if c["json"].get("tools")]
+    assert refused.status_code == 503
+    assert refused.json()["error"]["message"] == "no service for 'small' supports tools"
