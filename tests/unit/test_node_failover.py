@@ -19,6 +19,7 @@ from geniehive.config import (
     NodeSection,
     load_node,
 )
+from geniehive.models import Host
 from geniehive.node.agent import NodeAgent
 from geniehive.node.failover import ControlUrls
 from geniehive.node.orders import poll_once
@@ -106,7 +107,14 @@ def agent_for(urls: tuple[str, ...], handler: object) -> NodeAgent:
         source=Path("node.toml"),
     )
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
-    return NodeAgent(config, {}, None, client, random.Random(3))  # type: ignore[arg-type]
+    agent = NodeAgent(config, {}, None, client, random.Random(3))  # type: ignore[arg-type]
+    agent.nvidia_smi = None  # no GPUs read: no subprocess
+
+    async def host(_: object) -> Host:  # no model scan in a thread (the clock may jump)
+        return Host("gpu-01", "10.0.0.5")
+
+    agent.host = host  # type: ignore[method-assign]
+    return agent
 
 
 class Planes:
@@ -185,3 +193,32 @@ async def test_an_orders_poll_the_url_in_use_fails_moves_the_agent() -> None:
         assert agent.links.current == B
         assert await poll_once(agent) == []
     assert agent.links.current == B
+
+
+async def test_a_move_by_the_heartbeats_cancels_an_orders_poll_held_by_the_old_url(
+    autojump_clock: object,
+) -> None:
+    from geniehive.node.orders import run_orders
+
+    polled: list[str] = []
+    planes = Planes(down=set())
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/nodes/orders":
+            polled.append(request.url.host)
+            await trio.sleep(25)  # a long poll with no order: held up to 25 s
+            return httpx.Response(200, json={"orders": []})
+        return planes(request)
+
+    agent = agent_for((A, B), handler)
+    with trio.fail_after(60):
+        assert await agent.step() == 5
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_orders, agent)
+            await trio.sleep(1)
+            assert polled == ["a"]
+            planes.down.add(A)
+            assert await agent.step() == 5  # moved to B
+            await trio.sleep(2)  # well before A's poll would have answered
+            assert polled == ["a", "b"]
+            nursery.cancel_scope.cancel()
