@@ -42,7 +42,12 @@ NODE = Section("node", "This host, as the control plane knows it.", (
 ))
 
 CONTROL = Section("control", "The control plane this node reports to.", (
-    Key("url", URL, "", "the control plane's node port (or client port) root", required=True),
+    Key("url", URL, None,
+        "the control plane's node port (or client port) root; required unless `urls` is set"),
+    Key("urls", list_of(URL, non_empty=True, unique=True), None,
+        "instead of `url`: several control plane replicas' roots, used one at a time from the "
+        "first; the node moves to the next (round the list) when the one in use is "
+        "unreachable (connect error, timeout, 5xx or 429)"),
     Key("node_key_env", TEXT, None,
         ENV_KEY_MEANING + "a key with the `node` scope; absent: an open-mode control plane"),
 ), tables=(CLIENT_TLS,))
@@ -60,6 +65,21 @@ NODE_FILE = Section("", "The node file.", tables=(
 ))
 
 
+def control_urls(c: Table) -> tuple[str, ...]:
+    """The control plane URLs: `url` or `urls`, exactly one of them (either missing or both
+    set is a problem); ("",) when that is not so or a URL is bad."""
+    url, urls = c.get("url"), c.get("urls")
+    if c.has("url") and c.has("urls"):
+        c.report("urls", "set either control.url or control.urls, not both")
+        return ("",)
+    if not c.has("url") and not c.has("urls"):
+        c.report("url", "required key missing (or set control.urls)")
+        return ("",)
+    if urls is not None:
+        return tuple(urls)
+    return (url,) if url is not None else ("",)
+
+
 def parse_node(data: dict[str, Any], path: Path, environ: Mapping[str, str],
                problems: list[str]) -> NodeConfig:
     top = Table(data, "", problems, NODE_FILE, path.parent)
@@ -73,8 +93,10 @@ def parse_node(data: dict[str, Any], path: Path, environ: Mapping[str, str],
     n.done()
     c = top.table("control")
     node_key_env, node_key = secret(c, "node_key_env", environ)
+    urls = control_urls(c)
     control = ControlLink(
-        url=c.get("url"),
+        url=urls[0],
+        urls=urls,
         node_key=node_key,
         node_key_env=node_key_env,
         tls=parse_tls(c.table("tls")),

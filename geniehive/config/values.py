@@ -200,10 +200,18 @@ class NodeSection:
 
 @dataclass(frozen=True, slots=True)
 class ControlLink:
+    """Where a node reports: `urls` in order of preference (the first is used first); `url`
+    is the first of them. Built with `url` alone, `urls` is that one URL."""
+
     url: str
     node_key: str | None = field(default=None, repr=False)
     node_key_env: str | None = None
     tls: TLSConfig | None = None
+    urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            object.__setattr__(self, "urls", (self.url,))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,13 @@ rejected payload (400/409) is retried on the same slow backoff. Each of these is
 per change of state, never once per attempt. `run_node` reports started after the first
 attempt, successful or not, so a node may start before its control plane.
 
+With several control plane URLs (`[control] urls`) the agent uses one at a time, the first to
+begin with (geniehive/node/failover.py). An exchange the one in use leaves unreachable is tried
+at once on the next URL, round the list, each move logged once with both URLs; the control
+plane there answers the first heartbeat 404 `unknown_host` if it does not know the host, and
+the agent registers with it as above. Only when every URL failed in one step does the backoff
+apply. The orders long poll moves the same way (without trying again at once).
+
 Managed upstreams (`launch`) belong to the agent's `Launcher`: boot ones are up before the
 first look, `on_demand` ones stay cold until an order (geniehive/node/orders.py) starts
 them. Each managed service is reported with its `managed` state; one not running is not
@@ -53,6 +60,7 @@ from geniehive.config import ConfigError, ControlLink, NodeConfig, UpstreamConfi
 from geniehive.launcher import RUNNING, STOPPING, Launcher
 from geniehive.models import Asset, Host, Observed, Service
 from geniehive.node import gpu, inventory
+from geniehive.node.failover import ControlUrls
 from geniehive.node.orders import run_orders
 from geniehive.nodewire import parse_active_upstreams, render_heartbeat, render_register
 from geniehive.probing import bounded_probe
@@ -142,6 +150,8 @@ class NodeAgent:
         self.failures = 0
         self.reachable: bool | None = None
         self.problem: str | None = None  # the refusal or rejection last logged
+        self.links = ControlUrls(config.control.urls)  # the control plane URL in use
+        self.poll_scope: trio.CancelScope | None = None  # the orders poll in flight, if any
 
     # -- looking at the node -----------------------------------------------------------------
 
@@ -252,7 +262,7 @@ class NodeAgent:
             headers["X-GenieHive-Node-Key"] = self.config.control.node_key
         try:
             response = await self.control.post(
-                self.config.control.url + path, json=payload, headers=headers
+                self.links.current + path, json=payload, headers=headers
             )
         except httpx.HTTPError as exc:
             return UNREACHABLE, str(exc) or type(exc).__name__
@@ -282,7 +292,7 @@ class NodeAgent:
         host = await self.host(look)
         outcome = await self.post("/v1/nodes/register", render_register(host, look.services))
         if outcome[0] == OK:
-            log.info("registered with %s as %s (%d services)", self.config.control.url,
+            log.info("registered with %s as %s (%d services)", self.links.current,
                      host.host_id, len(look.services))
             self.registered = True
         return outcome
@@ -303,19 +313,41 @@ class NodeAgent:
     async def step(self) -> float:
         """One look and one exchange; returns the seconds to wait before the next."""
         look = await self.look()
-        outcome, detail = await (self.heartbeat(look) if self.registered else self.register(look))
+        for _ in self.links.urls:  # each URL at most once: a move retries at once
+            url = self.links.current
+            outcome, detail = await (
+                self.heartbeat(look) if self.registered else self.register(look)
+            )
+            if outcome != UNREACHABLE or self.move_from(url, detail) is None:
+                break
         return self.settle(outcome, detail)
+
+    def move_from(self, failed: str, detail: str) -> str | None:
+        """Move on from the control plane URL `failed` (unreachable: `detail`) to the next
+        one; the new URL, or None when there is none or another task moved already.
+
+        The move is logged as a warning, unless every URL was already unreachable at the last
+        step (then the backoff's own warning has said so: debug only). An orders poll still
+        waiting on the old URL is cancelled, so it asks the new one.
+        """
+        new = self.links.move_from(failed)
+        if new is None:
+            return None
+        level = logging.DEBUG if self.reachable is False else logging.WARNING
+        log.log(level, "control plane %s unreachable (%s); moving to %s", failed, detail, new)
+        if self.poll_scope is not None:
+            self.poll_scope.cancel()
+        return new
 
     def settle(self, outcome: str, detail: str) -> float:
         """Note how the exchange went (logging changes only); the delay until the next."""
-        url = self.config.control.url
         reachable = outcome != UNREACHABLE
         if reachable != self.reachable:
             if reachable:
-                log.info("control plane %s reachable", url)
+                log.info("control plane %s reachable", self.links.current)
             else:
-                log.warning("control plane %s unreachable (%s); retrying with backoff", url,
-                            detail)
+                log.warning("control plane %s unreachable (%s); retrying with backoff",
+                            ", ".join(self.links.urls), detail)
             self.reachable = reachable
         problem = detail if outcome in (REFUSED, REJECTED) else None
         if problem is not None and problem != self.problem:

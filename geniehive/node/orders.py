@@ -10,7 +10,9 @@ report at once (`agent.wake`), which carries the upstream's new `managed` state.
 Rule: like the heartbeats, the poll never gives up: while the control plane is unreachable,
 refuses the key or does not know the host yet, it backs off exponentially (with jitter, up to
 60 s) and tries again; an order naming no managed upstream of this node is logged and
-skipped.
+skipped. With several control plane URLs, a poll the one in use leaves unreachable (connect
+error, timeout, 5xx or 429) moves the agent to the next (`NodeAgent.move_from`); the next poll,
+after the same backoff, goes there. A move made by the heartbeats cancels a poll in flight.
 """
 
 from __future__ import annotations
@@ -50,17 +52,21 @@ async def poll_once(agent: NodeAgent) -> list[dict[str, str]] | None:
     headers = {}
     if agent.config.control.node_key:
         headers["X-GenieHive-Node-Key"] = agent.config.control.node_key
+    url = agent.links.current
     try:
         response = await agent.control.post(
-            agent.config.control.url + ORDERS_PATH,
+            url + ORDERS_PATH,
             json=render_orders_poll(agent.config.node.host_id), headers=headers,
             timeout=httpx.Timeout(POLL_TIMEOUT_S, connect=5.0),
         )
     except httpx.HTTPError as exc:
         log.debug("orders poll failed: %s", exc or type(exc).__name__)
+        agent.move_from(url, f"orders poll: {exc or type(exc).__name__}")
         return None
     if response.status_code != 200:
         log.debug("orders poll answered HTTP %d", response.status_code)
+        if response.status_code >= 500 or response.status_code == 429:
+            agent.move_from(url, f"orders poll: HTTP {response.status_code}")
         return None
     try:
         return parse_orders(response.json())
@@ -98,7 +104,10 @@ async def run_orders(agent: NodeAgent) -> None:
     async with trio.open_nursery() as nursery:
         while True:
             await trio.sleep(poll_delay(failures, agent.rng.random()))
-            orders = await poll_once(agent)
+            orders = None
+            with trio.CancelScope() as agent.poll_scope:  # a move cancels it
+                orders = await poll_once(agent)
+            agent.poll_scope = None
             if orders is None:
                 failures += 1
                 continue

@@ -712,7 +712,7 @@ def test_an_empty_node_section_reports_its_required_keys(tmp_path: Path) -> None
     assert node_problems(tmp_path, "[node]\n") == [
         "node.host_id: required key missing",
         "node.address: required key missing",
-        "control.url: required key missing",
+        "control.url: required key missing (or set control.urls)",
     ]
 
 
@@ -912,7 +912,7 @@ def test_check_files_reports_each_kind_with_its_file_name(tmp_path: Path) -> Non
         f"{control}: server.bind[0]: expected \"host:port\" or \"[v6]:port\" with a port"
         " 0-65535, got 'x'",
         f"{node}: node.address: required key missing",
-        f"{node}: control.url: required key missing",
+        f"{node}: control.url: required key missing (or set control.urls)",
         f"{catalog}: roles.a.operation: expected one of chat, completion, embeddings,"
         " transcription, speech, image, got 'dance'",
         f"{broken}: invalid TOML: Invalid value (at line 1, column 5)",
