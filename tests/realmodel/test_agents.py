@@ -46,8 +46,18 @@ KEY = "sk-local-agent-test"
 LLAMACPP_ARGS = ("--ctx", "4096", "--predict", "256", "--temperature", "0", "--threads", "2")
 
 
+# Codex always sends tools. SmolLM2's chat template has none, so llama.cpp's /props does not
+# claim tool support and the capability gate would refuse Codex; llama.cpp still takes tools
+# in its generic format, which is what an operator declares here (docs/clients.md).
+TOOLS_DECLARED = (
+    f'[[upstreams.assets]]\nasset_id = "{MODEL}"\ncapabilities = ["completion", "tools"]\n'
+)
+
+
 async def start_gateway(nursery: trio.Nursery, tmp_path: Path, reap: list[Proc]) -> Proc:
-    config = write_config(tmp_path, llamacpp_toml(MODEL, free_port(), args=LLAMACPP_ARGS))
+    config = write_config(
+        tmp_path, llamacpp_toml(MODEL, free_port(), args=LLAMACPP_ARGS) + TOOLS_DECLARED
+    )
     gateway = await spawn_gateway(nursery, config)
     reap.append(gateway)
     await wait_routable(gateway.url, MODEL)
