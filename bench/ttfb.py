@@ -31,38 +31,11 @@ import trio
 
 from bench import failover, procs
 from bench.streams import CONNECT_ERRORS, Client, StreamError
+from geniehive.sse import ContentWatch
 
 DELAY_S = 0.2  # before the first token, well under the gateway's first-token timeout
 FIRST_TOKEN_TIMEOUT_S = 5.0
 WARMUP = 3
-
-
-def has_content(data: bytes) -> bool:
-    """Whether one SSE `data:` payload carries content: text, a tool call or a finish
-    reason (a role-only delta, `[DONE]` or a non-JSON payload does not)."""
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        return False
-    choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    for choice in choices or []:
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
-            return True
-    return False
-
-
-def first_content(buffer: bytearray, chunk: bytes) -> bool:
-    """Append `chunk`; consume complete SSE events; whether one of them has content."""
-    buffer.extend(chunk)
-    found = False
-    while (end := buffer.find(b"\n\n")) >= 0:
-        event = bytes(buffer[:end])
-        del buffer[: end + 2]
-        for line in event.split(b"\n"):
-            if line.startswith(b"data:") and has_content(line[5:].strip()):
-                found = True
-    return found
 
 
 async def one(client: Client, body: bytes) -> tuple[float, float]:
@@ -72,12 +45,12 @@ async def one(client: Client, body: bytes) -> tuple[float, float]:
     if status != 200:
         raise StreamError(f"HTTP {status}")
     first_byte = content = None
-    buffer = bytearray()
+    watch = ContentWatch()  # the gateway's own rule of what is content (geniehive/sse.py)
     async for chunk in client.body_chunks():
         now = time.perf_counter()
         if first_byte is None and chunk:
             first_byte = now
-        if content is None and first_content(buffer, chunk):
+        if content is None and watch.feed(chunk) == "content":
             content = now
     if first_byte is None or content is None:
         raise StreamError("the stream ended without content")

@@ -15,7 +15,7 @@ from bench.failover import (
     classify_json,
     classify_stream,
 )
-from bench.ttfb import first_content
+from geniehive.sse import ContentWatch
 
 WHOLE = "echo: one two"
 
@@ -62,9 +62,10 @@ def test_an_error_status_is_clean_only_with_an_openai_error_body() -> None:
 
 
 def test_a_role_only_chunk_is_not_content_but_text_or_a_finish_reason_is() -> None:
-    buffer = bytearray()
-    assert not first_content(buffer, (": keep-alive\n\n" + sse(ROLE)).encode())
-    assert not first_content(buffer, b'data: {"choices":[{"delta":{"content":"hi"}')  # half
-    assert first_content(buffer, b"}]}\n\n")
+    """What bench/ttfb.py times as the first content (the gateway's own ContentWatch)."""
+    watch = ContentWatch()
+    assert not watch.feed((": keep-alive\n\n" + sse(ROLE)).encode())
+    assert not watch.feed(b'data: {"choices":[{"delta":{"content":"hi"}')  # half
+    assert watch.feed(b"}]}\n\n") == "content"
     finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-    assert first_content(bytearray(), sse(finish).encode())
+    assert ContentWatch().feed(sse(finish).encode()) == "content"
