@@ -83,9 +83,10 @@ async def test_a_cold_model_is_loaded_once_for_a_crowd_and_then_answers_warm(
     assert listed["small"] == "cold" and listed["large"] == "cold"
     assert [a.status_code for a in answers] == [200] * 5
     assert {a.headers["x-geniehive-load"] for a in answers} == {"cold"}
-    # Each waited for the one load, which took the emulator's load delay.
-    assert all(int(a.headers["x-geniehive-load-ms"]) >= LOAD_DELAY_S * 1000 * 0.9
-               for a in answers)
+    # Each waited for the one load: the first for the whole of the emulator's load delay,
+    # any that arrived while it ran (a busy machine staggers the crowd) for what was left.
+    waits = [int(a.headers["x-geniehive-load-ms"]) for a in answers]
+    assert max(waits) >= LOAD_DELAY_S * 1000 * 0.9
     assert loads(fake) == [("small", "45m")]
     assert warm.status_code == 200 and warm.headers["x-geniehive-load"] == "warm"
     assert "x-geniehive-load-ms" not in warm.headers

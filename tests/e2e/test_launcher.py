@@ -120,8 +120,11 @@ async def test_process_exiting_before_ready_fails_at_once_with_its_exit_code():
 
 async def test_a_failing_upstream_stops_the_ones_already_running(tmp_path):
     marker = tmp_path / "ok"
-    ups = [sleeper("ok", marker),
-           upstream("dies", [sys.executable, "-c", "import sys; sys.exit(1)"])]
+    # "dies" exits only once "ok" is up, so that "ok" is running when the launch fails.
+    dies = ("import os, sys, time\n"
+            "while not os.path.exists(sys.argv[1]): time.sleep(0.01)\n"
+            "sys.exit(1)")
+    ups = [sleeper("ok", marker), upstream("dies", [sys.executable, "-c", dies, str(marker)])]
 
     async def probe(up: UpstreamConfig) -> ProbeResult:
         return ProbeResult(up.id == "ok" and await trio.Path(marker).exists(), "not yet")
