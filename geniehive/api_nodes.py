@@ -378,8 +378,8 @@ async def expire_hosts(gateway: Gateway, states: dict[str, bool], now: float) ->
     # from it: a control plane that was down for a weekend must not forget every node at
     # start (and their drains with them) before they had a chance to heartbeat.
     heard_since = getattr(gateway, "started_wall", 0.0)
-    if now - heard_since < nodes.forget_after_s:
-        hosts = ()
+    if now - heard_since < nodes.forget_after_s or not gateway.leadership.held:
+        hosts = ()  # and only the leader forgets (registry_follow.py)
     # Checked on the snapshot first so a quiet tick never takes the registry's write lock.
     if any(not h.is_local and routing.is_stale(h, now, nodes.forget_after_s) for h in hosts):
         for host_id in await gateway.registry.forget_stale(now - nodes.forget_after_s):

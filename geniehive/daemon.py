@@ -41,6 +41,7 @@ from geniehive.gateway import Gateway, new_instance_id
 from geniehive.pool import UpstreamPool
 from geniehive.prober import run_prober
 from geniehive.registry import open_registry
+from geniehive.registry_follow import run_follower
 from geniehive.sdnotify import notify_ready, notify_stopping, run_watchdog
 from geniehive.tracing import start_tracing, stop_tracing
 
@@ -149,7 +150,8 @@ async def serve_control(
     """
     shutdown = trio.Event() if shutdown is None else shutdown
     raise_open_files_limit()
-    async with open_registry(config.registry.path) as registry:
+    instance_id = new_instance_id()
+    async with open_registry(config.registry, origin=instance_id) as registry:
         try:
             specs = load_adapters(config.plugins.paths, config.plugins.entry_points)
         except PluginError as exc:
@@ -160,7 +162,6 @@ async def serve_control(
         await registry.sync_local(local_host(config.local_labels),
                                   local_services(config.upstreams))
         await registry.replace_roles(config.roles)
-        instance_id = new_instance_id()
         async with make_client(config, instance_id) as client:
             pool = UpstreamPool(connect_timeout_s=config.routing.connect_timeout_s)
             gateway = Gateway(config, registry, specs, client, instance_id=instance_id,
@@ -186,6 +187,8 @@ async def _run_tree(
     config = gateway.config
     async with trio.open_nursery() as nursery:
         await nursery.start(run_watchdog)
+        # Before anything once-per-hive starts: whether this process leads.
+        await nursery.start(run_follower, gateway.registry, gateway.leadership)
         if handle_signals:
             await nursery.start(watch_signals, shutdown, nursery.cancel_scope)
         await nursery.start(run_managed_upstreams, gateway)

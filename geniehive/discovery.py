@@ -125,6 +125,10 @@ async def _bounded(upstream: UpstreamConfig, what: str, call: Any) -> Any:
 
 
 async def discover_all(gateway: Gateway) -> None:
+    """Discover every control-file upstream; only the leader does (registry_follow.py), the
+    other processes read what it stored."""
+    if not gateway.leadership.held:
+        return
     async with trio.open_nursery() as nursery:
         for upstream in gateway.config.upstreams:
             nursery.start_soon(discover_upstream, gateway, upstream)

@@ -22,6 +22,7 @@
     ├── LoopDetected                    508 server_error / loop_detected
     ├── NoHealthyUpstream               503 server_error / no_healthy_upstream
     ├── ModelLoadFailed                 503 server_error / model_load_failed
+    ├── RegistryUnavailable             503 server_error / registry_unavailable
     └── ShuttingDown                    503 server_error / shutting_down
 
 Routes raise; one handler renders `{"error": {message, type, param, code}}`.
@@ -263,6 +264,14 @@ class ModelLoadFailed(GenieHiveError):
 
     status = 503
     code = "model_load_failed"
+
+
+class RegistryUnavailable(GenieHiveError):
+    """A write the registry could not store (its database is unreachable): nothing changed;
+    routing goes on from the last snapshot."""
+
+    status = 503
+    code = "registry_unavailable"
 
 
 class ShuttingDown(GenieHiveError):

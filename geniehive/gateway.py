@@ -33,6 +33,7 @@ from geniehive.metrics import GatewayMetrics
 from geniehive.models import LOCAL_HOST_ID, Policy, Service, Snapshot
 from geniehive.orders import NodeOrders
 from geniehive.registry import Registry
+from geniehive.registry_follow import Leadership
 from geniehive.registry_responses import ResponseStore
 from geniehive.reload import Reloader
 
@@ -105,6 +106,8 @@ class Gateway:
         self.started: set[str] = set()
         self.created: int = int(time.time())
         self.started_wall: float = time.time()  # when this process started serving
+        # Whether this process does the hive's once-only work (registry_follow.py).
+        self.leadership = Leadership()
         self.failure_counts: dict[tuple[str, str], int] = {}
         self.metrics = GatewayMetrics(self)
         self._adapters: dict[str, tuple[tuple[Any, ...], Adapter]] = {}

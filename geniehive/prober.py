@@ -2,8 +2,11 @@
 
 Rule: one probe per upstream server (services sharing a base URL and adapter share it), each
 bounded by `prober.timeout_s`; probes never generate tokens. Verdicts live in the gateway's
-live state; every transition is logged. A service whose on_demand managed process is asleep
-is not probed (its start waits for its readiness itself).
+live state; every transition is logged. On a registry shared by replicas only the leader
+probes the control file's upstreams, and stores each verdict in the service's health for the
+others (registry_follow.py); every replica probes the nodes' services itself. A service
+whose on_demand managed process is asleep is not probed (its start waits for its readiness
+itself).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from geniehive import health
+from geniehive.models import LOCAL_HOST_ID
 from geniehive.probing import bounded_probe
 from geniehive.supervise import run_every
 
@@ -62,6 +66,15 @@ async def probe_service_group(gateway: Gateway, service_ids: list[str]) -> None:
                 "health service=%s %s -> %s (%s)",
                 service_id, before.verdict, live.probe.verdict, result.reason,
             )
+        await _share_verdict(gateway, service_id, live.probe.verdict)
+
+
+async def _share_verdict(gateway: Gateway, service_id: str, verdict: str) -> None:
+    """The leader's verdict on a control-file service, stored for the other replicas."""
+    service = gateway.snapshot.services.get(service_id)
+    if (gateway.registry.shared and service is not None and service.host_id == LOCAL_HOST_ID
+            and verdict != "unknown" and service.state.health != verdict):
+        await gateway.registry.set_service_health(service_id, verdict)
 
 
 def probe_groups(snapshot: Any) -> list[list[str]]:
@@ -72,9 +85,12 @@ def probe_groups(snapshot: Any) -> list[list[str]]:
 
 
 async def probe_all(gateway: Gateway) -> None:
+    snapshot = gateway.snapshot
+    mine = gateway.leadership.held or not gateway.registry.shared
     async with trio.open_nursery() as nursery:
-        for group in probe_groups(gateway.snapshot):
-            nursery.start_soon(probe_service_group, gateway, group)
+        for group in probe_groups(snapshot):
+            if mine or snapshot.services[group[0]].host_id != LOCAL_HOST_ID:
+                nursery.start_soon(probe_service_group, gateway, group)
 
 
 async def run_prober(gateway: Gateway, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

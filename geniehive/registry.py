@@ -1,16 +1,18 @@
-"""The registry: hosts, services, roles, benchmark samples and API keys, kept in SQLite.
+"""The registry: hosts, services, roles, benchmark samples and API keys, kept in a database.
 
-Rule: the registry modules (this one, registry_responses.py) alone import sqlite3. Every SQLite
-call runs off the event loop on one worker at a time (a `CapacityLimiter(1)`; a connection is
-bound to no thread, so `check_same_thread=False` is safe behind that limiter). Writes are
-serialised by a lock: each computes the next state in memory, writes the difference in one
-transaction, and only after COMMIT publishes a new immutable `Snapshot` (version + 1). So when a
-write returns, `registry.snapshot` shows it; a write that changes nothing publishes nothing.
-Readers only read `registry.snapshot`; the request path never waits on SQLite. At open the
-database is the truth: it is migrated forward and loaded whole into memory.
+Rule: the database is a store (registry_store.py: a SQLite file, or PostgreSQL shared by
+several control replicas); every call to it runs off the event loop. Writes are serialised by
+a lock: each computes the next state in memory, writes the difference in one transaction
+(registry_rows.py: only what changed), and only after COMMIT publishes a new immutable
+`Snapshot` (version + 1). So when a write returns, `registry.snapshot` shows it; a write that
+changes nothing publishes nothing. Readers only read `registry.snapshot`; the request path never
+waits on the database. At open the database is the truth: it is migrated forward and loaded
+whole into memory. Writes by other replicas or processes arrive through `refresh`
+(registry_follow.py calls it), which re-reads what they touched and publishes likewise.
 
 Exceptions:
-    RegistryError            storage failed, or the database is newer (stops the daemon)
+    RegistryError            the database cannot be opened, or is newer (stops the daemon)
+    errors.RegistryUnavailable   a write the database did not take (answered 503)
     RegistryRefusal          a write refused because of what the registry holds
     +-- UnknownHost          .host_id
     +-- UnknownService       .service_id
@@ -25,18 +27,19 @@ restarts; a new service id starts with the availability it was given.
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, fields, replace
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 import trio
 
-from geniehive import wire
-from geniehive.errors import StartupError
+from geniehive.config import RegistryConfig
+from geniehive.errors import RegistryUnavailable, StartupError
 from geniehive.models import (
     AVAILABILITIES,
     Asset,
@@ -48,9 +51,21 @@ from geniehive.models import (
     Snapshot,
 )
 from geniehive.registry_responses import RESPONSES_MIGRATION
+from geniehive.registry_rows import TABLES, StoredKey, diff
+from geniehive.registry_store import (
+    CHANNEL,
+    PostgresStore,
+    SqliteStore,
+    Store,
+    StoreError,
+    transaction,
+    write,
+)
 
 T = TypeVar("T")
-Statement = tuple[str, tuple[Any, ...]]
+__all__ = ["StoredKey"]
+_write = write  # the registry's one write (tests replace it to inject failures)
+_transaction = transaction
 
 # Forward migrations, applied in order at open; migration N sets user_version to N.
 # Never edit a released entry: append a new one.
@@ -88,6 +103,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: stored answers of the Responses API, read by id only (geniehive/registry_responses.py).
     RESPONSES_MIGRATION,
+    # 5: what a node says of a service besides its assets, so every replica routes it alike.
+    (
+        "ALTER TABLE services ADD COLUMN keep_alive TEXT",
+        "ALTER TABLE services ADD COLUMN dialect TEXT NOT NULL DEFAULT 'native'",
+        "ALTER TABLE services ADD COLUMN managed TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -127,26 +148,6 @@ class ServiceConflict(RegistryRefusal):
 
 
 @dataclass(frozen=True, slots=True)
-class StoredKey:
-    """A named API key as stored: only its salted hash, never the secret."""
-
-    key_id: str
-    name: str
-    salt: str
-    hash: str
-    scopes: tuple[str, ...]
-    models: tuple[str, ...] = ()
-    disabled: bool = False
-    created_at: float = 0.0
-    host: str | None = None  # the host id a node key speaks for (None: its name)
-    # Its limits, as auth.KeyLimits holds them (None: no limit).
-    max_in_flight: int | None = None
-    requests_per_minute: int | None = None
-    priority: str | None = None
-    weight: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
 class _State:
     """What the snapshot is built from. Once committed it is never changed again (the
     snapshot shares its dicts): a write edits a copy from `edit()`."""
@@ -163,27 +164,39 @@ class _State:
                       dict(self.samples), dict(self.keys))
 
 
-def _snapshot(version: int, state: _State) -> Snapshot:
-    samples = sorted(state.samples.values(), key=lambda s: (s.observed_at, s.benchmark_id))
+def _snapshot(version: int, state: _State,
+              benchmarks: tuple[BenchmarkSample, ...] | None = None) -> Snapshot:
+    """The snapshot of `state`; `benchmarks` when the samples did not change (sorting them
+    again would make every write cost more as samples pile up)."""
+    if benchmarks is None:
+        benchmarks = tuple(sorted(state.samples.values(),
+                                  key=lambda s: (s.observed_at, s.benchmark_id)))
     return Snapshot(
         version=version,
         hosts=MappingProxyType(state.hosts),
         services=MappingProxyType(state.services),
         roles=MappingProxyType(state.roles),
-        benchmarks=tuple(samples),
+        benchmarks=benchmarks,
     )
 
 
 class Registry:
     """The live registry. Build it with `open_registry`."""
 
-    def __init__(self, db: sqlite3.Connection, limiter: trio.CapacityLimiter, state: _State):
-        self._db = db
-        self._limiter = limiter
+    def __init__(self, store: Store, state: _State, *, retention_s: float = 30 * 86400,
+                 origin: str = "") -> None:
+        self.store = store
         self._lock = trio.Lock()
         self._state = state
         self._snapshot = _snapshot(1, state)
         self.published = trio.Event()  # set (then replaced) when a new snapshot is published
+        self.retention_s = retention_s  # benchmark samples older than this are deleted
+        self.origin = origin  # this process, as its NOTIFY payloads name it
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may write the same database (PostgreSQL replicas)."""
+        return self.store.dialect == "postgresql"
 
     @property
     def snapshot(self) -> Snapshot:
@@ -196,13 +209,21 @@ class Registry:
 
     async def sync_local(self, host: Host, services: Sequence[Service]) -> None:
         """Make `host` the one local host with exactly `services`. Raises ServiceConflict
-        if a service id belongs to a node."""
+        if a service id belongs to a node.
+
+        On a shared registry a service that is still the same server keeps what discovery
+        and the prober last stored (assets, load, health): a replica starting must not
+        undo what the replica doing the discovery found.
+        """
         async with self._lock:
             state = self._state.edit()
             for other in [h for h in state.hosts.values() if h.is_local]:
                 if other.host_id != host.host_id:
                     _drop_host(state, other.host_id)
             _put_host(state, replace(host, is_local=True))
+            if self.shared:
+                services = [_keep_discovered(state.services.get(s.service_id), s)
+                            for s in services]
             _replace_services(state, host.host_id, services)
             await self._commit(state)
 
@@ -250,6 +271,17 @@ class Registry:
             state.services[service_id] = replace(service, **changes)
             await self._commit(state)
 
+    async def set_service_health(self, service_id: str, health: str) -> None:
+        """Store the prober's verdict on a control-file service, for the other replicas
+        (routing reads it as a node's own report). Raises UnknownService."""
+        async with self._lock:
+            state = self._state.edit()
+            service = _service(state, service_id)
+            if service.state.health != health:
+                state.services[service_id] = replace(
+                    service, state=replace(service.state, health=health))
+                await self._commit(state)
+
     async def set_availability(self, service_id: str, availability: str) -> None:
         """Drain, pause or resume a service. Raises UnknownService, ValueError."""
         if availability not in AVAILABILITIES:
@@ -296,11 +328,13 @@ class Registry:
             await self._commit(state)
 
     async def upsert_samples(self, samples: Sequence[BenchmarkSample]) -> None:
-        """Add benchmark samples, replacing any with the same benchmark id."""
+        """Add benchmark samples, replacing any with the same benchmark id; samples older
+        than the retention go in the same write (and are not added)."""
         async with self._lock:
             state = self._state.edit()
             for sample in samples:
                 state.samples[sample.benchmark_id] = sample
+            _drop_old_samples(state, self.retention_s, time.time())
             await self._commit(state)
 
     async def put_api_key(self, key: StoredKey) -> None:
@@ -333,41 +367,103 @@ class Registry:
             del state.keys[key_id]
             await self._commit(state)
 
+    async def refresh(self, touched: Mapping[str, Sequence[str]] | None) -> bool:
+        """Take in what another process committed: re-read the keys it `touched` (state field
+        -> keys), or everything (None). Entries equal to what is held stay the same objects.
+        Publishes a snapshot when anything changed; returns whether it did."""
+        async with self._lock:
+            fresh = await self._run(_read, None if touched is None else dict(touched))
+            state = self._state.edit()
+            changed = False
+            for attr, _table in TABLES:
+                held: dict[str, Any] = getattr(state, attr)
+                rows: dict[str, Any] = getattr(fresh, attr)
+                keys = held.keys() | rows.keys() if touched is None else touched.get(attr, ())
+                for key in keys:
+                    row = rows.get(key)
+                    mine = held.get(key)
+                    if row is None:
+                        changed |= held.pop(key, None) is not None
+                        continue
+                    if attr == "services" and mine is not None and mine.api_key:
+                        row = replace(row, api_key=mine.api_key)  # never stored
+                    if mine != row:
+                        held[key] = row
+                        changed = True
+            if changed:
+                self._publish(state, samples_changed=touched is None or "samples" in touched)
+            return changed
+
     async def _commit(self, state: _State) -> None:
         """Write what changed in one transaction, then publish. Caller holds the lock."""
-        statements = _diff(self._state, state)
+        statements, touched = diff(self._state, state)
         if not statements:
             return
-        await self._run(_write, self._db, statements)
+        if self.shared:  # tell the other replicas what to re-read (registry_follow.py)
+            statements.append(("SELECT pg_notify(?, ?)", (CHANNEL, _payload(self.origin,
+                                                                             touched))))
+        await self._run(_write, statements)
         # No checkpoint from here on: a cancelled caller cannot leave the two apart.
+        self._publish(state, samples_changed="samples" in touched)
+
+    def _publish(self, state: _State, *, samples_changed: bool) -> None:
+        previous = self._snapshot
         self._state = state
-        self._snapshot = _snapshot(self._snapshot.version + 1, state)
+        self._snapshot = _snapshot(previous.version + 1, state,
+                                   None if samples_changed else previous.benchmarks)
         published, self.published = self.published, trio.Event()
         published.set()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise RegistryError(f"registry storage failed: {exc}") from exc
+            return await self.store.run(fn, *args)
+        except StoreError as exc:
+            raise RegistryUnavailable(str(exc)) from exc
 
 
 @asynccontextmanager
-async def open_registry(path: Path) -> AsyncIterator[Registry]:
-    """Open (creating and migrating as needed) the registry database at `path`.
+async def open_registry(where: Path | RegistryConfig, *, origin: str = ""
+                        ) -> AsyncIterator[Registry]:
+    """Open (creating and migrating as needed) the registry: a SQLite file at a path, or the
+    database a RegistryConfig names. `origin` names this process to the other replicas.
 
-    Raises RegistryError if the file cannot be opened or its schema is newer than this code.
+    Raises RegistryError if the database cannot be opened or its schema is newer than this
+    code.
     """
-    limiter = trio.CapacityLimiter(1)
+    config = where if isinstance(where, RegistryConfig) else RegistryConfig(where)
+    store: SqliteStore | PostgresStore = (
+        PostgresStore(config.url) if config.url is not None else SqliteStore(config.path))
     try:
-        db, state = await trio.to_thread.run_sync(_open, path, limiter=limiter)
-    except (sqlite3.Error, OSError) as exc:
-        raise RegistryError(f"cannot open registry {path}: {exc}") from exc
-    try:
-        yield Registry(db, limiter, state)
+        try:
+            await store.open(MIGRATIONS)
+            state = await store.run(_read, None)
+        except StoreError as exc:
+            raise RegistryError(str(exc)) from exc
+        registry = Registry(store, state, retention_s=config.benchmark_retention_days * 86400,
+                            origin=origin)
+        if _drop_old_samples(edited := state.edit(), registry.retention_s, time.time()):
+            async with registry._lock:
+                await registry._commit(edited)
+        yield registry
     finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(db.close, limiter=limiter)
+        await store.aclose()
+
+
+def _read(db: Any, touched: dict[str, Sequence[str]] | None) -> _State:
+    """The stored state, whole (touched None) or the rows of the touched keys."""
+    if touched is None:
+        return _State(**{attr: table.load(db) for attr, table in TABLES})
+    return _State(**{attr: table.load(db, list(touched[attr])) if touched.get(attr) else {}
+                     for attr, table in TABLES})
+
+
+def _payload(origin: str, touched: Mapping[str, Sequence[str]]) -> str:
+    """What a NOTIFY says: who wrote and the keys touched; past PostgreSQL's 8,000-byte
+    limit, just "re-read everything"."""
+    text = json.dumps({"origin": origin, "touched": touched}, separators=(",", ":"))
+    if len(text) > 7000:
+        return json.dumps({"origin": origin, "touched": None})
+    return text
 
 
 # --- state edits (pure, on the event loop) -------------------------------------------------
@@ -422,178 +518,27 @@ def _last_seen(host: Host) -> float:
     return seen if seen is not None else float("-inf")
 
 
-# --- rows ----------------------------------------------------------------------------------
+def _keep_discovered(stored: Service | None, configured: Service) -> Service:
+    """`configured`, keeping the assets, load and health stored for the same server."""
+    if stored is None or (stored.adapter, stored.base_url, stored.operation) != (
+            configured.adapter, configured.base_url, configured.operation):
+        return configured
+    return replace(configured, assets=stored.assets, observed=stored.observed,
+                   state=replace(configured.state, health=stored.state.health))
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+def _drop_old_samples(state: _State, retention_s: float, now: float) -> bool:
+    """Remove samples observed longer than `retention_s` ago; whether any went."""
+    cutoff = (datetime.fromtimestamp(now, UTC) - timedelta(seconds=retention_s)).isoformat()
+    old = [k for k, sample in state.samples.items() if _observed_iso(sample) < cutoff]
+    for key in old:
+        del state.samples[key]
+    return bool(old)
 
 
-def _encode_key(key: StoredKey) -> dict[str, Any]:
-    return {f.name: getattr(key, f.name) for f in fields(key)}
-
-
-def _decode_key(data: Mapping[str, Any]) -> StoredKey:
-    return StoredKey(**{**data, "scopes": tuple(data["scopes"]), "models": tuple(data["models"])})
-
-
-@dataclass(frozen=True)
-class _Table:
-    """How one state dict maps to one table: through the value's `wire` JSON form."""
-
-    name: str
-    columns: tuple[str, ...]  # the primary key first
-    json_columns: frozenset[str]
-    bool_columns: frozenset[str]
-    encode: Callable[[Any], Mapping[str, Any]]
-    decode: Callable[[Mapping[str, Any]], Any]
-
-    def upsert(self, value: Any) -> Statement:
-        # An upsert, never INSERT OR REPLACE: REPLACE deletes the old row first, and deleting
-        # a host row would cascade to its services.
-        names = ", ".join(self.columns)
-        marks = ", ".join("?" for _ in self.columns)
-        updates = ", ".join(f"{c}=excluded.{c}" for c in self.columns[1:])
-        sql = (
-            f"INSERT INTO {self.name} ({names}) VALUES ({marks}) "
-            f"ON CONFLICT({self.columns[0]}) DO UPDATE SET {updates}"
-        )
-        encoded = self.encode(value)
-        return sql, tuple(
-            _json(encoded[c]) if c in self.json_columns else encoded[c] for c in self.columns
-        )
-
-    def delete(self, key: str) -> Statement:
-        return f"DELETE FROM {self.name} WHERE {self.columns[0]}=?", (key,)
-
-    def load(self, db: sqlite3.Connection) -> dict[str, Any]:
-        loaded: dict[str, Any] = {}
-        for row in db.execute(f"SELECT {', '.join(self.columns)} FROM {self.name}"):
-            data = dict(zip(self.columns, row, strict=True))
-            for column in self.json_columns:
-                data[column] = json.loads(data[column])
-            for column in self.bool_columns:
-                data[column] = bool(data[column])
-            loaded[row[0]] = self.decode(data)
-        return loaded
-
-
-_HOSTS = _Table(
-    "hosts",
-    ("host_id", "address", "display_name", "labels", "capabilities", "resources", "metrics",
-     "last_heartbeat", "registered_at", "is_local"),
-    frozenset({"labels", "capabilities", "resources", "metrics"}),
-    frozenset({"is_local"}),
-    wire.encode_host,
-    wire.decode_host,
-)  # fmt: skip
-_SERVICES = _Table(
-    "services",
-    # No api_key (a secret) or keep_alive column: config, re-applied at start or heartbeat.
-    ("service_id", "host_id", "operation", "adapter", "base_url", "upstream_id", "timeout_s",
-     "assets", "state", "observed"),
-    frozenset({"assets", "state", "observed"}),
-    frozenset(),
-    wire.encode_service,
-    wire.decode_service,
-)  # fmt: skip
-_ROLES = _Table(
-    "roles",
-    ("role_id", "definition"),
-    frozenset({"definition"}),
-    frozenset(),
-    lambda role: {"role_id": role.role_id, "definition": wire.encode_role(role)},
-    lambda data: wire.decode_role(data["definition"]),
-)
-_SAMPLES = _Table(
-    "benchmark_samples",
-    ("benchmark_id", "service_id", "asset_id", "workload", "observed_at", "results"),
-    frozenset({"results"}),
-    frozenset(),
-    wire.encode_sample,
-    wire.decode_sample,
-)
-_KEYS = _Table(
-    "api_keys",
-    ("key_id", "name", "salt", "hash", "scopes", "models", "disabled", "created_at", "host",
-     "max_in_flight", "requests_per_minute", "priority", "weight"),
-    frozenset({"scopes", "models"}),
-    frozenset({"disabled"}),
-    _encode_key,
-    _decode_key,
-)
-# State field -> table, in an order where a row is written after the row it references.
-_TABLES = (("hosts", _HOSTS), ("services", _SERVICES), ("roles", _ROLES),
-           ("samples", _SAMPLES), ("keys", _KEYS))
-
-
-def _diff(old: _State, new: _State) -> list[Statement]:
-    """The statements that turn the stored `old` state into `new`."""
-    out: list[Statement] = []
-    for attr, table in _TABLES:
-        before, after = getattr(old, attr), getattr(new, attr)
-        for key in sorted(before.keys() - after.keys()):
-            # The services of a forgotten host go with it by ON DELETE CASCADE.
-            if attr != "services" or before[key].host_id in new.hosts:
-                out.append(table.delete(key))
-        for key, value in after.items():
-            # The identity test first: most entries are the very objects of the last state.
-            previous = before.get(key)
-            if previous is not value and previous != value:
-                out.append(table.upsert(value))
-    return out
-
-
-# --- the worker side (runs in the SQLite thread) -------------------------------------------
-
-
-def _write(db: sqlite3.Connection, statements: Sequence[Statement]) -> None:
-    with _transaction(db):
-        for sql, params in statements:
-            db.execute(sql, params)
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
-    db.execute("BEGIN IMMEDIATE")
+def _observed_iso(sample: BenchmarkSample) -> str:
     try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def _open(path: Path) -> tuple[sqlite3.Connection, _State]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves; the limiter stands in for the
-    # thread check.
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA foreign_keys=ON")
-        _migrate(db)
-        return db, _load(db)
-    except BaseException:
-        db.close()
-        raise
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(
-            f"schema version {version} is newer than this geniehive knows ({SCHEMA_VERSION})"
-        )
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        with _transaction(db):
-            for sql in MIGRATIONS[number - 1]:
-                db.execute(sql)
-            db.execute(f"PRAGMA user_version={number}")
-
-
-def _load(db: sqlite3.Connection) -> _State:
-    tables = {attr: table.load(db) for attr, table in _TABLES}
-    return _State(**tables)
+        return datetime.fromisoformat(sample.observed_at.replace("Z", "+00:00")) \
+            .astimezone(UTC).isoformat()
+    except ValueError:
+        return sample.observed_at  # compared as text: an unparsable stamp is kept or not by it

@@ -1,17 +1,17 @@
 """Stored responses of the Responses API (`store: true`), kept in the registry's database.
 
-Rule: a registry module (with registry.py the only code that imports sqlite3). These rows are
-per-request data read by id: they are never loaded into the snapshot, and every call runs
-on the registry's SQLite worker (its `CapacityLimiter(1)`), off the event loop. A row lives
-`responses.retention_s` seconds of wall-clock time; an expired row is never returned, and
-expired rows are deleted by the next write (a cheap indexed DELETE), so no task is needed.
+Rule: a registry module. These rows are per-request data read by id: they are never loaded
+into the snapshot, and every call runs on the registry store's worker, off the event loop
+(SQLite or PostgreSQL: the statements are SQLite's spelling, registry_store.py translates).
+A row lives `responses.retention_s` seconds of wall-clock time; an expired row is never
+returned, and expired rows are deleted by the next write (a cheap indexed DELETE), so no task
+is needed.
 A retention of 0 stores nothing.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from geniehive.registry import Registry
+    from geniehive.registry_store import Connection
 
 # Registry migration 4 (registry.MIGRATIONS lists it): the table and its expiry index.
 RESPONSES_MIGRATION: tuple[str, ...] = (
@@ -73,8 +74,7 @@ class ResponseStore:
         return await self._run(_delete, response_id, self.clock())
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        registry = self.registry
-        return await registry._run(fn, registry._db, *args)
+        return await self.registry._run(fn, *args)
 
 
 def _json(value: Any) -> str:
@@ -84,7 +84,7 @@ def _json(value: Any) -> str:
 # --- the worker side (runs in the SQLite thread) -------------------------------------------
 
 
-def _put(db: sqlite3.Connection, row: tuple[Any, ...], now: float) -> None:
+def _put(db: Connection, row: tuple[Any, ...], now: float) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         db.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
@@ -101,7 +101,7 @@ def _put(db: sqlite3.Connection, row: tuple[Any, ...], now: float) -> None:
     db.execute("COMMIT")
 
 
-def _get(db: sqlite3.Connection, response_id: str, now: float) -> StoredResponse | None:
+def _get(db: Connection, response_id: str, now: float) -> StoredResponse | None:
     found = db.execute(
         "SELECT input, response FROM responses WHERE response_id=? AND expires_at > ?",
         (response_id, now),
@@ -111,7 +111,7 @@ def _get(db: sqlite3.Connection, response_id: str, now: float) -> StoredResponse
     return StoredResponse(response_id, json.loads(found[0]), json.loads(found[1]))
 
 
-def _delete(db: sqlite3.Connection, response_id: str, now: float) -> bool:
+def _delete(db: Connection, response_id: str, now: float) -> bool:
     cursor = db.execute(
         "DELETE FROM responses WHERE response_id=? AND expires_at > ?", (response_id, now)
     )

@@ -59,7 +59,7 @@ class PostgresServer:
 
     async def start(self) -> None:
         options = (f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                   "-c fsync=off -c full_page_writes=off "
                    "-c max_connections=200")
         await _run(self, [str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
                           "-l", str(self.data / "server.log"), "-o", options, "start"])

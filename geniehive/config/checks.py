@@ -216,6 +216,26 @@ def _keep_alive(value: Any) -> str | int:
     return value
 
 
+def postgresql_url_problem(text: str) -> str | None:
+    """What is wrong with a PostgreSQL URL, or None."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        return f"expected a postgresql://host/database URL, got {text!r}"
+    return None
+
+
+def _postgresql_url(value: Any) -> str:
+    """A `postgresql://` URL; a password belongs in `url_env` or a password file, not here."""
+    text = _text(value)
+    problem = postgresql_url_problem(text)
+    if problem is not None:
+        raise bad(problem)
+    if urlsplit(text).password is not None:
+        raise bad("a password may not be written in the file: use `url_env` "
+                  "(or PostgreSQL's password file)")
+    return text
+
+
 STRING = Kind("string", _string)
 TEXT = Kind("non-empty string", _text)
 BOOL = Kind("boolean", _bool)
@@ -225,6 +245,7 @@ IDENTIFIER = Kind("id (1-128 letters, digits and `. _ : / -`)", _identifier,
                   plural="ids (1-128 letters, digits and `. _ : / -` each)")
 ADAPTER = Kind("adapter kind (a letter, then letters, digits, `_ . -`)", _adapter_kind)
 URL = Kind("http(s) URL", _url)
+POSTGRESQL_URL = Kind("postgresql:// URL", _postgresql_url)
 BIND = Kind('bind address (`"host:port"` or `"[v6]:port"`)', _bind,
             plural='bind addresses (`"host:port"` or `"[v6]:port"`)')
 ADDRESS = Kind("host name or IP address", _address)

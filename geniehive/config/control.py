@@ -23,6 +23,7 @@ from geniehive.config.checks import (
     NON_NEGATIVE,
     PATH,
     POSITIVE,
+    POSTGRESQL_URL,
     TEXT,
     URL,
     choice,
@@ -30,6 +31,7 @@ from geniehive.config.checks import (
     list_of,
     parse_bind,
     positive_up_to,
+    postgresql_url_problem,
 )
 from geniehive.config.roles import CATALOGS, catalog_paths, load_catalogs
 from geniehive.config.schema import InFolder, Key, Section, Table, secret
@@ -92,7 +94,13 @@ NODES = Section("nodes", "Where node agents register and heartbeat, and how long
 
 REGISTRY = Section("registry", "The state the gateway keeps between runs.", (
     Key("path", PATH, InFolder("state/geniehive.sqlite3"),
-        "the SQLite file (its folder is created when missing)"),
+        "the SQLite file (its folder is created when missing); not with `url` or `url_env`"),
+    Key("url", POSTGRESQL_URL, None,
+        "a PostgreSQL database instead of SQLite, shared by several control replicas "
+        "(no password here)"),
+    Key("url_env", TEXT, None, ENV_KEY_MEANING + "the PostgreSQL URL (it may hold a password)"),
+    Key("benchmark_retention_days", POSITIVE, 30.0,
+        "days benchmark samples are kept; older ones are deleted"),
 ))
 
 # A key's limits, applied by the admission queue (docs/deployment.md, "Keys").
@@ -275,6 +283,24 @@ def _auth_keys(t: Table, environ: Mapping[str, str]) -> tuple[AuthKeyConfig, ...
     return tuple(keys)
 
 
+def _registry(t: Table, environ: Mapping[str, str]) -> RegistryConfig:
+    """SQLite at `path` (the default), or PostgreSQL from `url` or `url_env`: one of them."""
+    path = t.get("path")
+    url = t.get("url")
+    url_env, from_env = secret(t, "url_env", environ)
+    retention = t.get("benchmark_retention_days")
+    t.done()
+    given = [name for name in ("path", "url", "url_env") if t.has(name)]
+    if len(given) > 1:
+        t.report(given[1], f"give one of `path`, `url` and `url_env`, not {' and '.join(given)}")
+    if from_env is not None:
+        if postgresql_url_problem(from_env) is None:
+            url = from_env
+        else:
+            t.report("url_env", f"variable {url_env!r}: {postgresql_url_problem(from_env)}")
+    return RegistryConfig(path, url=url, url_env=url_env, benchmark_retention_days=retention)
+
+
 def _flat(top: Table, name: str, kind: Any) -> Any:
     """A section whose keys map one to one onto the fields of `kind`."""
     t = top.table(name)
@@ -288,7 +314,7 @@ def parse_control(data: dict[str, Any], path: Path, environ: Mapping[str, str],
     top = Table(data, "", problems, CONTROL_FILE, path.parent)
     server = _server(top.table("server"))
     nodes = _nodes(top.table("nodes"), server)
-    registry = _flat(top, "registry", RegistryConfig)
+    registry = _registry(top.table("registry"), environ)
     routing = _flat(top, "routing", RoutingConfig)
     capacity = _flat(top, "capacity", CapacityConfig)
     breaker = _flat(top, "breaker", BreakerConfig)

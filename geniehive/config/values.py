@@ -64,6 +64,14 @@ class NodesConfig:
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
     path: Path
+    # A PostgreSQL URL (from `url` or the variable `url_env` names); None: the SQLite `path`.
+    url: str | None = field(default=None, repr=False)
+    url_env: str | None = None
+    benchmark_retention_days: float = 30.0  # samples older than this are deleted
+
+    @property
+    def postgresql(self) -> bool:
+        return self.url is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -256,11 +257,15 @@ async def test_an_oversized_operator_body_is_413_and_the_connection_serves_the_n
 # --- benchmarks -------------------------------------------------------------------------------
 
 
+# Within `registry.benchmark_retention_days` (30) of now: older samples are not kept.
+OBSERVED = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def report(service_id: str, workload: str = "chat.short_reasoning", **results: float) -> dict:
     sample = {"service_id": service_id, "asset_id": "qwen3-8b", "workload": workload,
               "results": {"case_count": 2, "pass_rate": 1.0, "ttft_ms": 200,
                           "tokens_per_sec": 60, **results}}
-    return {"report_id": "r1", "observed_at": "2025-01-02T03:04:05Z", "source": "test",
+    return {"report_id": "r1", "observed_at": OBSERVED, "source": "test",
             "samples": [sample]}
 
 
@@ -279,7 +284,7 @@ async def test_benchmarks_are_ingested_listed_and_filtered(hive: Hive) -> None:
     assert first.json()["benchmark_ids"] == again.json()["benchmark_ids"]  # replaced, not added
     assert len(everything) == 2
     assert [s["workload"] for s in filtered["data"]] == ["chat.concise_support"]
-    assert filtered["data"][0]["observed_at"] == "2025-01-02T03:04:05Z"
+    assert filtered["data"][0]["observed_at"] == OBSERVED
     assert 0 < filtered["data"][0]["quality"] <= 1
     assert none["data"] == []
 

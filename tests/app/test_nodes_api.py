@@ -24,6 +24,7 @@ from geniehive.gateway import Gateway
 from geniehive.models import Host, Snapshot
 from geniehive.node import run_node
 from geniehive.registry import open_registry
+from geniehive.registry_follow import Leadership
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import Wire, upstream_toml, write_config
 from tests.nodeapi import assert_error, heartbeat, payload, start
@@ -441,6 +442,7 @@ class ListenerGateway:
     def __init__(self, config: Any) -> None:
         self.config = config
         self.registry = MemoryRegistry()
+        self.leadership = Leadership()  # alone, so leading
 
     @property
     def snapshot(self) -> Snapshot:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import trio
 
 from geniehive import registry as registry_module
 from geniehive import wire
+from geniehive.errors import RegistryUnavailable
 from geniehive.models import (
     LOCAL_HOST_ID,
     Asset,
@@ -44,6 +46,8 @@ from geniehive.registry import (
 )
 
 DEADLINE_S = 10
+# Samples are kept for `benchmark_retention_days` (30 by default) of wall-clock time.
+RECENT = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @pytest.fixture
@@ -118,7 +122,7 @@ ROLE = Role(
 )
 SAMPLE = BenchmarkSample(
     benchmark_id="b1", service_id="gpu1/chat", asset_id="qwen3:8b",
-    workload="chat.short_reasoning", observed_at="2025-01-01T00:00:00Z",
+    workload="chat.short_reasoning", observed_at=RECENT,
     results={"pass_rate": 1.0, "p50_latency_ms": 120.5},
 )  # fmt: skip
 KEY = StoredKey(
@@ -254,7 +258,7 @@ async def test_a_failed_write_rolls_back_and_publishes_nothing(
     async with opened(db_path) as registry:
         before = registry.snapshot
         monkeypatch.setattr(registry_module, "_write", write_then_fail)
-        with pytest.raises(RegistryError, match="disk I/O error"):
+        with pytest.raises(RegistryUnavailable, match="disk I/O error"):
             await registry.register_host(host("gpu1"), [service("gpu1", "gpu1")])
         assert registry.snapshot is before
     assert raw(db_path, "SELECT count(*) FROM hosts") == [(0,)]
