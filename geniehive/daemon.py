@@ -168,6 +168,8 @@ async def serve_control(
                               pool=pool)
             # Named keys count as keys from the first request on, on every port.
             load_named_keys(gateway)
+            # and a key made or disabled through another replica from the moment it arrives.
+            registry.on_keys_refreshed = lambda: load_named_keys(gateway)
             gateway.tracing = start_tracing(config.tracing)
             refuse_open_mode_off_loopback(gateway)
             gateway.started.update({"registry", "plugins"})

@@ -192,6 +192,8 @@ class Registry:
         self.published = trio.Event()  # set (then replaced) when a new snapshot is published
         self.retention_s = retention_s  # benchmark samples older than this are deleted
         self.origin = origin  # this process, as its NOTIFY payloads name it
+        # Called after a refresh took in the named keys of another process's write.
+        self.on_keys_refreshed: Callable[[], None] | None = None
 
     @property
     def shared(self) -> bool:
@@ -392,6 +394,8 @@ class Registry:
                         changed = True
             if changed:
                 self._publish(state, samples_changed=touched is None or "samples" in touched)
+                if (touched is None or "keys" in touched) and self.on_keys_refreshed:
+                    self.on_keys_refreshed()
             return changed
 
     async def _commit(self, state: _State) -> None:

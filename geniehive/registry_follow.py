@@ -71,6 +71,7 @@ async def run_follower(
 ) -> None:
     """Follow the registry; reports started once leadership was first tried."""
     store = registry.store
+    leadership.held = False  # until taken: the first take is logged (PostgreSQL)
     if isinstance(store, PostgresStore):
         await _follow_postgres(registry, store, leadership, task_status)
     elif isinstance(store, SqliteStore):
@@ -196,7 +197,7 @@ class FileLock:
 async def _follow_sqlite(registry: Registry, store: SqliteStore, leadership: Leadership,
                          task_status: Any) -> None:
     lock = FileLock(Path(os.fspath(store.path) + ".leader"))
-    leadership.set(lock.try_take())
+    leadership.held = lock.try_take()  # a process alone leads from the start, quietly
     task_status.started()
     seen = await store.run(data_version)
     try:

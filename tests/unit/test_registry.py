@@ -460,3 +460,61 @@ async def test_an_unopenable_path_is_a_registry_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="cannot open registry"):
         async with opened(blocker / "registry.db"):
             pass
+
+
+# --- what a write costs, and processes sharing one file -------------------------------------
+
+
+async def test_a_heartbeat_rewrites_only_what_changed(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[list[tuple[str, tuple[Any, ...]]]] = []
+    real_write = registry_module._write
+
+    def recording_write(db: Any, statements: Any) -> None:
+        written.append(list(statements))
+        real_write(db, statements)
+
+    monkeypatch.setattr(registry_module, "_write", recording_write)
+    gpu1 = host("gpu1", labels={"zone": "a"}, resources={"vram_gb": 24})
+    services = [service("gpu1", "gpu1"), service("gpu1", "gpu1", "embeddings")]
+    async with opened(db_path) as registry:
+        await registry.register_host(gpu1, services)
+        written.clear()
+        await registry.heartbeat("gpu1", 105.0, {"gpu_mem_used": 7}, services)
+        await registry.heartbeat("gpu1", 110.0, {"gpu_mem_used": 7}, services)
+    # The labels, resources and the unchanged services are not written again.
+    assert written == [
+        [("UPDATE hosts SET metrics=?, last_heartbeat=? WHERE host_id=?",
+          ('{"gpu_mem_used":7}', 105.0, "gpu1"))],
+        [("UPDATE hosts SET last_heartbeat=? WHERE host_id=?", (110.0, "gpu1"))],
+    ]
+    assert raw(db_path, "SELECT last_heartbeat, labels FROM hosts") == [(110.0, '{"zone":"a"}')]
+
+
+async def test_old_benchmark_samples_are_not_kept(db_path: Path) -> None:
+    old = (datetime.now(UTC) - timedelta(days=31)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    async with opened(db_path) as registry:
+        await registry.upsert_samples([SAMPLE, replace(SAMPLE, benchmark_id="b0",
+                                                       observed_at=old)])
+        assert registry.snapshot.benchmarks == (SAMPLE,)
+    assert raw(db_path, "SELECT benchmark_id FROM benchmark_samples") == [("b1",)]
+
+
+async def test_processes_sharing_the_file_follow_each_others_writes_and_one_leads(
+    db_path: Path,
+) -> None:
+    from geniehive.registry_follow import Leadership, run_follower
+
+    with trio.fail_after(DEADLINE_S):
+        async with opened(db_path) as a, opened(db_path) as b, trio.open_nursery() as nursery:
+            lead_a, lead_b = Leadership(held=False), Leadership(held=False)
+            await nursery.start(run_follower, a, lead_a)
+            await nursery.start(run_follower, b, lead_b)
+            assert (lead_a.held, lead_b.held) == (True, False)
+            await a.register_host(host("gpu1"), [service("gpu1", "gpu1")])
+            await b.put_api_key(KEY)
+            # Another connection's commit shows in data_version, polled twice a second.
+            while "gpu1/chat" not in b.snapshot.services or "k1" not in a.api_keys:
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
