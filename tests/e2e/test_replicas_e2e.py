@@ -32,7 +32,7 @@ OPS_KEY = "ops-replica-key-123"
 NODE_KEY = "node-replica-key-456"
 AUTH = {"Authorization": f"Bearer {OPS_KEY}"}
 CHAT = {"model": "shared", "messages": [{"role": "user", "content": "hi"}]}
-KEYS = f"""
+KEYS = """
 [[auth.keys]]
 name = "ops"
 key_env = "OPS_KEY"
@@ -73,7 +73,7 @@ def node_config(tmp_path: Path, name: str, urls: list[str], upstream_port: int) 
 
 async def eventually(check: Any) -> Any:
     """Poll `check()` until it returns something truthy (the caller holds the deadline)."""
-    while not (result := await check()):
+    while not (result := await check()):  # noqa: ASYNC110 - other processes: poll
         await trio.sleep(0.05)
     return result
 

@@ -515,6 +515,6 @@ async def test_processes_sharing_the_file_follow_each_others_writes_and_one_lead
             await a.register_host(host("gpu1"), [service("gpu1", "gpu1")])
             await b.put_api_key(KEY)
             # Another connection's commit shows in data_version, polled twice a second.
-            while "gpu1/chat" not in b.snapshot.services or "k1" not in a.api_keys:
+            while "gpu1/chat" not in b.snapshot.services or "k1" not in a.api_keys:  # noqa: ASYNC110
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
