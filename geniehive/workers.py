@@ -39,13 +39,16 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from geniehive.config import ControlConfig
 from geniehive.config.checks import parse_bind
 from geniehive.sdnotify import notify, notify_reloading, notify_stopping, run_watchdog
+
+if TYPE_CHECKING:
+    from geniehive.gateway import Gateway
 
 log = logging.getLogger("geniehive.workers")
 
@@ -236,8 +239,7 @@ class Supervisor:
             log.info("node endpoints listening on %s", url)
         for url in listening_urls(self.binds["server"], self.config.server.tls is not None):
             log.info("GenieHive listening on %s", url)
-        log.info("%d workers ready", self.count)
-        await notify("READY=1")
+        log.info("%d workers ready", self.count)  # READY=1 went up with the last one's
 
     async def _keep_running(self, index: int) -> None:
         """Worker `index`, started again each time it exits until the parent stops."""
@@ -349,7 +351,7 @@ async def serve_worker(config: ControlConfig, index: int,
     binds = worker_binds(environ)
     shutdown = trio.Event()
 
-    def adopt(gateway: Any) -> None:
+    def adopt(gateway: Gateway) -> None:
         gateway.worker = index
         load = gateway.reloader.load
         gateway.reloader.load = lambda current, env: with_binds(load(current, env), binds)
