@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import httpx
@@ -183,3 +184,12 @@ async def test_a_worker_that_cannot_start_stops_the_parent(
             await spawn_gateway(nursery, config)
     assert "before it was ready: stopping" in str(caught.value)
     assert "restarting" not in str(caught.value)
+
+
+async def test_the_supervising_parent_imports_no_app() -> None:
+    code = ("import sys, geniehive.cli, geniehive.workers; "
+            "print(sorted(m for m in ('quart', 'quart_trio', 'hypercorn', 'geniehive.app', "
+            "'geniehive.daemon') if m in sys.modules))")
+    with trio.fail_after(30):
+        done = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
+    assert done.stdout.decode().strip() == "[]"

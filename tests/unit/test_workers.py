@@ -58,14 +58,3 @@ def test_an_exit_is_described_by_status_or_signal() -> None:
     assert describe_exit(2) == "status 2"
     assert describe_exit(-9) == "signal SIGKILL"
 
-
-def test_the_parent_imports_no_app() -> None:
-    import subprocess
-    import sys
-
-    code = ("import sys, geniehive.cli, geniehive.workers; "
-            "print(sorted(m for m in ('quart', 'quart_trio', 'hypercorn', 'geniehive.app', "
-            "'geniehive.daemon') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60)
-    assert out.stdout.strip() == "[]"
