@@ -29,6 +29,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -164,18 +165,20 @@ class NotifyRelay:
 
 
 def resolve_binds(binds: Sequence[str]) -> list[str]:
-    """Each bind with port 0 given a concrete port that was free a moment ago (bound and
-    released at once: the parent holds no socket)."""
+    """Each bind with port 0 given a concrete port that was free a moment ago: bound, and
+    released once every bind has its own port (so no two get the same), before any worker
+    starts; the parent holds no socket."""
     resolved = []
-    for bind in binds:
-        host, port = parse_bind(bind)
-        if port == 0:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
+    with contextlib.ExitStack() as probes:
+        for bind in binds:
+            host, port = parse_bind(bind)
+            if port == 0:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                probe = probes.enter_context(socket.socket(family, socket.SOCK_STREAM))
                 probe.bind((host, 0))
                 port = probe.getsockname()[1]
-            bind = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-        resolved.append(bind)
+                bind = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+            resolved.append(bind)
     return resolved
 
 
@@ -188,8 +191,9 @@ class Supervisor:
         self.count = config.server.workers
         self.folder = folder
         self.environ = environ
-        self.binds = {"server": resolve_binds(config.server.bind),
-                      "nodes": resolve_binds(config.nodes.bind)}
+        every = resolve_binds([*config.server.bind, *config.nodes.bind])
+        split = len(config.server.bind)
+        self.binds = {"server": every[:split], "nodes": every[split:]}
         self.relay = NotifyRelay(self.count)
         self.procs: dict[int, trio.Process] = {}
         self.stopping = trio.Event()
