@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import failover, ttfb
+from bench import failover, ttfb, workers
 
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"
@@ -235,6 +235,7 @@ def render(results: dict[str, Any]) -> str:
     out += _coldstart_section(results)
     out += failover.section(results.get("failover"))
     out += ttfb.section(results.get("ttfb"), results.get("first_byte"))
+    out += workers.section(results.get("workers"))
     if results.get("profile"):
         out += _profile_section(results["profile"])
     return "\n".join(out)

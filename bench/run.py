@@ -21,7 +21,8 @@ load source to the other, then measures, in one run and on the same processes:
     start (bench/coldstart.py; not measured when the model packages are absent);
   - the failover scorecard: what a client gets when the first upstream tried fails in
     each way (bench/failover.py), and the time to a stream's first content, direct and
-    through the gateway (bench/ttfb.py).
+    through the gateway (bench/ttfb.py);
+  - JSON chat requests/s with `[server] workers = 1` and `= 2` (bench/workers.py).
 `--only` runs some phases alone (PHASES; e.g. `--only placement,coldstart`), in the same
 report without the others' sections and targets.
 It writes report.json and report.md under --out and prints the Markdown. Nothing is
@@ -56,6 +57,7 @@ from bench import (
     routes,
     streams,
     ttfb,
+    workers,
 )
 from bench.procs import Proc
 from bench.wrkrun import WrkError, run_wrk, summarize
@@ -92,10 +94,10 @@ PLANS = {
 }
 # What --only selects: the wrk/stream phases on one gateway, the capacity burst, route
 # decisions, the admission queue's decisions, placement, session affinity's lookups, the cold
-# start, the failover scorecard and the time to first content.
+# start, the failover scorecard, the time to first content and 1 worker against 2.
 PHASES = ("gateway", "burst", "routes", "capacity", "placement", "affinity", "coldstart",
-          "failover", "ttfb")
-NEEDS_TOOLS = {"gateway", "burst"}  # the phases that run nginx, wrk or pinned processes
+          "failover", "ttfb", "workers")
+NEEDS_TOOLS = {"gateway", "burst", "workers"}  # the phases that run nginx, wrk or pinned processes
 
 
 def settle(plan: Plan) -> None:
@@ -237,6 +239,10 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     if "ttfb" in phases:
         print("time to first content, direct and through the gateway", file=sys.stderr)
         results["ttfb"] = ttfb.measure(out, plan.ttfb_samples)
+    if "workers" in phases:
+        print("JSON chat with 1 worker and with 2", file=sys.stderr)
+        results["workers"] = workers.measure(out, plan.runs, plan.duration_s, plan.warmup_s,
+                                             nofile, all_cpus)
     os.sched_setaffinity(0, {gw_cpu})  # the in-process timings run alone, on the quiet CPU
     # The smoke run only checks that the timing works: a few fixed loops are enough.
     loops = 20 if mode == "smoke" else None

@@ -333,6 +333,9 @@ def apply_edge_limits(hc: EdgeConfig, server: ServerConfig) -> EdgeConfig:
     """The `[server]` connection limits, which hold on every port (geniehive/edge.py)."""
     hc.header_timeout_s = server.header_timeout_s
     hc.max_connections = server.max_connections
+    # More than one worker: hypercorn binds each socket with SO_REUSEPORT, so every worker
+    # listens on the same ports (geniehive/workers.py); its own worker processes are unused.
+    hc.workers = server.workers
     # The TLS handshake is part of the wait for the first request head.
     hc.ssl_handshake_timeout = server.header_timeout_s
     return hc

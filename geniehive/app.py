@@ -79,7 +79,9 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return jsonify({"status": "ok"})
+        if gateway.worker is None:
+            return jsonify({"status": "ok"})
+        return jsonify({"status": "ok", "worker": gateway.worker})
 
     @app.get("/readyz")
     async def readyz() -> Any:

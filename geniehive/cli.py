@@ -128,14 +128,22 @@ def load_control_or_exit(path: Path) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
-    from geniehive.daemon import serve_control
+    from geniehive.workers import serve_worker, supervise_workers, worker_index
 
     config = load_control_or_exit(args.config)
     setup_logging(config.logging.level, config.logging.format)
+    index = worker_index(os.environ)
+    if index is None and config.server.workers > 1:
+        return int(trio.run(supervise_workers, config))  # imports no app, binds nothing
     started = time.monotonic()
     stopped_by: list[StartupError] = []
     try:
-        trio.run(serve_control, config)
+        if index is None:
+            from geniehive.daemon import serve_control
+
+            trio.run(serve_control, config)
+        else:
+            trio.run(serve_worker, config, index)
     except* StartupError as group:
         stopped_by = _leaves(group)
     if stopped_by:

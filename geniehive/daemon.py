@@ -207,8 +207,10 @@ async def _run_tree(
         gateway.started.add("proxy")
         gateway.ready = True
         await nursery.start(gateway.reloader.run, handle_signals)  # SIGHUP, admin/reload
+        # With several workers the supervising parent says it, once (geniehive/workers.py).
+        who = "GenieHive" if gateway.worker is None else f"worker {gateway.worker}"
         for url in binds:
-            log.info("GenieHive listening on %s", url)
+            log.info("%s listening on %s", who, url)
         task_status.started(binds)
         await notify_ready()
         await shutdown.wait()

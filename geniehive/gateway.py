@@ -101,6 +101,8 @@ class Gateway:
         self.auth = static_authenticator(config)
         self.gate = KeyGate(self.auth)  # verifies keys before bodies are read, on every port
         self.ready: bool = False
+        # This process's index among `[server] workers` (geniehive/workers.py); None: the only one.
+        self.worker: int | None = None
         self.active_requests: int = 0  # HTTP requests and websockets being served now
         self._drained: trio.Event | None = None
         self.started: set[str] = set()

@@ -7,7 +7,7 @@ names and key values are unique (docs/configuration.md lists them with the keys)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -59,6 +59,7 @@ from geniehive.config.values import (
     RoutingConfig,
     ServerConfig,
     TracingConfig,
+    UpstreamConfig,
 )
 from geniehive.models import EMPTY, STRATEGIES
 
@@ -77,6 +78,9 @@ SERVER = Section("server", "The client API listener.", (
         "seconds a client may accept no bytes of an answer before it is cut off"),
     Key("max_connections", integer(1), 4096,
         "open connections per bind (client and node ports); more wait in the backlog"),
+    Key("workers", integer(1), 1,
+        "serving processes sharing the client and node ports under one supervising parent "
+        "(restart to change)"),
 ), tables=(SERVER_TLS,))
 
 NODES = Section("nodes", "Where node agents register and heartbeat, and how long hosts last.", (
@@ -225,6 +229,7 @@ def _server(t: Table) -> ServerConfig:
         body_timeout_s=t.get("body_timeout_s"),
         write_timeout_s=t.get("write_timeout_s"),
         max_connections=t.get("max_connections"),
+        workers=t.get("workers"),
     )
     t.done()
     return config
@@ -249,6 +254,16 @@ def _nodes(t: Table, server: ServerConfig) -> NodesConfig:
         if _bind_key(bind) in client:
             t.report("bind", "already used by server.bind", f"[{index}]")
     return config
+
+
+def _workers_problems(server: ServerConfig, upstreams: Sequence[UpstreamConfig]) -> list[str]:
+    """Rule: a managed upstream is started by the one process that serves, so more than one
+    worker would start it once per worker."""
+    if server.workers <= 1:
+        return []
+    return [f"server.workers: more than one worker cannot run managed upstreams "
+            f"(upstreams[{i}].launch); run the upstream as its own service instead"
+            for i, up in enumerate(upstreams) if up.launch is not None]
 
 
 def _bind_key(bind: str) -> tuple[str, int] | None:
@@ -331,6 +346,7 @@ def parse_control(data: dict[str, Any], path: Path, environ: Mapping[str, str],
     upstreams = parse_upstreams(top, environ)
     logging = parse_logging(top.table("logging"))
     top.done()
+    problems.extend(_workers_problems(server, upstreams))
     roles = load_catalogs(catalogs, problems)
     return ControlConfig(
         server=server, nodes=nodes, registry=registry, auth_keys=auth_keys, routing=routing,

@@ -49,6 +49,7 @@ class ServerConfig:
     body_timeout_s: float = 30.0  # the longest gap between a request body's bytes
     write_timeout_s: float = 60.0  # the longest a client may accept no bytes of an answer
     max_connections: int = 4096  # open client connections per bind, beyond which none are accepted
+    workers: int = 1  # serving processes sharing the ports (geniehive/workers.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,4 +94,9 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
         assert first[target]["samples"] == 3 and first[target]["errors"] == 0
         assert first[target]["first_content_ms"] >= report["ttfb"]["delay_s"] * 1000
     assert "## Time to first content" in markdown
+    by_workers = {row["target"]: row["summary"] for row in report["workers"]["rows"]}
+    assert set(by_workers) == {"direct", "workers=1", "workers=2"}
+    assert all(row["rps_median"] > 0 and row["non_2xx"] == row["socket_errors"] == 0
+               for row in by_workers.values())
+    assert "## Workers" in markdown
     assert report["targets"] and "## Targets" in markdown

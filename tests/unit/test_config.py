@@ -1007,3 +1007,35 @@ def test_an_upstreams_dialect_loads_in_control_and_node_files_and_defaults_to_na
     text = upstream('dialect = "ollama"')
     assert control_problems(tmp_path, text) == [problem]
     assert node_problems(tmp_path, NODE_MINIMAL + text) == [problem]
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+
+def test_server_workers_takes_a_count_of_processes(tmp_path: Path) -> None:
+    assert load_control(write(tmp_path, "a.toml", ""), {}).server.workers == 1
+    assert load_control(write(tmp_path, "b.toml", "[server]\nworkers = 4\n"), {}).server.workers == 4
+
+
+def test_server_workers_below_one_or_not_an_integer_is_an_error(tmp_path: Path) -> None:
+    zero = control_problems(tmp_path, "[server]\nworkers = 0\n")
+    two = control_problems(tmp_path, '[server]\nworkers = "two"\n')
+    assert len(zero) == 1 and zero[0].startswith("server.workers: ")
+    assert len(two) == 1 and two[0].startswith("server.workers: ")
+
+
+def test_several_workers_refuse_managed_upstreams(tmp_path: Path) -> None:
+    text = """
+[server]
+workers = 2
+[[upstreams]]
+id = "m"
+adapter = "openai"
+base_url = "http://127.0.0.1:9"
+[upstreams.launch]
+command = ["true"]
+"""
+    assert control_problems(tmp_path, text) == [
+        "server.workers: more than one worker cannot run managed upstreams "
+        "(upstreams[0].launch); run the upstream as its own service instead"
+    ]
