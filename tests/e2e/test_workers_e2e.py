@@ -193,3 +193,36 @@ async def test_the_supervising_parent_imports_no_app() -> None:
     with trio.fail_after(30):
         done = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
     assert done.stdout.decode().strip() == "[]"
+
+
+async def test_what_one_worker_is_told_every_worker_knows(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    from tests.harness import node_file, spawn_node
+
+    with trio.fail_after(40):
+        fake = FakeUpstream(["shared"])
+        port = await nursery.start(fake.serve)
+        gateway = await spawn_gateway(nursery, control_file(tmp_path, []))
+        # The node's heartbeats keep one connection, so one worker hears it; both route to it.
+        node = await spawn_node(nursery, node_file(
+            tmp_path, gateway.url, upstream_toml("gpu-w-up", port, ["chat"]), host_id="gpu-w"),
+            {"NODE_KEY": "unused-in-open-mode"})
+        async def ask() -> tuple[int, httpx.Response]:
+            """The worker behind one new connection, and its answer to a chat for the node's
+            model (both on that connection)."""
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+                worker = (await client.get("/healthz")).json()["worker"]
+                chat = await client.post("/v1/chat/completions",
+                                         json={"model": "shared", "messages": ASK})
+                return worker, chat
+
+        while (await ask())[1].status_code != 200:  # noqa: ASYNC110 - the node registering
+            await trio.sleep(0.05)
+        answers = [await ask() for _ in range(30)]
+        assert {worker for worker, _ in answers} == {0, 1}
+        for _, chat in answers:
+            assert chat.status_code == 200, chat.text
+            assert chat.headers["x-geniehive-service"] == "gpu-w-up/chat"
+        node.process.send_signal(signal.SIGTERM)
+        assert await node.process.wait() == 0
