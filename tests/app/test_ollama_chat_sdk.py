@@ -6,10 +6,12 @@ between requests unless a prompt needs more), `/v1` with `dialect = "openai"`.""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 import trio
 
 from tests.fakes.ollama import FakeOllama
@@ -29,9 +31,23 @@ async def start(nursery: trio.Nursery, tmp_path: Path, extra: str = "") -> tuple
     return fake, await gateway_in_process(nursery, config)
 
 
+OPENED: list[openai.OpenAI] = []
+
+
 def sdk(running: InProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0,
-                         timeout=20)
+    client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0,
+                           timeout=20)
+    OPENED.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    """The synchronous SDKs keep pooled sockets until closed: close them with the test, so
+    none is left for the garbage collector (a ResourceWarning in some later test)."""
+    yield
+    while OPENED:
+        OPENED.pop().close()
 
 
 def chats(fake: FakeOllama) -> list[dict[str, Any]]:

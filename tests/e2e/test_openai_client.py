@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,9 +30,23 @@ async def start(nursery: trio.Nursery, tmp_path: Path, extra: str = "") -> tuple
     return fake, gateway
 
 
+OPENED: list[openai.OpenAI] = []
+
+
 def sdk(gateway: Proc) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0,
-                         timeout=20)
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0,
+                           timeout=20)
+    OPENED.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    """The synchronous SDKs keep pooled sockets until closed: close them with the test, so
+    none is left for the garbage collector (a ResourceWarning in some later test)."""
+    yield
+    while OPENED:
+        OPENED.pop().close()
 
 
 async def fake_control(fake: Proc, path: str, body: dict | None = None) -> httpx.Response:

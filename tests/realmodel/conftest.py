@@ -9,13 +9,14 @@ test started.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from tests.harness import Proc
+from tests.realmodel import support
 from tests.realmodel.support import (
     agent_program,
     require_binary,
@@ -23,6 +24,13 @@ from tests.realmodel.support import (
     stop_all,
     venv_program,
 )
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    while support.OPENED:
+        support.OPENED.pop().close()
 
 
 @pytest.fixture
