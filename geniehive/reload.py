@@ -56,6 +56,7 @@ RESTART_NEEDED = (
     "server.bind", "server.tls", "server.max_body_bytes", "server.header_timeout_s",
     "server.body_timeout_s", "server.write_timeout_s", "server.max_connections",
     "server.shutdown_grace_s", "server.workers", "nodes.bind", "nodes.tls", "registry.path",
+    "registry.url", "registry.url_env", "registry.benchmark_retention_days",
     "plugins.paths", "plugins.entry_points", "routing.connect_timeout_s", "logging.format",
 )
 # How a changed ControlConfig field is named in the answer (else by its own name).
