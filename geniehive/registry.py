@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from geniehive.assets import merge_assets
 from geniehive.config import RegistryConfig
 from geniehive.errors import RegistryUnavailable, StartupError
 from geniehive.models import (
@@ -213,9 +214,10 @@ class Registry:
         """Make `host` the one local host with exactly `services`. Raises ServiceConflict
         if a service id belongs to a node.
 
-        On a shared registry a service that is still the same server keeps what discovery
-        and the prober last stored (assets, load, health): a replica starting must not
-        undo what the replica doing the discovery found.
+        A service that is still the same server keeps what discovery and the prober last
+        stored (the configured assets merged over the discovered ones, the load, the
+        health): a replica or worker starting must not undo what the one doing the discovery
+        found (its next pass replaces them all).
         """
         async with self._lock:
             state = self._state.edit()
@@ -223,9 +225,8 @@ class Registry:
                 if other.host_id != host.host_id:
                     _drop_host(state, other.host_id)
             _put_host(state, replace(host, is_local=True))
-            if self.shared:
-                services = [_keep_discovered(state.services.get(s.service_id), s)
-                            for s in services]
+            services = [_keep_discovered(state.services.get(s.service_id), s)
+                        for s in services]
             _replace_services(state, host.host_id, services)
             await self._commit(state)
 
@@ -527,7 +528,8 @@ def _keep_discovered(stored: Service | None, configured: Service) -> Service:
     if stored is None or (stored.adapter, stored.base_url, stored.operation) != (
             configured.adapter, configured.base_url, configured.operation):
         return configured
-    return replace(configured, assets=stored.assets, observed=stored.observed,
+    return replace(configured, assets=merge_assets(configured.assets, stored.assets),
+                   observed=stored.observed,
                    state=replace(configured.state, health=stored.state.health))
 
 

@@ -518,3 +518,26 @@ async def test_processes_sharing_the_file_follow_each_others_writes_and_one_lead
             while "gpu1/chat" not in b.snapshot.services or "k1" not in a.api_keys:  # noqa: ASYNC110
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_process_starting_keeps_what_discovery_stored_for_the_same_upstream(
+    db_path: Path,
+) -> None:
+    local = Host(host_id=LOCAL_HOST_ID, address="127.0.0.1", is_local=True)
+    configured = service(LOCAL_HOST_ID, "up", assets=(Asset(asset_id="m", aliases=("fast",)),))
+    discovered = (Asset(asset_id="m", loaded=True), Asset(asset_id="other", loaded=False))
+    async with opened(db_path) as first:
+        await first.sync_local(local, [configured])
+        await first.set_service_assets("up/chat", discovered, Observed(queue_depth=3))
+        await first.set_service_health("up/chat", "healthy")
+    # Another worker (or a restart) syncs the same control file: the discovered models, load
+    # and health stay, under the configured aliases; a moved upstream starts afresh.
+    async with opened(db_path) as second:
+        await second.sync_local(local, [configured])
+        kept = second.snapshot.services["up/chat"]
+        await second.sync_local(local, [replace(configured, base_url="http://elsewhere:1")])
+        moved = second.snapshot.services["up/chat"]
+    assert [(a.asset_id, a.loaded, a.aliases) for a in kept.assets] == [
+        ("m", True, ("fast",)), ("other", False, ())]
+    assert kept.observed.queue_depth == 3 and kept.state.health == "healthy"
+    assert moved.assets == configured.assets and moved.state.health == "unknown"
