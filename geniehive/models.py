@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -252,14 +252,29 @@ class Snapshot:
     samples_by_service: Mapping[str, tuple[BenchmarkSample, ...]] = field(
         init=False, repr=False
     )
+    services_by_host: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
+    # Building only: a snapshot whose indexes may be taken over (registry.py says when).
+    indexes_from: InitVar[Snapshot | None] = None
+    names_unchanged: InitVar[bool] = False
+
+    def __post_init__(self, indexes_from: Snapshot | None, names_unchanged: bool) -> None:
+        if indexes_from is not None and names_unchanged:
+            for name in ("by_name", "by_operation", "known_names", "services_by_host"):
+                object.__setattr__(self, name, getattr(indexes_from, name))
+            if indexes_from.benchmarks is self.benchmarks:
+                object.__setattr__(self, "samples_by_service", indexes_from.samples_by_service)
+            else:
+                object.__setattr__(self, "samples_by_service", _by_service(self.benchmarks))
+            return
         by_name: dict[tuple[str, str], list[str]] = {}
         by_operation: dict[str, list[str]] = {}
+        by_host: dict[str, list[str]] = {}
         names: set[str] = set(self.roles)
         for service_id in sorted(self.services):
             service = self.services[service_id]
             by_operation.setdefault(service.operation, []).append(service_id)
+            by_host.setdefault(service.host_id, []).append(service_id)
             keys = [service_id]
             for asset in service.assets:
                 keys.append(asset.asset_id)
@@ -267,15 +282,19 @@ class Snapshot:
             for key in dict.fromkeys(keys):
                 by_name.setdefault((service.operation, key), []).append(service_id)
                 names.add(key)
-        samples: dict[str, list[BenchmarkSample]] = {}
-        for sample in self.benchmarks:
-            samples.setdefault(sample.service_id, []).append(sample)
         object.__setattr__(self, "by_name", {k: tuple(v) for k, v in by_name.items()})
         object.__setattr__(self, "by_operation", {k: tuple(v) for k, v in by_operation.items()})
         object.__setattr__(self, "known_names", frozenset(names))
-        object.__setattr__(
-            self, "samples_by_service", {k: tuple(v) for k, v in samples.items()}
-        )
+        object.__setattr__(self, "services_by_host", {k: tuple(v) for k, v in by_host.items()})
+        object.__setattr__(self, "samples_by_service", _by_service(self.benchmarks))
+
+
+def _by_service(benchmarks: tuple[BenchmarkSample, ...]
+                ) -> Mapping[str, tuple[BenchmarkSample, ...]]:
+    samples: dict[str, list[BenchmarkSample]] = {}
+    for sample in benchmarks:
+        samples.setdefault(sample.service_id, []).append(sample)
+    return {k: tuple(v) for k, v in samples.items()}
 
 
 def upstream_of(service: Service) -> str:

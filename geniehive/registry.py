@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -52,7 +52,7 @@ from geniehive.models import (
     Snapshot,
 )
 from geniehive.registry_responses import RESPONSES_MIGRATION
-from geniehive.registry_rows import TABLES, StoredKey, diff
+from geniehive.registry_rows import TABLES, StoredKey, Tracked, diff
 from geniehive.registry_store import (
     CHANNEL,
     PostgresStore,
@@ -160,24 +160,31 @@ class _State:
     keys: dict[str, StoredKey]
 
     def edit(self) -> _State:
-        """A copy with fresh dicts the caller may change before committing it."""
-        return _State(dict(self.hosts), dict(self.services), dict(self.roles),
-                      dict(self.samples), dict(self.keys))
+        """A copy with fresh dicts the caller may change before committing it; they note
+        what changes (registry_rows.Tracked), so a write costs what it changed."""
+        return _State(Tracked(self.hosts), Tracked(self.services), Tracked(self.roles),
+                      Tracked(self.samples), Tracked(self.keys))
 
 
-def _snapshot(version: int, state: _State,
-              benchmarks: tuple[BenchmarkSample, ...] | None = None) -> Snapshot:
-    """The snapshot of `state`; `benchmarks` when the samples did not change (sorting them
-    again would make every write cost more as samples pile up)."""
-    if benchmarks is None:
+def _snapshot(version: int, state: _State, previous: Snapshot | None = None,
+              changed: Collection[str] = ()) -> Snapshot:
+    """The snapshot of `state`. With the `previous` one and the state fields that `changed`
+    since, what depends only on unchanged fields is taken over instead of rebuilt (a
+    heartbeat changes a host: the name indexes over every service stay)."""
+    if previous is not None and "samples" not in changed:
+        benchmarks = previous.benchmarks
+    else:
         benchmarks = tuple(sorted(state.samples.values(),
                                   key=lambda s: (s.observed_at, s.benchmark_id)))
+    same_names = previous is not None and not {"services", "roles"} & set(changed)
     return Snapshot(
         version=version,
         hosts=MappingProxyType(state.hosts),
         services=MappingProxyType(state.services),
         roles=MappingProxyType(state.roles),
         benchmarks=benchmarks,
+        indexes_from=previous,
+        names_unchanged=same_names,
     )
 
 
@@ -235,7 +242,8 @@ class Registry:
         async with self._lock:
             state = self._state.edit()
             _put_host(state, host)
-            _replace_services(state, host.host_id, services)
+            _replace_services(state, host.host_id, services,
+                              self._snapshot.services_by_host.get(host.host_id, ()))
             await self._commit(state)
 
     async def heartbeat(
@@ -258,7 +266,8 @@ class Registry:
                 host, last_heartbeat=now, metrics=MappingProxyType(dict(metrics))
             )
             if services is not None:
-                _replace_services(state, host_id, services)
+                _replace_services(state, host_id, services,
+                                  self._snapshot.services_by_host.get(host_id, ()))
             await self._commit(state)
 
     async def set_service_assets(
@@ -394,7 +403,7 @@ class Registry:
                         held[key] = row
                         changed = True
             if changed:
-                self._publish(state, samples_changed=touched is None or "samples" in touched)
+                self._publish(state, None if touched is None else touched.keys())
                 if (touched is None or "keys" in touched) and self.on_keys_refreshed:
                     self.on_keys_refreshed()
             return changed
@@ -409,13 +418,14 @@ class Registry:
                                                                              touched))))
         await self._run(_write, statements)
         # No checkpoint from here on: a cancelled caller cannot leave the two apart.
-        self._publish(state, samples_changed="samples" in touched)
+        self._publish(state, touched.keys())
 
-    def _publish(self, state: _State, *, samples_changed: bool) -> None:
+    def _publish(self, state: _State, changed: Collection[str] | None) -> None:
+        """Publish `state`; `changed` names the state fields that changed (None: any)."""
         previous = self._snapshot
         self._state = state
-        self._snapshot = _snapshot(previous.version + 1, state,
-                                   None if samples_changed else previous.benchmarks)
+        self._snapshot = (_snapshot(previous.version + 1, state) if changed is None else
+                          _snapshot(previous.version + 1, state, previous, changed))
         published, self.published = self.published, trio.Event()
         published.set()
 
@@ -488,8 +498,10 @@ def _drop_host(state: _State, host_id: str) -> None:
         del state.services[service_id]
 
 
-def _replace_services(state: _State, host_id: str, services: Sequence[Service]) -> None:
-    """Give `host_id` exactly `services`. Raises ServiceConflict, ValueError."""
+def _replace_services(state: _State, host_id: str, services: Sequence[Service],
+                      old_ids: Sequence[str] | None = None) -> None:
+    """Give `host_id` exactly `services` (`old_ids`: the ones it has now, when known from
+    the snapshot's index). Raises ServiceConflict, ValueError."""
     seen: set[str] = set()
     for service in services:
         if service.host_id != host_id:
@@ -500,7 +512,9 @@ def _replace_services(state: _State, host_id: str, services: Sequence[Service]) 
         owner = state.services.get(service.service_id)
         if owner is not None and owner.host_id != host_id:
             raise ServiceConflict(service.service_id, owner.host_id)
-    old = {sid: s for sid, s in state.services.items() if s.host_id == host_id}
+    if old_ids is None:
+        old_ids = [sid for sid, s in state.services.items() if s.host_id == host_id]
+    old = {sid: state.services[sid] for sid in old_ids if sid in state.services}
     for service_id in old:
         del state.services[service_id]
     for service in services:

@@ -160,18 +160,65 @@ TABLES = (("hosts", HOSTS), ("services", SERVICES), ("roles", ROLES),
           ("samples", SAMPLES), ("keys", KEYS))
 
 
+class Tracked(dict[str, Any]):
+    """A dict that remembers the keys written or removed since it was made (`changed`), so a
+    write's difference is found by looking at those alone, whatever the registry's size."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.changed: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.changed.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.changed.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.changed.add(key)
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        self.changed.update(self)
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def popitem(self) -> tuple[str, Any]:
+        key, value = super().popitem()
+        self.changed.add(key)
+        return key, value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
 def diff(old: Any, new: Any) -> tuple[list[Statement], dict[str, list[str]]]:
     """The statements that turn the stored `old` state into `new`, and the keys they touch
-    per state field (the services of a forgotten host included)."""
+    per state field (the services of a forgotten host included). Only the keys a Tracked
+    dict of `new` names are looked at; a plain dict is compared whole."""
     out: list[Statement] = []
     touched: dict[str, list[str]] = {}
     for attr, table in TABLES:
         before, after = getattr(old, attr), getattr(new, attr)
+        if isinstance(after, Tracked):
+            candidates = after.changed
+            before_view = {k: before[k] for k in candidates if k in before}
+            after_view = {k: after[k] for k in candidates if k in after}
+            before, after = before_view, after_view
         keys: list[str] = []
         for key in sorted(before.keys() - after.keys()):
             keys.append(key)
             # The services of a forgotten host go with it by ON DELETE CASCADE.
-            if attr != "services" or before[key].host_id in new.hosts:
+            if attr != "services" or before[key].host_id in new.hosts:  # noqa: SIM102
                 out.append(table.delete(key))
         for key, value in after.items():
             # The identity test first: most entries are the very objects of the last state.
