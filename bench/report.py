@@ -149,7 +149,8 @@ def _heartbeat_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 summary.get("p99_ratio"), heartbeats.FLAT_P99, False, "x"),
         _target(f"heartbeats of {nodes}: gateway CPU, last window / first",
                 summary.get("cpu_ratio"), heartbeats.FLAT_CPU, False, "x"),
-        _target(f"heartbeats of {nodes}: errors", summary.get("errors"), 0, False, "errors"),
+        _target(f"heartbeats of {nodes}: beats failed or skipped", summary.get("errors"), 0,
+                False, "beats"),
     ]
 
 
