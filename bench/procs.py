@@ -285,10 +285,12 @@ def nginx_conf(work: Path, json_port: int, sse_port: int) -> str:
 
 
 def gateway_config(work: Path, port: int, ports: dict[str, int], *, name: str = "geniehive",
-                   timeout_s: float = 5, upstream_extra: str = "", extra: str = "") -> str:
-    """The control file: one upstream per fake server, discovery and probes kept quiet;
+                   timeout_s: float = 5, upstream_extra: str = "", extra: str = "",
+                   registry: str | None = None, quiet_s: float = 60) -> str:
+    """The control file: one upstream per fake server, discovery and probes every `quiet_s`;
     `upstream_extra` is added to every upstream, `extra` (whole tables) to the file; the
-    registry is `<name>.sqlite3`."""
+    registry is `<name>.sqlite3`, or the `[registry]` table's lines `registry`."""
+    registry = registry or f'path = "{work}/state/{name}.sqlite3"'
     upstreams = "".join(
         textwrap.dedent(f"""
             [[upstreams]]
@@ -306,16 +308,16 @@ def gateway_config(work: Path, port: int, ports: dict[str, int], *, name: str = 
         shutdown_grace_s = 2
 
         [registry]
-        path = "{work}/state/{name}.sqlite3"
+        {registry}
 
         [logging]
         level = "warning"
 
         [prober]
-        interval_s = 60
+        interval_s = {quiet_s:g}
 
         [discovery]
-        interval_s = 60
+        interval_s = {quiet_s:g}
         """) + extra + upstreams
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import failover, ttfb, workers
+from bench import failover, heartbeats, ttfb, workers
 
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"
@@ -133,7 +133,25 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     checks.append(_target("session affinity, lookup and remember at 100,000 sessions (miss)",
                           aff.get("miss_us"), 5, False, "µs"))
     checks += _failover_targets(results)
+    checks += _heartbeat_targets(results)
     return checks
+
+
+def _heartbeat_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    hb = results.get("heartbeats") or {}
+    summary = hb.get("summary") or {}
+    nodes = f"{hb['nodes']:,} nodes" if "nodes" in hb else "nodes"
+    return [
+        _target(f"heartbeats of {nodes}: gateway CPU per 100 nodes (worst window)",
+                summary.get("cpu_per_100_nodes_worst_pct"), heartbeats.TARGET_CPU_PER_100,
+                False, "% of a core"),
+        _target(f"heartbeats of {nodes}: p99 latency, last window / first",
+                summary.get("p99_ratio"), heartbeats.FLAT_P99, False, "x"),
+        _target(f"heartbeats of {nodes}: gateway CPU, last window / first",
+                summary.get("cpu_ratio"), heartbeats.FLAT_CPU, False, "x"),
+        _target(f"heartbeats of {nodes}: beats failed or skipped", summary.get("errors"), 0,
+                False, "beats"),
+    ]
 
 
 def _failover_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -236,6 +254,7 @@ def render(results: dict[str, Any]) -> str:
     out += failover.section(results.get("failover"))
     out += ttfb.section(results.get("ttfb"), results.get("first_byte"))
     out += workers.section(results.get("workers"))
+    out += heartbeats.section(results.get("heartbeats"))
     if results.get("profile"):
         out += _profile_section(results["profile"])
     return "\n".join(out)

@@ -23,6 +23,8 @@ load source to the other, then measures, in one run and on the same processes:
     each way (bench/failover.py), and the time to a stream's first content, direct and
     through the gateway (bench/ttfb.py);
   - JSON chat requests/s with `[server] workers = 1` and `= 2` (bench/workers.py).
+  - the gateway's CPU and the heartbeat latency, window by window, while 1,000 simulated
+    nodes heartbeat every 5 s (bench/heartbeats.py; --hb-* options).
 `--only` runs some phases alone (PHASES; e.g. `--only placement,coldstart`), in the same
 report without the others' sections and targets.
 It writes report.json and report.md under --out and prints the Markdown. Nothing is
@@ -51,6 +53,7 @@ from bench import (
     capacity,
     coldstart,
     failover,
+    heartbeats,
     placement,
     procs,
     report,
@@ -82,21 +85,26 @@ class Plan:
     coldstart_repeat: int  # cold starts each way (0: not measured)
     ttfb_samples: int = 20  # streams per target and upstream behaviour (bench/ttfb.py)
     failover_scenarios: tuple[str, ...] = ()  # the scorecard's scenarios; empty: all
+    hb_nodes: int = 1000  # simulated nodes heartbeating (bench/heartbeats.py)
+    hb_duration_s: float = 600  # how long they heartbeat
+    hb_window_s: float = 60  # one report row per window
 
 
 PLANS = {
     "full": Plan(3, 5, (1, 16, 64), 2, 200, 200, 200, 1000, (10, 100, 1000, 10000), 5, 8, 6, 5000,
                  100, 3),
     "quick": Plan(1, 1, (1, 16, 64), 1, 200, 200, 50, 1000, (10, 100, 1000, 10000), 3, 3, 6, 2000,
-                  100, 1),
+                  100, 1, hb_duration_s=60, hb_window_s=15),
     "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0, 200, 4, 0,
-                  ttfb_samples=3, failover_scenarios=failover.SMOKE),
+                  ttfb_samples=3, failover_scenarios=failover.SMOKE, hb_nodes=20,
+                  hb_duration_s=3, hb_window_s=1.5),
 }
 # What --only selects: the wrk/stream phases on one gateway, the capacity burst, route
 # decisions, the admission queue's decisions, placement, session affinity's lookups, the cold
-# start, the failover scorecard, the time to first content and 1 worker against 2.
+# start, the failover scorecard, the time to first content, 1 worker against 2 and many
+# nodes' heartbeats.
 PHASES = ("gateway", "burst", "routes", "capacity", "placement", "affinity", "coldstart",
-          "failover", "ttfb", "workers")
+          "failover", "ttfb", "workers", "heartbeats")
 NEEDS_TOOLS = {"gateway", "burst", "workers"}  # the phases that run nginx, wrk or pinned processes
 
 
@@ -208,6 +216,17 @@ def measure_profile(stack: dict[str, Proc], plan: Plan, cpu: int, out: Path) -> 
     return found
 
 
+def hb_settings(args: argparse.Namespace, plan: Plan) -> heartbeats.Settings:
+    """The heartbeats phase's settings: the plan's, with the --hb-* options over them."""
+    return heartbeats.Settings(
+        nodes=args.hb_nodes or plan.hb_nodes,
+        duration_s=args.hb_duration or plan.hb_duration_s,
+        window_s=args.hb_window or plan.hb_window_s,
+        registry_url_env=args.hb_registry_url_env, postgres=args.hb_postgres,
+        keep_alive=args.hb_keep_alive,
+    )
+
+
 def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     plan = PLANS[mode]
     out: Path = args.out.resolve()
@@ -243,6 +262,9 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         print("JSON chat with 1 worker and with 2", file=sys.stderr)
         results["workers"] = workers.measure(out, plan.runs, plan.duration_s, plan.warmup_s,
                                              nofile, all_cpus)
+    if "heartbeats" in phases:
+        results["heartbeats"] = heartbeats.measure(out, hb_settings(args, plan),
+                                                   (gw_cpu, load_cpu), nofile)
     os.sched_setaffinity(0, {gw_cpu})  # the in-process timings run alone, on the quiet CPU
     # The smoke run only checks that the timing works: a few fixed loops are enough.
     loops = 20 if mode == "smoke" else None
@@ -317,6 +339,20 @@ def phase_list(text: str) -> tuple[str, ...]:
     return tuple(name for name in PHASES if name in names)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     speed = parser.add_mutually_exclusive_group()
@@ -327,6 +363,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also sample the gateway with py-spy under load")
     parser.add_argument("--only", type=phase_list, default=None, metavar="PHASE,...",
                         help=f"run only these phases, comma-separated: {', '.join(PHASES)}")
+    hb = parser.add_argument_group("heartbeats phase")
+    hb.add_argument("--hb-nodes", type=positive_int, default=None, metavar="N",
+                    help="simulated nodes (default 1000; smoke 20)")
+    hb.add_argument("--hb-duration", type=positive_float, default=None, metavar="S",
+                    help="seconds of heartbeats (default 600; quick 60; smoke 3)")
+    hb.add_argument("--hb-window", type=positive_float, default=None, metavar="S",
+                    help="seconds per report window (default 60; quick 15; smoke 1.5)")
+    hb.add_argument("--hb-registry-url-env", default=None, metavar="NAME",
+                    help="the gateway's registry is the PostgreSQL URL in this environment "
+                         "variable ([registry] url_env) instead of a SQLite file")
+    hb.add_argument("--hb-postgres", action="store_true",
+                    help="start a throwaway PostgreSQL server (tests/pgserver.py) and use it "
+                         "through url_env")
+    hb.add_argument("--hb-keep-alive", action="store_true",
+                    help="one connection per node instead of one per heartbeat (the agent's)")
     parser.add_argument("--out", type=Path, default=procs.BENCH / "results",
                         help="folder for report.md, report.json, logs (default bench/results)")
     return parser.parse_args(argv)

@@ -46,12 +46,14 @@ class Client:
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
 
-    async def send_post(self, body: bytes, path: str = "/v1/chat/completions") -> int:
-        """Send a POST and wait for the response head; returns the status."""
+    async def send_post(self, body: bytes, path: str = "/v1/chat/completions",
+                        headers: tuple[tuple[str, str], ...] = ()) -> int:
+        """Send a POST (with `headers` besides the usual ones) and wait for the response
+        head; returns the status."""
         if self.conn.our_state is h11.DONE:
             self.conn.start_next_cycle()
-        headers = [("host", f"127.0.0.1:{self.port}"), ("content-type", "application/json"),
-                   ("content-length", str(len(body)))]
+        headers = (("host", f"127.0.0.1:{self.port}"), ("content-type", "application/json"),
+                   ("content-length", str(len(body))), *headers)
         data = self.conn.send(h11.Request(method="POST", target=path, headers=headers))
         data += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
         await self.stream.send_all(data)

@@ -153,10 +153,8 @@ def active_upstreams(
     as active, so a managed upstream is never stopped under a request.
     """
     found: set[str] = set()
-    for service in snapshot.services.values():
-        if service.host_id != host_id:
-            continue
-        sid = service.service_id
+    for sid in snapshot.services_by_host.get(host_id, ()):
+        service = snapshot.services[sid]
         if in_use(live.get(sid), admission.busy.get(sid, 0), admission.queued.get(sid, 0)):
             upstream = upstream_of(service)
             if upstream:

@@ -218,7 +218,7 @@ def diff(old: Any, new: Any) -> tuple[list[Statement], dict[str, list[str]]]:
         for key in sorted(before.keys() - after.keys()):
             keys.append(key)
             # The services of a forgotten host go with it by ON DELETE CASCADE.
-            if attr != "services" or before[key].host_id in new.hosts:  # noqa: SIM102
+            if attr != "services" or before[key].host_id in new.hosts:
                 out.append(table.delete(key))
         for key, value in after.items():
             # The identity test first: most entries are the very objects of the last state.

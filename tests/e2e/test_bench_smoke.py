@@ -99,4 +99,14 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
     assert all(row["rps_median"] > 0 and row["non_2xx"] == row["socket_errors"] == 0
                for row in by_workers.values())
     assert "## Workers" in markdown
+    # 20 simulated nodes registered on the node port, then heartbeated for 3 s: every beat
+    # sent was answered, and each window has the gateway's CPU and the latencies.
+    beats = report["heartbeats"]
+    assert beats["register"]["nodes"] == 20 and beats["backend"] == "sqlite"
+    assert len(beats["windows"]) == 2
+    for window in beats["windows"]:
+        assert window["beats"] > 0 and window["errors"] == window["skipped"] == 0, window
+        assert window["gateway_cpu_pct"] > 0 and 0 < window["p50_ms"] <= window["p99_ms"]
+    assert beats["summary"]["errors"] == 0 and beats["summary"]["p99_ratio"] is not None
+    assert "## Heartbeats of 20 nodes" in markdown
     assert report["targets"] and "## Targets" in markdown
