@@ -167,7 +167,7 @@ class _State:
 
 
 def _snapshot(version: int, state: _State, previous: Snapshot | None = None,
-              changed: Collection[str] = ()) -> Snapshot:
+              changed: Mapping[str, Collection[str]] | Collection[str] = ()) -> Snapshot:
     """The snapshot of `state`. With the `previous` one and the state fields that `changed`
     since, what depends only on unchanged fields is taken over instead of rebuilt (a
     heartbeat changes a host: the name indexes over every service stay)."""
@@ -176,7 +176,10 @@ def _snapshot(version: int, state: _State, previous: Snapshot | None = None,
     else:
         benchmarks = tuple(sorted(state.samples.values(),
                                   key=lambda s: (s.observed_at, s.benchmark_id)))
-    same_names = previous is not None and not {"services", "roles"} & set(changed)
+    same_names = (previous is not None and "roles" not in changed
+                  and _same_names(previous.services, state.services,
+                                  changed.get("services", ()) if isinstance(changed, Mapping)
+                                  else None if "services" in changed else ()))
     return Snapshot(
         version=version,
         hosts=MappingProxyType(state.hosts),
@@ -403,7 +406,7 @@ class Registry:
                         held[key] = row
                         changed = True
             if changed:
-                self._publish(state, None if touched is None else touched.keys())
+                self._publish(state, touched)
                 if (touched is None or "keys" in touched) and self.on_keys_refreshed:
                     self.on_keys_refreshed()
             return changed
@@ -418,10 +421,10 @@ class Registry:
                                                                              touched))))
         await self._run(_write, statements)
         # No checkpoint from here on: a cancelled caller cannot leave the two apart.
-        self._publish(state, touched.keys())
+        self._publish(state, touched)
 
-    def _publish(self, state: _State, changed: Collection[str] | None) -> None:
-        """Publish `state`; `changed` names the state fields that changed (None: any)."""
+    def _publish(self, state: _State, changed: Mapping[str, Collection[str]] | None) -> None:
+        """Publish `state`; `changed`: the keys that changed per state field (None: any)."""
         previous = self._snapshot
         self._state = state
         self._snapshot = (_snapshot(previous.version + 1, state) if changed is None else
@@ -535,6 +538,23 @@ def _service(state: _State, service_id: str) -> Service:
 def _last_seen(host: Host) -> float:
     seen = host.last_seen
     return seen if seen is not None else float("-inf")
+
+
+def _same_names(before: Mapping[str, Service], after: Mapping[str, Service],
+                keys: Collection[str] | None) -> bool:
+    """Whether the services `keys` (None: unknown which) kept what the snapshot indexes them
+    by (host, operation, model ids and aliases): a load figure that moved needs no new index."""
+    if keys is None:
+        return False
+    for key in keys:
+        old, new = before.get(key), after.get(key)
+        if old is None or new is None:
+            return False
+        if (old.host_id, old.operation) != (new.host_id, new.operation) or [
+                (a.asset_id, a.aliases) for a in old.assets] != [
+                (a.asset_id, a.aliases) for a in new.assets]:
+            return False
+    return True
 
 
 def _keep_discovered(stored: Service | None, configured: Service) -> Service:

@@ -541,3 +541,20 @@ async def test_a_process_starting_keeps_what_discovery_stored_for_the_same_upstr
         ("m", True, ("fast",)), ("other", False, ())]
     assert kept.observed.queue_depth == 3 and kept.state.health == "healthy"
     assert moved.assets == configured.assets and moved.state.health == "unknown"
+
+
+async def test_a_heartbeat_that_moves_only_load_keeps_the_name_indexes(db_path: Path) -> None:
+    chat = service("gpu1", "gpu1", assets=(Asset(asset_id="m1"),))
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [chat])
+        before = registry.snapshot
+        busier = replace(chat, observed=Observed(in_flight=1))
+        await registry.heartbeat("gpu1", 105.0, {}, [busier])
+        after_load = registry.snapshot
+        await registry.heartbeat("gpu1", 110.0, {}, [replace(busier, assets=(
+            Asset(asset_id="m1"), Asset(asset_id="m2", aliases=("big",))))])
+        after_model = registry.snapshot
+    assert after_load.services["gpu1/chat"].observed.in_flight == 1
+    assert after_load.by_name is before.by_name  # not rebuilt for a load figure
+    assert after_model.by_name[("chat", "big")] == ("gpu1/chat",)
+    assert ("chat", "big") not in before.by_name
