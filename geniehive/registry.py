@@ -30,7 +30,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -148,22 +148,68 @@ class ServiceConflict(RegistryRefusal):
         self.owner_host_id = owner_host_id
 
 
-@dataclass(frozen=True, slots=True)
 class _State:
     """What the snapshot is built from. Once committed it is never changed again (the
-    snapshot shares its dicts): a write edits a copy from `edit()`."""
+    snapshot shares its dicts): a write edits a draft from `edit()`, whose dicts are copied
+    from the committed ones on first use and note what changes (registry_rows.Tracked), so a
+    write costs what it touched: a heartbeat copies the hosts, not every service."""
 
-    hosts: dict[str, Host]
-    services: dict[str, Service]
-    roles: dict[str, Role]
-    samples: dict[str, BenchmarkSample]
-    keys: dict[str, StoredKey]
+    __slots__ = ("_base", "_own")
+
+    def __init__(self, hosts: dict[str, Host], services: dict[str, Service],
+                 roles: dict[str, Role], samples: dict[str, BenchmarkSample],
+                 keys: dict[str, StoredKey]) -> None:
+        self._base: _State | None = None
+        self._own: dict[str, dict[str, Any]] = {
+            "hosts": hosts, "services": services, "roles": roles, "samples": samples,
+            "keys": keys}
 
     def edit(self) -> _State:
-        """A copy with fresh dicts the caller may change before committing it; they note
-        what changes (registry_rows.Tracked), so a write costs what it changed."""
-        return _State(Tracked(self.hosts), Tracked(self.services), Tracked(self.roles),
-                      Tracked(self.samples), Tracked(self.keys))
+        draft = _State.__new__(_State)
+        draft._base, draft._own = self, {}
+        return draft
+
+    def _field(self, name: str) -> dict[str, Any]:
+        found = self._own.get(name)
+        if found is None:
+            assert self._base is not None
+            found = self._own[name] = Tracked(self._base._field(name))
+        return found
+
+    def changed_fields(self) -> Collection[str] | None:
+        """The fields a draft has touched (None: not a draft, compare everything)."""
+        return None if self._base is None else self._own.keys()
+
+    def committed(self) -> _State:
+        """This state as a committed one: every field its own (no copy is made)."""
+        if self._base is None:
+            return self
+        base = self._base
+        return _State(*(self._own[name] if name in self._own else base._own[name]
+                        for name in FIELDS))
+
+    @property
+    def hosts(self) -> dict[str, Host]:
+        return self._field("hosts")
+
+    @property
+    def services(self) -> dict[str, Service]:
+        return self._field("services")
+
+    @property
+    def roles(self) -> dict[str, Role]:
+        return self._field("roles")
+
+    @property
+    def samples(self) -> dict[str, BenchmarkSample]:
+        return self._field("samples")
+
+    @property
+    def keys(self) -> dict[str, StoredKey]:
+        return self._field("keys")
+
+
+FIELDS = ("hosts", "services", "roles", "samples", "keys")
 
 
 def _snapshot(version: int, state: _State, previous: Snapshot | None = None,
@@ -268,9 +314,9 @@ class Registry:
             state.hosts[host_id] = replace(
                 host, last_heartbeat=now, metrics=MappingProxyType(dict(metrics))
             )
-            if services is not None:
-                _replace_services(state, host_id, services,
-                                  self._snapshot.services_by_host.get(host_id, ()))
+            held = self._snapshot.services_by_host.get(host_id, ())
+            if services is not None and not _same_services(self._state, held, services):
+                _replace_services(state, host_id, services, held)
             await self._commit(state)
 
     async def set_service_assets(
@@ -391,6 +437,8 @@ class Registry:
             state = self._state.edit()
             changed = False
             for attr, _table in TABLES:
+                if touched is not None and attr not in touched:
+                    continue
                 held: dict[str, Any] = getattr(state, attr)
                 rows: dict[str, Any] = getattr(fresh, attr)
                 keys = held.keys() | rows.keys() if touched is None else touched.get(attr, ())
@@ -426,7 +474,7 @@ class Registry:
     def _publish(self, state: _State, changed: Mapping[str, Collection[str]] | None) -> None:
         """Publish `state`; `changed`: the keys that changed per state field (None: any)."""
         previous = self._snapshot
-        self._state = state
+        state = self._state = state.committed()
         self._snapshot = (_snapshot(previous.version + 1, state) if changed is None else
                           _snapshot(previous.version + 1, state, previous, changed))
         published, self.published = self.published, trio.Event()
@@ -538,6 +586,23 @@ def _service(state: _State, service_id: str) -> Service:
 def _last_seen(host: Host) -> float:
     seen = host.last_seen
     return seen if seen is not None else float("-inf")
+
+
+def _same_services(state: _State, held: Sequence[str], services: Sequence[Service]) -> bool:
+    """Whether a node's `services` are the ones `held` for it, as stored (its drains kept):
+    then nothing of them needs writing, or copying."""
+    if len(held) != len(services):
+        return False
+    for service in services:
+        stored = state.services.get(service.service_id)
+        if stored is None or stored.host_id != service.host_id:
+            return False
+        if service.state.availability != stored.state.availability:
+            service = replace(service, state=replace(service.state,
+                                                     availability=stored.state.availability))
+        if service != stored:
+            return False
+    return True
 
 
 def _same_names(before: Mapping[str, Service], after: Mapping[str, Service],

@@ -198,8 +198,11 @@ async def _follow_sqlite(registry: Registry, store: SqliteStore, leadership: Lea
                          task_status: Any) -> None:
     lock = FileLock(Path(os.fspath(store.path) + ".leader"))
     leadership.held = lock.try_take()  # a process alone leads from the start, quietly
-    task_status.started()
+    # The counter first, then what others wrote since this process loaded the file: no
+    # commit falls between the two.
     seen = await store.run(data_version)
+    await registry.refresh(None)
+    task_status.started()
     try:
         while True:
             await trio.sleep(POLL_S)

@@ -207,7 +207,10 @@ def diff(old: Any, new: Any) -> tuple[list[Statement], dict[str, list[str]]]:
     dict of `new` names are looked at; a plain dict is compared whole."""
     out: list[Statement] = []
     touched: dict[str, list[str]] = {}
+    fields = new.changed_fields() if hasattr(new, "changed_fields") else None
     for attr, table in TABLES:
+        if fields is not None and attr not in fields:
+            continue  # a draft's field never used is unchanged
         before, after = getattr(old, attr), getattr(new, attr)
         if isinstance(after, Tracked):
             candidates = after.changed
