@@ -13,6 +13,9 @@ read from an `EdgeConfig`:
   wait between requests stays `keep_alive_timeout`). Past it an HTTP/1.1 client that sent
   part of a head gets a 408 `request_timeout` with `Connection: close`; the connection closes.
 
+It also writes a fixed-length answer's head and body in one send (hypercorn writes them
+separately): see `EdgeTCPServer.protocol_send`.
+
 Authentication before the body (geniehive/gate.py) and body timeouts (geniehive/asgi.py) are
 the ASGI app's business.
 """
@@ -56,8 +59,19 @@ def slow_head_answer(header_timeout_s: float) -> bytes:
     return head.encode() + body
 
 
+def holds_head(data: bytes) -> bool:
+    """Whether bytes hypercorn writes right after a request head arrived are a final
+    response head (not `100 Continue`) announcing a Content-Length: such a head can wait
+    for its body, which the app sends next, and go out in the same write."""
+    if not data.startswith(b"HTTP/1.") or data[9:10] == b"1":
+        return False
+    end = data.find(b"\r\n\r\n")
+    return end > 0 and b"\r\ncontent-length:" in data[:end].lower()
+
+
 class EdgeTCPServer(TCPServer):
-    """hypercorn's connection handler with a deadline on each request head."""
+    """hypercorn's connection handler with a deadline on each request head, writing a
+    fixed-length answer's head together with its body."""
 
     def __init__(self, header_timeout_s: float, answer: bytes, *args: Any) -> None:
         super().__init__(*args)
@@ -68,11 +82,32 @@ class EdgeTCPServer(TCPServer):
         self._awaiting_head = True
         self._head_bytes = False  # part of the awaited head has arrived
         self._receiving: trio.CancelScope | None = None
+        self._answer_due = False  # a request head arrived; its answer's head is not written
+        self._held: bytes | None = None  # a fixed-length answer's head, waiting for its body
 
     async def protocol_send(self, event: Any) -> None:
+        # A fixed-length answer's head is held until the next write (its body, or the empty
+        # end of an empty body) and sent with it: one send instead of two. Any other event
+        # writes a held head first, so nothing is reordered or lost.
+        if type(event) is RawData:
+            data = event.data
+            if self._held is not None:
+                event = RawData(data=self._held + data)
+                self._held = None
+            elif self._answer_due and not data.startswith(b"HTTP/1.1 1"):
+                self._answer_due = False
+                if holds_head(data):
+                    self._held = data
+                    return
+            await super().protocol_send(event)
+            return
+        if self._held is not None:
+            held, self._held = self._held, None
+            await super().protocol_send(RawData(data=held))
         # Updated(idle=False): a head is complete; Updated(idle=True): the answer is done and
         # the connection waits for the next request (hypercorn's keep-alive timer runs).
         if isinstance(event, Updated):
+            self._answer_due = not event.idle
             self._awaiting_head = event.idle
             self._head_bytes = False
             self._set_head_deadline(math.inf)
