@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
@@ -59,6 +60,11 @@ def slow_head_answer(header_timeout_s: float) -> bytes:
     return head.encode() + body
 
 
+# Set (in the app's task, around one ASGI send) when more bytes of the same answer follow at
+# once: what that send writes waits for them, and all go out in one write.
+HOLD_WRITES: ContextVar[bool] = ContextVar("geniehive_hold_writes", default=False)
+
+
 def holds_head(data: bytes) -> bool:
     """Whether bytes hypercorn writes right after a request head arrived are a final
     response head (not `100 Continue`) announcing a Content-Length: such a head can wait
@@ -87,10 +93,15 @@ class EdgeTCPServer(TCPServer):
 
     async def protocol_send(self, event: Any) -> None:
         # A fixed-length answer's head is held until the next write (its body, or the empty
-        # end of an empty body) and sent with it: one send instead of two. Any other event
-        # writes a held head first, so nothing is reordered or lost.
+        # end of an empty body) and sent with it: one send instead of two; so is whatever is
+        # written while HOLD_WRITES is set. Any other event (the answer's end, a close)
+        # writes what is held first, so nothing is reordered or lost.
         if type(event) is RawData:
             data = event.data
+            if HOLD_WRITES.get():
+                self._answer_due = False
+                self._held = data if self._held is None else self._held + data
+                return
             if self._held is not None:
                 event = RawData(data=self._held + data)
                 self._held = None

@@ -12,7 +12,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
-from geniehive.edge import EdgeConfig, EdgeTCPServer
+from geniehive.edge import HOLD_WRITES, EdgeConfig, EdgeTCPServer
 
 REQUEST = b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -143,3 +143,26 @@ async def test_a_fixed_length_head_whose_app_fails_before_the_body_still_goes_ou
                 got += chunk
             # The head, then the connection closes: the short body shows the failure.
             assert got.startswith(b"HTTP/1.1 200 ") and b"content-length: 10" in got.lower()
+
+
+async def test_what_is_sent_while_writes_are_held_goes_out_with_the_answer_s_end() -> None:
+    async def streamed(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        token = HOLD_WRITES.set(True)  # the body follows at once
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        HOLD_WRITES.reset(token)
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        token = HOLD_WRITES.set(True)  # the last part and the chunked end together
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": False})
+        HOLD_WRITES.reset(token)
+
+    with trio.fail_after(5):
+        async with connection(streamed) as (server, client):
+            await client.send_all(REQUEST)
+            got = await read_until(client, b"0\r\n\r\n")
+            writes = [w for w in server.writes if w]
+            assert b"".join(writes) == got
+            assert len(writes) == 2
+            assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b"data: 1\n\n\r\n")
+            assert writes[1].startswith(b"9\r\ndata: 2") and writes[1].endswith(b"0\r\n\r\n")
