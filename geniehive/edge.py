@@ -75,6 +75,69 @@ def holds_head(data: bytes) -> bool:
     return end > 0 and b"\r\ncontent-length:" in data[:end].lower()
 
 
+class IdleTimer:
+    """hypercorn's keep-alive timer for one connection, as one task for the connection's
+    life rather than one started each time an answer ends (`TrioSingleTask`).
+
+    Rule, as hypercorn's: while the connection is idle (no request under way), it is
+    closed `timeout_s` after it became idle, or at once when the server's shutdown begins
+    (`terminated`); a request under way is never cut by it. `restart` and `stop` keep
+    hypercorn's meaning (start the timer; end it for good, the connection is closing);
+    `idle()` and `busy()` re-arm and disarm it per request without a task switch.
+    """
+
+    def __init__(self, timeout_s: float, terminated: Any,
+                 close: Callable[[], Awaitable[None]]) -> None:
+        self._timeout_s = timeout_s
+        self._terminated = terminated
+        self._close = close
+        self._scope: trio.CancelScope | None = None
+        self._busy = False
+        self._became_idle: trio.Event | None = None
+        self._started = False
+        self._stopped = False
+
+    async def restart(self, task_group: Any, action: Any = None) -> None:
+        """Start the timer, the connection being idle (`action`, hypercorn's, is unused)."""
+        self.idle()
+        if not self._started:
+            self._started = True
+            task_group._nursery.start_soon(self._run)
+
+    async def stop(self) -> None:
+        """End the timer for good, without closing."""
+        self._started = self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def idle(self) -> None:
+        self._busy = False
+        if self._scope is not None:
+            self._scope.deadline = trio.current_time() + self._timeout_s
+        if self._became_idle is not None:
+            self._became_idle.set()
+
+    def busy(self) -> None:
+        self._busy = True
+        if self._scope is not None:
+            self._scope.deadline = math.inf
+
+    async def _run(self) -> None:
+        if self._stopped:  # stopped before this task first ran
+            return
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            scope.deadline = math.inf if self._busy else trio.current_time() + self._timeout_s
+            await self._terminated.wait()
+            while self._busy:  # the shutdown began during a request: close once it ends
+                self._became_idle = trio.Event()
+                await self._became_idle.wait()
+        self._scope = None
+        if not self._stopped:
+            with trio.CancelScope(shield=True):
+                await self._close()
+
+
 class EdgeTCPServer(TCPServer):
     """hypercorn's connection handler with a deadline on each request head, writing a
     fixed-length answer's head together with its body."""
@@ -89,6 +152,9 @@ class EdgeTCPServer(TCPServer):
         self._head_bytes = False  # part of the awaited head has arrived
         self._receiving: trio.CancelScope | None = None
         self._answer_due = False  # a request head arrived; its answer's head is not written
+        self._idle_timer = IdleTimer(self.config.keep_alive_timeout, self.context.terminated,
+                                     self._initiate_server_close)
+        self.idle_task = self._idle_timer  # type: ignore[assignment]  # same interface
         self._held: bytes | None = None  # a fixed-length answer's head, waiting for its body
 
     async def protocol_send(self, event: Any) -> None:
@@ -125,9 +191,24 @@ class EdgeTCPServer(TCPServer):
             if event.idle and self._buffered_head():
                 self._head_bytes = True
                 self._set_head_deadline(trio.current_time() + self._header_timeout_s)
+            # hypercorn's own handling of Updated: (re)start or stop the keep-alive timer.
+            if event.idle:
+                self._idle_timer.idle()
+            else:
+                self._idle_timer.busy()
+            return
         await super().protocol_send(event)
 
     async def _read_data(self) -> None:
+        try:
+            await self._read_loop()
+        finally:
+            # The peer is gone: without this, the keep-alive timer would keep the connection
+            # (its descriptor and its max_connections slot) until keep_alive_timeout, or,
+            # with a request under way, until the shutdown.
+            await self.idle_task.stop()
+
+    async def _read_loop(self) -> None:
         while True:
             deadline = self._head_deadline if self._awaiting_head else math.inf
             with trio.CancelScope(deadline=deadline) as scope:
@@ -149,9 +230,6 @@ class EdgeTCPServer(TCPServer):
             if data == b"":
                 break
         await self.protocol.handle(Closed())
-        # The peer is gone: without this, hypercorn's keep-alive timer would keep the
-        # connection (its descriptor and its max_connections slot) until keep_alive_timeout.
-        await self.idle_task.stop()
 
     def _set_head_deadline(self, deadline: float) -> None:
         self._head_deadline = deadline

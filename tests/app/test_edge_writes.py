@@ -50,14 +50,17 @@ async def read_until(stream: trio.SocketStream, marker: bytes) -> bytes:
 
 
 @asynccontextmanager
-async def connection(app: Any) -> AsyncIterator[tuple[RecordingStream, trio.SocketStream]]:
+async def connection(
+    app: Any, keep_alive_s: float = 5.0, context: WorkerContext | None = None,
+) -> AsyncIterator[tuple[RecordingStream, trio.SocketStream]]:
     """One connection served by EdgeTCPServer over a socket pair: (server side, client)."""
     ours, theirs = trio.socket.socketpair()
     recording = RecordingStream(ours)
     client = trio.SocketStream(theirs)
     config = EdgeConfig()
+    config.keep_alive_timeout = keep_alive_s
     server = EdgeTCPServer(10.0, b"", wrap_app(app, config.wsgi_max_body_size, "asgi"), config,
-                           WorkerContext(None), ConnectionState({}), recording)
+                           context or WorkerContext(None), ConnectionState({}), recording)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.run)
@@ -166,3 +169,50 @@ async def test_what_is_sent_while_writes_are_held_goes_out_with_the_answer_s_end
             assert len(writes) == 2
             assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b"data: 1\n\n\r\n")
             assert writes[1].startswith(b"9\r\ndata: 2") and writes[1].endswith(b"0\r\n\r\n")
+
+
+async def read_to_end(stream: trio.SocketStream) -> bytes:
+    got = b""
+    while chunk := await stream.receive_some(65536):
+        got += chunk
+    return got
+
+
+async def test_an_idle_kept_alive_connection_closes_after_the_keep_alive_timeout() -> None:
+    with trio.fail_after(5):
+        async with connection(fixed, keep_alive_s=0.3) as (_, client):
+            for _ in range(2):  # the timer restarts after each answer
+                await client.send_all(REQUEST)
+                await read_until(client, b'{"ok": true}')
+                await trio.sleep(0.15)  # idle, but less than the timeout: still open
+            started = trio.current_time()
+            assert await read_to_end(client) == b""
+            assert 0.1 <= trio.current_time() - started < 2
+
+
+async def test_a_shutdown_closes_an_idle_connection_and_lets_a_request_under_way_finish() -> None:
+    release = trio.Event()
+    started = trio.Event()
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        started.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"12")]})
+        await send({"type": "http.response.body", "body": b'{"ok": true}'})
+
+    async def noop(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+
+    with trio.fail_after(5):
+        context = WorkerContext(None)
+        async with connection(slow, context=context) as (_, busy), \
+                connection(noop, context=context) as (_, idle):
+            await busy.send_all(REQUEST)
+            await started.wait()
+            await context.terminated.set()
+            assert await read_to_end(idle) == b""  # closed at once
+            release.set()
+            answer = await read_to_end(busy)  # answered, then closed
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"ok": true}')
