@@ -23,10 +23,12 @@ the ASGI app's business.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from functools import partial
 from typing import Any
+from wsgiref.handlers import format_date_time
 
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -47,6 +49,26 @@ class EdgeConfig(HyperConfig):
 
     header_timeout_s: float = 10.0
     max_connections: int = 4096
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        """hypercorn's headers added to every answer, the Date formatted once a second."""
+        if not self.include_date_header or self.alt_svc_headers or self._quic_addresses:
+            return super().response_headers(protocol)
+        headers = [(b"date", http_date(time.time()))]
+        if self.include_server_header:
+            headers.append((b"server", f"hypercorn-{protocol}".encode("ascii")))
+        return headers
+
+
+_DATE: list[Any] = [-1, b""]  # (the second, its Date header value)
+
+
+def http_date(now: float) -> bytes:
+    """The HTTP Date of `now` (RFC 9110 IMF-fixdate), formatted once per second."""
+    second = int(now)
+    if _DATE[0] != second:
+        _DATE[:] = [second, format_date_time(second).encode("ascii")]
+    return _DATE[1]
 
 
 def slow_head_answer(header_timeout_s: float) -> bytes:

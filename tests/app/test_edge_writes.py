@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from wsgiref.handlers import format_date_time
 
 import trio
+from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
-from geniehive.edge import HOLD_WRITES, EdgeConfig, EdgeTCPServer
+from geniehive.edge import HOLD_WRITES, EdgeConfig, EdgeTCPServer, http_date
 
 REQUEST = b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -216,3 +218,13 @@ async def test_a_shutdown_closes_an_idle_connection_and_lets_a_request_under_way
             release.set()
             answer = await read_to_end(busy)  # answered, then closed
             assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"ok": true}')
+
+
+def test_the_date_header_is_hypercorns_and_follows_the_clock() -> None:
+    config = EdgeConfig()
+    ours = config.response_headers("h11")
+    theirs = HyperConfig.response_headers(config, "h11")
+    assert [name for name, _ in ours] == [name for name, _ in theirs] == [b"date", b"server"]
+    assert http_date(1_700_000_000.2) == format_date_time(1_700_000_000).encode()
+    assert http_date(1_700_000_000.9) == b"Tue, 14 Nov 2023 22:13:20 GMT"
+    assert http_date(1_700_000_001.0) == b"Tue, 14 Nov 2023 22:13:21 GMT"
