@@ -271,18 +271,22 @@ def _chat_section(results: dict[str, Any]) -> list[str]:
                      f"{s['rps_median']:,.0f} ({s['rps_min']:,.0f}-{s['rps_max']:,.0f})",
                      s["p50_ms"], s["p99_ms"], f"{s['non_2xx']} / {s['socket_errors']}",
                      s.get("gateway_cpu_pct", "-"), s.get("irq_cpu_pct", "-"),
-                     s.get("others_cpu_pct", "-"), s.get("steal_cpu_pct", "-")])
+                     s.get("others_cpu_pct", "-"), s.get("steal_cpu_pct", "-"),
+                     s.get("cpu_us_per_req", "-")])
     out += ["CPU columns: shares of the gateway's CPU during the gateway runs: the gateway "
-            "process, interrupts (mostly its own loopback traffic), other processes, steal.", ""]
+            "process, interrupts (mostly its own loopback traffic), other processes, steal; "
+            "CPU µs/req: the gateway process's CPU time (utime + stime) per request served, "
+            "the figure other work on the machine disturbs least.", ""]
     out += _table(["body", "conc.", "target", "req/s", "p50 ms", "p99 ms", "errors",
-                   "gateway %", "irq %", "others %", "steal %"], rows)
+                   "gateway %", "irq %", "others %", "steal %", "CPU µs/req"], rows)
     after = results.get("chat_after_streams")
     if after:
         out += [f"Again right after the burst of relayed streams ({after['kind']}, concurrency "
                 f"{after['concurrency']}, one run): {after['rps']:,.0f} req/s, p50 "
                 f"{_fmt(after['p50_ms'], 3)} ms, p99 {_fmt(after['p99_ms'], 3)} ms, errors "
                 f"{after['non_2xx']} / {after['socket_errors']}, gateway CPU "
-                f"{_fmt(after.get('gateway_cpu_pct'), 1)} %.", ""]
+                f"{_fmt(after.get('gateway_cpu_pct'), 1)} %, "
+                f"{_fmt(after.get('cpu_us_per_req'), 1)} CPU µs/req.", ""]
     out += ["Added latency (gateway p50 - direct p50, paired within each run; median of runs):",
             ""]
     out += _table(["body", "conc.", "added p50 ms", "per run"],
@@ -296,12 +300,13 @@ def _stream_section(results: dict[str, Any]) -> list[str]:
     out = ["## Streaming", ""]
     events = results.get("sse_events") or {}
     rows = [[target, e.get("streams"), e.get("events_per_stream"), e.get("events"),
-             e.get("seconds"), e.get("events_per_s"), e.get("errors")]
+             e.get("seconds"), e.get("events_per_s"), e.get("errors"),
+             e.get("cpu_us_per_event", "-")]
             for target, e in events.items()]
     out += ["Relayed SSE events (concurrent streams, each event written separately upstream):",
             ""]
-    out += _table(["target", "streams", "events each", "events", "s", "events/s", "errors"],
-                  rows)
+    out += _table(["target", "streams", "events each", "events", "s", "events/s", "errors",
+                   "CPU µs/event"], rows)
     first = results.get("first_byte") or {}
     out += ["Time to first SSE byte (sequential, one keep-alive connection):", ""]
     out += _table(["target", "samples", "median ms", "p90 ms", "errors"],

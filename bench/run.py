@@ -63,7 +63,7 @@ from bench import (
     workers,
 )
 from bench.procs import Proc
-from bench.wrkrun import WrkError, run_wrk, summarize
+from bench.wrkrun import WrkError, cpu_us_per_request, run_wrk, summarize
 
 
 @dataclass(frozen=True)
@@ -162,8 +162,15 @@ def measure_streams(stack: dict[str, Proc], plan: Plan) -> dict[str, Any]:
         events = {
             "direct": await streams.relay_events(stack["stream"].port, plan.event_streams,
                                                  plan.events, 120),
-            "gateway": await streams.relay_events(gateway, plan.event_streams, plan.events, 120),
         }
+        watch = (stack["gateway"].pid, procs.cpu_plan()[0])
+        before = procs.cpu_sample(*watch)
+        events["gateway"] = await streams.relay_events(gateway, plan.event_streams, plan.events,
+                                                       120)
+        relayed = events["gateway"].get("events") or 0
+        if relayed:  # the gateway's CPU time per relayed event, as cpu_us_per_req for wrk
+            events["gateway"]["cpu_us_per_event"] = cpu_us_per_request(
+                before, procs.cpu_sample(*watch), relayed)
         return {"first_byte": first, "sse_events": events}
 
     return trio.run(main)

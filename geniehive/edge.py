@@ -13,6 +13,9 @@ read from an `EdgeConfig`:
   wait between requests stays `keep_alive_timeout`). Past it an HTTP/1.1 client that sent
   part of a head gets a 408 `request_timeout` with `Connection: close`; the connection closes.
 
+It also writes a fixed-length answer's head and body in one send (hypercorn writes them
+separately): see `EdgeTCPServer.protocol_send`.
+
 Authentication before the body (geniehive/gate.py) and body timeouts (geniehive/asgi.py) are
 the ASGI app's business.
 """
@@ -20,9 +23,12 @@ the ASGI app's business.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
+from wsgiref.handlers import format_date_time
 
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -44,6 +50,26 @@ class EdgeConfig(HyperConfig):
     header_timeout_s: float = 10.0
     max_connections: int = 4096
 
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        """hypercorn's headers added to every answer, the Date formatted once a second."""
+        if not self.include_date_header or self.alt_svc_headers or self._quic_addresses:
+            return super().response_headers(protocol)
+        headers = [(b"date", http_date(time.time()))]
+        if self.include_server_header:
+            headers.append((b"server", f"hypercorn-{protocol}".encode("ascii")))
+        return headers
+
+
+_DATE: list[Any] = [-1, b""]  # (the second, its Date header value)
+
+
+def http_date(now: float) -> bytes:
+    """The HTTP Date of `now` (RFC 9110 IMF-fixdate), formatted once per second."""
+    second = int(now)
+    if _DATE[0] != second:
+        _DATE[:] = [second, format_date_time(second).encode("ascii")]
+    return _DATE[1]
+
 
 def slow_head_answer(header_timeout_s: float) -> bytes:
     """The raw HTTP/1.1 408 sent to a client whose request head is late."""
@@ -56,8 +82,87 @@ def slow_head_answer(header_timeout_s: float) -> bytes:
     return head.encode() + body
 
 
+# Set (in the app's task, around one ASGI send) when more bytes of the same answer follow at
+# once: what that send writes waits for them, and all go out in one write.
+HOLD_WRITES: ContextVar[bool] = ContextVar("geniehive_hold_writes", default=False)
+
+
+def holds_head(data: bytes) -> bool:
+    """Whether bytes hypercorn writes right after a request head arrived are a final
+    response head (not `100 Continue`) announcing a Content-Length: such a head can wait
+    for its body, which the app sends next, and go out in the same write."""
+    if not data.startswith(b"HTTP/1.") or data[9:10] == b"1":
+        return False
+    end = data.find(b"\r\n\r\n")
+    return end > 0 and b"\r\ncontent-length:" in data[:end].lower()
+
+
+class IdleTimer:
+    """hypercorn's keep-alive timer for one connection, as one task for the connection's
+    life rather than one started each time an answer ends (`TrioSingleTask`).
+
+    Rule, as hypercorn's: while the connection is idle (no request under way), it is
+    closed `timeout_s` after it became idle, or at once when the server's shutdown begins
+    (`terminated`); a request under way is never cut by it. `restart` and `stop` keep
+    hypercorn's meaning (start the timer; end it for good, the connection is closing);
+    `idle()` and `busy()` re-arm and disarm it per request without a task switch.
+    """
+
+    def __init__(self, timeout_s: float, terminated: Any,
+                 close: Callable[[], Awaitable[None]]) -> None:
+        self._timeout_s = timeout_s
+        self._terminated = terminated
+        self._close = close
+        self._scope: trio.CancelScope | None = None
+        self._busy = False
+        self._became_idle: trio.Event | None = None
+        self._started = False
+        self._stopped = False
+
+    async def restart(self, task_group: Any, action: Any = None) -> None:
+        """Start the timer, the connection being idle (`action`, hypercorn's, is unused)."""
+        self.idle()
+        if not self._started:
+            self._started = True
+            task_group._nursery.start_soon(self._run)
+
+    async def stop(self) -> None:
+        """End the timer for good, without closing."""
+        self._started = self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def idle(self) -> None:
+        self._busy = False
+        if self._scope is not None:
+            self._scope.deadline = trio.current_time() + self._timeout_s
+        if self._became_idle is not None:
+            self._became_idle.set()
+
+    def busy(self) -> None:
+        self._busy = True
+        if self._scope is not None:
+            self._scope.deadline = math.inf
+
+    async def _run(self) -> None:
+        if self._stopped:  # stopped before this task first ran
+            return
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            scope.deadline = math.inf if self._busy else trio.current_time() + self._timeout_s
+            await self._terminated.wait()
+            while self._busy:  # the shutdown began during a request: close once it ends
+                self._became_idle = trio.Event()
+                await self._became_idle.wait()
+        self._scope = None
+        if not self._stopped:
+            with trio.CancelScope(shield=True):
+                await self._close()
+
+
 class EdgeTCPServer(TCPServer):
-    """hypercorn's connection handler with a deadline on each request head."""
+    """hypercorn's connection handler with a deadline on each request head, writing a
+    fixed-length answer's head together with its body."""
 
     def __init__(self, header_timeout_s: float, answer: bytes, *args: Any) -> None:
         super().__init__(*args)
@@ -68,20 +173,64 @@ class EdgeTCPServer(TCPServer):
         self._awaiting_head = True
         self._head_bytes = False  # part of the awaited head has arrived
         self._receiving: trio.CancelScope | None = None
+        self._answer_due = False  # a request head arrived; its answer's head is not written
+        self._idle_timer = IdleTimer(self.config.keep_alive_timeout, self.context.terminated,
+                                     self._initiate_server_close)
+        self.idle_task = self._idle_timer  # type: ignore[assignment]  # same interface
+        self._held: bytes | None = None  # a fixed-length answer's head, waiting for its body
 
     async def protocol_send(self, event: Any) -> None:
+        # A fixed-length answer's head is held until the next write (its body, or the empty
+        # end of an empty body) and sent with it: one send instead of two; so is whatever is
+        # written while HOLD_WRITES is set. Any other event (the answer's end, a close)
+        # writes what is held first, so nothing is reordered or lost.
+        if type(event) is RawData:
+            data = event.data
+            if HOLD_WRITES.get():
+                self._answer_due = False
+                self._held = data if self._held is None else self._held + data
+                return
+            if self._held is not None:
+                event = RawData(data=self._held + data)
+                self._held = None
+            elif self._answer_due and not data.startswith(b"HTTP/1.1 1"):
+                self._answer_due = False
+                if holds_head(data):
+                    self._held = data
+                    return
+            await super().protocol_send(event)
+            return
+        if self._held is not None:
+            held, self._held = self._held, None
+            await super().protocol_send(RawData(data=held))
         # Updated(idle=False): a head is complete; Updated(idle=True): the answer is done and
         # the connection waits for the next request (hypercorn's keep-alive timer runs).
         if isinstance(event, Updated):
+            self._answer_due = not event.idle
             self._awaiting_head = event.idle
             self._head_bytes = False
             self._set_head_deadline(math.inf)
             if event.idle and self._buffered_head():
                 self._head_bytes = True
                 self._set_head_deadline(trio.current_time() + self._header_timeout_s)
+            # hypercorn's own handling of Updated: (re)start or stop the keep-alive timer.
+            if event.idle:
+                self._idle_timer.idle()
+            else:
+                self._idle_timer.busy()
+            return
         await super().protocol_send(event)
 
     async def _read_data(self) -> None:
+        try:
+            await self._read_loop()
+        finally:
+            # The peer is gone: without this, the keep-alive timer would keep the connection
+            # (its descriptor and its max_connections slot) until keep_alive_timeout, or,
+            # with a request under way, until the shutdown.
+            await self.idle_task.stop()
+
+    async def _read_loop(self) -> None:
         while True:
             deadline = self._head_deadline if self._awaiting_head else math.inf
             with trio.CancelScope(deadline=deadline) as scope:
@@ -103,9 +252,6 @@ class EdgeTCPServer(TCPServer):
             if data == b"":
                 break
         await self.protocol.handle(Closed())
-        # The peer is gone: without this, hypercorn's keep-alive timer would keep the
-        # connection (its descriptor and its max_connections slot) until keep_alive_timeout.
-        await self.idle_task.stop()
 
     def _set_head_deadline(self, deadline: float) -> None:
         self._head_deadline = deadline

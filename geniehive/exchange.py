@@ -107,6 +107,8 @@ class Writer:
     `sse` says the answer is an event stream (set before its start), `ended` that its last
     body part was written, `pending_since` when the send under way began (None: none is):
     what ends an answer cut by a shutdown, and what the write timeout watches.
+    `body_follows` (set before the start) promises that the first body part is written right
+    after the start, so the head may wait for it and go out in the same write.
     """
 
     start: StartFn
@@ -116,6 +118,7 @@ class Writer:
     sse: bool = False
     ended: bool = False
     pending_since: float | None = None
+    body_follows: bool = False
 
 
 @dataclass(slots=True)

@@ -5,7 +5,8 @@ Rule: owned by the event loop thread, never persisted. Routing reads them throug
 breaker update them. Round-robin counters live here too and advance only through
 `advance_round_robin`, called once per routed request.
 
-Reading is O(1) amortized: a service's percentiles are computed once per new measurement and
+Reading is O(1) amortized: a service's percentiles are read from windows kept sorted as
+measurements arrive (`SortedWindow`), once per new measurement, and
 its `ServiceRuntime` is reused (the same object) until something it shows changes, so routing
 can tell an unchanged service by identity. `health_suspects` names the services whose probe
 is down or whose breaker is not closed: every other service passes the health gates on its
@@ -17,6 +18,7 @@ services re-reads only those (plus the suspects, whose open breakers move with t
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -30,12 +32,65 @@ log = logging.getLogger("geniehive.breaker")
 WINDOW = 100  # measured requests kept per service for percentiles and the error rate
 
 
-def _percentile(values: Iterable[float], fraction: float) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    index = min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))
-    return ordered[index]
+class SortedWindow:
+    """The last `size` values, kept in arrival order and sorted, so that adding one costs a
+    binary search and a short move (not a sort of the window) and a percentile is one index:
+    the value at rank round(fraction * (n - 1)) of the n kept. NaN (unorderable) is not kept."""
+
+    __slots__ = ("order", "ranked")
+
+    def __init__(self, size: int) -> None:
+        self.order: deque[float] = deque(maxlen=size)
+        self.ranked: list[float] = []
+
+    def append(self, value: float) -> None:
+        if value != value:  # NaN
+            return
+        order = self.order
+        if len(order) == order.maxlen:
+            ranked = self.ranked
+            del ranked[bisect_left(ranked, order[0])]
+        order.append(value)
+        insort(self.ranked, value)
+
+    def percentile(self, fraction: float) -> float | None:
+        ranked = self.ranked
+        if not ranked:
+            return None
+        return ranked[min(len(ranked) - 1, round(fraction * (len(ranked) - 1)))]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.order)
+
+
+class OutcomeWindow:
+    """The last `size` outcomes (True: success) and how many of them failed."""
+
+    __slots__ = ("failed", "order")
+
+    def __init__(self, size: int) -> None:
+        self.order: deque[bool] = deque(maxlen=size)
+        self.failed = 0
+
+    def append(self, ok: bool) -> None:
+        order = self.order
+        if len(order) == order.maxlen and not order[0]:
+            self.failed -= 1
+        order.append(ok)
+        if not ok:
+            self.failed += 1
+
+    def error_rate(self) -> float:
+        return self.failed / len(self.order) if self.order else 0.0
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[bool]:
+        return iter(self.order)
 
 
 class Journal:
@@ -111,10 +166,10 @@ class ServiceLive:
         self.service_id = service_id
         self._journal = journal if journal is not None else Journal()
         self._in_flight = 0
-        self.latencies_ms: deque[float] = deque(maxlen=WINDOW)
-        self.ttfts_ms: deque[float] = deque(maxlen=WINDOW)
-        self.tokens_per_sec: deque[float] = deque(maxlen=WINDOW)
-        self.outcomes: deque[bool] = deque(maxlen=WINDOW)
+        self.latencies_ms = SortedWindow(WINDOW)
+        self.ttfts_ms = SortedWindow(WINDOW)
+        self.tokens_per_sec = SortedWindow(WINDOW)
+        self.outcomes = OutcomeWindow(WINDOW)
         self.requests = 0
         self.failures = 0
         self._suspects = suspects if suspects is not None else set()
@@ -261,10 +316,10 @@ class ServiceLive:
         if stats is None:
             stats = self._stats = (
                 len(self.latencies_ms),
-                _percentile(self.latencies_ms, 0.5),
-                _percentile(self.ttfts_ms, 0.5),
-                _percentile(self.tokens_per_sec, 0.5),
-                self._error_rate(),
+                self.latencies_ms.percentile(0.5),
+                self.ttfts_ms.percentile(0.5),
+                self.tokens_per_sec.percentile(0.5),
+                self.outcomes.error_rate(),
             )
         return stats
 
@@ -272,15 +327,10 @@ class ServiceLive:
         return self._measures()[1]
 
     def p95_latency_ms(self) -> float | None:
-        return _percentile(self.latencies_ms, 0.95)
+        return self.latencies_ms.percentile(0.95)
 
     def ttft_ms(self) -> float | None:
         return self._measures()[2]
-
-    def _error_rate(self) -> float:
-        if not self.outcomes:
-            return 0.0
-        return sum(1 for ok in self.outcomes if not ok) / len(self.outcomes)
 
     def runtime(self, now: float, open_s: float) -> ServiceRuntime:
         """The numbers routing reads at `now`; the same object while none of them changed."""

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 HEALTH_STATES = ("healthy", "unknown", "down", "unhealthy", "stale", "unavailable")
 BREAKER_STATES = ("closed", "open", "half_open")  # those of geniehive.health
+MAX_CACHED_CHILDREN = 4096  # labelled metric children kept for observe_request
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "route_type"]
 
@@ -83,13 +84,25 @@ class GatewayMetrics:
             ["result"], registry=self.registry,
         )
         self.registry.register(_LiveCollector(gateway))
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, endpoint: str, outcome: Any, duration_s: float) -> None:
         """Record one answered request (called once per request, routed or not)."""
         service = outcome.service_id or "-"
         rtype = route_type(outcome.route, outcome.service_id is not None)
-        self.requests.labels(endpoint, rtype, service, str(outcome.status)).inc()
-        self.latency.labels(endpoint, rtype).observe(duration_s)
+        # The labelled children are looked up once per label set (prometheus_client's
+        # labels() validates and locks on every call); children are never removed.
+        key = (endpoint, rtype, service, outcome.status)
+        children = self._request_children.get(key)
+        if children is None:
+            if len(self._request_children) >= MAX_CACHED_CHILDREN:
+                self._request_children.clear()
+            children = self._request_children[key] = (
+                self.requests.labels(endpoint, rtype, service, str(outcome.status)),
+                self.latency.labels(endpoint, rtype),
+            )
+        children[0].inc()
+        children[1].observe(duration_s)
         if outcome.affinity is not None:
             self.affinity.labels(outcome.affinity).inc()
         if outcome.service_id is None:

@@ -39,6 +39,7 @@ from geniehive.asgi import (
 )
 from geniehive.capacity import place
 from geniehive.dialects import Dialect, DialectWriter
+from geniehive.edge import HOLD_WRITES
 from geniehive.egress import HOP_HEADER, HOP_HEADER_BYTES
 from geniehive.errors import (
     GenieHiveError,
@@ -411,7 +412,14 @@ def _writer(send: Send) -> Writer:
     async def start(status: int, headers: list[tuple[bytes, bytes]]) -> None:
         writer.started = True
         writer.pending_since = clock()
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if writer.body_follows:  # the head waits for the first body part (geniehive/edge.py)
+            token = HOLD_WRITES.set(True)
+            try:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+            finally:
+                HOLD_WRITES.reset(token)
+        else:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
         writer.pending_since = None
 
     async def body(chunk: bytes, more: bool) -> None:
@@ -425,9 +433,14 @@ def _writer(send: Send) -> Writer:
         else:
             writer.ended = True
             writer.pending_since = clock()
-            # Shield the final send so a cancellation cannot leave the connection stuck.
-            with trio.CancelScope(shield=True):
-                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+            # Shield the final send so a cancellation cannot leave the connection stuck. Its
+            # part and the answer's end (a chunked answer's last chunk) go out in one write.
+            token = HOLD_WRITES.set(True)
+            try:
+                with trio.CancelScope(shield=True):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+            finally:
+                HOLD_WRITES.reset(token)
             writer.pending_since = None
 
     async def parts(chunk: bytes, more: bool) -> None:

@@ -431,6 +431,7 @@ class Relay:
         held, ended = await self._hold_until_content(attempt, chunks, stripper, translator)
         first = trio.current_time()
         writer.sse = True
+        writer.body_follows = bool(held) or ended  # written at once below
         await writer.start(200, [*SSE_HEADERS, *headers])
         try:
             if held and not ended:

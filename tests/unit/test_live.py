@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 from geniehive import health
-from geniehive.live import LiveState
+from geniehive.live import WINDOW, LiveState
 from geniehive.routing import NO_RUNTIME
 
 
@@ -37,6 +39,29 @@ def test_percentiles_follow_each_new_sample() -> None:
     assert live.get("a").p95_latency_ms() == 1000.0
     fail(live, "a")
     assert live.runtime("a", 10.0).error_rate == 1 / 6
+
+
+def test_percentiles_and_error_rate_cover_only_the_last_window_of_requests() -> None:
+    live = LiveState()
+    rng = random.Random(7)
+    seen: list[tuple[float, bool]] = []
+    for _ in range(3 * WINDOW + 17):
+        if rng.random() < 0.2:
+            fail(live, "a")
+            seen.append((0.0, False))
+        else:
+            latency = float(rng.randrange(1, 60))  # ties, as real latencies have
+            succeed(live, "a", latency)
+            seen.append((latency, True))
+        # what a client of the numbers expects: the window sorted afresh
+        outcomes = [ok for _, ok in seen[-WINDOW:]]
+        kept = sorted([lat for lat, ok in seen if ok][-WINDOW:])
+        runtime = live.runtime("a", 10.0)
+        assert runtime.samples == len(kept)
+        assert runtime.p50_latency_ms == (kept[round(0.5 * (len(kept) - 1))] if kept else None)
+        assert live.get("a").p95_latency_ms() == (
+            kept[min(len(kept) - 1, round(0.95 * (len(kept) - 1)))] if kept else None)
+        assert runtime.error_rate == outcomes.count(False) / len(outcomes)
 
 
 def test_the_runtime_is_the_same_value_until_something_it_shows_changes() -> None:
