@@ -31,7 +31,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -52,7 +51,13 @@ from geniehive.models import (
     Snapshot,
 )
 from geniehive.registry_responses import RESPONSES_MIGRATION
-from geniehive.registry_rows import TABLES, StoredKey, Tracked, diff
+from geniehive.registry_rows import TABLES, StoredKey, diff
+from geniehive.registry_state import (
+    State,
+    _drop_old_samples,
+    _same_services,
+    _snapshot,
+)
 from geniehive.registry_store import (
     CHANNEL,
     PostgresStore,
@@ -148,99 +153,10 @@ class ServiceConflict(RegistryRefusal):
         self.owner_host_id = owner_host_id
 
 
-class _State:
-    """What the snapshot is built from. Once committed it is never changed again (the
-    snapshot shares its dicts): a write edits a draft from `edit()`, whose dicts are copied
-    from the committed ones on first use and note what changes (registry_rows.Tracked), so a
-    write costs what it touched: a heartbeat copies the hosts, not every service."""
-
-    __slots__ = ("_base", "_own")
-
-    def __init__(self, hosts: dict[str, Host], services: dict[str, Service],
-                 roles: dict[str, Role], samples: dict[str, BenchmarkSample],
-                 keys: dict[str, StoredKey]) -> None:
-        self._base: _State | None = None
-        self._own: dict[str, dict[str, Any]] = {
-            "hosts": hosts, "services": services, "roles": roles, "samples": samples,
-            "keys": keys}
-
-    def edit(self) -> _State:
-        draft = _State.__new__(_State)
-        draft._base, draft._own = self, {}
-        return draft
-
-    def _field(self, name: str) -> dict[str, Any]:
-        found = self._own.get(name)
-        if found is None:
-            assert self._base is not None
-            found = self._own[name] = Tracked(self._base._field(name))
-        return found
-
-    def changed_fields(self) -> Collection[str] | None:
-        """The fields a draft has touched (None: not a draft, compare everything)."""
-        return None if self._base is None else self._own.keys()
-
-    def committed(self) -> _State:
-        """This state as a committed one: every field its own (no copy is made)."""
-        if self._base is None:
-            return self
-        base = self._base
-        return _State(*(self._own[name] if name in self._own else base._own[name]
-                        for name in FIELDS))
-
-    @property
-    def hosts(self) -> dict[str, Host]:
-        return self._field("hosts")
-
-    @property
-    def services(self) -> dict[str, Service]:
-        return self._field("services")
-
-    @property
-    def roles(self) -> dict[str, Role]:
-        return self._field("roles")
-
-    @property
-    def samples(self) -> dict[str, BenchmarkSample]:
-        return self._field("samples")
-
-    @property
-    def keys(self) -> dict[str, StoredKey]:
-        return self._field("keys")
-
-
-FIELDS = ("hosts", "services", "roles", "samples", "keys")
-
-
-def _snapshot(version: int, state: _State, previous: Snapshot | None = None,
-              changed: Mapping[str, Collection[str]] | Collection[str] = ()) -> Snapshot:
-    """The snapshot of `state`. With the `previous` one and the state fields that `changed`
-    since, what depends only on unchanged fields is taken over instead of rebuilt (a
-    heartbeat changes a host: the name indexes over every service stay)."""
-    if previous is not None and "samples" not in changed:
-        benchmarks = previous.benchmarks
-    else:
-        benchmarks = tuple(sorted(state.samples.values(),
-                                  key=lambda s: (s.observed_at, s.benchmark_id)))
-    same_names = (previous is not None and "roles" not in changed
-                  and _same_names(previous.services, state.services,
-                                  changed.get("services", ()) if isinstance(changed, Mapping)
-                                  else None if "services" in changed else ()))
-    return Snapshot(
-        version=version,
-        hosts=MappingProxyType(state.hosts),
-        services=MappingProxyType(state.services),
-        roles=MappingProxyType(state.roles),
-        benchmarks=benchmarks,
-        indexes_from=previous,
-        names_unchanged=same_names,
-    )
-
-
 class Registry:
     """The live registry. Build it with `open_registry`."""
 
-    def __init__(self, store: Store, state: _State, *, retention_s: float = 30 * 86400,
+    def __init__(self, store: Store, state: State, *, retention_s: float = 30 * 86400,
                  origin: str = "") -> None:
         self.store = store
         self._lock = trio.Lock()
@@ -459,7 +375,7 @@ class Registry:
                     self.on_keys_refreshed()
             return changed
 
-    async def _commit(self, state: _State) -> None:
+    async def _commit(self, state: State) -> None:
         """Write what changed in one transaction, then publish. Caller holds the lock."""
         statements, touched = diff(self._state, state)
         if not statements:
@@ -471,7 +387,7 @@ class Registry:
         # No checkpoint from here on: a cancelled caller cannot leave the two apart.
         self._publish(state, touched)
 
-    def _publish(self, state: _State, changed: Mapping[str, Collection[str]] | None) -> None:
+    def _publish(self, state: State, changed: Mapping[str, Collection[str]] | None) -> None:
         """Publish `state`; `changed`: the keys that changed per state field (None: any)."""
         previous = self._snapshot
         state = self._state = state.committed()
@@ -515,11 +431,11 @@ async def open_registry(where: Path | RegistryConfig, *, origin: str = ""
         await store.aclose()
 
 
-def _read(db: Any, touched: dict[str, Sequence[str]] | None) -> _State:
+def _read(db: Any, touched: dict[str, Sequence[str]] | None) -> State:
     """The stored state, whole (touched None) or the rows of the touched keys."""
     if touched is None:
-        return _State(**{attr: table.load(db) for attr, table in TABLES})
-    return _State(**{attr: table.load(db, list(touched[attr])) if touched.get(attr) else {}
+        return State(**{attr: table.load(db) for attr, table in TABLES})
+    return State(**{attr: table.load(db, list(touched[attr])) if touched.get(attr) else {}
                      for attr, table in TABLES})
 
 
@@ -535,7 +451,7 @@ def _payload(origin: str, touched: Mapping[str, Sequence[str]]) -> str:
 # --- state edits (pure, on the event loop) -------------------------------------------------
 
 
-def _put_host(state: _State, host: Host) -> None:
+def _put_host(state: State, host: Host) -> None:
     """Upsert a host, keeping the time it first registered."""
     old = state.hosts.get(host.host_id)
     if old is not None and old.registered_at is not None:
@@ -543,13 +459,13 @@ def _put_host(state: _State, host: Host) -> None:
     state.hosts[host.host_id] = host
 
 
-def _drop_host(state: _State, host_id: str) -> None:
+def _drop_host(state: State, host_id: str) -> None:
     del state.hosts[host_id]
     for service_id in [s.service_id for s in state.services.values() if s.host_id == host_id]:
         del state.services[service_id]
 
 
-def _replace_services(state: _State, host_id: str, services: Sequence[Service],
+def _replace_services(state: State, host_id: str, services: Sequence[Service],
                       old_ids: Sequence[str] | None = None) -> None:
     """Give `host_id` exactly `services` (`old_ids`: the ones it has now, when known from
     the snapshot's index). Raises ServiceConflict, ValueError."""
@@ -576,7 +492,7 @@ def _replace_services(state: _State, host_id: str, services: Sequence[Service],
         state.services[service.service_id] = service
 
 
-def _service(state: _State, service_id: str) -> Service:
+def _service(state: State, service_id: str) -> Service:
     service = state.services.get(service_id)
     if service is None:
         raise UnknownService(service_id)
@@ -588,40 +504,6 @@ def _last_seen(host: Host) -> float:
     return seen if seen is not None else float("-inf")
 
 
-def _same_services(state: _State, held: Sequence[str], services: Sequence[Service]) -> bool:
-    """Whether a node's `services` are the ones `held` for it, as stored (its drains kept):
-    then nothing of them needs writing, or copying."""
-    if len(held) != len(services):
-        return False
-    for service in services:
-        stored = state.services.get(service.service_id)
-        if stored is None or stored.host_id != service.host_id:
-            return False
-        if service.state.availability != stored.state.availability:
-            service = replace(service, state=replace(service.state,
-                                                     availability=stored.state.availability))
-        if service != stored:
-            return False
-    return True
-
-
-def _same_names(before: Mapping[str, Service], after: Mapping[str, Service],
-                keys: Collection[str] | None) -> bool:
-    """Whether the services `keys` (None: unknown which) kept what the snapshot indexes them
-    by (host, operation, model ids and aliases): a load figure that moved needs no new index."""
-    if keys is None:
-        return False
-    for key in keys:
-        old, new = before.get(key), after.get(key)
-        if old is None or new is None:
-            return False
-        if (old.host_id, old.operation) != (new.host_id, new.operation) or [
-                (a.asset_id, a.aliases) for a in old.assets] != [
-                (a.asset_id, a.aliases) for a in new.assets]:
-            return False
-    return True
-
-
 def _keep_discovered(stored: Service | None, configured: Service) -> Service:
     """`configured`, keeping the assets, load and health stored for the same server."""
     if stored is None or (stored.adapter, stored.base_url, stored.operation) != (
@@ -630,20 +512,3 @@ def _keep_discovered(stored: Service | None, configured: Service) -> Service:
     return replace(configured, assets=merge_assets(configured.assets, stored.assets),
                    observed=stored.observed,
                    state=replace(configured.state, health=stored.state.health))
-
-
-def _drop_old_samples(state: _State, retention_s: float, now: float) -> bool:
-    """Remove samples observed longer than `retention_s` ago; whether any went."""
-    cutoff = (datetime.fromtimestamp(now, UTC) - timedelta(seconds=retention_s)).isoformat()
-    old = [k for k, sample in state.samples.items() if _observed_iso(sample) < cutoff]
-    for key in old:
-        del state.samples[key]
-    return bool(old)
-
-
-def _observed_iso(sample: BenchmarkSample) -> str:
-    try:
-        return datetime.fromisoformat(sample.observed_at.replace("Z", "+00:00")) \
-            .astimezone(UTC).isoformat()
-    except ValueError:
-        return sample.observed_at  # compared as text: an unparsable stamp is kept or not by it
