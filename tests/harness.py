@@ -28,6 +28,16 @@ from geniehive.adapters import ProbeResult
 from geniehive.config import LaunchConfig, UpstreamConfig, load_control
 
 REPO = Path(__file__).resolve().parent.parent
+# Synchronous SDK clients made by a test; tests/conftest.py closes them when it ends (their
+# pooled sockets would otherwise be left to the garbage collector: a ResourceWarning in
+# whichever test runs then).
+OPENED_CLIENTS: list[Any] = []
+
+
+def closing(client: Any) -> Any:
+    """`client`, closed at the end of the test."""
+    OPENED_CLIENTS.append(client)
+    return client
 LISTEN_RE = re.compile(rb"GenieHive listening on (http://[0-9.]+:\d+)")
 
 

@@ -6,17 +6,15 @@ model makes streams back to each SDK as its own kind of tool call."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
-import pytest
 import trio
 
 from tests.fakes.ollama import FakeOllama
-from tests.harness import InProcess, gateway_in_process, upstream_toml, write_config
+from tests.harness import InProcess, closing, gateway_in_process, upstream_toml, write_config
 
 WEATHER_SCHEMA = {"type": "object", "properties": {"request": {"type": "string"}}}
 
@@ -32,16 +30,7 @@ def chats(fake: FakeOllama) -> list[dict[str, Any]]:
     return [c for c in fake.native_calls if c["path"] == "/api/chat"]
 
 
-OPENED: list[Any] = []
 
-
-@pytest.fixture(autouse=True)
-def _close_sdk_clients() -> Iterator[None]:
-    """The synchronous SDKs keep pooled sockets until closed: close them with the test, so
-    none is left for the garbage collector (a ResourceWarning in some later test)."""
-    yield
-    while OPENED:
-        OPENED.pop().close()
 
 
 async def test_a_messages_stream_with_a_tool_call_from_ollama(
@@ -49,9 +38,8 @@ async def test_a_messages_stream_with_a_tool_call_from_ollama(
 ) -> None:
     with trio.fail_after(30):
         fake, running = await start(nursery, tmp_path)
-        client = anthropic.Anthropic(base_url=running.url, api_key="unused", max_retries=0,
-                                     timeout=20)
-        OPENED.append(client)
+        client = closing(anthropic.Anthropic(base_url=running.url, api_key="unused",
+                                             max_retries=0, timeout=20))
 
         def run() -> tuple[Any, Any]:
             plain = client.messages.create(
@@ -81,9 +69,8 @@ async def test_a_responses_stream_with_a_function_call_from_ollama(
 ) -> None:
     with trio.fail_after(30):
         fake, running = await start(nursery, tmp_path)
-        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0,
-                               timeout=20)
-        OPENED.append(client)
+        client = closing(openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused",
+                                       max_retries=0, timeout=20))
 
         def run() -> tuple[Any, list[Any]]:
             plain = client.responses.create(model="llama3.2:3b", input="hello ollama")

@@ -6,16 +6,14 @@ between requests unless a prompt needs more), `/v1` with `dialect = "openai"`.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
-import pytest
 import trio
 
 from tests.fakes.ollama import FakeOllama
-from tests.harness import InProcess, gateway_in_process, upstream_toml, write_config
+from tests.harness import InProcess, closing, gateway_in_process, upstream_toml, write_config
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -31,23 +29,12 @@ async def start(nursery: trio.Nursery, tmp_path: Path, extra: str = "") -> tuple
     return fake, await gateway_in_process(nursery, config)
 
 
-OPENED: list[openai.OpenAI] = []
 
 
 def sdk(running: InProcess) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0,
-                           timeout=20)
-    OPENED.append(client)
-    return client
+    return closing(openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0,
+                                   timeout=20))
 
-
-@pytest.fixture(autouse=True)
-def _close_sdk_clients() -> Iterator[None]:
-    """The synchronous SDKs keep pooled sockets until closed: close them with the test, so
-    none is left for the garbage collector (a ResourceWarning in some later test)."""
-    yield
-    while OPENED:
-        OPENED.pop().close()
 
 
 def chats(fake: FakeOllama) -> list[dict[str, Any]]:

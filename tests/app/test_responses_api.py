@@ -4,13 +4,14 @@ in front of the fake chat upstream (tests/fakes/upstream.py)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import openai
 import pytest
 import trio
 
+from tests.harness import closing
 from tests.hive import Hive, calls
 
 T = TypeVar("T")
@@ -19,23 +20,12 @@ TOOL = {"type": "function", "name": "lookup", "description": "Look a word up.",
         "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
 
 
-OPENED: list[openai.OpenAI] = []
 
 
 def sdk(hive: Hive) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=f"{hive.url}/v1", api_key="unused", max_retries=0,
-                           timeout=10)
-    OPENED.append(client)
-    return client
+    return closing(openai.OpenAI(base_url=f"{hive.url}/v1", api_key="unused", max_retries=0,
+                                   timeout=10))
 
-
-@pytest.fixture(autouse=True)
-def _close_sdk_clients() -> Iterator[None]:
-    """The synchronous SDKs keep pooled sockets until closed: close them with the test, so
-    none is left for the garbage collector (a ResourceWarning in some later test)."""
-    yield
-    while OPENED:
-        OPENED.pop().close()
 
 
 async def run(fn: Callable[[], T]) -> T:

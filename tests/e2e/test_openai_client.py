@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,15 @@ import openai
 import pytest
 import trio
 
-from tests.harness import Proc, spawn_fake, spawn_gateway, stop, upstream_toml, write_config
+from tests.harness import (
+    Proc,
+    closing,
+    spawn_fake,
+    spawn_gateway,
+    stop,
+    upstream_toml,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,23 +37,12 @@ async def start(nursery: trio.Nursery, tmp_path: Path, extra: str = "") -> tuple
     return fake, gateway
 
 
-OPENED: list[openai.OpenAI] = []
 
 
 def sdk(gateway: Proc) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0,
-                           timeout=20)
-    OPENED.append(client)
-    return client
+    return closing(openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0,
+                                   timeout=20))
 
-
-@pytest.fixture(autouse=True)
-def _close_sdk_clients() -> Iterator[None]:
-    """The synchronous SDKs keep pooled sockets until closed: close them with the test, so
-    none is left for the garbage collector (a ResourceWarning in some later test)."""
-    yield
-    while OPENED:
-        OPENED.pop().close()
 
 
 async def fake_control(fake: Proc, path: str, body: dict | None = None) -> httpx.Response:

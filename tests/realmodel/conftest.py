@@ -9,14 +9,13 @@ test started.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from tests.harness import Proc
-from tests.realmodel import support
 from tests.realmodel.support import (
     agent_program,
     require_binary,
@@ -24,13 +23,6 @@ from tests.realmodel.support import (
     stop_all,
     venv_program,
 )
-
-
-@pytest.fixture(autouse=True)
-def _close_sdk_clients() -> Iterator[None]:
-    yield
-    while support.OPENED:
-        support.OPENED.pop().close()
 
 
 @pytest.fixture

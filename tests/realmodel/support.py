@@ -23,7 +23,7 @@ import openai
 import pytest
 import trio
 
-from tests.harness import Proc, _spawn, stop
+from tests.harness import Proc, _spawn, closing, stop
 
 INSTALL = "tests/realmodel/install.sh"
 
@@ -115,17 +115,10 @@ async def wait_routable(gateway_url: str, model: str, services: int = 1) -> list
             await trio.sleep(0.1)
 
 
-# Synchronous SDK clients made during a test; conftest.py closes them when it ends (their
-# pooled sockets would otherwise be left to the garbage collector: a ResourceWarning later).
-OPENED: list[Any] = []
-
-
 def sdk(gateway: Proc, timeout: float = 60) -> openai.OpenAI:
     """The real OpenAI client pointed at the gateway; no retries, so failures show."""
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0,
-                           timeout=timeout)
-    OPENED.append(client)
-    return client
+    return closing(openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused",
+                                 max_retries=0, timeout=timeout))
 
 
 async def in_thread(fn: Any, *args: Any) -> Any:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import trio
 
-from tests.harness import Proc, free_port, spawn_gateway, write_config
-from tests.realmodel.support import OPENED, in_thread, llamacpp_toml, sdk, wait_routable
+from tests.harness import Proc, closing, free_port, spawn_gateway, write_config
+from tests.realmodel.support import in_thread, llamacpp_toml, sdk, wait_routable
 
 pytestmark = pytest.mark.realmodel
 
@@ -29,9 +29,8 @@ async def test_messages_and_responses_pass_through_to_llamacpp(
         gateway = await spawn_gateway(nursery, config)
         reap.append(gateway)
         await wait_routable(gateway.url, "smollm2")
-        claude = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0,
-                                     timeout=60)
-        OPENED.append(claude)
+        claude = closing(anthropic.Anthropic(base_url=gateway.url, api_key="unused",
+                                             max_retries=0, timeout=60))
         openai_client = sdk(gateway)
 
         def run() -> dict[str, Any]:
