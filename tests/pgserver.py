@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -107,10 +106,3 @@ async def postgres_server(tmp_path: Path) -> AsyncIterator[PostgresServer]:
         with trio.CancelScope(shield=True):
             await pg.stop()
 
-
-def postgres_available() -> bool:
-    return pg_bin() is not None and (os.geteuid() != 0 or _has_user("postgres"))
-
-
-def _has_user(name: str) -> bool:
-    return subprocess.run(["id", "-u", name], capture_output=True).returncode == 0
