@@ -153,6 +153,21 @@ class ServiceConflict(RegistryRefusal):
         self.owner_host_id = owner_host_id
 
 
+BEAT_BATCH_S = 0.02  # how long the first heartbeat of a group waits for others
+
+
+class _Beat:
+    """A heartbeat waiting for its group's commit, and then what became of it."""
+
+    __slots__ = ("done", "error", "host_id", "metrics", "now", "services")
+
+    def __init__(self, host_id: str, now: float, metrics: Mapping[str, Any],
+                 services: Sequence[Service] | None) -> None:
+        self.host_id, self.now, self.metrics, self.services = host_id, now, metrics, services
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+
 class Registry:
     """The live registry. Build it with `open_registry`."""
 
@@ -160,6 +175,8 @@ class Registry:
                  origin: str = "") -> None:
         self.store = store
         self._lock = trio.Lock()
+        self._beats: list[_Beat] = []  # the heartbeats of the group being gathered
+        self.beat_batch_s = BEAT_BATCH_S
         self._state = state
         self._snapshot = _snapshot(1, state)
         self.published = trio.Event()  # set (then replaced) when a new snapshot is published
@@ -220,20 +237,68 @@ class Registry:
     ) -> None:
         """Record a heartbeat; with `services`, replace the host's services.
 
-        Raises UnknownHost, ServiceConflict (nothing written).
+        Raises UnknownHost, ServiceConflict (nothing of this heartbeat written). Heartbeats
+        are committed in groups: the first to arrive waits `beat_batch_s` for others, then
+        writes them all in one transaction and publishes one snapshot; each returns once its
+        group is committed (or raises what refused it, or the write's RegistryUnavailable).
         """
-        async with self._lock:
-            state = self._state.edit()
-            host = state.hosts.get(host_id)
-            if host is None:
-                raise UnknownHost(host_id)
-            state.hosts[host_id] = replace(
-                host, last_heartbeat=now, metrics=MappingProxyType(dict(metrics))
-            )
-            held = self._snapshot.services_by_host.get(host_id, ())
-            if services is not None and not _same_services(self._state, held, services):
-                _replace_services(state, host_id, services, held)
-            await self._commit(state)
+        beat = _Beat(host_id, now, metrics, services)
+        self._beats.append(beat)
+        if len(self._beats) == 1:  # no group is gathering: this one gathers and writes it
+            with trio.CancelScope(shield=True):  # the others of its group wait on it
+                await self._write_beats()
+        else:
+            await beat.done.wait()
+        if beat.error is not None:
+            raise beat.error
+
+    async def _write_beats(self) -> None:
+        group: list[_Beat] = []
+        try:
+            await trio.sleep(self.beat_batch_s)
+            async with self._lock:
+                group, self._beats = self._beats, []
+                state = self._state.edit()
+                for beat in group:
+                    try:
+                        self._apply_beat(state, beat)
+                    except (RegistryRefusal, ValueError) as exc:
+                        beat.error = exc
+                await self._commit(state)
+        except BaseException as exc:
+            if not group:  # failed before taking its group: nobody else would release it
+                group, self._beats = self._beats, []
+            for beat in group:
+                if beat.error is None:
+                    beat.error = (RegistryUnavailable(str(exc))
+                                  if isinstance(exc, RegistryUnavailable) else
+                                  RuntimeError("the heartbeat's write failed"))
+            raise
+        finally:
+            for beat in group:
+                beat.done.set()
+
+    def _apply_beat(self, state: State, beat: _Beat) -> None:
+        """One heartbeat's edit of the group's draft; raises before touching it."""
+        host = state.hosts.get(beat.host_id)
+        if host is None:
+            raise UnknownHost(beat.host_id)
+        if "services" in (state.changed_fields() or ()):  # an earlier beat of the group wrote some
+            held: Sequence[str] | None = None
+            same = beat.services is None or _same_services(
+                state, [sid for sid, s in state.services.items()
+                        if s.host_id == beat.host_id], beat.services)
+        else:
+            held = self._snapshot.services_by_host.get(beat.host_id, ())
+            same = beat.services is None or _same_services(self._state, held, beat.services)
+        if not same:
+            assert beat.services is not None
+            _check_services(state, beat.host_id, beat.services)
+        state.hosts[beat.host_id] = replace(
+            host, last_heartbeat=beat.now, metrics=MappingProxyType(dict(beat.metrics)))
+        if not same:
+            assert beat.services is not None
+            _replace_services(state, beat.host_id, beat.services, held)
 
     async def set_service_assets(
         self, service_id: str, assets: Sequence[Asset], observed: Observed | None = None
@@ -465,10 +530,8 @@ def _drop_host(state: State, host_id: str) -> None:
         del state.services[service_id]
 
 
-def _replace_services(state: State, host_id: str, services: Sequence[Service],
-                      old_ids: Sequence[str] | None = None) -> None:
-    """Give `host_id` exactly `services` (`old_ids`: the ones it has now, when known from
-    the snapshot's index). Raises ServiceConflict, ValueError."""
+def _check_services(state: State, host_id: str, services: Sequence[Service]) -> None:
+    """Raise ServiceConflict or ValueError if `host_id` may not have exactly `services`."""
     seen: set[str] = set()
     for service in services:
         if service.host_id != host_id:
@@ -479,6 +542,13 @@ def _replace_services(state: State, host_id: str, services: Sequence[Service],
         owner = state.services.get(service.service_id)
         if owner is not None and owner.host_id != host_id:
             raise ServiceConflict(service.service_id, owner.host_id)
+
+
+def _replace_services(state: State, host_id: str, services: Sequence[Service],
+                      old_ids: Sequence[str] | None = None) -> None:
+    """Give `host_id` exactly `services` (`old_ids`: the ones it has now, when known from
+    the snapshot's index). Raises ServiceConflict, ValueError (nothing changed)."""
+    _check_services(state, host_id, services)
     if old_ids is None:
         old_ids = [sid for sid, s in state.services.items() if s.host_id == host_id]
     old = {sid: state.services[sid] for sid in old_ids if sid in state.services}

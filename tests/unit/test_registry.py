@@ -558,3 +558,141 @@ async def test_a_heartbeat_that_moves_only_load_keeps_the_name_indexes(db_path: 
     assert after_load.by_name is before.by_name  # not rebuilt for a load figure
     assert after_model.by_name[("chat", "big")] == ("gpu1/chat",)
     assert ("chat", "big") not in before.by_name
+
+
+# --- heartbeats committed in groups ----------------------------------------------------------
+
+
+def recording(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, tuple[Any, ...]]]]:
+    """The statements of each transaction the registry writes from now on."""
+    written: list[list[tuple[str, tuple[Any, ...]]]] = []
+    real_write = registry_module._write
+
+    def recording_write(db: Any, statements: Any) -> None:
+        written.append(list(statements))
+        real_write(db, statements)
+
+    monkeypatch.setattr(registry_module, "_write", recording_write)
+    return written
+
+
+async def beat_together(registry: Registry, *beats: tuple[Any, ...]) -> list[Any]:
+    """Send heartbeats at the same moment; what each returned or raised, in order."""
+    results: list[Any] = [None] * len(beats)
+
+    async def one(index: int, args: tuple[Any, ...]) -> None:
+        try:
+            await registry.heartbeat(*args)
+        except Exception as exc:
+            results[index] = exc
+
+    async with trio.open_nursery() as nursery:
+        for index, args in enumerate(beats):
+            nursery.start_soon(one, index, args)
+    return results
+
+
+async def test_heartbeats_arriving_together_are_one_transaction_and_one_snapshot(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = recording(monkeypatch)
+    async with opened(db_path) as registry:
+        for n in range(5):
+            await registry.register_host(host(f"gpu{n}"), [service(f"gpu{n}", f"gpu{n}")])
+        written.clear()
+        version = registry.snapshot.version
+        results = await beat_together(
+            registry, *((f"gpu{n}", 200.0 + n, {"load": n}, None) for n in range(5)))
+        assert results == [None] * 5
+        assert registry.snapshot.version == version + 1
+        assert [registry.snapshot.hosts[f"gpu{n}"].last_heartbeat for n in range(5)] == [
+            200.0, 201.0, 202.0, 203.0, 204.0]
+    [group] = written
+    assert sorted(params[-1] for _, params in group) == [f"gpu{n}" for n in range(5)]
+    assert raw(db_path, "SELECT last_heartbeat FROM hosts ORDER BY host_id") == [
+        (200.0,), (201.0,), (202.0,), (203.0,), (204.0,)]
+
+
+async def test_a_refused_heartbeat_fails_alone_and_writes_nothing_of_its_own(
+    db_path: Path,
+) -> None:
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [service("gpu1", "a")])
+        await registry.register_host(host("gpu2"), [service("gpu2", "b")])
+        stolen = replace(service("gpu2", "a"), host_id="gpu2")  # gpu1's service id
+        results = await beat_together(
+            registry,
+            ("ghost", 300.0, {}, []),
+            ("gpu2", 300.0, {"x": 1}, [stolen]),
+            ("gpu1", 301.0, {}, [service("gpu1", "a"), service("gpu1", "c")]),
+        )
+        snapshot = registry.snapshot
+    assert isinstance(results[0], UnknownHost)
+    assert isinstance(results[1], ServiceConflict)
+    assert results[2] is None
+    assert snapshot.hosts["gpu2"].last_heartbeat == 100.0  # the refused beat left no trace
+    assert dict(snapshot.hosts["gpu2"].metrics) == {}
+    assert sorted(snapshot.services) == ["a/chat", "b/chat", "c/chat"]
+    assert snapshot.services["a/chat"].host_id == "gpu1"
+    async with opened(db_path) as reopened:
+        assert reopened.snapshot.hosts == snapshot.hosts
+        assert reopened.snapshot.services == snapshot.services
+
+
+async def test_two_heartbeats_of_one_host_in_a_group_end_as_the_later_says(
+    db_path: Path,
+) -> None:
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [service("gpu1", "a")])
+        results = await beat_together(
+            registry,
+            ("gpu1", 200.0, {}, [service("gpu1", "a"), service("gpu1", "c")]),
+            ("gpu1", 201.0, {}, [service("gpu1", "d")]),
+        )
+        snapshot = registry.snapshot
+    assert results == [None, None]
+    assert sorted(snapshot.services) == ["d/chat"]
+    assert snapshot.services_by_host["gpu1"] == ("d/chat",)
+    assert snapshot.hosts["gpu1"].last_heartbeat == 201.0
+    async with opened(db_path) as reopened:
+        assert sorted(reopened.snapshot.services) == ["d/chat"]
+
+
+async def test_a_failed_group_write_fails_every_heartbeat_of_it(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_write(db: Any, statements: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [])
+        await registry.register_host(host("gpu2"), [])
+        before = registry.snapshot
+        monkeypatch.setattr(registry_module, "_write", failing_write)
+        results = await beat_together(registry, ("gpu1", 200.0, {}, None),
+                                      ("gpu2", 200.0, {}, None))
+        assert registry.snapshot is before
+        monkeypatch.undo()
+        await registry.heartbeat("gpu1", 210.0, {}, None)  # the next group writes again
+        assert registry.snapshot.hosts["gpu1"].last_heartbeat == 210.0
+    assert [type(r) for r in results] == [RegistryUnavailable, RegistryUnavailable]
+    assert all("disk I/O error" in str(r) for r in results)
+
+
+async def test_a_heartbeat_whose_caller_gives_up_still_writes_its_group(db_path: Path) -> None:
+    async with opened(db_path) as registry:
+        await registry.register_host(host("gpu1"), [])
+        await registry.register_host(host("gpu2"), [])
+        gone = trio.CancelScope()
+
+        async def hanging_up() -> None:
+            with gone:
+                await registry.heartbeat("gpu2", 205.0, {}, None)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hanging_up)
+            await trio.testing.wait_all_tasks_blocked()  # its group is gathering
+            gone.cancel()
+            await registry.heartbeat("gpu1", 206.0, {}, None)  # joins that group
+        hosts = registry.snapshot.hosts
+    assert (hosts["gpu1"].last_heartbeat, hosts["gpu2"].last_heartbeat) == (206.0, 205.0)
