@@ -91,10 +91,6 @@ def body_limit(gateway: Gateway) -> int:
     return min(gateway.config.server.max_body_bytes, NODE_MAX_BODY_BYTES)
 
 
-def _known_adapters(gateway: Gateway) -> dict[str, frozenset[str]]:
-    return {kind: frozenset(spec.operations) for kind, spec in gateway.specs.items()}
-
-
 def _conflict(exc: ServiceConflict) -> Conflict:
     return Conflict(
         f"service '{exc.service_id}' belongs to host '{exc.owner_host_id}'",
@@ -178,7 +174,7 @@ def _answer(gateway: Gateway, host_id: str) -> dict[str, Any]:
 async def handle_register(gateway: Gateway, headers: Headers, body: bytes) -> dict[str, Any]:
     """Register a host. Raises the GenieHiveError to answer (401/403/400/409)."""
     principal = gateway.auth.authorize(headers, "node")
-    host, services = nodewire.parse_register(parse_json(body), adapters=_known_adapters(gateway))
+    host, services = nodewire.parse_register(parse_json(body), adapters=gateway.known_adapters)
     check_speaks_for(principal, host.host_id)
     check_upstreams(gateway, host.address, services)
     now = time.time()
@@ -197,13 +193,19 @@ async def handle_register(gateway: Gateway, headers: Headers, body: bytes) -> di
 async def handle_heartbeat(gateway: Gateway, headers: Headers, body: bytes) -> dict[str, Any]:
     """Record a heartbeat. Raises the GenieHiveError to answer (401/403/400/404/409)."""
     principal = gateway.auth.authorize(headers, "node")
+    payload = parse_json(body)
+    claimed = payload.get("host_id") if isinstance(payload, dict) else None
+    last = gateway.last_services.get(claimed) if isinstance(claimed, str) else None
     host_id, metrics, services = nodewire.parse_heartbeat(
-        parse_json(body), adapters=_known_adapters(gateway)
+        payload, adapters=gateway.known_adapters, last=last
     )
     check_speaks_for(principal, host_id)
     known = gateway.snapshot.hosts.get(host_id)
     if known is None:
         raise UnknownHostError(f"unknown host '{host_id}': register first", param="host_id")
+    if last is None or last.services is not services:
+        remember_services(gateway, nodewire.LastServices(
+            host_id, payload["services"], services, gateway.known_adapters))
     check_upstreams(gateway, known.address, services)
     try:
         await gateway.registry.heartbeat(host_id, time.time(), metrics, services)
@@ -214,6 +216,18 @@ async def handle_heartbeat(gateway: Gateway, headers: Headers, body: bytes) -> d
     except ServiceConflict as exc:
         raise _conflict(exc) from None
     return _answer(gateway, host_id)
+
+
+def remember_services(gateway: Gateway, last: nodewire.LastServices) -> None:
+    """Keep what a known host's heartbeat sent as its services, so its next heartbeat
+    sending the same is not read again; entries of forgotten hosts go when there are more
+    entries than hosts."""
+    memory = gateway.last_services
+    memory[last.host_id] = last
+    hosts = gateway.snapshot.hosts
+    if len(memory) > 2 * len(hosts) + 16:
+        for host_id in [h for h in memory if h not in hosts]:
+            del memory[host_id]
 
 
 ROUTES: dict[str, Handler] = {

@@ -31,6 +31,7 @@ from geniehive.launcher import Launcher
 from geniehive.live import LiveState, RuntimeView, in_use
 from geniehive.metrics import GatewayMetrics
 from geniehive.models import LOCAL_HOST_ID, Policy, Service, Snapshot
+from geniehive.nodewire import LastServices
 from geniehive.orders import NodeOrders
 from geniehive.registry import Registry
 from geniehive.registry_follow import Leadership
@@ -80,6 +81,10 @@ class Gateway:
         # The Responses API's stored answers, in the registry's database, read by id.
         self.responses = ResponseStore(registry, config.responses.retention_s)
         self.specs = specs
+        # The node wire's adapter names and their operations (fixed for the process), and
+        # what each node host's last heartbeat sent as its services (geniehive/api_nodes.py).
+        self.known_adapters = {kind: frozenset(spec.operations) for kind, spec in specs.items()}
+        self.last_services: dict[str, LastServices] = {}
         self.client = client  # discovery, probes and adapters (httpx)
         # The proxy path's upstream connections (a pool.UpstreamPool when serving); the relay
         # sends through it. Closing it is the owner's (the daemon's) business.

@@ -390,15 +390,34 @@ def parse_register(
 
 
 def parse_heartbeat(
-    payload: Any, *, adapters: KnownAdapters | None = None
+    payload: Any, *, adapters: KnownAdapters | None = None, last: LastServices | None = None
 ) -> tuple[str, Mapping[str, Any], list[Service]]:
-    """(host id, metrics, services) of a heartbeat. Raises InvalidRequest naming the field."""
+    """(host id, metrics, services) of a heartbeat. Raises InvalidRequest naming the field.
+
+    `last` is what this parse read from the same host's previous heartbeat: services sent
+    exactly as then (equal as JSON values) are taken from it instead of checked again."""
     o = _Object(payload, "")
     host_id = _host_id(o)
     metrics = o.optional("metrics", _json_object, MappingProxyType({}))
-    services = _services(o, host_id, adapters)
+    if last is not None and last.host_id == host_id and last.adapters is adapters and \
+            isinstance(payload, dict) and payload.get("services") == last.sent:
+        services = o.required("services", lambda value, path: last.services)
+    else:
+        services = _services(o, host_id, adapters)
     o.done()
     return host_id, metrics, services
+
+
+class LastServices:
+    """A host's services as its last heartbeat sent them (`sent`, the JSON value) and as
+    they were read (`services`), against the adapters known then."""
+
+    __slots__ = ("adapters", "host_id", "sent", "services")
+
+    def __init__(self, host_id: str, sent: Any, services: list[Service],
+                 adapters: KnownAdapters | None) -> None:
+        self.host_id, self.sent, self.services, self.adapters = (
+            host_id, sent, services, adapters)
 
 
 def _plain(value: Any) -> Any:

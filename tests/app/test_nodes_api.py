@@ -139,6 +139,30 @@ async def test_heartbeat_replaces_the_services_and_records_metrics(control: Any)
     assert snapshot.hosts["gpu-01"].last_heartbeat >= before
 
 
+async def test_services_sent_as_before_are_not_read_again_and_a_change_is_checked(
+    control: Any,
+) -> None:
+    running, client = control
+    services = payload()["services"]
+    with trio.fail_after(5):
+        await client.post("/v1/nodes/register", json=payload())
+        await client.post("/v1/nodes/heartbeat", json=heartbeat(services=services))
+        first = running.gateway.snapshot.services["gpu-01-vllm/chat"]
+        again = await client.post("/v1/nodes/heartbeat", json=heartbeat(services=services))
+        kept = running.gateway.snapshot.services["gpu-01-vllm/chat"]
+        broken = [{**services[0], "assets": [{"asset_id": "node-model", "loaded": "yes"}]}]
+        refused = await client.post("/v1/nodes/heartbeat", json=heartbeat(services=broken))
+        # Another host sending the same JSON gets services of its own, checked for it.
+        await client.post("/v1/nodes/register", json=payload(host_id="gpu-02", service="b/chat"))
+        theirs = await client.post("/v1/nodes/heartbeat", json=heartbeat("gpu-02", services))
+    assert again.status_code == 200
+    assert kept is first  # the same reading: neither parsed nor written again
+    assert assert_error(refused, 400, "invalid_request")["param"] == \
+        "services[0].assets[0].loaded"
+    assert running.gateway.snapshot.services["gpu-01-vllm/chat"] is first
+    assert assert_error(theirs, 409, "conflict")["param"] == "services"
+
+
 async def test_the_answer_names_the_hosts_upstreams_with_requests_in_flight(
     control: Any,
 ) -> None:

@@ -12,6 +12,7 @@ import pytest
 from geniehive.errors import InvalidRequest
 from geniehive.models import Asset, Host, Observed, Policy, Service, ServiceState
 from geniehive.nodewire import (
+    LastServices,
     parse_active_upstreams,
     parse_heartbeat,
     parse_register,
@@ -314,3 +315,24 @@ def test_the_active_upstreams_of_an_answer_are_read_defensively(
 ) -> None:
     assert parse_active_upstreams(answer) == expected
 
+
+
+def test_services_sent_as_last_time_are_taken_from_the_last_reading() -> None:
+    beat = {"host_id": "gpu-01", "services": register_payload()["services"]}
+    adapters = {"vllm": frozenset({"chat"})}
+    _, _, services = parse_heartbeat(copy.deepcopy(beat), adapters=adapters)
+    last = LastServices("gpu-01", beat["services"], services, adapters)
+    _, _, reused = parse_heartbeat(copy.deepcopy(beat), adapters=adapters, last=last)
+    assert reused is services
+    # Anything else is read afresh: other services, another host, other adapters.
+    changed = copy.deepcopy(beat)
+    changed["services"][0]["base_url"] = "http://10.0.0.5:8001"
+    _, _, fresh = parse_heartbeat(changed, adapters=adapters, last=last)
+    assert fresh is not services and fresh[0].base_url == "http://10.0.0.5:8001"
+    other = {**copy.deepcopy(beat), "host_id": "gpu-02"}
+    assert parse_heartbeat(other, adapters=adapters, last=last)[2] is not services
+    with pytest.raises(InvalidRequest, match="unknown adapter 'vllm'"):
+        parse_heartbeat(copy.deepcopy(beat), adapters={"openai": frozenset()}, last=last)
+    # The rest of the body is still checked.
+    with pytest.raises(InvalidRequest, match="metrics"):
+        parse_heartbeat({**copy.deepcopy(beat), "metrics": 3}, adapters=adapters, last=last)

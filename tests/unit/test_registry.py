@@ -577,7 +577,8 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, tuple[Any
 
 
 async def beat_together(registry: Registry, *beats: tuple[Any, ...]) -> list[Any]:
-    """Send heartbeats at the same moment; what each returned or raised, in order."""
+    """Send heartbeats in this order within one group's gathering; what each returned or
+    raised, in order."""
     results: list[Any] = [None] * len(beats)
 
     async def one(index: int, args: tuple[Any, ...]) -> None:
@@ -589,6 +590,7 @@ async def beat_together(registry: Registry, *beats: tuple[Any, ...]) -> list[Any
     async with trio.open_nursery() as nursery:
         for index, args in enumerate(beats):
             nursery.start_soon(one, index, args)
+            await trio.testing.wait_all_tasks_blocked()  # sent: the next comes after it
     return results
 
 
