@@ -12,11 +12,12 @@ every heartbeat; they change only when a discovery sees a change, so here each n
 load (slots busy) flips once every CHANGE_EVERY beats (once a minute), staggered over the
 nodes, and is sent unchanged otherwise.
 
-Connections: the agent's httpx client keeps a connection for 5 s after an answer (httpx's
-default keep-alive expiry), and its next heartbeat comes 5 s plus its look at the upstreams
-later, so a real agent opens a new connection for each heartbeat. The simulator does the same
-by default (connect, POST, read the whole answer, close); `keep_alive` reuses one connection
-per node instead. The requests go through bench/streams.py's lean h11 client.
+Connections: the agent's httpx client keeps its connection to the control plane past two
+heartbeat intervals (geniehive/node/agent.py, `keepalive_expiry`), so a real agent sends
+every heartbeat on one connection. The simulator does the same by default (one connection
+per node, opened again if it broke); without `keep_alive` it opens one for each heartbeat
+(connect, POST, read the whole answer, close), as agents did when httpx's 5 s default expired
+the connection between two beats. The requests go through bench/streams.py's lean h11 client.
 
 Measured per window of `window_s`: the gateway's CPU from /proc/<pid>/stat (utime + stime
 over wall time) as % of one core, and per 100 nodes; the shares of the gateway's CPU taken by
@@ -76,7 +77,7 @@ class Settings:
     window_s: float = 60.0
     registry_url_env: str | None = None  # the gateway's [registry] url_env instead of SQLite
     postgres: bool = False  # start a throwaway PostgreSQL (tests/pgserver.py) for url_env
-    keep_alive: bool = False  # one connection per node instead of one per heartbeat
+    keep_alive: bool = True  # one connection per node (the agent's), else one per heartbeat
 
     def backend(self) -> str:
         if self.postgres:

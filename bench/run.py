@@ -230,7 +230,7 @@ def hb_settings(args: argparse.Namespace, plan: Plan) -> heartbeats.Settings:
         duration_s=args.hb_duration or plan.hb_duration_s,
         window_s=args.hb_window or plan.hb_window_s,
         registry_url_env=args.hb_registry_url_env, postgres=args.hb_postgres,
-        keep_alive=args.hb_keep_alive,
+        keep_alive=not args.hb_new_connections,
     )
 
 
@@ -383,8 +383,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     hb.add_argument("--hb-postgres", action="store_true",
                     help="start a throwaway PostgreSQL server (tests/pgserver.py) and use it "
                          "through url_env")
-    hb.add_argument("--hb-keep-alive", action="store_true",
-                    help="one connection per node instead of one per heartbeat (the agent's)")
+    hb.add_argument("--hb-new-connections", action="store_true",
+                    help="one connection per heartbeat instead of one kept per node (the "
+                         "agent's)")
     parser.add_argument("--out", type=Path, default=procs.BENCH / "results",
                         help="folder for report.md, report.json, logs (default bench/results)")
     return parser.parse_args(argv)

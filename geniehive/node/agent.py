@@ -103,16 +103,34 @@ class Inventory:
     gpus: list[dict[str, Any]] | None
 
 
-def control_client(link: ControlLink) -> httpx.AsyncClient:
-    """The client for the control plane, presenting our certificate when mTLS is set."""
+def control_client(link: ControlLink, interval_s: float = 5.0) -> httpx.AsyncClient:
+    """The client for the control plane, presenting our certificate when mTLS is set.
+
+    It keeps its connection from one heartbeat to the next (`keepalive_expiry`): httpx's
+    default of 5 s is the heartbeat interval, so every beat would open a connection (and,
+    with mTLS, shake hands) anew. The control plane keeps an idle connection 75 s
+    (geniehive/api_nodes.py); the agent lets go well before that."""
     verify: ssl.SSLContext | bool = True
     if link.tls is not None:
         cafile = str(link.tls.ca_certs) if link.tls.ca_certs is not None else None
         verify = ssl.create_default_context(cafile=cafile)
         verify.load_cert_chain(str(link.tls.certfile), str(link.tls.keyfile))
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(10.0, connect=5.0), verify=verify, trust_env=False
+        timeout=httpx.Timeout(10.0, connect=5.0), verify=verify, trust_env=False,
+        limits=httpx.Limits(keepalive_expiry=keepalive_expiry(interval_s)),
     )
+
+
+def keepalive_expiry(interval_s: float) -> float:
+    """How long the agent keeps an idle connection to the control plane: past two
+    heartbeat intervals, and never as long as the control plane's 75 s."""
+    return min(2 * interval_s + 5.0, 60.0)
+
+
+# A kept connection the control plane (or a balancer in front) closed just as a request went
+# out: sent once more on a new connection before the URL counts as unreachable. Heartbeats
+# and registrations say the same thing twice without harm.
+CLOSED_UNDER_US = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 def upstream_client() -> httpx.AsyncClient:
@@ -260,10 +278,12 @@ class NodeAgent:
         headers = {}
         if self.config.control.node_key:
             headers["X-GenieHive-Node-Key"] = self.config.control.node_key
+        url = self.links.current + path
         try:
-            response = await self.control.post(
-                self.links.current + path, json=payload, headers=headers
-            )
+            try:
+                response = await self.control.post(url, json=payload, headers=headers)
+            except CLOSED_UNDER_US:
+                response = await self.control.post(url, json=payload, headers=headers)
         except httpx.HTTPError as exc:
             return UNREACHABLE, str(exc) or type(exc).__name__
         status = response.status_code
@@ -404,7 +424,8 @@ async def run_node(
     Raises ConfigError (unknown adapter, bad plugin) or LaunchError before starting.
     """
     specs = load_specs(config)
-    async with upstream_client() as upstreams, control_client(config.control) as control, \
+    control_link = control_client(config.control, config.heartbeat_interval_s)
+    async with upstream_client() as upstreams, control_link as control, \
             trio.open_nursery() as nursery:
         agent = NodeAgent(config, specs, upstreams, control, rng or random.Random())
         # Boot managed upstreams are up before the first discovery; on_demand ones wait.
