@@ -48,10 +48,11 @@ class Pool:
         self.gateway.affinity_clock = lambda: self.now  # turned by the TTL test
 
     async def ask(self, session: str | None = None, key: str = "a", settle: bool = True,
-                  **fields: Any) -> httpx.Response:
+                  header: str = "x-session-id", **fields: Any) -> httpx.Response:
+        """A chat request under `key`, naming `session` in the header `header`."""
         headers = {"authorization": f"Bearer {ENV[key.upper() + '_KEY']}"}
         if session is not None:
-            headers["x-session-id"] = session
+            headers[header] = session
         response = await self.client.post("/v1/chat/completions", json=chat(**fields),
                                           headers=headers)
         assert response.status_code == 200, response.text
@@ -71,15 +72,18 @@ class Pool:
 
 
 async def start_pool(
-    nursery: trio.Nursery, tmp_path: Path, routing: str = "", upstream: str = ""
+    nursery: trio.Nursery, tmp_path: Path, routing: str = "", upstream: str = "",
+    each: dict[str, str] | None = None,
 ) -> Pool:
+    """The pool; `upstream` is added to both upstreams' tables, `each[name]` after it to
+    that one's."""
     fakes: dict[str, FakeUpstream] = {}
     body = KEYS + ROUND_ROBIN + routing
     for name in ("u0", "u1"):
         fake = FakeUpstream([MODEL], name=name)
         port = await nursery.start(fake.serve)
         fakes[f"{name}/chat"] = fake
-        body += upstream_toml(name, port, ["chat"], extra=upstream)
+        body += upstream_toml(name, port, ["chat"], extra=upstream + (each or {}).get(name, ""))
     running = await gateway_in_process(nursery, write_config(tmp_path, body), ENV)
     return Pool(running, fakes)
 
@@ -190,6 +194,33 @@ async def test_a_full_service_moves_its_session_instead_of_queueing_it(
     assert "x-geniehive-queued-ms" not in moved.headers  # it did not wait for its slot
 
 
+def capabilities(*names: str) -> str:
+    listed = ", ".join(f'"{n}"' for n in names)
+    return f'\n[[upstreams.assets]]\nasset_id = "{MODEL}"\ncapabilities = [{listed}]\n'
+
+
+async def test_a_request_its_service_cannot_serve_moves_the_session(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    tool = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}]
+    each = {"u0": capabilities("completion"), "u1": capabilities("completion", "tools")}
+    with trio.fail_after(20):
+        pool = await start_pool(nursery, tmp_path, each=each)
+        # Two misses take two turns of the round robin: one session is bound to each service.
+        bound = {served(await pool.ask(name)): name for name in ("agent-1", "agent-2")}
+        assert sorted(bound) == ["u0/chat", "u1/chat"]
+        session = bound["u0/chat"]
+        moved = await pool.ask(session, tools=tool)  # only u1 says it can use tools
+        after = [await pool.ask(session) for _ in range(2)]  # plain again: any could serve
+        await pool.stop()
+    assert (served(moved), moved.headers["x-geniehive-affinity"]) == ("u1/chat", "moved")
+    assert moved.headers["x-geniehive-attempts"] == "1"  # u0 was not tried: the gate kept it out
+    assert len(calls(pool.fakes["u0/chat"])) == 1  # the request that bound the session
+    # The session follows to u1 (two requests: round robin alone would send one to u0).
+    assert [(served(r), r.headers["x-geniehive-affinity"]) for r in after] == \
+        [("u1/chat", "hit")] * 2
+
+
 async def test_a_session_is_forgotten_after_its_ttl(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -217,17 +248,11 @@ async def test_sessions_are_kept_per_key_and_named_by_header_or_body(
         other_key = await pool.ask("agent-1", key="b")  # the same name under another key
         by_user = [await pool.ask(user="alice") for _ in range(2)]
         by_cache_key = [await pool.ask(prompt_cache_key="repo-x") for _ in range(2)]
-        claude = [
-            await pool.client.post(
-                "/v1/chat/completions", json=chat(),
-                headers={"authorization": f"Bearer {ENV['A_KEY']}",
-                         "x-claude-code-session-id": "cc-1"},
-            )
-            for _ in range(2)
-        ]
+        claude = [await pool.ask("cc-1", header="x-claude-code-session-id") for _ in range(2)]
+        codex = [await pool.ask("codex-1", header="session_id") for _ in range(2)]
         await pool.stop()
     assert other_key.headers["x-geniehive-affinity"] == "miss"
-    for pair in (by_user, by_cache_key, claude):
+    for pair in (by_user, by_cache_key, claude, codex):
         assert [r.headers["x-geniehive-affinity"] for r in pair] == ["miss", "hit"]
         assert served(pair[0]) == served(pair[1])
 
