@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import failover, heartbeats, ttfb, workers
+from bench import failover, heartbeats, tracing, ttfb, workers
 
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"
@@ -255,6 +255,7 @@ def render(results: dict[str, Any]) -> str:
     out += ttfb.section(results.get("ttfb"), results.get("first_byte"))
     out += workers.section(results.get("workers"))
     out += heartbeats.section(results.get("heartbeats"))
+    out += tracing.section(results.get("tracing"))
     if results.get("profile"):
         out += _profile_section(results["profile"])
     return "\n".join(out)

@@ -22,7 +22,9 @@ load source to the other, then measures, in one run and on the same processes:
   - the failover scorecard: what a client gets when the first upstream tried fails in
     each way (bench/failover.py), and the time to a stream's first content, direct and
     through the gateway (bench/ttfb.py);
-  - JSON chat requests/s with `[server] workers = 1` and `= 2` (bench/workers.py).
+  - JSON chat requests/s with `[server] workers = 1` and `= 2` (bench/workers.py);
+  - what `[tracing]` costs: a gateway with tracing off and one exporting every span, wrk
+    alternating between them (bench/tracing.py);
   - the gateway's CPU and the heartbeat latency, window by window, while 1,000 simulated
     nodes heartbeat every 5 s (bench/heartbeats.py; --hb-* options).
 `--only` runs some phases alone (PHASES; e.g. `--only placement,coldstart`), in the same
@@ -59,6 +61,7 @@ from bench import (
     report,
     routes,
     streams,
+    tracing,
     ttfb,
     workers,
 )
@@ -88,24 +91,27 @@ class Plan:
     hb_nodes: int = 1000  # simulated nodes heartbeating (bench/heartbeats.py)
     hb_duration_s: float = 600  # how long they heartbeat
     hb_window_s: float = 60  # one report row per window
+    tracing_rounds: int = 5  # off/on rounds per case (bench/tracing.py)
+    tracing_flush_s: float = tracing.FLUSH_S  # wait for the exporter's last batch per case
 
 
 PLANS = {
     "full": Plan(3, 5, (1, 16, 64), 2, 200, 200, 200, 1000, (10, 100, 1000, 10000), 5, 8, 6, 5000,
                  100, 3),
     "quick": Plan(1, 1, (1, 16, 64), 1, 200, 200, 50, 1000, (10, 100, 1000, 10000), 3, 3, 6, 2000,
-                  100, 1, hb_duration_s=60, hb_window_s=15),
+                  100, 1, hb_duration_s=60, hb_window_s=15, tracing_rounds=4),
     "smoke": Plan(1, 1, (2,), 0, 10, 20, 10, 20, (10, 100), 1, 1, 0, 200, 4, 0,
                   ttfb_samples=3, failover_scenarios=failover.SMOKE, hb_nodes=20,
-                  hb_duration_s=3, hb_window_s=1.5),
+                  hb_duration_s=3, hb_window_s=1.5, tracing_rounds=1, tracing_flush_s=0),
 }
 # What --only selects: the wrk/stream phases on one gateway, the capacity burst, route
 # decisions, the admission queue's decisions, placement, session affinity's lookups, the cold
-# start, the failover scorecard, the time to first content, 1 worker against 2 and many
-# nodes' heartbeats.
+# start, the failover scorecard, the time to first content, 1 worker against 2, many
+# nodes' heartbeats and tracing off against on.
 PHASES = ("gateway", "burst", "routes", "capacity", "placement", "affinity", "coldstart",
-          "failover", "ttfb", "workers", "heartbeats")
-NEEDS_TOOLS = {"gateway", "burst", "workers"}  # the phases that run nginx, wrk or pinned processes
+          "failover", "ttfb", "workers", "heartbeats", "tracing")
+# The phases that run nginx, wrk or pinned processes.
+NEEDS_TOOLS = {"gateway", "burst", "workers", "tracing"}
 
 
 def settle(plan: Plan) -> None:
@@ -272,6 +278,10 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     if "heartbeats" in phases:
         results["heartbeats"] = heartbeats.measure(out, hb_settings(args, plan),
                                                    (gw_cpu, load_cpu), nofile)
+    if "tracing" in phases:
+        print("JSON and SSE chat with tracing off and on", file=sys.stderr)
+        results["tracing"] = tracing.measure(out, plan.tracing_rounds, plan.duration_s,
+                                             plan.warmup_s, nofile, plan.tracing_flush_s)
     os.sched_setaffinity(0, {gw_cpu})  # the in-process timings run alone, on the quiet CPU
     # The smoke run only checks that the timing works: a few fixed loops are enough.
     loops = 20 if mode == "smoke" else None

@@ -13,7 +13,8 @@ Rules (docs/deployment.md, "Reloading the configuration"):
   being routed to at once, and its managed process is stopped once its requests in flight
   have finished (at most `server.shutdown_grace_s` later); a changed managed one is
   restarted the same way;
-- what is read only at start (RESTART_NEEDED: binds, TLS, the registry path, plugins, ...)
+- what is read only at start (RESTART_NEEDED: binds, TLS, the registry path, plugins,
+  `[tracing]`, ...)
   is not applied: the answer and the log name each such key that changed;
 - reloads run one at a time; no request in flight is dropped (it keeps the service and the
   adapter it started with). Under systemd a reload is framed by RELOADING=1 and READY=1.
@@ -58,6 +59,7 @@ RESTART_NEEDED = (
     "server.shutdown_grace_s", "server.workers", "nodes.bind", "nodes.tls", "registry.path",
     "registry.url", "registry.url_env", "registry.benchmark_retention_days",
     "plugins.paths", "plugins.entry_points", "routing.connect_timeout_s", "logging.format",
+    "tracing.otlp_endpoint", "tracing.service_name", "tracing.sample_ratio",
 )
 # How a changed ControlConfig field is named in the answer (else by its own name).
 PART_NAMES = {"auth_keys": "auth.keys", "local_labels": "local.labels",

@@ -109,4 +109,19 @@ def test_bench_smoke_writes_reports_with_numbers(tmp_path: Path) -> None:
         assert window["gateway_cpu_pct"] > 0 and 0 < window["p50_ms"] <= window["p99_ms"]
     assert beats["summary"]["errors"] == 0 and beats["summary"]["p99_ratio"] is not None
     assert "## Heartbeats of 20 nodes" in markdown
+    # Tracing off and on, alternated: every case answered by both, and the spans of every
+    # request the traced gateway answered reached the sink (three each).
+    traced = report["tracing"]
+    assert [(c["kind"], c["concurrency"]) for c in traced["cases"]] == [
+        ("json", 1), ("json", 16), ("sse", 16)]
+    for case in traced["cases"]:
+        for mode in ("off", "on"):
+            summary = case[mode]["summary"]
+            assert summary["rps_median"] > 0, case
+            assert summary["non_2xx"] == summary["socket_errors"] == 0, case
+            assert case[mode]["cpu_us_per_req"] > 0, case
+        assert math.isfinite(case["added_p50_ms"])
+    assert traced["on_requests"] > 0
+    assert traced["sink"]["spans"] >= 3 * traced["on_requests"]
+    assert "## Tracing: what it costs" in markdown
     assert report["targets"] and "## Targets" in markdown

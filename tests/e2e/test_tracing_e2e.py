@@ -4,9 +4,9 @@ OTLP/HTTP to a receiver in the test (tests/fakes/otlp.py) and flushed at shutdow
 A chat is one SERVER span with the GenAI attributes, a route child and a CLIENT child per
 upstream attempt; a stream's first token is an event; a client's traceparent is continued
 (same trace, its span the parent) and the upstream receives the attempt's; a failover shows
-both attempts with their outcomes; no prompt or answer text is exported. Without tracing,
-the client's traceparent still reaches the upstream as it came, and OpenTelemetry is never
-imported.
+both attempts with their outcomes; a wait for a slot is a queue child of the request span;
+no prompt, answer or API key is exported. Without tracing, the client's traceparent still
+reaches the upstream as it came, and OpenTelemetry is never imported.
 """
 
 from __future__ import annotations
@@ -31,10 +31,20 @@ from tests.harness import (
     wait_ready,
     write_config,
 )
+from tests.hive import calls
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "zebra-quartz-prompt"  # prompt text the fake echoes back: never in a span
+API_KEY = "sk-walrus-9c1e-tracing-key"  # the client's key: never in a span either
+KEYS = """
+[[auth.keys]]
+name = "app"
+key_env = "APP_KEY"
+scopes = ["inference"]
+"""
+ENV = {"APP_KEY": API_KEY}
+AUTH = {"authorization": f"Bearer {API_KEY}"}
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
@@ -71,9 +81,9 @@ async def test_requests_are_exported_as_genai_spans_through_a_real_gateway(
             [tracing]
             otlp_endpoint = "{receiver.url}"
             service_name = "hive-under-test"
-            """ + upstreams)
-        gateway = await spawn_gateway(nursery, config)
-        async with httpx.AsyncClient(timeout=30) as client:
+            """ + KEYS + upstreams)
+        gateway = await spawn_gateway(nursery, config, ENV)
+        async with httpx.AsyncClient(timeout=30, headers=AUTH) as client:
             await wait_ready(client, gateway.url)
             streamed = await client.post(
                 f"{gateway.url}/v1/chat/completions", json=chat(stream=True),
@@ -94,6 +104,7 @@ async def test_requests_are_exported_as_genai_spans_through_a_real_gateway(
     assert set(receiver.content_types) == {"application/x-protobuf"}
     exported = b"".join(receiver.bodies)
     assert SECRET.encode() not in exported
+    assert API_KEY.removeprefix("sk-").encode() not in exported  # nor any part of the key
 
     # The streamed chat: continued from the client's trace, its span the server span's parent.
     traced = by_trace(spans, CLIENT_TRACE)
@@ -149,6 +160,63 @@ async def test_requests_are_exported_as_genai_spans_through_a_real_gateway(
     (route,) = children(spans, refused)
     assert route.name == "geniehive.route"
     assert route.attributes["error.type"] == "model_not_found"
+
+
+async def test_a_request_that_waited_for_a_slot_has_a_queue_span_with_its_wait(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Two chats at once on an upstream of one slot, the first answer held: the second waits
+    in the gateway's queue, and its trace shows that wait as a child of its request span."""
+    fake = FakeUpstream(["m1"])
+    receiver = OTLPReceiver()
+    with trio.fail_after(30):
+        port = await nursery.start(fake.serve)
+        await nursery.start(receiver.serve)
+        config = write_config(tmp_path, f"""
+            [tracing]
+            otlp_endpoint = "{receiver.url}"
+            """ + upstream_toml("a", port, ["chat"], extra="max_in_flight = 1\n"))
+        running = await gateway_in_process(nursery, config)
+        admission = running.gateway.admission
+        fake.set_fault("hold_stream", times=1, path="/v1/chat/completions", after_chunks=1)
+        answers: list[httpx.Response] = []
+        async with httpx.AsyncClient(timeout=10) as client:
+            await wait_ready(client, running.url)
+
+            async def post() -> None:
+                answers.append(await client.post(f"{running.url}/v1/chat/completions",
+                                                 json=chat(stream=False)))
+
+            async with trio.open_nursery() as both:
+                both.start_soon(post)
+                both.start_soon(post)
+                # The queue's counter and the fake's log are plain values: polled.
+                while admission.waiting != 1 or not calls(fake):  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+                await trio.sleep(0.05)  # the second chat waits at least this long
+                fake.release()
+        await running.stop()  # flushes the exporter
+        spans = await receiver.wait_for_spans(1)
+
+    assert [a.status_code for a in answers] == [200, 200]
+    assert len(calls(fake)) == 2
+    servers = {s.span_id: s for s in spans if s.kind == "SERVER"}
+    assert len(servers) == 2
+    (queue,) = [s for s in spans if s.name == "geniehive.queue"]  # only the one that waited
+    waited = servers[queue.parent_span_id]
+    assert queue.trace_id == waited.trace_id
+    assert queue.kind == "INTERNAL"
+    queued_ms = queue.attributes["geniehive.queued_ms"]
+    assert 50 <= queued_ms <= (queue.end_ns - queue.start_ns) / 1e6 + 1
+    assert queue.attributes["geniehive.service_id"] == "a/chat"
+    assert queue.attributes["geniehive.queue.services"] == 1
+    assert waited.attributes["geniehive.queued_ms"] == queued_ms
+    assert waited.start_ns <= queue.start_ns <= queue.end_ns <= waited.end_ns
+    # It waited before its attempt: the attempt starts once the queue span has ended.
+    (attempt,) = [s for s in children(spans, waited) if s.kind == "CLIENT"]
+    assert attempt.start_ns >= queue.end_ns
+    (other,) = [s for s in servers.values() if s is not waited]
+    assert "geniehive.queued_ms" not in other.attributes
 
 
 async def test_without_tracing_a_clients_traceparent_reaches_the_upstream_unchanged(

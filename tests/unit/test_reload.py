@@ -38,6 +38,20 @@ def test_a_changed_bind_and_registry_need_a_restart_and_keep_their_old_values(
     assert changed_parts(old, kept) == ["routing"]
 
 
+def test_a_changed_tracing_section_needs_a_restart_and_is_not_reported_applied(
+    tmp_path: Path,
+) -> None:
+    """The exporter is built once at start: a reload cannot turn tracing on, off or aside."""
+    old = config_of(tmp_path)
+    new = replace(old, tracing=replace(old.tracing, otlp_endpoint="http://127.0.0.1:4318",
+                                       service_name="other", sample_ratio=0.5))
+    assert restart_needed(old, new) == [
+        "tracing.otlp_endpoint", "tracing.service_name", "tracing.sample_ratio"]
+    kept = keep_restart_keys(old, new)
+    assert kept.tracing == old.tracing
+    assert changed_parts(old, kept) == []
+
+
 def test_every_restart_key_names_a_config_value(tmp_path: Path) -> None:
     old = config_of(tmp_path)
     assert restart_needed(old, old) == []
